@@ -1,0 +1,81 @@
+"""grpc_obo: Zero Trust service chains on asyncio gRPC with Microsoft Entra ID.
+
+Server interceptors validate bearer tokens and put a verified `Identity` into the request
+context; client interceptors exchange the caller's token On-Behalf-Of the user before outbound
+calls. This module lists the whole public API.
+"""
+
+from grpc_obo._errors import (
+    AccessDeniedError,
+    AppTokenNotAllowedError,
+    AuthorityUnavailableError,
+    ClaimsChallengeError,
+    ClientNotAllowedError,
+    ConfigurationError,
+    ExpiredTokenError,
+    GrpcOboError,
+    InsufficientScopeError,
+    InvalidAudienceError,
+    InvalidClaimError,
+    InvalidGrantError,
+    InvalidIssuerError,
+    InvalidSignatureError,
+    KeySourceUnavailableError,
+    MalformedTokenError,
+    MissingIdentityError,
+    MissingTokenError,
+    NotAnAccessTokenError,
+    NotYetValidError,
+    TenantNotAllowedError,
+    TokenExchangeError,
+    TokenValidationError,
+    UnknownKeyError,
+    UserTokenNotAllowedError,
+    status_for,
+    www_authenticate_for,
+)
+from grpc_obo._identity import (
+    Identity,
+    IdentityKind,
+    SecretToken,
+    current_identity,
+    use_identity,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessDeniedError",
+    "AppTokenNotAllowedError",
+    "AuthorityUnavailableError",
+    "ClaimsChallengeError",
+    "ClientNotAllowedError",
+    "ConfigurationError",
+    "ExpiredTokenError",
+    "GrpcOboError",
+    "Identity",
+    "IdentityKind",
+    "InsufficientScopeError",
+    "InvalidAudienceError",
+    "InvalidClaimError",
+    "InvalidGrantError",
+    "InvalidIssuerError",
+    "InvalidSignatureError",
+    "KeySourceUnavailableError",
+    "MalformedTokenError",
+    "MissingIdentityError",
+    "MissingTokenError",
+    "NotAnAccessTokenError",
+    "NotYetValidError",
+    "SecretToken",
+    "TenantNotAllowedError",
+    "TokenExchangeError",
+    "TokenValidationError",
+    "UnknownKeyError",
+    "UserTokenNotAllowedError",
+    "__version__",
+    "current_identity",
+    "status_for",
+    "use_identity",
+    "www_authenticate_for",
+]

@@ -1,0 +1,300 @@
+"""One exception tree for grpc_obo, and the single table that maps it to gRPC status codes.
+
+    GrpcOboError
+    ├── ConfigurationError                 bad options, found at construction
+    ├── MissingIdentityError               no verified identity where one is needed
+    ├── TokenValidationError (reason)      the bearer token is not acceptable -> UNAUTHENTICATED
+    │   ├── MissingTokenError
+    │   ├── MalformedTokenError
+    │   ├── InvalidSignatureError
+    │   ├── UnknownKeyError
+    │   ├── ExpiredTokenError
+    │   ├── NotYetValidError
+    │   ├── InvalidIssuerError
+    │   ├── InvalidAudienceError
+    │   ├── InvalidClaimError
+    │   └── NotAnAccessTokenError
+    ├── AccessDeniedError (reason)         a valid token that may not call this -> PERMISSION_DENIED
+    │   ├── InsufficientScopeError
+    │   ├── AppTokenNotAllowedError
+    │   ├── UserTokenNotAllowedError
+    │   ├── TenantNotAllowedError
+    │   └── ClientNotAllowedError
+    ├── KeySourceUnavailableError          no usable signing keys -> UNAVAILABLE
+    └── TokenExchangeError                 the authority refused or failed an exchange
+        ├── ClaimsChallengeError           interaction_required / claims -> UNAUTHENTICATED
+        ├── InvalidGrantError              the assertion is no longer good -> UNAUTHENTICATED
+        └── AuthorityUnavailableError      5xx, 429, timeouts after retries -> UNAVAILABLE
+
+Messages are fixed, human-readable sentences. They never contain a token, a secret or key
+material: every class takes only the specific context (`reason`, `claim`, authority error codes)
+as keyword attributes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+
+import grpc
+
+__all__ = [
+    "AccessDeniedError",
+    "AppTokenNotAllowedError",
+    "AuthorityUnavailableError",
+    "ClaimsChallengeError",
+    "ClientNotAllowedError",
+    "ConfigurationError",
+    "ExpiredTokenError",
+    "GrpcOboError",
+    "InsufficientScopeError",
+    "InvalidAudienceError",
+    "InvalidClaimError",
+    "InvalidGrantError",
+    "InvalidIssuerError",
+    "InvalidSignatureError",
+    "KeySourceUnavailableError",
+    "MalformedTokenError",
+    "MissingIdentityError",
+    "MissingTokenError",
+    "NotAnAccessTokenError",
+    "NotYetValidError",
+    "TenantNotAllowedError",
+    "TokenExchangeError",
+    "TokenValidationError",
+    "UnknownKeyError",
+    "UserTokenNotAllowedError",
+    "status_for",
+    "www_authenticate_for",
+]
+
+
+class GrpcOboError(Exception):
+    """Root of every error grpc_obo raises on purpose."""
+
+
+class ConfigurationError(GrpcOboError, ValueError):
+    """Options that cannot work; raised at construction so start-up fails, not the first call."""
+
+
+class MissingIdentityError(GrpcOboError):
+    """Code asked for the caller's identity outside an authenticated RPC (never falls back)."""
+
+
+class TokenValidationError(GrpcOboError):
+    """The bearer token is missing, malformed, or fails an Entra rule."""
+
+    default_reason = "invalid_token"
+
+    def __init__(self, message: str, *, reason: str | None = None, claim: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.claim = claim
+
+
+class MissingTokenError(TokenValidationError):
+    """No usable `authorization: Bearer` metadata."""
+
+    default_reason = "missing_token"
+
+
+class MalformedTokenError(TokenValidationError):
+    """Not a compact JWS we accept (size, segments, encoding, JSON, header parameters)."""
+
+    default_reason = "malformed"
+
+
+class InvalidSignatureError(TokenValidationError):
+    """The signature does not verify with the key named by the token."""
+
+    default_reason = "bad_signature"
+
+
+class UnknownKeyError(TokenValidationError):
+    """The token names a key the issuer does not publish (even after a refresh)."""
+
+    default_reason = "unknown_key"
+
+
+class ExpiredTokenError(TokenValidationError):
+    """`exp` is in the past (beyond the leeway)."""
+
+    default_reason = "expired"
+
+
+class NotYetValidError(TokenValidationError):
+    """`nbf` or `iat` is in the future (beyond the leeway)."""
+
+    default_reason = "not_yet_valid"
+
+
+class InvalidIssuerError(TokenValidationError):
+    """`iss` is not exactly the issuer expected for this token version and tenant."""
+
+    default_reason = "bad_issuer"
+
+
+class InvalidAudienceError(TokenValidationError):
+    """`aud` is not one of this API's identifiers."""
+
+    default_reason = "bad_audience"
+
+
+class InvalidClaimError(TokenValidationError):
+    """A required claim is missing or has the wrong type or form."""
+
+    default_reason = "bad_claim"
+
+
+class NotAnAccessTokenError(TokenValidationError):
+    """Neither `scp` nor `roles`: an ID token or something else that is not for this API."""
+
+    default_reason = "not_access_token"
+
+
+class AccessDeniedError(GrpcOboError):
+    """A valid token whose principal may not call this method."""
+
+    default_reason = "access_denied"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        required_scopes: Sequence[str] = (),
+        required_roles: Sequence[str] = (),
+    ):
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.required_scopes = tuple(required_scopes)
+        self.required_roles = tuple(required_roles)
+
+
+class InsufficientScopeError(AccessDeniedError):
+    """The token lacks the delegated scopes or app roles the method requires."""
+
+    default_reason = "insufficient_scope"
+
+
+class AppTokenNotAllowedError(AccessDeniedError):
+    """An app-only token on a method that acts for a user."""
+
+    default_reason = "app_token_not_allowed"
+
+
+class UserTokenNotAllowedError(AccessDeniedError):
+    """A delegated token on a method reserved for applications."""
+
+    default_reason = "user_token_not_allowed"
+
+
+class TenantNotAllowedError(AccessDeniedError):
+    """The token's tenant is not on this API's allow-list."""
+
+    default_reason = "tenant_not_allowed"
+
+
+class ClientNotAllowedError(AccessDeniedError):
+    """The calling client app (`azp`/`appid`) is not allowed to call this API."""
+
+    default_reason = "client_not_allowed"
+
+
+class KeySourceUnavailableError(GrpcOboError):
+    """Signing keys could not be fetched and no earlier good key set is cached."""
+
+    def __init__(self, message: str = "signing keys are unavailable") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TokenExchangeError(GrpcOboError):
+    """The authority refused or failed a token request. Carries Entra's error fields, no token."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        suberror: str | None = None,
+        error_codes: Sequence[int] = (),
+        correlation_id: str | None = None,
+        claims: str | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.error = error
+        self.suberror = suberror
+        self.error_codes = tuple(error_codes)
+        self.correlation_id = correlation_id
+        self.claims = claims
+        """A claims challenge (JSON) the client must satisfy by signing in again, if any."""
+
+
+class ClaimsChallengeError(TokenExchangeError):
+    """The user must sign in again to satisfy a claims challenge (MFA, conditional access, CAE)."""
+
+
+class InvalidGrantError(TokenExchangeError):
+    """The incoming assertion cannot be exchanged (expired, revoked, not consented)."""
+
+
+class AuthorityUnavailableError(TokenExchangeError):
+    """The authority did not answer usably within the call's deadline (5xx, 429, network)."""
+
+
+# The one place that decides status codes. Order matters: first match wins, subclasses first.
+_STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (TokenValidationError, grpc.StatusCode.UNAUTHENTICATED),
+    (AccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (KeySourceUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (ClaimsChallengeError, grpc.StatusCode.UNAUTHENTICATED),
+    (InvalidGrantError, grpc.StatusCode.UNAUTHENTICATED),
+    (AuthorityUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (TokenExchangeError, grpc.StatusCode.INTERNAL),
+    (MissingIdentityError, grpc.StatusCode.INTERNAL),
+    (ConfigurationError, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_for(error: BaseException) -> grpc.StatusCode:
+    """The gRPC status code for an error; anything unknown is INTERNAL."""
+    for kind, code in _STATUS_TABLE:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _quote(value: str) -> str:
+    # RFC 6750 auth-param values are quoted-strings: drop characters that would break the header.
+    return value.replace("\\", "").replace('"', "'").replace("\r", " ").replace("\n", " ")
+
+
+def www_authenticate_for(error: BaseException) -> str | None:
+    """The RFC 6750 `www-authenticate` challenge a client can act on, or None."""
+    if isinstance(error, MissingTokenError):
+        # RFC 6750 §3.1: no error code when the request had no authentication at all.
+        return "Bearer"
+    if isinstance(error, TokenValidationError):
+        return f'Bearer error="invalid_token", error_description="{_quote(error.message)}"'
+    if isinstance(error, AccessDeniedError):
+        parts = [
+            'Bearer error="insufficient_scope"',
+            f'error_description="{_quote(error.message)}"',
+        ]
+        needed = error.required_scopes or error.required_roles
+        if needed:
+            parts.append(f'scope="{_quote(" ".join(needed))}"')
+        return ", ".join(parts)
+    if isinstance(error, ClaimsChallengeError) and error.claims:
+        encoded = base64.b64encode(error.claims.encode("utf-8")).decode("ascii")
+        return (
+            'Bearer error="insufficient_claims", '
+            f'error_description="{_quote(error.message)}", claims="{encoded}"'
+        )
+    if isinstance(error, InvalidGrantError):
+        return f'Bearer error="invalid_token", error_description="{_quote(error.message)}"'
+    return None

@@ -1,0 +1,102 @@
+"""Identity redaction, the identity contextvar, and the one error -> status table."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import pickle
+
+import grpc
+import pytest
+
+import grpc_obo
+from grpc_obo import (
+    Identity,
+    IdentityKind,
+    SecretToken,
+    current_identity,
+    status_for,
+    use_identity,
+    www_authenticate_for,
+)
+
+RAW = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+def make_identity(oid: str = "00000000-0000-0000-0000-00000000000a") -> Identity:
+    return Identity(
+        tid="72f988bf-86f1-41af-91ab-2d7cd011db47",
+        oid=oid,
+        sub="sub",
+        kind=IdentityKind.USER,
+        scopes=frozenset({"access_as_user"}),
+        token=SecretToken(RAW),
+    )
+
+
+def test_secret_token_never_shows_its_value() -> None:
+    secret = SecretToken(RAW)
+    for text in (repr(secret), str(secret), f"{secret}", f"{secret!r}"):
+        assert RAW not in text
+    assert secret.reveal() == RAW
+    assert SecretToken(RAW) == secret
+    assert SecretToken(RAW + "x") != secret
+
+
+def test_secret_token_refuses_pickling() -> None:
+    with pytest.raises(TypeError):
+        pickle.dumps(SecretToken(RAW))
+
+
+def test_identity_repr_has_no_token() -> None:
+    identity = make_identity()
+    assert RAW not in repr(identity)
+    assert RAW not in str(identity)
+    assert identity.principal.endswith("/00000000-0000-0000-0000-00000000000a")
+
+
+async def test_use_identity_is_scoped_to_its_block_and_task() -> None:
+    assert current_identity() is None
+    alice, bob = make_identity("a"), make_identity("b")
+
+    async def run_as(identity: Identity) -> str | None:
+        with use_identity(identity):
+            await asyncio.sleep(0)
+            seen = current_identity()
+            return seen.oid if seen else None
+
+    assert await asyncio.gather(run_as(alice), run_as(bob)) == ["a", "b"]
+    assert current_identity() is None
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (grpc_obo.ExpiredTokenError("token expired"), grpc.StatusCode.UNAUTHENTICATED),
+        (grpc_obo.MissingTokenError("no bearer token"), grpc.StatusCode.UNAUTHENTICATED),
+        (grpc_obo.InsufficientScopeError("scope"), grpc.StatusCode.PERMISSION_DENIED),
+        (grpc_obo.AppTokenNotAllowedError("app"), grpc.StatusCode.PERMISSION_DENIED),
+        (grpc_obo.KeySourceUnavailableError(), grpc.StatusCode.UNAVAILABLE),
+        (grpc_obo.ClaimsChallengeError("mfa", claims="{}"), grpc.StatusCode.UNAUTHENTICATED),
+        (grpc_obo.AuthorityUnavailableError("down"), grpc.StatusCode.UNAVAILABLE),
+        (RuntimeError("boom"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_status_table(error: BaseException, code: grpc.StatusCode) -> None:
+    assert status_for(error) == code
+
+
+def test_www_authenticate_forms() -> None:
+    assert www_authenticate_for(grpc_obo.MissingTokenError("no bearer token")) == "Bearer"
+    expired = www_authenticate_for(grpc_obo.ExpiredTokenError("token expired"))
+    assert expired == 'Bearer error="invalid_token", error_description="token expired"'
+    scope = www_authenticate_for(
+        grpc_obo.InsufficientScopeError("missing scope", required_scopes=["Read", "Write"])
+    )
+    assert scope is not None and 'error="insufficient_scope"' in scope
+    assert 'scope="Read Write"' in scope
+    claims = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}'
+    challenge = www_authenticate_for(grpc_obo.ClaimsChallengeError("mfa", claims=claims))
+    assert challenge is not None and 'error="insufficient_claims"' in challenge
+    encoded = challenge.split('claims="')[1].rstrip('"')
+    assert base64.b64decode(encoded).decode() == claims
