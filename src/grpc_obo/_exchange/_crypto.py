@@ -1,0 +1,85 @@
+"""`TokenSealer`: authenticated encryption of cache values that leave the process (Redis).
+
+Layout of a sealed value (bytes):
+
+    0x01 | key id (1 byte) | nonce (12 bytes, random) | AES-256-GCM ciphertext + 16-byte tag
+
+The associated data is the format header plus the cache key the value is stored under, so a value
+copied to another key, a flipped bit, or a value sealed with a key we do not hold all fail to
+open. Rotation: seal with the new key (new `key_id`) and keep the old one in `previous` until
+entries sealed with it have expired (at most one token lifetime).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from grpc_obo._errors import ConfigurationError
+
+__all__ = ["TokenSealer"]
+
+_FORMAT = 0x01
+_NONCE_BYTES = 12
+_HEADER_BYTES = 2 + _NONCE_BYTES
+_TAG_BYTES = 16
+_AD_CONTEXT = b"grpc_obo:sealed-token:v1|"
+
+
+class TokenSealer:
+    """Seals and opens cache values with AES-256-GCM; the keys never appear in a repr."""
+
+    __slots__ = ("_current", "_key_id", "_keys")
+
+    def __init__(
+        self, key: bytes, *, key_id: int = 1, previous: Mapping[int, bytes] | None = None
+    ) -> None:
+        keys = dict(previous or {})
+        if key_id in keys:
+            raise ConfigurationError("key_id of the current key is also listed in previous")
+        keys[key_id] = key
+        for kid, material in keys.items():
+            if not 0 <= kid <= 255:
+                raise ConfigurationError("cache encryption key ids must be between 0 and 255")
+            if not isinstance(material, bytes) or len(material) != 32:
+                raise ConfigurationError("cache encryption keys must be 32 bytes (AES-256)")
+        self._keys = {kid: AESGCM(material) for kid, material in keys.items()}
+        self._key_id = key_id
+        self._current = self._keys[key_id]
+
+    @staticmethod
+    def generate_key() -> bytes:
+        """A fresh random 256-bit key (store it in your secret store, share it across replicas)."""
+        return AESGCM.generate_key(bit_length=256)
+
+    def seal(self, cache_key: str, plaintext: bytes) -> bytes:
+        header = bytes((_FORMAT, self._key_id))
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._current.encrypt(nonce, plaintext, _associated_data(header, cache_key))
+        return header + nonce + sealed
+
+    def open(self, cache_key: str, blob: bytes) -> bytes | None:
+        """The plaintext, or None if the value is malformed, tampered, moved, or foreign."""
+        if len(blob) < _HEADER_BYTES + _TAG_BYTES or blob[0] != _FORMAT:
+            return None
+        aead = self._keys.get(blob[1])
+        if aead is None:
+            return None
+        nonce = blob[2:_HEADER_BYTES]
+        try:
+            return aead.decrypt(nonce, blob[_HEADER_BYTES:], _associated_data(blob[:2], cache_key))
+        except InvalidTag:
+            return None
+
+    def __repr__(self) -> str:
+        return f"TokenSealer(key_id={self._key_id}, key_ids={sorted(self._keys)})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("TokenSealer holds key material and is not picklable")
+
+
+def _associated_data(header: bytes, cache_key: str) -> bytes:
+    return _AD_CONTEXT + header + cache_key.encode("utf-8")

@@ -1,0 +1,58 @@
+"""`SingleFlight`: at most one running production per key; everyone else waits for it.
+
+The production runs in its own task, not in the first caller's, so cancelling any caller (even
+the one that started it) never cancels the work others wait on; callers wait through
+`asyncio.shield`. The entry leaves the in-flight map when the production finishes, success or
+failure, so the map holds only running work and a failure is not remembered: the next call for
+that key starts a new production. Each key has its own task, so one key's failure or slowness
+never reaches another key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+__all__ = ["SingleFlight"]
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Task[T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def running(self, key: str) -> bool:
+        return key in self._running
+
+    def start(self, key: str, produce: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+        """The running production for `key`, starting `produce()` if there is none."""
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.ensure_future(produce())
+            self._running[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        return task
+
+    async def do(self, key: str, produce: Callable[[], Awaitable[T]]) -> T:
+        """Join (or start) the production for `key` and return its result or raise its error."""
+        return await asyncio.shield(self.start(key, produce))
+
+    def _finished(self, key: str, task: asyncio.Task[T]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+        if not task.cancelled():
+            # NOTE: mark the exception retrieved: when every waiter was cancelled nobody else
+            # will, and asyncio would log "exception was never retrieved" at garbage collection.
+            task.exception()
+
+    async def cancel_all(self) -> None:
+        """Cancel every running production and wait for them to end (used on close)."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,67 @@
+"""`CachedToken`: the downstream access token as the exchange cache holds it.
+
+Only the access token is kept. An OBO response also carries a refresh token and an ID token;
+they are long-lived secrets we never need (the next exchange uses the incoming assertion), so
+they are dropped before anything reaches a cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from grpc_obo._identity import SecretToken
+
+__all__ = ["CachedToken"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CachedToken:
+    """A downstream access token with its lifetime, as epoch seconds (`time.time()` scale)."""
+
+    access_token: SecretToken
+    expires_on: float
+    """When the authority says the token stops being valid."""
+    refresh_on: float
+    """When to start a proactive refresh in the background (before `expires_on`)."""
+    token_type: str = "Bearer"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.access_token, SecretToken):
+            raise TypeError("access_token must be a SecretToken")
+        if self.refresh_on > self.expires_on:
+            # A refresh point after expiry would never fire; clamp so the invariant always holds.
+            object.__setattr__(self, "refresh_on", self.expires_on)
+
+    @classmethod
+    def from_msal(cls, result: Mapping[str, Any], *, now: float | None = None) -> CachedToken:
+        """Build from a successful MSAL result (`access_token`, `expires_in`, maybe `refresh_on`).
+
+        MSAL turns the authority's `refresh_in` into an epoch `refresh_on`; when the authority
+        sent neither, refresh at half the lifetime (MSAL's own rule for long-lived tokens).
+        """
+        now = time.time() if now is None else now
+        # AAD v1-like endpoints send expires_in as a string; OAuth 2.0 says it is a number.
+        expires_in = float(result["expires_in"])
+        expires_on = now + expires_in
+        if "refresh_on" in result:
+            refresh_on = float(result["refresh_on"])
+        elif "refresh_in" in result:
+            refresh_on = now + float(result["refresh_in"])
+        else:
+            refresh_on = now + expires_in / 2
+        return cls(
+            access_token=SecretToken(str(result["access_token"])),
+            expires_on=expires_on,
+            refresh_on=refresh_on,
+            token_type=str(result.get("token_type") or "Bearer"),
+        )
+
+    def usable(self, now: float, margin: float) -> bool:
+        """Whether the token is still good for at least `margin` seconds."""
+        return now < self.expires_on - margin
+
+    def due_for_refresh(self, now: float) -> bool:
+        return now >= self.refresh_on
