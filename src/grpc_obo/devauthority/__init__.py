@@ -1,0 +1,50 @@
+"""A local Entra-compatible authority for development and tests (never imported by the runtime).
+
+It speaks HTTPS on 127.0.0.1 with a CA it makes, serves Entra-shaped discovery, JWKS and token
+endpoints for a tenant GUID, and implements the password (ROPC), client-credentials,
+refresh-token and On-Behalf-Of grants with real checks, key rollover, fault injection and a
+request log. See `DevAuthority`.
+"""
+
+from grpc_obo.devauthority._authority import DevAuthority
+from grpc_obo.devauthority._faults import (
+    ClaimsChallenge,
+    FaultRule,
+    Faults,
+    LoggedRequest,
+    RequestLog,
+)
+from grpc_obo.devauthority._keys import KeyRing
+from grpc_obo.devauthority._tls import client_ssl_context, msal_http_client
+from grpc_obo.devauthority._world import (
+    CONTOSO,
+    FABRIKAM,
+    GRAPH_APP_ID,
+    App,
+    ClientCertificate,
+    Tenant,
+    User,
+    World,
+    default_world,
+)
+
+__all__ = [
+    "CONTOSO",
+    "FABRIKAM",
+    "GRAPH_APP_ID",
+    "App",
+    "ClaimsChallenge",
+    "ClientCertificate",
+    "DevAuthority",
+    "FaultRule",
+    "Faults",
+    "KeyRing",
+    "LoggedRequest",
+    "RequestLog",
+    "Tenant",
+    "User",
+    "World",
+    "client_ssl_context",
+    "default_world",
+    "msal_http_client",
+]

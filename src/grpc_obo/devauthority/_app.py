@@ -1,0 +1,416 @@
+"""The dev authority's HTTP surface: Entra-shaped routes on aiohttp, faults, errors and the log.
+
+Every answer is JSON. Bad input of any kind (wrong content type, malformed or oversized form,
+duplicated parameters, unknown routes, unexpected exceptions) gets an Entra-shaped error body
+with the right status: never a stack trace, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime
+import logging
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from grpc_obo.devauthority._faults import Endpoint, Faults, LoggedRequest, RequestInfo, RequestLog
+from grpc_obo.devauthority._grants import Grants, OAuthError, TokenRequest
+from grpc_obo.devauthority._keys import KeyRing
+from grpc_obo.devauthority._world import World
+
+logger = logging.getLogger("grpc_obo.devauthority")
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_FORM_FIELDS = 64
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _DropConnection(Exception):
+    """Raised by a fault rule to close the connection without an answer."""
+
+
+class AuthorityApp:
+    """Builds the aiohttp application for one authority (state lives in the collaborators)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: Callable[[], str],
+        world: World,
+        keys: KeyRing,
+        grants: Grants,
+        faults: Faults,
+        log: RequestLog,
+    ) -> None:
+        self._base_url = base_url
+        self.world = world
+        self.keys = keys
+        self.grants = grants
+        self.faults = faults
+        self.log = log
+
+    def build(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])
+        app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self.discovery_v2)
+        app.router.add_get("/{tenant}/.well-known/openid-configuration", self.discovery_v1)
+        app.router.add_get("/{tenant}/discovery/v2.0/keys", self.jwks)
+        app.router.add_get("/{tenant}/discovery/keys", self.jwks)
+        app.router.add_post("/{tenant}/oauth2/v2.0/token", self.token)
+        app.router.add_get("/common/userrealm/{username}", self.userrealm)
+        return app
+
+    # -- middleware: latency, unexpected errors, the log ---------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        request["grpc_obo_info"] = RequestInfo(endpoint=_endpoint_of(request.path))
+        if self.faults.latency > 0:
+            await asyncio.sleep(self.faults.latency)
+        error: OAuthError | None = None
+        fault: str | None = None
+        try:
+            response = await handler(request)
+        except OAuthError as exc:
+            error = exc
+            response = self._error_response(request, exc)
+        except _DropConnection:
+            fault = "drop"
+            if request.transport is not None:
+                request.transport.abort()
+            response = web.Response(status=599)
+        except web.HTTPRequestEntityTooLarge:
+            error = OAuthError(
+                "invalid_request", 90100, "The request body is too large.", status=413
+            )
+            response = self._error_response(request, error)
+        except web.HTTPException as exc:
+            error = OAuthError(
+                "invalid_request",
+                90010 if exc.status == 405 else 90002,
+                f"The endpoint {request.method} {request.path[:100]} is not supported by the "
+                "dev authority."
+                if exc.status in (404, 405)
+                else "The request is not valid.",
+                status=exc.status,
+            )
+            response = self._error_response(request, error)
+        except Exception as exc:
+            # NOTE: only the type is logged: a message could quote request input.
+            logger.error(
+                "dev authority: unexpected %s answering %s", type(exc).__name__, request.path
+            )
+            error = OAuthError("server_error", 90033, "An internal error occurred.", status=500)
+            response = self._error_response(request, error)
+        fault = fault or request.get("grpc_obo_fault")
+        self._record(request, response.status, error, fault)
+        return response
+
+    def _record(
+        self, request: web.Request, status: int, error: OAuthError | None, fault: str | None
+    ) -> None:
+        info: RequestInfo = request["grpc_obo_info"]
+        scopes = tuple(request.get("grpc_obo_scopes", ()))
+        entry = LoggedRequest(
+            at=RequestLog.now(),
+            method=request.method,
+            path=request.path[:200],
+            endpoint=info.endpoint,
+            status=status,
+            grant=info.grant,
+            client_id=info.client_id,
+            user_oid=info.user_oid,
+            username=info.username,
+            scopes=scopes,
+            error=error.error if error else None,
+            error_code=error.code if error else None,
+            fault=fault,
+        )
+        self.log.add(entry)
+        logger.info(
+            "%s %s grant=%s client=%s user=%s -> %s%s%s",
+            entry.method,
+            entry.path,
+            entry.grant,
+            entry.client_id,
+            entry.user_oid,
+            status,
+            f" {entry.error} AADSTS{entry.error_code}" if error else "",
+            f" fault={fault}" if fault else "",
+        )
+
+    def _error_response(self, request: web.Request, error: OAuthError) -> web.Response:
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        trace_id = str(uuid.uuid4())
+        correlation_id = _correlation_id(request)
+        body: dict[str, Any] = {
+            "error": error.error,
+            "error_description": (
+                f"AADSTS{error.code}: {error.description} Trace ID: {trace_id} "
+                f"Correlation ID: {correlation_id} Timestamp: {now}"
+            ),
+            "error_codes": [error.code],
+            "timestamp": now,
+            "trace_id": trace_id,
+            "correlation_id": correlation_id,
+            "error_uri": f"{self._base_url()}/error?code={error.code}",
+        }
+        if error.suberror:
+            body["suberror"] = error.suberror
+        if error.claims:
+            body["claims"] = error.claims
+        headers = {"client-request-id": correlation_id}
+        retry_after = request.get("grpc_obo_retry_after")
+        if retry_after is not None:
+            headers["Retry-After"] = str(max(0, round(retry_after)))
+        return web.json_response(body, status=error.status, headers=headers)
+
+    async def _apply_faults(self, request: web.Request, info: RequestInfo) -> None:
+        request["grpc_obo_info"] = info
+        rule = self.faults.take(info)
+        if rule is None:
+            return
+        if rule.kind == "drop":
+            raise _DropConnection
+        request["grpc_obo_fault"] = f"status {rule.status}"
+        if rule.retry_after is not None:
+            request["grpc_obo_retry_after"] = rule.retry_after
+        if rule.status == 429:
+            raise OAuthError(
+                "temporarily_unavailable",
+                50196,
+                "The server is throttling requests from this client. Retry later.",
+                status=429,
+            )
+        raise OAuthError(
+            "temporarily_unavailable" if rule.status == 503 else "server_error",
+            90033,
+            "A transient error has occurred. Please try again.",
+            status=rule.status,
+        )
+
+    # -- routes -------------------------------------------------------------------------
+
+    def _tenant_segment(self, request: web.Request) -> str:
+        segment = request.match_info["tenant"].lower()
+        if segment in ("common", "organizations") or self.world.tenant(segment):
+            return segment
+        raise OAuthError(
+            "invalid_tenant",
+            90002,
+            f"Tenant '{segment[:64]}' not found. Check to make sure you have the correct tenant "
+            "ID and are signing into the correct cloud.",
+        )
+
+    async def discovery_v2(self, request: web.Request) -> web.Response:
+        await self._apply_faults(request, RequestInfo(endpoint="discovery"))
+        tenant = self._tenant_segment(request)
+        base = self._base_url()
+        tid = "{tenantid}" if tenant in ("common", "organizations") else tenant
+        return web.json_response(
+            {
+                "token_endpoint": f"{base}/{tenant}/oauth2/v2.0/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{base}/{tenant}/discovery/v2.0/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "issuer": f"{base}/{tid}/v2.0",
+                "request_uri_parameter_supported": False,
+                "userinfo_endpoint": f"{base}/oidc/userinfo",
+                "authorization_endpoint": f"{base}/{tenant}/oauth2/v2.0/authorize",
+                "device_authorization_endpoint": f"{base}/{tenant}/oauth2/v2.0/devicecode",
+                "http_logout_supported": True,
+                "frontchannel_logout_supported": True,
+                "end_session_endpoint": f"{base}/{tenant}/oauth2/v2.0/logout",
+                "claims_supported": _CLAIMS_SUPPORTED,
+                "kerberos_endpoint": f"{base}/{tenant}/kerberos",
+                "tenant_region_scope": "EU",
+                "cloud_instance_name": "dev.grpc-obo.local",
+                "cloud_graph_host_name": "graph.windows.net",
+                "msgraph_host": "graph.microsoft.com",
+                "rbac_url": "https://pas.windows.net",
+            },
+            headers=_CACHE_HEADERS,
+        )
+
+    async def discovery_v1(self, request: web.Request) -> web.Response:
+        await self._apply_faults(request, RequestInfo(endpoint="discovery"))
+        tenant = self._tenant_segment(request)
+        base = self._base_url()
+        tid = "{tenantid}" if tenant in ("common", "organizations") else tenant
+        return web.json_response(
+            {
+                "token_endpoint": f"{base}/{tenant}/oauth2/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{base}/{tenant}/discovery/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "token id_token"],
+                "scopes_supported": ["openid"],
+                "issuer": f"{base}/{tid}/",
+                "authorization_endpoint": f"{base}/{tenant}/oauth2/authorize",
+                "http_logout_supported": True,
+                "frontchannel_logout_supported": True,
+                "end_session_endpoint": f"{base}/{tenant}/oauth2/logout",
+                "cloud_instance_name": "dev.grpc-obo.local",
+            },
+            headers=_CACHE_HEADERS,
+        )
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        await self._apply_faults(request, RequestInfo(endpoint="jwks"))
+        if self.faults.jwks_down:
+            request["grpc_obo_fault"] = "jwks_down"
+            raise OAuthError(
+                "temporarily_unavailable",
+                90033,
+                "The key discovery endpoint is unavailable.",
+                status=503,
+            )
+        self._tenant_segment(request)
+        v1 = not request.path.endswith("/v2.0/keys")
+        template = (
+            f"{self._base_url()}/{{tenantid}}/" if v1 else (f"{self._base_url()}/{{tenantid}}/v2.0")
+        )
+        return web.json_response(self.keys.jwks(template), headers=_CACHE_HEADERS)
+
+    async def userrealm(self, request: web.Request) -> web.Response:
+        username = request.match_info["username"]
+        user = self.world.find_user(username)
+        await self._apply_faults(
+            request,
+            RequestInfo(
+                endpoint="userrealm",
+                user_oid=user.oid if user else None,
+                username=user.username if user else None,
+            ),
+        )
+        # "Managed" tells MSAL to do a plain ROPC request rather than WS-Trust federation.
+        return web.json_response(
+            {
+                "ver": "1.0",
+                "account_type": "Managed" if user else "Unknown",
+                "domain_name": username.split("@", 1)[-1][:100],
+                "cloud_instance_name": "dev.grpc-obo.local",
+                "cloud_audience_urn": "urn:federation:MicrosoftOnline",
+            }
+        )
+
+    async def token(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["tenant"]
+        form = await _read_form(request)
+        token_request = TokenRequest(
+            tenant=tenant,
+            form=form,
+            token_url=f"{self._base_url()}/{tenant}/oauth2/v2.0/token",
+            basic_auth=_basic_auth(request),
+        )
+        info = self.grants.peek(token_request)
+        request["grpc_obo_scopes"] = tuple((form.get("scope") or "").split())[:20]
+        await self._apply_faults(request, info)
+        # MSAL is synchronous and RSA signing is CPU work: neither is slow enough at dev
+        # scale to justify a thread hop, and staying on the loop keeps faults deterministic.
+        return web.json_response(self.grants.handle(token_request), headers=_NO_STORE)
+
+
+_CLAIMS_SUPPORTED = [
+    *("sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name"),
+    *("msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username"),
+    *("name", "tid", "ver", "at_hash", "c_hash", "email"),
+]
+_CACHE_HEADERS = {"Cache-Control": "max-age=86400, private"}
+_NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
+
+
+def _endpoint_of(path: str) -> Endpoint:
+    if path.endswith("/token"):
+        return "token"
+    if "/.well-known/" in path:
+        return "discovery"
+    if "/discovery/" in path and path.endswith("/keys"):
+        return "jwks"
+    if "/userrealm/" in path:
+        return "userrealm"
+    return "other"
+
+
+def _correlation_id(request: web.Request) -> str:
+    given = request.headers.get("client-request-id", "")
+    try:
+        return str(uuid.UUID(given))
+    except ValueError:
+        return str(uuid.uuid4())
+
+
+async def _read_form(request: web.Request) -> dict[str, str]:
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise OAuthError(
+            "invalid_request",
+            900144,
+            "The request body must be application/x-www-form-urlencoded.",
+        )
+    raw = await request.read()
+    try:
+        pairs = urllib.parse.parse_qsl(
+            raw.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=bool(raw),
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise OAuthError(
+            "invalid_request", 90014, "The request body is not a well-formed form."
+        ) from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise OAuthError(
+                "invalid_request",
+                9000411,
+                f"The request is not properly formatted. The parameter '{name[:40]}' is "
+                "duplicated.",
+            )
+        form[name] = value
+    return form
+
+
+def _basic_auth(request: web.Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise OAuthError(
+            "invalid_client", 7000218, "Only Basic client authentication is accepted.", status=401
+        )
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise OAuthError(
+            "invalid_client", 7000218, "The Basic authorization header is malformed.", status=401
+        ) from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise OAuthError(
+            "invalid_client", 7000218, "The Basic authorization header is malformed.", status=401
+        )
+    # RFC 6749 §2.3.1: both parts are form-urlencoded before joining.
+    return urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(secret)

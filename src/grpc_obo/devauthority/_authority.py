@@ -1,0 +1,299 @@
+"""`DevAuthority`: the local Entra-compatible authority as an async context manager or a thread.
+
+It owns the TLS files, the key ring, the registrations, faults and request log, and serves them on
+127.0.0.1 over HTTPS. Tokens can also be minted directly (no HTTP) for tests that need a valid or
+deliberately broken token fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+from aiohttp import web
+
+from grpc_obo.devauthority._app import AuthorityApp
+from grpc_obo.devauthority._faults import Faults, RequestLog
+from grpc_obo.devauthority._grants import Grants
+from grpc_obo.devauthority._keys import KeyRing
+from grpc_obo.devauthority._tls import (
+    TlsFiles,
+    client_ssl_context,
+    msal_http_client,
+    server_ssl_context,
+    write_tls_files,
+)
+from grpc_obo.devauthority._tokens import TokenMinter
+from grpc_obo.devauthority._world import App, World, default_world
+
+
+class DevAuthority:
+    """A local authority that MSAL accepts as an Entra authority (with `instance_discovery=False`).
+
+    ```
+    async with DevAuthority() as authority:
+        app = msal.PublicClientApplication(
+            authority.world.app("client").client_id,
+            authority=authority.authority_url,
+            instance_discovery=False,
+            http_client=authority.msal_http_client(),
+        )
+    ```
+    """
+
+    def __init__(
+        self,
+        *,
+        world: World | None = None,
+        port: int = 0,
+        token_lifetime: int = 3600,
+        key_size: int = 2048,
+        clock: Callable[[], float] = time.time,
+        state_dir: str | Path | None = None,
+    ) -> None:
+        self.world = world or default_world()
+        self.keys = KeyRing(key_size)
+        self.faults = Faults()
+        self.requests = RequestLog()
+        self._port = port
+        self._bound_port: int | None = None
+        self._state_dir = Path(state_dir) if state_dir else None
+        self._own_dir: str | None = None
+        self._tls: TlsFiles | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+        self.minter = TokenMinter(
+            base_url=lambda: self.base_url, keys=self.keys, clock=clock, lifetime=token_lifetime
+        )
+        self.grants = Grants(world=self.world, minter=self.minter, faults=self.faults)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> DevAuthority:
+        if self._runner is not None:
+            raise RuntimeError("the dev authority is already running")
+        directory = self._state_dir
+        if directory is None:
+            self._own_dir = tempfile.mkdtemp(prefix="grpc-obo-authority-")
+            directory = Path(self._own_dir)
+        self._tls = write_tls_files(directory)
+        app = AuthorityApp(
+            base_url=lambda: self.base_url,
+            world=self.world,
+            keys=self.keys,
+            grants=self.grants,
+            faults=self.faults,
+            log=self.requests,
+        ).build()
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, "127.0.0.1", self._port, ssl_context=server_ssl_context(self._tls)
+        )
+        await site.start()
+        self._runner = runner
+        self._bound_port = runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
+
+    async def __aenter__(self) -> DevAuthority:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @contextlib.contextmanager
+    def running_in_thread(self) -> Iterator[DevAuthority]:
+        """Serve from a thread with its own event loop, for sync code and any test loop scope."""
+        started = threading.Event()
+        failure: list[BaseException] = []
+        loop = asyncio.new_event_loop()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:  # handed to the starting thread below
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.close()
+
+        thread = threading.Thread(target=serve, name="grpc-obo-dev-authority", daemon=True)
+        thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
+        try:
+            yield self
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+
+    # -- where it is --------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._bound_port is None:
+            raise RuntimeError("the dev authority is not running")
+        return self._bound_port
+
+    @property
+    def base_url(self) -> str:
+        """`https://127.0.0.1:PORT`, the authority host (Entra's `https://login.microsoftonline.com`)."""
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def tenant_id(self) -> str:
+        return self.world.home_tenant.id
+
+    @property
+    def authority_url(self) -> str:
+        """Base URL plus the home tenant: what MSAL takes as `authority=`."""
+        return self.authority_for()
+
+    def authority_for(self, tenant: str | None = None) -> str:
+        return f"{self.base_url}/{tenant or self.tenant_id}"
+
+    def issuer(self, version: int = 2, tenant: str | None = None) -> str:
+        return self.minter.issuer(tenant or self.tenant_id, version)
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.authority_url}/v2.0/.well-known/openid-configuration"
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.authority_url}/discovery/v2.0/keys"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.authority_url}/oauth2/v2.0/token"
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM CA certificate that clients must trust to talk to this authority."""
+        if self._tls is None:
+            raise RuntimeError("the dev authority is not running")
+        return self._tls.ca_file
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """An SSL context trusting this authority's CA (for aiohttp, the validator's key fetch)."""
+        return client_ssl_context(self.ca_file)
+
+    def msal_http_client(self) -> requests.Session:
+        """A `requests.Session` for MSAL's `http_client=` that trusts this authority's CA."""
+        return msal_http_client(self.ca_file, host="127.0.0.1", port=self.port)
+
+    def jwks(self, *, version: int = 2) -> dict[str, Any]:
+        """The JWKS document as served now, for validators configured with static keys."""
+        suffix = "v2.0" if version == 2 else ""
+        return self.keys.jwks(f"{self.base_url}/{{tenantid}}/{suffix}")
+
+    # -- direct minting (no HTTP) -------------------------------------------------------
+
+    def mint_user_token(
+        self,
+        user: str = "alice",
+        *,
+        audience: str = "original",
+        client: str = "client",
+        scopes: Iterable[str] | None = None,
+        version: int | None = None,
+        lifetime: int | None = None,
+        capabilities: Iterable[str] = (),
+        amr: Iterable[str] = ("pwd",),
+        claims: Mapping[str, Any] | None = None,
+        audience_claim: str | None = None,
+    ) -> str:
+        """A delegated access token for `user`, issued to `client` for the API `audience`.
+
+        Default scopes are every delegated scope the API exposes. `claims` overrides or adds
+        claims verbatim (set one to None-like values to build broken tokens in tests).
+        """
+        found = self.world.user(user)
+        resource = self.world.app(audience)
+        issued = self.minter.access_token(
+            client=self.world.app(client),
+            resource=resource,
+            tenant_id=found.tenant_id,
+            user=found,
+            scopes=resource.scopes if scopes is None else scopes,
+            version=version,
+            client_auth="0" if self.world.app(client).public_client else "1",
+            capabilities=capabilities,
+            amr=amr,
+            audience=audience_claim,
+            lifetime=lifetime,
+            extra=claims,
+        )
+        return issued.token
+
+    def mint_app_token(
+        self,
+        client: str = "daemon",
+        *,
+        audience: str = "downstream",
+        roles: Iterable[str] | None = None,
+        version: int | None = None,
+        lifetime: int | None = None,
+        tenant: str | None = None,
+        claims: Mapping[str, Any] | None = None,
+    ) -> str:
+        """An app-only access token (`roles`, `idtyp=app`) for `client` calling `audience`."""
+        app: App = self.world.app(client)
+        resource = self.world.app(audience)
+        granted = (
+            app.app_role_assignments.get(resource.client_id, frozenset())
+            if roles is None
+            else roles
+        )
+        issued = self.minter.access_token(
+            client=app,
+            resource=resource,
+            tenant_id=tenant or app.tenant_id,
+            roles=granted,
+            version=version,
+            client_auth="1",
+            lifetime=lifetime,
+            extra=claims,
+        )
+        return issued.token
+
+    # -- description ----------------------------------------------------------------------
+
+    def summary(self, *, include_secrets: bool = True) -> dict[str, Any]:
+        """What a client needs: URLs, tenant, CA file, apps and users (secrets on request)."""
+        described = self.world.summary(include_secrets=include_secrets)
+        return {
+            "authority_host": self.base_url,
+            "authority": self.authority_url,
+            "tenant_id": self.tenant_id,
+            "ca_file": str(self.ca_file),
+            "issuer_v2": self.issuer(2),
+            "issuer_v1": self.issuer(1),
+            "jwks_uri": self.jwks_url,
+            "token_endpoint": self.token_url,
+            **described,
+        }

@@ -1,0 +1,709 @@
+"""The token endpoint's decisions: client authentication, scopes and consent, and the four grants.
+
+Pure logic over the registrations and the key ring: it takes a parsed form and returns the JSON
+body of a token response, or raises `OAuthError` carrying Entra's error shape. The HTTP layer
+(`_app.py`) only parses, times, logs and serialises.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+import jwt
+from cryptography import x509
+
+from grpc_obo.devauthority._faults import Faults, RequestInfo
+from grpc_obo.devauthority._tokens import TokenMinter, client_info
+from grpc_obo.devauthority._world import App, User, World
+
+GRANT_PASSWORD = "password"
+GRANT_CLIENT_CREDENTIALS = "client_credentials"
+GRANT_REFRESH_TOKEN = "refresh_token"
+GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_ASSERTION_BYTES = 16 * 1024
+
+
+class OAuthError(Exception):
+    """An error answer in Entra's shape. `description` never contains a secret or token."""
+
+    def __init__(
+        self,
+        error: str,
+        code: int,
+        description: str,
+        *,
+        status: int = 400,
+        suberror: str | None = None,
+        claims: str | None = None,
+    ) -> None:
+        super().__init__(f"AADSTS{code}: {description}")
+        self.error = error
+        self.code = code
+        self.description = description
+        self.status = status
+        self.suberror = suberror
+        self.claims = claims
+
+
+def _missing(name: str) -> OAuthError:
+    return OAuthError(
+        "invalid_request",
+        900144,
+        f"The request body must contain the following parameter: '{name}'.",
+    )
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """A token request after form parsing: single-valued fields only."""
+
+    tenant: str
+    form: Mapping[str, str]
+    token_url: str
+    basic_auth: tuple[str, str] | None = None
+
+    def get(self, name: str) -> str | None:
+        value = self.form.get(name)
+        return value if value else None
+
+    def require(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise _missing(name)
+        return value
+
+
+@dataclass
+class _RefreshGrant:
+    user_oid: str
+    tenant_id: str
+    client_id: str
+    resource_client_id: str | None
+    scopes: frozenset[str]
+    amr: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _ScopeRequest:
+    resource: App | None
+    """None means Microsoft Graph (scopes without a resource prefix)."""
+    names: frozenset[str]
+    reserved: frozenset[str]
+    resource_prefix: str
+
+
+@dataclass
+class Grants:
+    """Answers token requests for one authority."""
+
+    world: World
+    minter: TokenMinter
+    faults: Faults
+    _refresh_tokens: dict[str, _RefreshGrant] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- entry points -------------------------------------------------------------------
+
+    def peek(self, request: TokenRequest) -> RequestInfo:
+        """Who a request is about, read before validation so faults and logs can use it.
+
+        Nothing here is trusted: the grant handlers verify everything again.
+        """
+        grant = request.get("grant_type")
+        client_id = request.get("client_id") or (request.basic_auth or (None, ""))[0]
+        user_oid = username = None
+        if grant == GRANT_PASSWORD:
+            username = request.get("username")
+            found = self.world.find_user(username) if username else None
+            user_oid = found.oid if found else None
+        elif grant == GRANT_JWT_BEARER:
+            assertion = request.get("assertion") or ""
+            try:
+                claims = jwt.decode(assertion, options={"verify_signature": False})
+                oid = claims.get("oid")
+                user_oid = oid if isinstance(oid, str) else None
+            except (jwt.InvalidTokenError, ValueError, TypeError):
+                user_oid = None
+        elif grant == GRANT_REFRESH_TOKEN:
+            with self._lock:
+                held = self._refresh_tokens.get(_hash(request.get("refresh_token") or ""))
+            user_oid = held.user_oid if held else None
+        if user_oid and not username:
+            found = self.world.find_user(user_oid)
+            username = found.username if found else None
+        grant_name = _grant_name(grant, request.get("requested_token_use"))
+        return RequestInfo(
+            endpoint="token",
+            grant=grant_name,
+            client_id=client_id.lower() if client_id else None,
+            user_oid=user_oid,
+            username=username,
+        )
+
+    def handle(self, request: TokenRequest) -> dict[str, Any]:
+        grant = request.require("grant_type")
+        if grant not in (
+            GRANT_PASSWORD,
+            GRANT_CLIENT_CREDENTIALS,
+            GRANT_REFRESH_TOKEN,
+            GRANT_JWT_BEARER,
+        ):
+            raise OAuthError(
+                "unsupported_grant_type",
+                70003,
+                "The app requested an unsupported grant type.",
+            )
+        tenant = self._path_tenant(request.tenant)
+        client, client_auth = self._authenticate_client(request, tenant)
+        if grant == GRANT_PASSWORD:
+            return self._password(request, tenant, client, client_auth)
+        if grant == GRANT_CLIENT_CREDENTIALS:
+            return self._client_credentials(request, tenant, client, client_auth)
+        if grant == GRANT_REFRESH_TOKEN:
+            return self._refresh(request, tenant, client, client_auth)
+        return self._on_behalf_of(request, tenant, client, client_auth)
+
+    # -- tenants and clients -------------------------------------------------------------
+
+    def _path_tenant(self, segment: str) -> str | None:
+        """The tenant a GUID path names, or None for `common` / `organizations`."""
+        lowered = segment.lower()
+        if lowered in ("common", "organizations"):
+            return None
+        if self.world.tenant(lowered) is None:
+            raise OAuthError(
+                "invalid_request",
+                90002,
+                f"Tenant '{segment[:64]}' not found. Check to make sure you have the correct "
+                "tenant ID and are signing into the correct cloud.",
+            )
+        return lowered
+
+    def _authenticate_client(self, request: TokenRequest, tenant: str | None) -> tuple[App, str]:
+        """The calling app and its `azpacr` (0 public, 1 secret, 2 certificate)."""
+        client_id = request.get("client_id")
+        secret = request.get("client_secret")
+        if request.basic_auth is not None:
+            basic_id, basic_secret = request.basic_auth
+            if client_id and client_id != basic_id:
+                raise OAuthError(
+                    "invalid_client", 7000216, "The client ids do not match.", status=401
+                )
+            client_id, secret = basic_id, basic_secret
+        if client_id is None:
+            raise _missing("client_id")
+        client = self.world.find_app(client_id)
+        if client is None or not GUID.match(client_id.lower()):
+            raise OAuthError(
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id[:64]}' was not found in the directory "
+                f"'{tenant or 'common'}'. This can happen if the application has not been "
+                "installed by the administrator of the tenant.",
+            )
+        assertion = request.get("client_assertion")
+        if client.public_client:
+            if secret or assertion:
+                raise OAuthError(
+                    "invalid_request",
+                    700025,
+                    "Client is public so neither 'client_assertion' nor 'client_secret' should "
+                    "be presented.",
+                )
+            return client, "0"
+        if assertion is not None:
+            self._check_client_assertion(request, client, assertion)
+            return client, "2"
+        if secret is not None:
+            if not any(hmac.compare_digest(secret.encode(), s.encode()) for s in client.secrets):
+                raise OAuthError(
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request "
+                    f"is the client secret value, not the client secret ID, for a secret added "
+                    f"to app '{client.client_id}'.",
+                    status=401,
+                )
+            return client, "1"
+        raise OAuthError(
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or "
+            "'client_secret'.",
+            status=401,
+        )
+
+    def _check_client_assertion(self, request: TokenRequest, client: App, assertion: str) -> None:
+        def refuse(why: str) -> OAuthError:
+            return OAuthError(
+                "invalid_client", 700027, f"Client assertion failed validation: {why}.", status=401
+            )
+
+        if request.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+            raise OAuthError(
+                "invalid_request",
+                50027,
+                "The client_assertion_type must be "
+                f"'{CLIENT_ASSERTION_TYPE}' when a client_assertion is sent.",
+            )
+        if len(assertion) > MAX_ASSERTION_BYTES:
+            raise refuse("the assertion is too large")
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.InvalidTokenError:
+            raise refuse("the assertion is not a well-formed JWT") from None
+        alg = header.get("alg")
+        if alg not in ("RS256", "PS256"):
+            raise refuse("the signing algorithm must be RS256 or PS256")
+        # MSAL sends these padded ("=") although JOSE says unpadded; Entra takes both.
+        x5t, x5t256 = (
+            value.rstrip("=") if isinstance(value, str) else None
+            for value in (header.get("x5t"), header.get("x5t#S256"))
+        )
+        cert = None
+        for candidate in client.certificates:
+            if (x5t256 and _b64(candidate.thumbprint_sha256) == x5t256) or (
+                x5t and _b64(candidate.thumbprint_sha1) == x5t
+            ):
+                cert = candidate
+                break
+        if cert is None:
+            raise refuse("no certificate registered for the app has the thumbprint in x5t")
+        try:
+            claims = jwt.decode(
+                assertion,
+                cert.certificate.public_key(),  # type: ignore[arg-type]
+                algorithms=[alg],
+                audience=[request.token_url, self.minter.issuer(client.tenant_id, 2)],
+                options={
+                    "require": ["exp", "aud", "iss", "sub"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.InvalidAudienceError:
+            raise refuse("the audience must be the token endpoint") from None
+        except jwt.InvalidTokenError:
+            raise refuse("the signature or claims are invalid") from None
+        now = self.minter.clock()
+        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+        if not _is_number(exp) or exp < now - 60:
+            raise refuse("the assertion has expired")
+        if not _is_number(nbf) or nbf > now + 300:
+            raise refuse("the assertion is not yet valid")
+        if claims.get("iss") != client.client_id or claims.get("sub") != client.client_id:
+            raise refuse("iss and sub must be the client id")
+        now_cert = x509.load_pem_x509_certificate(cert.certificate_pem)
+        if now_cert.not_valid_after_utc.timestamp() < now:
+            raise refuse("the certificate has expired")
+
+    # -- scopes and consent -------------------------------------------------------------
+
+    def _parse_scopes(self, raw: str | None) -> _ScopeRequest:
+        if raw is None:
+            raise _missing("scope")
+        requested = [s for s in raw.split(" ") if s]
+        reserved = frozenset(s for s in requested if s in RESERVED_SCOPES)
+        resource: App | None = None
+        prefix = ""
+        names: set[str] = set()
+        for scope in requested:
+            if scope in RESERVED_SCOPES:
+                continue
+            if "/" in scope:
+                scope_prefix, name = scope.rsplit("/", 1)
+                app = self.world.resource_app(scope_prefix)
+                if app is None:
+                    raise OAuthError(
+                        "invalid_resource",
+                        500011,
+                        f"The resource principal named {scope_prefix[:100]} was not found in "
+                        "the tenant.",
+                    )
+            else:
+                scope_prefix, name, app = "", scope, None
+            if names and (app is not resource):
+                raise OAuthError(
+                    "invalid_scope",
+                    28000,
+                    "Provided value for the input parameter scope is not valid because it "
+                    "contains more than one resource.",
+                )
+            resource, prefix = app, scope_prefix
+            names.add(name)
+        if not names:
+            # Entra answers an OpenID-only request with a Microsoft Graph token.
+            names = {"User.Read"}
+        return _ScopeRequest(resource, frozenset(names), reserved, prefix)
+
+    def _delegated_grant(self, client: App, scopes: _ScopeRequest) -> frozenset[str]:
+        """The delegated scopes `client` may get on the resource, or a consent error."""
+        resource = scopes.resource
+        if resource is None:
+            return scopes.names  # Graph's basic scopes need no consent here.
+        consented = client.api_permissions.get(resource.client_id, frozenset())
+        consented |= resource.pre_authorized.get(client.client_id, frozenset())
+        if scopes.names == {".default"}:
+            granted = consented & resource.scopes
+        else:
+            unknown = scopes.names - resource.scopes
+            if unknown:
+                raise OAuthError(
+                    "invalid_scope",
+                    70011,
+                    "The provided value for the input parameter 'scope' is not valid. The scope "
+                    f"'{' '.join(sorted(unknown))[:200]}' does not exist on the resource.",
+                )
+            granted = scopes.names & consented
+            if granted != scopes.names:
+                granted = frozenset()
+        if not granted:
+            raise OAuthError(
+                "invalid_grant",
+                65001,
+                f"The user or administrator has not consented to use the application with ID "
+                f"'{client.client_id}' named '{client.name}'. Send an interactive authorization "
+                "request for this user and resource.",
+                suberror="consent_required",
+            )
+        return granted
+
+    # -- grants -------------------------------------------------------------------------
+
+    def _user_in(self, user: User | None, tenant: str | None, shown: str) -> User:
+        if user is None or (tenant is not None and user.tenant_id != tenant):
+            raise OAuthError(
+                "invalid_grant",
+                50034,
+                f"The user account {shown[:100]} does not exist in the "
+                f"{tenant or 'organizations'} directory. To sign into this application, the "
+                "account must be added to the directory.",
+            )
+        return user
+
+    def _password(
+        self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
+    ) -> dict[str, Any]:
+        username = request.require("username")
+        password = request.require("password")
+        scopes = self._parse_scopes(request.get("scope"))
+        user = self._user_in(self.world.find_user(username), tenant, username)
+        if "@" not in username or not hmac.compare_digest(
+            password.encode(), user.password.encode()
+        ):
+            raise OAuthError(
+                "invalid_grant",
+                50126,
+                "Error validating credentials due to invalid username or password.",
+            )
+        granted = self._delegated_grant(client, scopes)
+        amr: tuple[str, ...] = ("pwd",)
+        claims = request.get("claims")
+        if claims is not None and self._answers_challenge(user, claims):
+            amr = ("pwd", "mfa")
+        return self._user_tokens(
+            request, user, client, client_auth, scopes, granted, amr, id_token=True
+        )
+
+    def _answers_challenge(self, user: User, claims_json: str) -> bool:
+        """A sign-in that carries a pending challenge's claims counts as having done MFA."""
+        challenge = self.faults.challenge_for(
+            RequestInfo(endpoint="token", user_oid=user.oid, username=user.username), ""
+        )
+        if challenge is None:
+            return False
+        wanted = _claims_names(challenge.claims)
+        return bool(wanted) and wanted <= _claims_names(claims_json)
+
+    def _refresh(
+        self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
+    ) -> dict[str, Any]:
+        presented = request.require("refresh_token")
+        with self._lock:
+            held = self._refresh_tokens.pop(_hash(presented), None)
+        if held is None or held.client_id != client.client_id:
+            raise OAuthError(
+                "invalid_grant",
+                9002313,
+                "Invalid request. Request is malformed or invalid.",
+            )
+        user = self._user_in(self.world.find_user(held.user_oid), tenant, held.user_oid)
+        raw_scope = request.get("scope")
+        scopes = self._parse_scopes(raw_scope) if raw_scope else None
+        if scopes is None:
+            resource = self.world.find_app(held.resource_client_id or "")
+            prefix = resource.app_id_uri or resource.client_id if resource else ""
+            scopes = _ScopeRequest(resource, held.scopes, frozenset({"offline_access"}), prefix)
+        granted = self._delegated_grant(client, scopes)
+        return self._user_tokens(
+            request, user, client, client_auth, scopes, granted, held.amr, id_token=True
+        )
+
+    def _client_credentials(
+        self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
+    ) -> dict[str, Any]:
+        if client.public_client:
+            raise OAuthError(
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or "
+                "'client_secret'.",
+                status=401,
+            )
+        if tenant is None:
+            raise OAuthError(
+                "invalid_request",
+                1002013,
+                "The client credentials flow needs a tenant-specific authority, not 'common' "
+                "or 'organizations'.",
+            )
+        raw = request.require("scope")
+        parts = [s for s in raw.split(" ") if s]
+        if len(parts) != 1 or not parts[0].endswith("/.default"):
+            raise OAuthError(
+                "invalid_scope",
+                1002012,
+                "The provided value for scope is not valid. Client credential flows must have a "
+                "scope value with /.default suffixed to the resource identifier "
+                "(application ID URI).",
+            )
+        scopes = self._parse_scopes(raw)
+        resource = scopes.resource
+        roles = (
+            client.app_role_assignments.get(resource.client_id, frozenset())
+            if resource
+            else frozenset()
+        )
+        issued = self.minter.access_token(
+            client=client,
+            resource=resource,
+            tenant_id=tenant,
+            roles=roles,
+            client_auth=client_auth,
+            capabilities=_capabilities(request.get("claims")),
+        )
+        return _token_body(issued.token, issued.expires_at, self.minter.clock())
+
+    def _on_behalf_of(
+        self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
+    ) -> dict[str, Any]:
+        if request.get("requested_token_use") != "on_behalf_of":
+            raise OAuthError(
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: "
+                "'requested_token_use' with the value 'on_behalf_of'.",
+            )
+        if client.public_client:
+            raise OAuthError(
+                "invalid_client",
+                7000218,
+                "The On-Behalf-Of flow needs a confidential client: the request body must "
+                "contain 'client_assertion' or 'client_secret'.",
+                status=401,
+            )
+        assertion = request.require("assertion")
+        scopes = self._parse_scopes(request.get("scope"))
+        claims = self._read_assertion(assertion, client)
+        oid, tid = claims.get("oid"), claims.get("tid")
+        if not isinstance(claims.get("scp"), str) or claims.get("idtyp") == "app":
+            raise OAuthError(
+                "invalid_grant",
+                50013,
+                "Assertion failed validation: an On-Behalf-Of assertion must be a delegated "
+                "(user) access token, not an app-only token.",
+            )
+        user = self.world.find_user(oid) if isinstance(oid, str) else None
+        if user is None or user.tenant_id != tid:
+            raise OAuthError(
+                "invalid_grant",
+                50034,
+                f"The user account {oid if isinstance(oid, str) else '(none)'} does not exist "
+                f"in the {tid if isinstance(tid, str) else 'given'} directory.",
+            )
+        user = self._user_in(user, tenant, user.oid)
+        granted = self._delegated_grant(client, scopes)
+        amr = tuple(a for a in claims.get("amr", ()) if isinstance(a, str)) or ("pwd",)
+        resource_id = scopes.resource.client_id if scopes.resource else ""
+        challenge = self.faults.challenge_for(
+            RequestInfo(endpoint="token", user_oid=user.oid, username=user.username), resource_id
+        )
+        if challenge is not None and "mfa" not in amr:
+            raise OAuthError(
+                "interaction_required",
+                50076,
+                "Due to a configuration change made by your administrator, or because you "
+                "moved to a new location, you must use multi-factor authentication to access "
+                f"'{resource_id}'.",
+                suberror="basic_action",
+                claims=challenge.claims,
+            )
+        return self._user_tokens(
+            request, user, client, client_auth, scopes, granted, amr, id_token=False
+        )
+
+    def _read_assertion(self, assertion: str, client: App) -> dict[str, Any]:
+        if len(assertion) > MAX_ASSERTION_BYTES:
+            raise OAuthError("invalid_grant", 50027, "JWT token is invalid or malformed.")
+        try:
+            claims = self.minter.read_own(assertion)
+        except jwt.ExpiredSignatureError:
+            raise OAuthError(
+                "invalid_grant",
+                500133,
+                "Assertion is not within its valid time range. Ensure that the access token "
+                "is not expired before using it for user assertion, or request a new token.",
+            ) from None
+        except jwt.ImmatureSignatureError:
+            raise OAuthError(
+                "invalid_grant", 500133, "Assertion is not within its valid time range."
+            ) from None
+        except jwt.InvalidSignatureError:
+            raise OAuthError(
+                "invalid_grant",
+                50013,
+                "Assertion failed signature validation. [Reason - The key was not found.]",
+            ) from None
+        except (jwt.InvalidTokenError, ValueError, TypeError):
+            raise OAuthError("invalid_grant", 50027, "JWT token is invalid or malformed.") from None
+        tid = claims.get("tid")
+        expected_issuers = (
+            {self.minter.issuer(tid, 2), self.minter.issuer(tid, 1)}
+            if isinstance(tid, str)
+            else set()
+        )
+        if claims.get("iss") not in expected_issuers:
+            raise OAuthError(
+                "invalid_grant", 50013, "Assertion failed validation: the issuer is not valid."
+            )
+        aud = claims.get("aud")
+        if not isinstance(aud, str) or aud not in client.identifiers():
+            raise OAuthError(
+                "invalid_grant",
+                50013,
+                "Assertion audience does not match the Client app presenting the assertion. "
+                f"The audience in the assertion was '{str(aud)[:100]}' and the expected audience "
+                f"is '{client.client_id}' or one of the Application Id URIs of this "
+                "application.",
+            )
+        return claims
+
+    def _user_tokens(
+        self,
+        request: TokenRequest,
+        user: User,
+        client: App,
+        client_auth: str,
+        scopes: _ScopeRequest,
+        granted: frozenset[str],
+        amr: tuple[str, ...],
+        *,
+        id_token: bool,
+    ) -> dict[str, Any]:
+        issued = self.minter.access_token(
+            client=client,
+            resource=scopes.resource,
+            tenant_id=user.tenant_id,
+            user=user,
+            scopes=granted,
+            client_auth=client_auth,
+            capabilities=_capabilities(request.get("claims")),
+            amr=amr,
+        )
+        body = _token_body(issued.token, issued.expires_at, self.minter.clock())
+        prefix = f"{scopes.resource_prefix}/" if scopes.resource_prefix else ""
+        body["scope"] = " ".join(sorted(f"{prefix}{s}" for s in granted) + sorted(scopes.reserved))
+        if "offline_access" in scopes.reserved:
+            refresh = "0.dev." + secrets.token_urlsafe(48)
+            with self._lock:
+                self._refresh_tokens[_hash(refresh)] = _RefreshGrant(
+                    user_oid=user.oid,
+                    tenant_id=user.tenant_id,
+                    client_id=client.client_id,
+                    resource_client_id=scopes.resource.client_id if scopes.resource else None,
+                    scopes=granted,
+                    amr=amr,
+                )
+            body["refresh_token"] = refresh
+        if id_token and "openid" in scopes.reserved:
+            body["id_token"] = self.minter.id_token(
+                user=user, client=client, tenant_id=user.tenant_id
+            )
+        if request.get("client_info") == "1":
+            body["client_info"] = client_info(user, user.tenant_id)
+        return body
+
+
+def _grant_name(grant: str | None, requested_token_use: str | None) -> str | None:
+    """Short names for the log: `obo` for the On-Behalf-Of flavour of jwt-bearer."""
+    if grant == GRANT_JWT_BEARER:
+        return "obo" if requested_token_use == "on_behalf_of" else "jwt_bearer"
+    return grant
+
+
+def _token_body(token: str, expires_at: int, now: float) -> dict[str, Any]:
+    expires_in = max(0, int(expires_at - now))
+    body: dict[str, Any] = {
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "ext_expires_in": expires_in,
+        "access_token": token,
+    }
+    if expires_in >= 7200:
+        # Entra's hint for proactive refresh on long-lived tokens (MSAL reads it).
+        body["refresh_in"] = expires_in // 2
+    return body
+
+
+def _capabilities(claims_json: str | None) -> list[str]:
+    """Client capabilities from the `claims` request parameter (`xms_cc`, e.g. `cp1`)."""
+    if not claims_json:
+        return []
+    try:
+        parsed = json.loads(claims_json)
+    except ValueError:
+        raise OAuthError(
+            "invalid_request", 90014, "The 'claims' parameter is not valid JSON."
+        ) from None
+    if not isinstance(parsed, dict):
+        raise OAuthError("invalid_request", 90014, "The 'claims' parameter must be an object.")
+    access = parsed.get("access_token")
+    values = access.get("xms_cc", {}).get("values") if isinstance(access, dict) else None
+    if not isinstance(values, list):
+        return []
+    return [v for v in values if isinstance(v, str) and v.isalnum() and len(v) <= 16]
+
+
+def _claims_names(claims_json: str) -> set[str]:
+    try:
+        parsed = json.loads(claims_json)
+    except ValueError:
+        return set()
+    access = parsed.get("access_token") if isinstance(parsed, dict) else None
+    return {k for k in access if k != "xms_cc"} if isinstance(access, dict) else set()
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    # MSAL writes float timestamps in client assertions; JSON booleans are not times.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -1,0 +1,308 @@
+"""Registrations the dev authority knows: tenants, app registrations and users.
+
+An `App` mirrors what an Entra app registration holds that matters for tokens: client id,
+credentials (secrets, certificates), its App ID URI, the delegated scopes and app roles it exposes,
+which client apps it pre-authorizes, and which permissions it has on other APIs (consented).
+`default_world()` is the demo world the examples use.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+"""Microsoft Graph's well-known application id: the audience of tokens asked without a resource."""
+
+
+def new_guid() -> str:
+    return str(uuid.uuid4())
+
+
+def new_secret() -> str:
+    # Shaped like Entra client secrets: 40 characters with a recognisable 3-character prefix.
+    return "dev" + secrets.token_urlsafe(30)[:37]
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A client credential certificate. `private_key_pem` is None for one registered by a user."""
+
+    certificate_pem: bytes
+    private_key_pem: bytes | None = field(default=None, repr=False)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.certificate_pem)
+
+    @property
+    def thumbprint_sha1(self) -> bytes:
+        return self.certificate.fingerprint(hashes.SHA1())  # noqa: S303 (x5t is SHA-1 by spec)
+
+    @property
+    def thumbprint_sha256(self) -> bytes:
+        return self.certificate.fingerprint(hashes.SHA256())
+
+    @property
+    def thumbprint_hex(self) -> str:
+        """The SHA-1 thumbprint in hex, the form MSAL's `client_credential` takes."""
+        return self.thumbprint_sha1.hex().upper()
+
+    @staticmethod
+    def generate(subject: str, *, days: int = 30) -> ClientCertificate:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .sign(key, hashes.SHA256())
+        )
+        return ClientCertificate(
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
+            private_key_pem=key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+
+
+@dataclass
+class App:
+    """An app registration. Mutable on purpose: tests change permissions at run time."""
+
+    name: str
+    client_id: str = field(default_factory=new_guid)
+    tenant_id: str = ""
+    public_client: bool = False
+    secrets: list[str] = field(default_factory=list, repr=False)
+    certificates: list[ClientCertificate] = field(default_factory=list, repr=False)
+    app_id_uri: str | None = None
+    scopes: frozenset[str] = frozenset()
+    """Delegated scopes this app exposes as an API (e.g. `access_as_user`)."""
+    app_roles: frozenset[str] = frozenset()
+    """App roles this API defines (granted to client apps as application permissions)."""
+    pre_authorized: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Client app id -> delegated scopes those clients may use without consent."""
+    api_permissions: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Resource app id -> delegated scopes this app has (admin-consented) on that API."""
+    app_role_assignments: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Resource app id -> app roles granted to this app (application permissions)."""
+    access_token_version: int = 2
+    """`accessTokenAcceptedVersion`: the shape of access tokens issued for this API."""
+    multi_tenant: bool = True
+
+    def __post_init__(self) -> None:
+        if self.app_id_uri is None and (self.scopes or self.app_roles):
+            self.app_id_uri = f"api://{self.client_id}"
+
+    @property
+    def is_confidential(self) -> bool:
+        return not self.public_client
+
+    def identifiers(self) -> set[str]:
+        """Every string that names this app as a resource (client id, App ID URI)."""
+        names = {self.client_id, f"api://{self.client_id}"}
+        if self.app_id_uri:
+            names.add(self.app_id_uri)
+        return names
+
+
+@dataclass
+class User:
+    username: str
+    password: str = field(default_factory=new_secret, repr=False)
+    oid: str = field(default_factory=new_guid)
+    tenant_id: str = ""
+    display_name: str = ""
+    app_roles: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Resource app id -> app roles assigned to this user (appear in `roles` of user tokens)."""
+
+
+@dataclass
+class World:
+    """Everything the authority knows. Look-ups are by client id / username / oid."""
+
+    tenants: list[Tenant]
+    apps: list[App]
+    users: list[User]
+
+    @property
+    def home_tenant(self) -> Tenant:
+        return self.tenants[0]
+
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        return next((t for t in self.tenants if t.id == tenant_id.lower()), None)
+
+    def app(self, name_or_client_id: str) -> App:
+        found = self.find_app(name_or_client_id)
+        if found is None:
+            raise KeyError(f"no app registered as {name_or_client_id!r}")
+        return found
+
+    def find_app(self, name_or_client_id: str) -> App | None:
+        key = name_or_client_id.lower()
+        return next((a for a in self.apps if key in (a.client_id, a.name.lower())), None)
+
+    def resource_app(self, identifier: str) -> App | None:
+        """The app a scope prefix or `resource` names (client id GUID or App ID URI)."""
+        ident = identifier.rstrip("/")
+        return next(
+            (a for a in self.apps if ident in a.identifiers() or ident.lower() == a.client_id),
+            None,
+        )
+
+    def user(self, name_or_oid: str) -> User:
+        found = self.find_user(name_or_oid)
+        if found is None:
+            raise KeyError(f"no user registered as {name_or_oid!r}")
+        return found
+
+    def find_user(self, name_or_oid: str) -> User | None:
+        key = name_or_oid.lower()
+        for user in self.users:
+            local = user.username.split("@", 1)[0].lower()
+            if key in (user.username.lower(), user.oid, local):
+                return user
+        return None
+
+    def summary(self, *, include_secrets: bool) -> dict[str, Any]:
+        """JSON-ready description, for the CLI's `--write-env` and for test set-up."""
+
+        def secret(value: str) -> str:
+            return value if include_secrets else "**********"
+
+        return {
+            "tenants": [{"id": t.id, "name": t.name} for t in self.tenants],
+            "apps": {
+                a.name: {
+                    "client_id": a.client_id,
+                    "tenant_id": a.tenant_id,
+                    "public_client": a.public_client,
+                    "app_id_uri": a.app_id_uri,
+                    "scopes": sorted(a.scopes),
+                    "app_roles": sorted(a.app_roles),
+                    "secrets": [secret(s) for s in a.secrets],
+                    "certificate_thumbprints": [c.thumbprint_hex for c in a.certificates],
+                    "api_permissions": {k: sorted(v) for k, v in a.api_permissions.items()},
+                }
+                for a in self.apps
+            },
+            "users": {
+                u.username.split("@", 1)[0]: {
+                    "username": u.username,
+                    "password": secret(u.password),
+                    "oid": u.oid,
+                    "tenant_id": u.tenant_id,
+                    "display_name": u.display_name,
+                }
+                for u in self.users
+            },
+        }
+
+
+def pairwise_sub(oid: str, app_client_id: str, tenant_id: str) -> str:
+    """Entra's `sub`: stable per user *and* app, so two apps cannot correlate users by it."""
+    digest = hashlib.sha256(f"{tenant_id}:{app_client_id}:{oid}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+# Fixed ids for the demo world make logs and traces readable across runs; secrets, passwords
+# and keys are new every time an authority starts.
+CONTOSO = "7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001"
+FABRIKAM = "9b2d4e6f-8a11-4c3b-b2a0-0c0ffee00002"
+
+
+def default_world(*, with_certificates: bool = True) -> World:
+    """The demo world: a public client, the Original and Downstream APIs, a daemon, and users.
+
+    - `client` (public): signs users in; may call `original` (`access_as_user`).
+    - `original` (confidential, secret + certificate): exposes `access_as_user`; holds the
+      consented delegated permission `Data.Read` on `downstream` for On-Behalf-Of.
+    - `downstream` (confidential): exposes `Data.Read` and `Data.Write`, defines app role
+      `Data.Read.All`.
+    - `daemon` (confidential): app-only caller with the `Data.Read.All` role on `downstream`.
+    - `alice` and `bob` in Contoso, `carol` in the second tenant Fabrikam.
+    """
+    contoso = Tenant(CONTOSO, "contoso")
+    fabrikam = Tenant(FABRIKAM, "fabrikam")
+
+    downstream = App(
+        name="downstream",
+        client_id="5d0e9c57-4c1f-4a36-8f6e-0c0ffee0d0d0",
+        tenant_id=CONTOSO,
+        secrets=[new_secret()],
+        scopes=frozenset({"Data.Read", "Data.Write"}),
+        app_roles=frozenset({"Data.Read.All"}),
+    )
+    original = App(
+        name="original",
+        client_id="3c9a4e21-7d0b-4f5e-a1c2-0c0ffee0a1a1",
+        tenant_id=CONTOSO,
+        secrets=[new_secret()],
+        certificates=[ClientCertificate.generate("original")] if with_certificates else [],
+        scopes=frozenset({"access_as_user"}),
+        api_permissions={downstream.client_id: frozenset({"Data.Read"})},
+    )
+    client = App(
+        name="client",
+        client_id="b1e0f1c8-2a3d-4e5f-9a8b-0c0ffee0c1c1",
+        tenant_id=CONTOSO,
+        public_client=True,
+        api_permissions={original.client_id: frozenset({"access_as_user"})},
+    )
+    daemon = App(
+        name="daemon",
+        client_id="e4a7b2d9-6c5f-4d3e-8b1a-0c0ffee0dae0",
+        tenant_id=CONTOSO,
+        secrets=[new_secret()],
+        certificates=[ClientCertificate.generate("daemon")] if with_certificates else [],
+        app_role_assignments={downstream.client_id: frozenset({"Data.Read.All"})},
+    )
+    original.pre_authorized[client.client_id] = frozenset({"access_as_user"})
+
+    users = [
+        User(
+            username="alice@contoso.example",
+            oid="a11ce000-0000-4000-8000-00000000a11c",
+            tenant_id=CONTOSO,
+            display_name="Alice Example",
+        ),
+        User(
+            username="bob@contoso.example",
+            oid="b0b00000-0000-4000-8000-000000000b0b",
+            tenant_id=CONTOSO,
+            display_name="Bob Example",
+        ),
+        User(
+            username="carol@fabrikam.example",
+            oid="ca501000-0000-4000-8000-0000000ca501",
+            tenant_id=FABRIKAM,
+            display_name="Carol Example",
+        ),
+    ]
+    return World(
+        tenants=[contoso, fabrikam], apps=[client, original, downstream, daemon], users=users
+    )
