@@ -41,6 +41,7 @@ from grpc_obo._identity import (
     current_identity,
     use_identity,
 )
+from grpc_obo._validation import TokenValidator, ValidatorOptions
 
 __version__ = "0.1.0"
 
@@ -71,8 +72,10 @@ __all__ = [
     "TenantNotAllowedError",
     "TokenExchangeError",
     "TokenValidationError",
+    "TokenValidator",
     "UnknownKeyError",
     "UserTokenNotAllowedError",
+    "ValidatorOptions",
     "__version__",
     "current_identity",
     "status_for",

@@ -1,0 +1,189 @@
+"""Hardened compact-JWS parsing and RS256 signature verification.
+
+PyJWT accepts more than a validator of Entra access tokens should (padding, duplicate JSON keys,
+nested or encrypted tokens, unbounded sizes), so the wire format is parsed here, strictly, before
+anything looks at a key: a size cap, exactly three canonical base64url segments, JSON objects
+without duplicate keys, and a header that can only name a key (never carry or point to one).
+Every failure is a `MalformedTokenError` whose message never quotes the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from grpc_obo._errors import InvalidAudienceError, MalformedTokenError
+
+__all__ = ["ALGORITHM", "ParsedToken", "b64url_decode", "parse_compact", "verify_rs256"]
+
+ALGORITHM = "RS256"
+"""The only signature algorithm accepted: ours, never taken from the token's header."""
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_MAX_KID = 256
+
+# Header parameters that would let the token choose its own key or change how it is processed.
+_KEY_CARRYING = ("jku", "x5u", "jwk", "x5c")
+_ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToken:
+    """A structurally valid compact JWS whose signature is not verified yet."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+    kid: str | None
+    x5t: str | None
+
+
+def _malformed(reason: str, message: str) -> MalformedTokenError:
+    return MalformedTokenError(message, reason=reason)
+
+
+def b64url_decode(segment: str) -> bytes | None:
+    """Decode canonical unpadded base64url, or None: the re-encoding must give `segment` back.
+
+    The round trip refuses padding, the standard alphabet, whitespace and non-zero trailing
+    bits, so one token has exactly one spelling (the cache key is the token's hash).
+    """
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        return None
+    return raw
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # NOTE: PyJWT (via json.loads) keeps the last duplicate; another parser may keep the
+            # first. Two readers seeing two different claims is how confusion attacks start.
+            raise ValueError("duplicate key")
+        result[key] = value
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError("NaN/Infinity are not JSON")
+
+
+def loads_strict(raw: bytes) -> Any:
+    """Parse UTF-8 JSON, refusing duplicate object keys and NaN/Infinity. Raises ValueError."""
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(
+            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+        )
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _json_object(segment: str, what: str) -> dict[str, Any]:
+    raw = b64url_decode(segment)
+    if raw is None:
+        raise _malformed("bad_encoding", f"token {what} is not canonical base64url")
+    try:
+        value = loads_strict(raw)
+    except ValueError:
+        raise _malformed("bad_json", f"token {what} is not a JSON object") from None
+    if not isinstance(value, dict):
+        raise _malformed("bad_json", f"token {what} is not a JSON object")
+    return value
+
+
+def _key_name(header: dict[str, Any], name: str) -> str | None:
+    value = header.get(name)
+    if value is None and name not in header:
+        return None
+    if not isinstance(value, str) or not value or len(value) > _MAX_KID:
+        raise _malformed("bad_kid", f"token header '{name}' must be a short non-empty string")
+    return value
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    if "nonce" in header:
+        # Microsoft Graph access tokens carry a header nonce; they are Graph's to validate.
+        raise InvalidAudienceError("token is for Microsoft Graph", reason="graph_token")
+    if "enc" in header or "zip" in header:
+        raise _malformed("encrypted", "encrypted tokens are not accepted")
+    alg = header.get("alg")
+    if alg != ALGORITHM:
+        # NOTE: includes "none", HS256 (a public key used as an HMAC secret) and every other
+        # algorithm: the list is ours, never the header's.
+        raise _malformed("bad_alg", "token algorithm must be RS256")
+    if "crit" in header or "b64" in header:
+        raise _malformed("crit", "token header extensions ('crit') are not supported")
+    for name in _KEY_CARRYING:
+        if name in header:
+            raise _malformed("embedded_key", "token header must not carry or point to a key")
+    if "cty" in header:
+        raise _malformed("nested_token", "nested tokens ('cty') are not accepted")
+    typ = header.get("typ")
+    if typ is not None and not (isinstance(typ, str) and typ.lower() in _ACCEPTED_TYP):
+        raise _malformed("bad_typ", "token type must be JWT")
+
+
+def parse_compact(token: object, *, max_bytes: int) -> ParsedToken:
+    """Parse a compact JWS into header, claims and signature, refusing anything unusual."""
+    if not isinstance(token, str):
+        raise _malformed("not_a_string", "token must be a string")
+    # Size first: nothing below may run on an unbounded input.
+    if len(token) > max_bytes:
+        raise _malformed("too_large", "token is too large")
+    if not token.isascii():
+        raise _malformed("bad_encoding", "token must be ASCII")
+    dots = token.count(".")
+    if dots == 4:
+        raise _malformed("encrypted", "encrypted tokens (JWE) are not accepted")
+    if dots != 2:
+        raise _malformed("bad_segments", "token must have exactly three segments")
+    header_b64, claims_b64, signature_b64 = token.split(".")
+    if not header_b64 or not claims_b64 or not signature_b64:
+        raise _malformed("bad_segments", "token has an empty segment")
+    header = _json_object(header_b64, "header")
+    _check_header(header)
+    kid = _key_name(header, "kid")
+    x5t = _key_name(header, "x5t")
+    if kid is None and x5t is None:
+        raise _malformed("no_kid", "token header names no key ('kid' or 'x5t')")
+    claims = _json_object(claims_b64, "payload")
+    signature = b64url_decode(signature_b64)
+    if signature is None:
+        raise _malformed("bad_encoding", "token signature is not canonical base64url")
+    return ParsedToken(
+        header=header,
+        claims=claims,
+        signing_input=f"{header_b64}.{claims_b64}".encode("ascii"),
+        signature=signature,
+        kid=kid,
+        x5t=x5t,
+    )
+
+
+def verify_rs256(key: RSAPublicKey, signing_input: bytes, signature: bytes) -> bool:
+    """RSASSA-PKCS1-v1_5 with SHA-256 (RS256) over the signing input."""
+    # The signature length must equal the modulus length (RFC 8017 §8.2.2 step 1).
+    if len(signature) != (key.key_size + 7) // 8:
+        return False
+    try:
+        key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True

@@ -1,0 +1,277 @@
+"""`ValidatorOptions`: everything a `TokenValidator` needs, checked once at construction.
+
+Misconfiguration (an http authority, a multi-tenant API without a tenant decision, a Graph
+audience, a static JWKS with no usable key) raises `ConfigurationError` here, so a service
+fails at start-up instead of on its first request. Also owns the issuer templates and the
+URL rules (https only; plain http only for a loopback IP literal, and only when asked).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from grpc_obo._errors import ConfigurationError
+
+__all__ = [
+    "GRAPH_AUDIENCES",
+    "MULTI_TENANTS",
+    "ValidatorOptions",
+    "check_fetch_url",
+    "is_guid",
+]
+
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+MULTI_TENANTS = frozenset({"organizations", "common"})
+"""Tenant names that accept tokens from many tenants (the issuer is then templated by `tid`)."""
+
+GRAPH_AUDIENCES = frozenset(
+    {
+        # Microsoft Graph and the retired Azure AD Graph: their tokens are for Microsoft's APIs
+        # (Graph tokens even carry a header `nonce` that makes them unverifiable by design).
+        "00000003-0000-0000-c000-000000000000",
+        "https://graph.microsoft.com",
+        "https://graph.microsoft.com/",
+        "00000002-0000-0000-c000-000000000000",
+        "https://graph.windows.net",
+        "https://graph.windows.net/",
+    }
+)
+
+_VERSIONS = frozenset({"1.0", "2.0"})
+
+
+def is_guid(value: object) -> bool:
+    """True for a lowercase GUID string, the only form Entra puts in `tid` and `oid`."""
+    return isinstance(value, str) and _GUID.fullmatch(value) is not None
+
+
+def _is_loopback_ip(host: str | None) -> bool:
+    # NOTE: only IP literals count. A name like "localhost" is resolved by whatever the host's
+    # resolver says, which is not a promise that the bytes stay on this machine.
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_fetch_url(url: str, *, allow_loopback_http: bool) -> str | None:
+    """Why `url` may not be fetched for keys, or None when it may (https, or loopback http)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return "not a valid URL"
+    if parts.username or parts.password:
+        return "must not carry credentials"
+    if not host:
+        return "has no host"
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http" and allow_loopback_http and _is_loopback_ip(host):
+        return None
+    if parts.scheme == "http" and _is_loopback_ip(host):
+        return "uses plain http (allowed for a loopback IP only with allow_loopback_http=True)"
+    return "must use https"
+
+
+def _base_url(name: str, value: str, *, allow_loopback_http: bool) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty URL")
+    value = value.rstrip("/")
+    problem = check_fetch_url(value, allow_loopback_http=allow_loopback_http)
+    if problem:
+        raise ConfigurationError(f"{name} {problem}")
+    parts = urlsplit(value)
+    if parts.path or parts.query or parts.fragment:
+        raise ConfigurationError(f"{name} must be scheme://host[:port] with no path or query")
+    return value
+
+
+def _string_set(name: str, value: Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        # NOTE: frozenset("abc") would silently become {"a", "b", "c"}.
+        raise ConfigurationError(f"{name} must be a collection of strings, not one string")
+    items = frozenset(value)
+    if not all(isinstance(item, str) and item for item in items):
+        raise ConfigurationError(f"{name} must contain only non-empty strings")
+    return items
+
+
+def _guid_set(name: str, value: Iterable[str] | None) -> frozenset[str] | None:
+    items = _string_set(name, value)
+    if items is None:
+        return None
+    lowered = frozenset(item.lower() for item in items)
+    if not all(is_guid(item) for item in lowered):
+        raise ConfigurationError(f"{name} must contain only tenant/client GUIDs")
+    return lowered
+
+
+def _bounded(name: str, value: float, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigurationError(f"{name} must be a number between {low} and {high}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValidatorOptions:
+    """How a `TokenValidator` decides whether an Entra access token is for this API.
+
+    Single-tenant: `tenant` is the tenant GUID and only its tokens are accepted. Multi-tenant:
+    `tenant="organizations"` (or `"common"`) plus either `allowed_tenants` or an explicit
+    `allow_all_tenants=True`, because "any tenant in the world" must be a decision, not a default.
+    """
+
+    tenant: str
+    """The tenant GUID, or "organizations"/"common" for a multi-tenant API."""
+    audiences: frozenset[str]
+    """This API's identifiers: its client id GUID and/or App ID URIs (`api://...`)."""
+    authority_host: str = "https://login.microsoftonline.com"
+    """Where discovery lives and the v2 issuer's host: `{authority_host}/{tid}/v2.0`."""
+    v1_issuer_host: str = "https://sts.windows.net"
+    """The v1 issuer's host: `{v1_issuer_host}/{tid}/`. Override for a non-Microsoft authority."""
+    allowed_tenants: frozenset[str] | None = None
+    """Multi-tenant only: the tenant GUIDs whose tokens are accepted (others: PERMISSION_DENIED)."""
+    allow_all_tenants: bool = False
+    """Multi-tenant only: accept tokens from every tenant. Must be chosen explicitly."""
+    versions: frozenset[str] = frozenset({"2.0"})
+    """Accepted token versions (`ver`): "2.0" and/or "1.0"."""
+    leeway: float = 60.0
+    """Seconds of clock skew tolerated on `exp`, `nbf` and `iat` (0..300)."""
+    allowed_client_ids: frozenset[str] | None = None
+    """If set, only these calling client apps (`azp` v2 / `appid` v1) are accepted."""
+    accept_app_tokens_without_roles: bool = False
+    """Accept app-only tokens that carry no `roles` (Entra issues them when a client has no app
+    role assignment). Off by default: a token with neither `scp` nor `roles` is refused."""
+    clock: Callable[[], float] = time.time
+    """Current time in epoch seconds; also drives key refresh timing. Replace it in tests."""
+    max_token_bytes: int = 16 * 1024
+    """Tokens longer than this are refused before any parsing (1 KiB..64 KiB)."""
+    key_refresh_interval: float = 24 * 3600.0
+    """Scheduled key refresh period in seconds: at most daily, as Entra asks."""
+    unknown_kid_refresh_interval: float = 300.0
+    """Minimum seconds between refreshes caused by a token naming an unknown key."""
+    verified_cache_size: int = 10_000
+    """How many verified tokens to remember (0 turns the cache off)."""
+    jwks: Mapping[str, Any] | None = field(default=None, repr=False)
+    """A static JWKS document for offline use: no discovery and no network at all."""
+    http_timeout: float = 10.0
+    """Seconds for each discovery or JWKS request."""
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    """TLS settings for key fetches (e.g. trusting the dev authority's private CA)."""
+    allow_loopback_http: bool = False
+    """Allow plain http when the authority is a loopback IP literal (tests and local tools)."""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise through the back door, once, here
+        if not isinstance(self.allow_loopback_http, bool):
+            raise ConfigurationError("allow_loopback_http must be a bool")
+        loopback = self.allow_loopback_http
+        set_(
+            self,
+            "authority_host",
+            _base_url("authority_host", self.authority_host, allow_loopback_http=loopback),
+        )
+        if not isinstance(self.v1_issuer_host, str) or not self.v1_issuer_host:
+            raise ConfigurationError("v1_issuer_host must be a non-empty URL")
+        v1_host = self.v1_issuer_host.rstrip("/")
+        v1_parts = urlsplit(v1_host)
+        if v1_parts.scheme not in ("https", "http") or not v1_parts.netloc or v1_parts.path:
+            raise ConfigurationError("v1_issuer_host must be scheme://host[:port]")
+        set_(self, "v1_issuer_host", v1_host)
+
+        if not isinstance(self.tenant, str) or not self.tenant:
+            raise ConfigurationError("tenant must be a tenant GUID, 'organizations' or 'common'")
+        tenant = self.tenant.lower()
+        if tenant not in MULTI_TENANTS and not is_guid(tenant):
+            raise ConfigurationError("tenant must be a tenant GUID, 'organizations' or 'common'")
+        set_(self, "tenant", tenant)
+
+        allowed = _guid_set("allowed_tenants", self.allowed_tenants)
+        set_(self, "allowed_tenants", allowed)
+        if tenant in MULTI_TENANTS:
+            if allowed is None and not self.allow_all_tenants:
+                raise ConfigurationError(
+                    "a multi-tenant validator needs allowed_tenants, or allow_all_tenants=True"
+                )
+            if allowed is not None and self.allow_all_tenants:
+                raise ConfigurationError("give allowed_tenants or allow_all_tenants, not both")
+            if allowed is not None and not allowed:
+                raise ConfigurationError("allowed_tenants must not be empty")
+        else:
+            if self.allow_all_tenants:
+                raise ConfigurationError("allow_all_tenants needs tenant='organizations'/'common'")
+            if allowed is not None and allowed != {tenant}:
+                raise ConfigurationError("a single-tenant validator accepts only its own tenant")
+
+        audiences = _string_set("audiences", self.audiences)
+        if not audiences:
+            raise ConfigurationError("audiences must name at least one identifier of this API")
+        # GUID client ids appear lowercase in `aud`; App ID URIs are compared exactly.
+        audiences = frozenset(a.lower() if is_guid(a.lower()) else a for a in audiences)
+        if audiences & GRAPH_AUDIENCES:
+            raise ConfigurationError("Microsoft Graph tokens are not ours to validate")
+        set_(self, "audiences", audiences)
+
+        versions = _string_set("versions", self.versions)
+        if not versions or not versions <= _VERSIONS:
+            raise ConfigurationError('versions must be a non-empty subset of {"1.0", "2.0"}')
+        set_(self, "versions", versions)
+
+        set_(self, "allowed_client_ids", _guid_set("allowed_client_ids", self.allowed_client_ids))
+        if self.allowed_client_ids is not None and not self.allowed_client_ids:
+            raise ConfigurationError("allowed_client_ids must not be empty (None means any)")
+
+        _bounded("leeway", self.leeway, 0, 300)
+        _bounded("max_token_bytes", self.max_token_bytes, 1024, 64 * 1024)
+        _bounded("key_refresh_interval", self.key_refresh_interval, 1, 24 * 3600)
+        _bounded("unknown_kid_refresh_interval", self.unknown_kid_refresh_interval, 1, 24 * 3600)
+        if self.unknown_kid_refresh_interval > self.key_refresh_interval:
+            raise ConfigurationError("unknown_kid_refresh_interval exceeds key_refresh_interval")
+        _bounded("verified_cache_size", self.verified_cache_size, 0, 1_000_000)
+        _bounded("http_timeout", self.http_timeout, 0.001, 120)
+        for name in ("max_token_bytes", "verified_cache_size"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigurationError(f"{name} must be an int")
+        if not callable(self.clock):
+            raise ConfigurationError("clock must be a callable returning epoch seconds")
+        if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
+            raise ConfigurationError("ssl_context must be an ssl.SSLContext")
+        for name in ("allow_all_tenants", "accept_app_tokens_without_roles"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(f"{name} must be a bool")
+        if self.jwks is not None:
+            # Imported here: _keys imports this module for the URL rule.
+            from grpc_obo._validation._keys import parse_jwks
+
+            if not isinstance(self.jwks, Mapping):
+                raise ConfigurationError("jwks must be a JWKS document (a mapping with 'keys')")
+            if not parse_jwks(self.jwks).keys:
+                raise ConfigurationError("jwks has no usable RSA signing key (>= 2048 bits)")
+
+    @property
+    def is_multi_tenant(self) -> bool:
+        return self.tenant in MULTI_TENANTS
+
+    @property
+    def discovery_url(self) -> str:
+        """`{authority_host}/{tenant}/v2.0/.well-known/openid-configuration`."""
+        return f"{self.authority_host}/{self.tenant}/v2.0/.well-known/openid-configuration"
+
+    def issuer_for(self, version: str, tid: str) -> str:
+        """The exact issuer a token of `version` from tenant `tid` must carry."""
+        if version == "1.0":
+            return f"{self.v1_issuer_host}/{tid}/"
+        return f"{self.authority_host}/{tid}/v2.0"

@@ -1,0 +1,228 @@
+"""The Entra access-token rules: pure functions from signature-verified claims to an `Identity`.
+
+No I/O and no clock of their own (`now` is an argument), so each rule is a unit test away.
+Order matters for the answer a caller gets: first "is this a valid token for this API at all"
+(`TokenValidationError`, UNAUTHENTICATED), only then "may this principal call us"
+(`AccessDeniedError`: tenant and client allow-lists, PERMISSION_DENIED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from grpc_obo._errors import (
+    ClientNotAllowedError,
+    ExpiredTokenError,
+    InvalidAudienceError,
+    InvalidClaimError,
+    InvalidIssuerError,
+    NotAnAccessTokenError,
+    NotYetValidError,
+    TenantNotAllowedError,
+)
+from grpc_obo._identity import Identity, IdentityKind, SecretToken
+from grpc_obo._validation._keys import SigningKey
+from grpc_obo._validation._options import GRAPH_AUDIENCES, ValidatorOptions, is_guid
+
+__all__ = ["check_claims", "check_times", "classify"]
+
+_TENANT_PLACEHOLDER = "{tenantid}"
+
+
+def _claim_error(claim: str, message: str, reason: str = "bad_claim") -> InvalidClaimError:
+    return InvalidClaimError(message, reason=reason, claim=claim)
+
+
+def _optional_str(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is None and name not in claims:
+        return None
+    if not isinstance(value, str):
+        raise _claim_error(name, f"claim '{name}' must be a string")
+    return value
+
+
+def _int_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> int | None:
+    if name not in claims:
+        if required:
+            raise _claim_error(name, f"claim '{name}' is missing", "missing_claim")
+        return None
+    value = claims[name]
+    # NOTE: `type(...) is int` refuses bool (True == 1), floats and numeric strings, all of
+    # which PyJWT would accept for exp/nbf/iat.
+    if type(value) is not int:
+        raise _claim_error(name, f"claim '{name}' must be an integer")
+    return value
+
+
+def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> int:
+    """Check `exp`, `nbf` and `iat` against `now` with `leeway`; return `exp`."""
+    exp = _int_claim(claims, "exp", required=True)
+    nbf = _int_claim(claims, "nbf", required=False)
+    iat = _int_claim(claims, "iat", required=True)
+    assert exp is not None and iat is not None
+    if now > exp + leeway:
+        raise ExpiredTokenError("token expired")
+    if nbf is not None and now + leeway < nbf:
+        raise NotYetValidError("token is not valid yet")
+    if now + leeway < iat:
+        raise NotYetValidError("token was issued in the future")
+    return exp
+
+
+def _check_issuer(
+    claims: Mapping[str, Any], version: str, tid: str, key: SigningKey, options: ValidatorOptions
+) -> str:
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str):
+        raise InvalidIssuerError("token has no issuer", reason="bad_issuer")
+    # Single tenant: the issuer and `tid` are fixed by configuration. Multi-tenant: the issuer
+    # is templated with the token's own GUID `tid`, and still compared exactly; either way the
+    # issuer and `tid` (which the Identity is keyed by) cannot disagree.
+    if not options.is_multi_tenant and tid != options.tenant:
+        raise InvalidIssuerError("token is from another tenant")
+    if issuer != options.issuer_for(version, tid):
+        raise InvalidIssuerError("token issuer is not accepted")
+    if key.issuer is not None:
+        # The JWKS binds keys to issuers (Entra: `.../{tenantid}/v2.0`; a consumer-account key
+        # names the MSA tenant). Keys come from the v2 endpoint, so for v1 tokens the key's
+        # issuer is compared with the v2 issuer of the same tenant.
+        key_issuer = key.issuer.replace(_TENANT_PLACEHOLDER, tid)
+        if key_issuer not in (issuer, options.issuer_for("2.0", tid)):
+            raise InvalidIssuerError(
+                "token issuer does not match its signing key", reason="key_issuer_mismatch"
+            )
+    return issuer
+
+
+def _check_audience(claims: Mapping[str, Any], options: ValidatorOptions) -> str:
+    audience = claims.get("aud")
+    if not isinstance(audience, str):
+        # PyJWT accepts a list containing ours; an access token for us has exactly one audience.
+        raise InvalidAudienceError("token audience must be a single string")
+    if audience in GRAPH_AUDIENCES:
+        raise InvalidAudienceError("token is for Microsoft Graph", reason="graph_token")
+    if audience not in options.audiences:
+        raise InvalidAudienceError("token is not for this API")
+    return audience
+
+
+def classify(claims: Mapping[str, Any]) -> IdentityKind:
+    """Delegated (USER) or app-only (APP): `idtyp` when present, otherwise by `scp`."""
+    idtyp = claims.get("idtyp")
+    scp = claims.get("scp")
+    if idtyp is not None or "idtyp" in claims:
+        if idtyp == "app":
+            if scp is not None:
+                raise _claim_error("idtyp", "an app-only token cannot carry delegated scopes")
+            return IdentityKind.APP
+        if idtyp == "user":
+            return IdentityKind.USER
+        raise _claim_error("idtyp", "claim 'idtyp' has an unknown value")
+    return IdentityKind.USER if scp is not None else IdentityKind.APP
+
+
+def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    if "scp" not in claims:
+        return frozenset()
+    scp = claims["scp"]
+    if not isinstance(scp, str) or not scp.strip():
+        raise _claim_error("scp", "claim 'scp' must be a non-empty space-separated string")
+    return frozenset(scp.split())
+
+
+def _string_list(claims: Mapping[str, Any], name: str, *, allow_string: bool) -> frozenset[str]:
+    if name not in claims:
+        return frozenset()
+    value = claims[name]
+    if allow_string and isinstance(value, str):
+        return frozenset({value})
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _claim_error(name, f"claim '{name}' must be an array of strings")
+    return frozenset(value)
+
+
+def _guid_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> str | None:
+    value = claims.get(name)
+    if value is None and name not in claims:
+        if required:
+            raise _claim_error(name, f"claim '{name}' is missing", "missing_claim")
+        return None
+    if not is_guid(value):
+        raise _claim_error(name, f"claim '{name}' must be a GUID")
+    assert isinstance(value, str)
+    return value
+
+
+def check_claims(
+    claims: Mapping[str, Any],
+    *,
+    key: SigningKey,
+    options: ValidatorOptions,
+    now: float,
+    token: str,
+) -> Identity:
+    """Apply every Entra rule to signature-verified `claims`; return who the token is for."""
+    version = claims.get("ver")
+    if version not in ("1.0", "2.0"):
+        raise _claim_error("ver", 'claim \'ver\' must be "1.0" or "2.0"')
+    assert isinstance(version, str)
+    if version not in options.versions:
+        raise _claim_error("ver", "token version is not accepted", "version_not_accepted")
+    tid = _guid_claim(claims, "tid", required=True)
+    assert tid is not None
+    issuer = _check_issuer(claims, version, tid, key, options)
+    audience = _check_audience(claims, options)
+    exp = check_times(claims, now=now, leeway=options.leeway)
+
+    kind = classify(claims)
+    scopes = _scopes(claims)
+    roles = _string_list(claims, "roles", allow_string=False)
+    client_id = _optional_str(claims, "azp" if version == "2.0" else "appid")
+    if not scopes and not roles:
+        # An ID token, or an app token that grants nothing. The latter exists (a client with
+        # no app role assignment) and is accepted only when the options say so.
+        tolerated = (
+            options.accept_app_tokens_without_roles
+            and kind is IdentityKind.APP
+            and client_id is not None
+            and "nonce" not in claims
+        )
+        if not tolerated:
+            raise NotAnAccessTokenError("token is not an access token for this API")
+
+    oid = _guid_claim(claims, "oid", required=kind is IdentityKind.USER)
+    sub = _optional_str(claims, "sub")
+    if kind is IdentityKind.USER and not sub:
+        raise _claim_error("sub", "claim 'sub' is missing", "missing_claim")
+    if version == "2.0":
+        username = _optional_str(claims, "preferred_username")
+    else:
+        username = _optional_str(claims, "upn") or _optional_str(claims, "unique_name")
+
+    # Access decisions last: the token is valid, the question is whether it may call us.
+    if options.allowed_tenants is not None and tid not in options.allowed_tenants:
+        raise TenantNotAllowedError("the caller's tenant is not allowed")
+    if options.allowed_client_ids is not None and (
+        client_id is None or client_id.lower() not in options.allowed_client_ids
+    ):
+        raise ClientNotAllowedError("the calling application is not allowed")
+
+    return Identity(
+        tid=tid,
+        oid=oid,
+        sub=sub or oid or client_id or "",
+        kind=kind,
+        scopes=scopes,
+        roles=roles,
+        client_id=client_id,
+        audience=audience,
+        issuer=issuer,
+        token_version=version,
+        expires_at=exp,
+        name=_optional_str(claims, "name"),
+        username=username,
+        client_capabilities=_string_list(claims, "xms_cc", allow_string=True),
+        token=SecretToken(token),
+    )

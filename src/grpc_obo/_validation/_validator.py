@@ -1,0 +1,102 @@
+"""`TokenValidator`: the async entry point that turns a bearer token into a verified `Identity`.
+
+Order of work, cheapest and least trusting first: size cap, verified-token cache, strict JWS
+parsing, key lookup (may fetch), RS256 verification, Entra claim rules, then the cache. The
+validator owns its key source (and so its HTTP session): use it as an async context manager or
+call `close()`. Nothing here logs or raises text containing the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from types import TracebackType
+
+from grpc_obo._errors import InvalidSignatureError, MalformedTokenError
+from grpc_obo._identity import Identity
+from grpc_obo._validation._cache import VerifiedTokenCache
+from grpc_obo._validation._jose import parse_compact, verify_rs256
+from grpc_obo._validation._keys import KeySource, RemoteKeySource, StaticKeySource
+from grpc_obo._validation._options import ValidatorOptions
+from grpc_obo._validation._rules import check_claims
+
+__all__ = ["TokenValidator"]
+
+logger = logging.getLogger("grpc_obo.validation")
+
+
+class TokenValidator:
+    """Validates Entra ID access tokens for one API.
+
+    ```python
+    async with TokenValidator(ValidatorOptions(tenant=TENANT, audiences={CLIENT_ID})) as v:
+        await v.start()                      # optional: fetch keys now, fail fast
+        identity = await v.validate(token)   # -> Identity, or a TokenValidationError
+    ```
+    """
+
+    def __init__(self, options: ValidatorOptions) -> None:
+        if not isinstance(options, ValidatorOptions):
+            raise TypeError("TokenValidator takes a ValidatorOptions")
+        self._options = options
+        self._keys: KeySource = (
+            StaticKeySource(options.jwks) if options.jwks is not None else RemoteKeySource(options)
+        )
+        self._cache = VerifiedTokenCache(options.verified_cache_size)
+
+    @property
+    def options(self) -> ValidatorOptions:
+        return self._options
+
+    @property
+    def key_source(self) -> KeySource:
+        return self._keys
+
+    async def start(self) -> None:
+        """Load signing keys now, so a service that cannot get them fails at start-up.
+
+        Raises `KeySourceUnavailableError` when no key set can be fetched.
+        """
+        await self._keys.start()
+
+    async def validate(self, token: str) -> Identity:
+        """The verified identity in `token`, or a `TokenValidationError` / `AccessDeniedError`.
+
+        Raises `KeySourceUnavailableError` when signing keys have never been obtained.
+        """
+        options = self._options
+        if not isinstance(token, str) or len(token) > options.max_token_bytes:
+            # Before hashing: an oversized input must cost nothing.
+            raise MalformedTokenError("token is too large or not a string", reason="too_large")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        now = options.clock()
+        cached = self._cache.get(digest, now=now, leeway=options.leeway, has_key=self._keys.has_key)
+        if cached is not None:
+            return cached
+
+        parsed = parse_compact(token, max_bytes=options.max_token_bytes)
+        key = await self._keys.get_key(parsed.kid, parsed.x5t)
+        if not verify_rs256(key.public_key, parsed.signing_input, parsed.signature):
+            raise InvalidSignatureError("token signature is invalid")
+        # The clock is read again: a key fetch may have taken a while.
+        identity = check_claims(
+            parsed.claims, key=key, options=options, now=options.clock(), token=token
+        )
+        self._cache.put(digest, identity, key_fingerprint=key.fingerprint)
+        return identity
+
+    async def close(self) -> None:
+        """Stop background refreshes and close the HTTP session. Idempotent."""
+        self._cache.clear()
+        await self._keys.close()
+
+    async def __aenter__(self) -> TokenValidator:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
