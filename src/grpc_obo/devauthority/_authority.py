@@ -69,6 +69,7 @@ class DevAuthority:
         self._state_dir = Path(state_dir) if state_dir else None
         self._own_dir: str | None = None
         self._tls: TlsFiles | None = None
+        self._credential_files: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
@@ -87,6 +88,7 @@ class DevAuthority:
             self._own_dir = tempfile.mkdtemp(prefix="grpc-obo-authority-")
             directory = Path(self._own_dir)
         self._tls = write_tls_files(directory)
+        self._credential_files = self._write_client_certificates(directory)
         app = AuthorityApp(
             base_url=lambda: self.base_url,
             world=self.world,
@@ -104,6 +106,19 @@ class DevAuthority:
         self._runner = runner
         self._bound_port = runner.addresses[0][1]
         return self
+
+    def _write_client_certificates(self, directory: Path) -> dict[str, str]:
+        """Write each app's generated certificate + key (PEM) so shell users can use them."""
+        written: dict[str, str] = {}
+        for app in self.world.apps:
+            for index, cert in enumerate(app.certificates):
+                if cert.private_key_pem is None:
+                    continue
+                path = directory / f"{app.name}-{index}.pem"
+                path.touch(mode=0o600)
+                path.write_bytes(cert.private_key_pem + cert.certificate_pem)
+                written.setdefault(app.name, str(path))
+        return written
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -286,6 +301,8 @@ class DevAuthority:
     def summary(self, *, include_secrets: bool = True) -> dict[str, Any]:
         """What a client needs: URLs, tenant, CA file, apps and users (secrets on request)."""
         described = self.world.summary(include_secrets=include_secrets)
+        for name, path in self._credential_files.items():
+            described["apps"][name]["certificate_file"] = path
         return {
             "authority_host": self.base_url,
             "authority": self.authority_url,
