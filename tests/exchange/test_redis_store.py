@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -141,3 +142,27 @@ async def test_unreachable_redis_degrades_to_fetching(minted: Minted) -> None:
         assert await cache.get_or_fetch(cache_key(1), fetch) == token
     finally:
         await cache.close()
+
+
+async def test_a_burst_on_redis_makes_one_fetch_and_no_pool_errors(
+    minted: Minted, make_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # More concurrent callers than pool connections: redis-py 8's default pool would raise.
+    cache = TokenCache(store=make_store(pool_max_size=10))
+    fetches = 0
+
+    async def fetch() -> CachedToken:
+        nonlocal fetches
+        fetches += 1
+        await asyncio.sleep(0.005)
+        return fresh(minted)
+
+    same = await asyncio.gather(*(cache.get_or_fetch(cache_key(1), fetch) for _ in range(1_000)))
+    assert fetches == 1
+    assert len({t.access_token.reveal() for t in same}) == 1
+    distinct = await asyncio.gather(
+        *(cache.get_or_fetch(cache_key(n), fetch) for n in range(2, 302))
+    )
+    assert fetches == 301
+    assert len({t.access_token.reveal() for t in distinct}) == 300
+    assert "failed" not in caplog.text

@@ -16,6 +16,12 @@ setting, and many users') turns into failures:
 `_compat_redis_cache()` subclasses `RedisCache` and overrides just those two methods with
 `SET ... PX/EX` and `aclose()` (which also closes the pool, as aiocache sets
 `auto_close_connection_pool`). Everything else in `RedisCache` works unchanged with redis-py 8.
+
+A third difference is behavioural: redis-py 8's asyncio `ConnectionPool` defaults to 100
+connections and raises `MaxConnectionsError` at once when they are all busy (older versions were
+effectively unbounded), so a burst of more than 100 concurrent commands fails. We pass
+`BlockingConnectionPool` through aiocache's `connection_pool_class`, so commands wait (up to
+`timeout`) for a connection, and we coalesce concurrent reads of one key into one `GET`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange._crypto import TokenSealer
 from grpc_obo._exchange._keys import log_ref
+from grpc_obo._exchange._singleflight import SingleFlight
 from grpc_obo._exchange._token import CachedToken
 from grpc_obo._identity import SecretToken
 
@@ -91,14 +98,22 @@ class RedisTokenStore:
         ssl: bool = False,
         namespace: str | None = None,
         timeout: float = 1.0,
-        pool_max_size: int | None = None,
+        pool_max_size: int = 50,
     ) -> None:
         if not isinstance(sealer, TokenSealer):
             raise ConfigurationError("RedisTokenStore needs a TokenSealer (values are encrypted)")
         if timeout <= 0:
             raise ConfigurationError("timeout must be positive")
+        if pool_max_size < 1:
+            raise ConfigurationError("pool_max_size must be at least 1")
         self._sealer = sealer
-        self._cache = _compat_redis_cache()(
+        cache_class = _compat_redis_cache()
+        from redis.asyncio import BlockingConnectionPool
+
+        pool_kwargs: dict[str, Any] = {"timeout": timeout}
+        if username:
+            pool_kwargs["username"] = username
+        self._cache = cache_class(
             # NOTE: NullSerializer(encoding=None) hands our sealed bytes to Redis untouched.
             serializer=_null_bytes_serializer(),
             endpoint=host,
@@ -110,8 +125,10 @@ class RedisTokenStore:
             timeout=timeout,
             pool_max_size=pool_max_size,
             create_connection_timeout=timeout,
-            connection_pool_kwargs={"username": username} if username else None,
+            connection_pool_class=BlockingConnectionPool,
+            connection_pool_kwargs=pool_kwargs,
         )
+        self._reads: SingleFlight[bytes | None] = SingleFlight()
         self._where = f"{host}:{port}/{db}"
 
     @classmethod
@@ -122,7 +139,7 @@ class RedisTokenStore:
         sealer: TokenSealer,
         namespace: str | None = None,
         timeout: float = 1.0,
-        pool_max_size: int | None = None,
+        pool_max_size: int = 50,
     ) -> RedisTokenStore:
         """From `redis://[user:password@]host[:port][/db]` (or `rediss://` for TLS)."""
         parts = urlsplit(url)
@@ -155,15 +172,11 @@ class RedisTokenStore:
         return str(self._cache.build_key(key))
 
     async def get(self, key: str) -> CachedToken | None:
-        try:
-            blob = await self._cache.get(key)
-        except Exception as exc:
-            # A cache outage must not fail requests: fall through to a fresh exchange.
-            _log.warning("redis token cache read failed (%s); treating as a miss", _kind(exc))
-            return None
+        # A burst for one user (the stampede case) makes one GET, not one per caller.
+        blob = await self._reads.do(key, lambda: self._read(key))
         if blob is None:
             return None
-        plaintext = self._sealer.open(self._redis_key(key), bytes(blob))
+        plaintext = self._sealer.open(self._redis_key(key), blob)
         token = _decode(plaintext) if plaintext is not None else None
         if token is None:
             _log.warning(
@@ -172,6 +185,15 @@ class RedisTokenStore:
                 log_ref(key),
             )
         return token
+
+    async def _read(self, key: str) -> bytes | None:
+        try:
+            blob = await self._cache.get(key)
+        except Exception as exc:
+            # A cache outage must not fail requests: fall through to a fresh exchange.
+            _log.warning("redis token cache read failed (%s); treating as a miss", _kind(exc))
+            return None
+        return None if blob is None else bytes(blob)
 
     async def set(self, key: str, token: CachedToken, ttl: float) -> None:
         if ttl <= 0:
@@ -190,6 +212,7 @@ class RedisTokenStore:
             _log.warning("redis token cache delete failed (%s)", _kind(exc))
 
     async def close(self) -> None:
+        await self._reads.cancel_all()
         await self._cache.close()
 
 
