@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
 import datetime
 import logging
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +32,21 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 64
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class _RequestState:
+    """What the middleware logs about the request being answered."""
+
+    info: RequestInfo
+    scopes: tuple[str, ...] = ()
+    fault: str | None = None
+    retry_after: float | None = None
+
+
+# aiohttp runs each request in its own task, so a contextvar is per-request state that needs no
+# request-storage keys (whose typed form only exists in recent aiohttp versions).
+_state: contextvars.ContextVar[_RequestState] = contextvars.ContextVar("grpc_obo_request")
 
 
 class _DropConnection(Exception):
@@ -70,7 +87,8 @@ class AuthorityApp:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        request["grpc_obo_info"] = RequestInfo(endpoint=_endpoint_of(request.path))
+        state = _RequestState(RequestInfo(endpoint=_endpoint_of(request.path)))
+        _state.set(state)
         if self.faults.latency > 0:
             await asyncio.sleep(self.faults.latency)
         error: OAuthError | None = None
@@ -108,15 +126,18 @@ class AuthorityApp:
             )
             error = OAuthError("server_error", 90033, "An internal error occurred.", status=500)
             response = self._error_response(request, error)
-        fault = fault or request.get("grpc_obo_fault")
-        self._record(request, response.status, error, fault)
+        self._record(request, state, response.status, error, fault or state.fault)
         return response
 
     def _record(
-        self, request: web.Request, status: int, error: OAuthError | None, fault: str | None
+        self,
+        request: web.Request,
+        state: _RequestState,
+        status: int,
+        error: OAuthError | None,
+        fault: str | None,
     ) -> None:
-        info: RequestInfo = request["grpc_obo_info"]
-        scopes = tuple(request.get("grpc_obo_scopes", ()))
+        info, scopes = state.info, state.scopes
         entry = LoggedRequest(
             at=RequestLog.now(),
             method=request.method,
@@ -166,21 +187,21 @@ class AuthorityApp:
         if error.claims:
             body["claims"] = error.claims
         headers = {"client-request-id": correlation_id}
-        retry_after = request.get("grpc_obo_retry_after")
+        retry_after = _state.get().retry_after
         if retry_after is not None:
             headers["Retry-After"] = str(max(0, round(retry_after)))
         return web.json_response(body, status=error.status, headers=headers)
 
     async def _apply_faults(self, request: web.Request, info: RequestInfo) -> None:
-        request["grpc_obo_info"] = info
+        state = _state.get()
+        state.info = info
         rule = self.faults.take(info)
         if rule is None:
             return
         if rule.kind == "drop":
             raise _DropConnection
-        request["grpc_obo_fault"] = f"status {rule.status}"
-        if rule.retry_after is not None:
-            request["grpc_obo_retry_after"] = rule.retry_after
+        state.fault = f"status {rule.status}"
+        state.retry_after = rule.retry_after
         if rule.status == 429:
             raise OAuthError(
                 "temporarily_unavailable",
@@ -278,7 +299,7 @@ class AuthorityApp:
     async def jwks(self, request: web.Request) -> web.Response:
         await self._apply_faults(request, RequestInfo(endpoint="jwks"))
         if self.faults.jwks_down:
-            request["grpc_obo_fault"] = "jwks_down"
+            _state.get().fault = "jwks_down"
             raise OAuthError(
                 "temporarily_unavailable",
                 90033,
@@ -324,7 +345,7 @@ class AuthorityApp:
             basic_auth=_basic_auth(request),
         )
         info = self.grants.peek(token_request)
-        request["grpc_obo_scopes"] = tuple((form.get("scope") or "").split())[:20]
+        _state.get().scopes = tuple((form.get("scope") or "").split())[:20]
         await self._apply_faults(request, info)
         # MSAL is synchronous and RSA signing is CPU work: neither is slow enough at dev
         # scale to justify a thread hop, and staying on the loop keeps faults deterministic.
