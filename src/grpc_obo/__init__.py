@@ -49,6 +49,8 @@ from grpc_obo._identity import (
     current_identity,
     use_identity,
 )
+from grpc_obo._policy import Callers, MethodPolicy, Policy, requires
+from grpc_obo._server import AuthServerInterceptor, TokenValidatorLike, server_interceptor
 from grpc_obo._validation import TokenValidator, ValidatorOptions
 
 __version__ = "0.1.0"
@@ -56,8 +58,10 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDeniedError",
     "AppTokenNotAllowedError",
+    "AuthServerInterceptor",
     "AuthorityUnavailableError",
     "CachedToken",
+    "Callers",
     "ClaimsChallengeError",
     "ClientNotAllowedError",
     "ConfigurationError",
@@ -74,10 +78,12 @@ __all__ = [
     "KeySourceUnavailableError",
     "MalformedTokenError",
     "MemoryTokenStore",
+    "MethodPolicy",
     "MissingIdentityError",
     "MissingTokenError",
     "NotAnAccessTokenError",
     "NotYetValidError",
+    "Policy",
     "RedisTokenStore",
     "SecretToken",
     "TenantNotAllowedError",
@@ -87,11 +93,14 @@ __all__ = [
     "TokenStore",
     "TokenValidationError",
     "TokenValidator",
+    "TokenValidatorLike",
     "UnknownKeyError",
     "UserTokenNotAllowedError",
     "ValidatorOptions",
     "__version__",
     "current_identity",
+    "requires",
+    "server_interceptor",
     "status_for",
     "use_identity",
     "www_authenticate_for",

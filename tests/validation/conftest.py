@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ class KeyServer:
         self._runner: web.AppRunner | None = None
 
     async def _discovery(self, request: web.Request) -> web.Response:
+        return await self.discovery(request)
+
+    async def discovery(self, request: web.Request) -> web.Response:
         self.discovery_requests += 1
         if self.down:
             return web.Response(status=503)
@@ -115,16 +119,17 @@ class KeyServer:
             return web.Response(status=503)
         return web.json_response(self.jwks)
 
-    async def start(self) -> None:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
         app = web.Application()
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._discovery)
         app.router.add_get(self.jwks_path, self._keys)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        scheme = "https" if ssl_context is not None else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{port}"
 
     async def stop(self) -> None:
         if self._runner is not None:

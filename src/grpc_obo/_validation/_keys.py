@@ -192,6 +192,13 @@ class KeySource:
         """Whether key material is still in the current set (verified-token cache check)."""
         raise NotImplementedError
 
+    def poll(self) -> None:
+        """Start a due scheduled refresh in the background; never blocks, never raises.
+
+        Called on every validation, cache hits included, so an API whose traffic is all
+        cached tokens still notices keys that were withdrawn.
+        """
+
     async def close(self) -> None:
         """Release network resources."""
 
@@ -226,6 +233,7 @@ class RemoteKeySource(KeySource):
         self._jwks_uri: str | None = None
         self._fetched_at = 0.0  # last successful fetch
         self._attempted_at: float | None = None  # last fetch attempt, successful or not
+        self._unknown_kid_at: float | None = None  # last refresh an unknown kid caused
         self._refresh: asyncio.Task[bool] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -234,21 +242,18 @@ class RemoteKeySource(KeySource):
 
     # -- refresh decisions -------------------------------------------------------------------
 
-    def _since_attempt(self) -> float:
-        return float("inf") if self._attempted_at is None else self._clock() - self._attempted_at
+    def _since(self, moment: float | None) -> float:
+        return float("inf") if moment is None else self._clock() - moment
+
+    def _in_flight(self) -> bool:
+        return self._refresh is not None and not self._refresh.done()
 
     def _scheduled_refresh_due(self) -> bool:
         if self._clock() - self._fetched_at < self._options.key_refresh_interval:
             return False
         # NOTE: while the authority is down, retry no more often than the unknown-kid interval
         # instead of on every request.
-        return self._since_attempt() >= self._options.unknown_kid_refresh_interval
-
-    def _may_refresh(self) -> bool:
-        """Join the fetch in flight, or start one if the last attempt is an interval old."""
-        if self._refresh is not None and not self._refresh.done():
-            return True
-        return self._since_attempt() >= self._options.unknown_kid_refresh_interval
+        return self._since(self._attempted_at) >= self._options.unknown_kid_refresh_interval
 
     def _refresh_once(self) -> asyncio.Task[bool]:
         """The refresh in flight, or a new one: the single flight every caller shares."""
@@ -272,17 +277,25 @@ class RemoteKeySource(KeySource):
     async def get_key(self, kid: str | None, x5t: str | None) -> SigningKey:
         if self._closed:
             raise KeySourceUnavailableError("the validator is closed")
+        interval = self._options.unknown_kid_refresh_interval
         if self._keys is None:
             # Never fetched successfully: callers join a fetch, at most one per interval.
-            if self._may_refresh():
+            if self._in_flight() or self._since(self._attempted_at) >= interval:
                 await self._await_refresh()
             if self._keys is None:
                 raise KeySourceUnavailableError()
-        elif self._scheduled_refresh_due():
-            self._refresh_once()  # background: this request goes on with the current keys
+        else:
+            self.poll()
         key = self._keys.find(kid, x5t)
-        if key is None and self._may_refresh():
-            await self._await_refresh()
+        if key is None:
+            # The interval counts only refreshes that unknown kids caused, so a key published
+            # just after start-up is still picked up at once, while a flood of made-up kids
+            # costs one fetch per interval.
+            if self._in_flight():
+                await self._await_refresh()
+            elif self._since(self._unknown_kid_at) >= interval:
+                self._unknown_kid_at = self._clock()
+                await self._await_refresh()
             key = self._keys.find(kid, x5t)
         if key is not None:
             return key
@@ -290,6 +303,10 @@ class RemoteKeySource(KeySource):
 
     def has_key(self, fingerprint: str) -> bool:
         return self._keys is not None and fingerprint in self._keys.fingerprints
+
+    def poll(self) -> None:
+        if self._keys is not None and not self._closed and self._scheduled_refresh_due():
+            self._refresh_once()  # background: the caller goes on with the current keys
 
     async def close(self) -> None:
         self._closed = True

@@ -70,6 +70,7 @@ class TokenValidator:
             raise MalformedTokenError("token is too large or not a string", reason="too_large")
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         now = options.clock()
+        self._keys.poll()
         cached = self._cache.get(digest, now=now, leeway=options.leeway, has_key=self._keys.has_key)
         if cached is not None:
             return cached
