@@ -1,0 +1,122 @@
+"""The verified-token cache: hits skip RSA verification, entries end at `exp` and when their key
+leaves the key set, and the cache stays within its bound."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import grpc_obo
+from grpc_obo import TokenValidator
+from grpc_obo._validation import _validator
+from grpc_obo._validation._cache import VerifiedTokenCache
+from grpc_obo._validation._keys import StaticKeySource
+from tests.validation.tokens import NOW, FakeClock, jwk, jwks, mint, v2_claims
+
+
+@pytest.fixture
+def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count RS256 verifications done by the validator."""
+    calls: list[int] = []
+    real = _validator.verify_rs256
+
+    def counting(*args: object) -> bool:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_validator, "verify_rs256", counting)
+    return calls
+
+
+async def test_a_repeat_token_costs_no_rsa_verification(
+    validator: TokenValidator, verify_calls: list[int]
+) -> None:
+    token = mint(v2_claims())
+    first = await validator.validate(token)
+    for _ in range(100):
+        assert await validator.validate(token) is first
+    assert len(verify_calls) == 1
+
+
+async def test_entry_ends_at_exp_plus_leeway(
+    validator: TokenValidator, clock: FakeClock, verify_calls: list[int]
+) -> None:
+    token = mint(v2_claims(exp=NOW + 100))
+    await validator.validate(token)
+    clock.advance(160)  # exp + leeway exactly: still valid
+    await validator.validate(token)
+    assert len(verify_calls) == 1
+    clock.advance(1)
+    with pytest.raises(grpc_obo.ExpiredTokenError):
+        await validator.validate(token)
+
+
+async def test_entry_is_dropped_when_its_key_leaves_the_set(
+    validator: TokenValidator, verify_calls: list[int]
+) -> None:
+    token = mint(v2_claims())
+    await validator.validate(token)
+    # Swap in a key set without key-a, as a refresh would.
+    source = validator.key_source
+    assert isinstance(source, StaticKeySource)
+    source._keys = StaticKeySource(jwks(jwk("key-b")))._keys
+    with pytest.raises(grpc_obo.UnknownKeyError):
+        await validator.validate(token)
+
+
+async def test_key_with_the_same_kid_but_new_material_drops_entries(
+    validator: TokenValidator,
+) -> None:
+    token = mint(v2_claims())
+    await validator.validate(token)
+    source = validator.key_source
+    assert isinstance(source, StaticKeySource)
+    # The authority reuses the name "key-a" for different key material.
+    source._keys = StaticKeySource(jwks(jwk("key-b", kid="key-a")))._keys
+    with pytest.raises(grpc_obo.InvalidSignatureError):
+        await validator.validate(token)
+
+
+async def test_failures_are_not_cached(validator: TokenValidator, verify_calls: list[int]) -> None:
+    token = mint(v2_claims(aud="api://not-ours"))
+    for _ in range(3):
+        with pytest.raises(grpc_obo.InvalidAudienceError):
+            await validator.validate(token)
+    assert len(verify_calls) == 3
+
+
+async def test_cache_is_bounded_lru(
+    make_validator: Callable[..., TokenValidator], verify_calls: list[int]
+) -> None:
+    validator = make_validator(verified_cache_size=3)
+    tokens = [mint(v2_claims(uti=str(i))) for i in range(4)]
+    for token in tokens[:3]:
+        await validator.validate(token)
+    await validator.validate(tokens[0])  # touch: tokens[1] is now the oldest
+    await validator.validate(tokens[3])  # evicts tokens[1]
+    assert len(verify_calls) == 4
+    await validator.validate(tokens[0])
+    await validator.validate(tokens[2])
+    assert len(verify_calls) == 4
+    await validator.validate(tokens[1])
+    assert len(verify_calls) == 5
+
+
+async def test_cache_can_be_turned_off(
+    make_validator: Callable[..., TokenValidator], verify_calls: list[int]
+) -> None:
+    validator = make_validator(verified_cache_size=0)
+    token = mint(v2_claims())
+    await validator.validate(token)
+    await validator.validate(token)
+    assert len(verify_calls) == 2
+
+
+async def test_cache_keys_are_digests_never_tokens(validator: TokenValidator) -> None:
+    token = mint(v2_claims())
+    await validator.validate(token)
+    cache = validator._cache
+    assert isinstance(cache, VerifiedTokenCache)
+    assert [len(key) for key in cache._entries] == [32]
+    assert all(token.encode() not in key for key in cache._entries)
