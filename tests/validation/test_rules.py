@@ -293,6 +293,19 @@ async def test_key_issuer_property_is_honoured(
     assert caught.value.reason == "key_issuer_mismatch"
 
 
+async def test_key_issuer_in_v1_form_binds_the_same_tenant(
+    make_validator: Callable[..., TokenValidator],
+) -> None:
+    # A key set from a v1 keys endpoint templates `https://sts.windows.net/{tenantid}/`.
+    v1_key = jwk("key-a", issuer="https://sts.windows.net/{tenantid}/")
+    wrong_host = jwk("key-b", issuer="https://evil.example/{tenantid}/v2.0")
+    validator = make_validator(jwks=jwks(v1_key, wrong_host))
+    assert (await validator.validate(mint(v2_claims()))).token_version == "2.0"
+    assert (await validator.validate(mint(v1_claims()))).token_version == "1.0"
+    with pytest.raises(grpc_obo.InvalidIssuerError):
+        await validator.validate(mint(v2_claims(), key="key-b"))
+
+
 async def test_wrong_key_is_a_bad_signature(validator: TokenValidator) -> None:
     token = mint(v2_claims(), key="key-b", kid="key-a")
     with pytest.raises(grpc_obo.InvalidSignatureError) as caught:

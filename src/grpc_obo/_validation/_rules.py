@@ -86,10 +86,10 @@ def _check_issuer(
         raise InvalidIssuerError("token issuer is not accepted")
     if key.issuer is not None:
         # The JWKS binds keys to issuers (Entra: `.../{tenantid}/v2.0`; a consumer-account key
-        # names the MSA tenant). Keys come from the v2 endpoint, so for v1 tokens the key's
-        # issuer is compared with the v2 issuer of the same tenant.
+        # names the MSA tenant). A key set serves both token versions, so the key's issuer may
+        # be in either version's form, but it must name this authority and the token's tenant.
         key_issuer = key.issuer.replace(_TENANT_PLACEHOLDER, tid)
-        if key_issuer not in (issuer, options.issuer_for("2.0", tid)):
+        if key_issuer not in (options.issuer_for("2.0", tid), options.issuer_for("1.0", tid)):
             raise InvalidIssuerError(
                 "token issuer does not match its signing key", reason="key_issuer_mismatch"
             )
