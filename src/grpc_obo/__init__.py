@@ -5,6 +5,7 @@ context; client interceptors exchange the caller's token On-Behalf-Of the user b
 calls. This module lists the whole public API.
 """
 
+from grpc_obo._client import AppOnly, OnBehalfOf
 from grpc_obo._errors import (
     AccessDeniedError,
     AppTokenNotAllowedError,
@@ -36,12 +37,15 @@ from grpc_obo._errors import (
 )
 from grpc_obo._exchange import (
     CachedToken,
+    ClientCredential,
+    ConfidentialClient,
     MemoryTokenStore,
     RedisTokenStore,
     TokenCache,
     TokenSealer,
     TokenStore,
 )
+from grpc_obo._exchange._retry import RetryPolicy
 from grpc_obo._identity import (
     Identity,
     IdentityKind,
@@ -57,13 +61,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",
+    "AppOnly",
     "AppTokenNotAllowedError",
     "AuthServerInterceptor",
     "AuthorityUnavailableError",
     "CachedToken",
     "Callers",
     "ClaimsChallengeError",
+    "ClientCredential",
     "ClientNotAllowedError",
+    "ConfidentialClient",
     "ConfigurationError",
     "ExpiredTokenError",
     "GrpcOboError",
@@ -83,8 +90,10 @@ __all__ = [
     "MissingTokenError",
     "NotAnAccessTokenError",
     "NotYetValidError",
+    "OnBehalfOf",
     "Policy",
     "RedisTokenStore",
+    "RetryPolicy",
     "SecretToken",
     "TenantNotAllowedError",
     "TokenCache",

@@ -6,6 +6,7 @@ single flight, and `TokenCache`, which ties them together for the exchanger.
 """
 
 from grpc_obo._exchange._cache import TokenCache
+from grpc_obo._exchange._credentials import ClientCredential, ConfidentialClient
 from grpc_obo._exchange._crypto import TokenSealer
 from grpc_obo._exchange._keys import OBO_KEY_PREFIX, log_ref, obo_cache_key
 from grpc_obo._exchange._memory import MemoryTokenStore
@@ -17,6 +18,8 @@ from grpc_obo._exchange._token import CachedToken
 __all__ = [
     "OBO_KEY_PREFIX",
     "CachedToken",
+    "ClientCredential",
+    "ConfidentialClient",
     "MemoryTokenStore",
     "RedisTokenStore",
     "SingleFlight",

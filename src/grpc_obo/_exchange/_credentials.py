@@ -1,0 +1,246 @@
+"""How the middle tier proves who it is: `ClientCredential` and `ConfidentialClient`.
+
+A credential is a client secret, a certificate (PEM key + certificate, optionally sending the
+chain for subject-name/issuer authentication), or an assertion callback (workload identity
+federation, managed identity). Every repr is redacted. `ConfidentialClient.from_env()` reads the
+conventional AZURE_* variables, and only when called: nothing reads the environment implicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from grpc_obo._errors import ConfigurationError
+from grpc_obo._identity import SecretToken
+
+__all__ = ["ClientCredential", "ConfidentialClient"]
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,253}$")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ClientCredential:
+    """A client secret, a certificate or an assertion callback. Build with the class methods."""
+
+    kind: str
+    """`secret`, `certificate` or `assertion`."""
+    _secret: SecretToken | None = None
+    _key_pem: SecretToken | None = None
+    _cert_pem: str | None = None
+    _passphrase: SecretToken | None = None
+    _send_x5c: bool = False
+    _callback: Callable[[], str] | None = None
+
+    @classmethod
+    def secret(cls, value: str | SecretToken) -> ClientCredential:
+        raw = value.reveal() if isinstance(value, SecretToken) else value
+        if not isinstance(raw, str) or not raw:
+            raise ConfigurationError("a client secret must be a non-empty string")
+        return cls("secret", _secret=SecretToken(raw))
+
+    @classmethod
+    def certificate(
+        cls,
+        *,
+        private_key_pem: bytes,
+        certificate_pem: bytes,
+        passphrase: bytes | None = None,
+        send_certificate_chain: bool = False,
+    ) -> ClientCredential:
+        """A certificate credential. The key is checked to load and to match the certificate."""
+        try:
+            key = serialization.load_pem_private_key(private_key_pem, password=passphrase)
+            cert = x509.load_pem_x509_certificate(certificate_pem)
+        except (ValueError, TypeError):
+            raise ConfigurationError(
+                "the client certificate or its private key could not be loaded"
+            ) from None
+        public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        cert_public = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if public != cert_public:
+            raise ConfigurationError("the private key does not belong to the certificate")
+        return cls(
+            "certificate",
+            _key_pem=SecretToken(private_key_pem.decode("ascii")),
+            _cert_pem=certificate_pem.decode("ascii"),
+            _passphrase=SecretToken(passphrase.decode()) if passphrase else None,
+            _send_x5c=send_certificate_chain,
+        )
+
+    @classmethod
+    def certificate_file(
+        cls,
+        path: str | Path,
+        *,
+        passphrase: bytes | None = None,
+        send_certificate_chain: bool = False,
+    ) -> ClientCredential:
+        """A PEM file with the private key and the certificate (AZURE_CLIENT_CERTIFICATE_PATH)."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            raise ConfigurationError("the client certificate file cannot be read") from None
+        key_pem = _pem_blocks(data, "PRIVATE KEY")
+        cert_pem = _pem_blocks(data, "CERTIFICATE")
+        if not key_pem or not cert_pem:
+            raise ConfigurationError(
+                "the client certificate file must hold a PEM private key and a certificate"
+            )
+        return cls.certificate(
+            private_key_pem=key_pem[0],
+            certificate_pem=b"".join(cert_pem),
+            passphrase=passphrase,
+            send_certificate_chain=send_certificate_chain,
+        )
+
+    @classmethod
+    def assertion(cls, callback: Callable[[], str]) -> ClientCredential:
+        """A callback returning a fresh signed client assertion (e.g. a federated token)."""
+        if not callable(callback):
+            raise ConfigurationError("the assertion callback must be callable")
+        return cls("assertion", _callback=callback)
+
+    def to_msal(self) -> Any:
+        """The `client_credential` value MSAL's ConfidentialClientApplication takes."""
+        if self._secret is not None:
+            return self._secret.reveal()
+        if self._key_pem is not None:
+            value: dict[str, Any] = {"private_key": self._key_pem.reveal()}
+            if self._send_x5c:
+                # With the certificate, MSAL signs PS256 with x5t#S256 and sends x5c.
+                value["public_certificate"] = self._cert_pem
+            else:
+                cert = x509.load_pem_x509_certificate(str(self._cert_pem).encode())
+                value["thumbprint"] = cert.fingerprint(_sha1()).hex().upper()
+            if self._passphrase is not None:
+                value["passphrase"] = self._passphrase.reveal()
+            return value
+        return {"client_assertion": self._callback}
+
+    def __repr__(self) -> str:
+        return f"ClientCredential(kind={self.kind!r}, value='**********')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("ClientCredential is not picklable")
+
+
+def _sha1() -> Any:
+    from cryptography.hazmat.primitives import hashes
+
+    return hashes.SHA1()  # noqa: S303 (the x5t thumbprint is SHA-1 by definition)
+
+
+def _pem_blocks(data: bytes, label: str) -> list[bytes]:
+    pattern = re.compile(
+        rb"-----BEGIN ((?:ENCRYPTED |RSA |EC )?" + label.encode() + rb")-----.*?-----END \1-----",
+        re.S,
+    )
+    return [match.group(0) + b"\n" for match in pattern.finditer(data)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfidentialClient:
+    """The middle tier's app registration: who exchanges tokens, where, and with what."""
+
+    client_id: str
+    tenant_id: str
+    credential: ClientCredential = field(repr=False)
+    authority_host: str = "https://login.microsoftonline.com"
+    client_capabilities: tuple[str, ...] = ()
+    """`("cp1",)` declares the service handles claims challenges (CAE)."""
+    ca_file: str | None = None
+    """Trust exactly this CA for the authority (the dev authority); None uses the system's."""
+    http_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not _GUID.match(self.client_id):
+            raise ConfigurationError("client_id must be the app registration's GUID")
+        if not (_GUID.match(self.tenant_id) or _TENANT_NAME.match(self.tenant_id)):
+            raise ConfigurationError("tenant_id must be a tenant GUID or domain name")
+        if self.tenant_id.lower() in ("common", "consumers"):
+            raise ConfigurationError(
+                "On-Behalf-Of needs the middle tier's tenant (or 'organizations'), not "
+                f"{self.tenant_id!r}"
+            )
+        if not self.authority_host.startswith("https://"):
+            raise ConfigurationError("authority_host must be an https:// URL")
+        if not isinstance(self.credential, ClientCredential):
+            raise ConfigurationError("credential must be a ClientCredential")
+        if not all(isinstance(c, str) and c.isalnum() for c in self.client_capabilities):
+            raise ConfigurationError("client_capabilities is a tuple such as ('cp1',)")
+        if self.http_timeout <= 0:
+            raise ConfigurationError("http_timeout must be positive")
+        object.__setattr__(self, "authority_host", self.authority_host.rstrip("/"))
+
+    @property
+    def authority(self) -> str:
+        return f"{self.authority_host}/{self.tenant_id}"
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        client_capabilities: tuple[str, ...] = (),
+        ca_file: str | None = None,
+    ) -> ConfidentialClient:
+        """Read AZURE_TENANT_ID, AZURE_CLIENT_ID and one credential from the environment.
+
+        Credentials, first found wins: AZURE_CLIENT_SECRET; AZURE_CLIENT_CERTIFICATE_PATH (with
+        AZURE_CLIENT_CERTIFICATE_PASSWORD, AZURE_CLIENT_SEND_CERTIFICATE_CHAIN); or
+        AZURE_FEDERATED_TOKEN_FILE (workload identity: the file is re-read for every assertion).
+        AZURE_AUTHORITY_HOST overrides the authority host.
+        """
+        env = os.environ if environ is None else environ
+
+        def need(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise ConfigurationError(f"{name} is not set")
+            return value
+
+        tenant_id, client_id = need("AZURE_TENANT_ID"), need("AZURE_CLIENT_ID")
+        credential: ClientCredential
+        if env.get("AZURE_CLIENT_SECRET"):
+            credential = ClientCredential.secret(env["AZURE_CLIENT_SECRET"])
+        elif env.get("AZURE_CLIENT_CERTIFICATE_PATH"):
+            password = env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD")
+            credential = ClientCredential.certificate_file(
+                env["AZURE_CLIENT_CERTIFICATE_PATH"],
+                passphrase=password.encode() if password else None,
+                send_certificate_chain=env.get("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "").lower()
+                in ("1", "true"),
+            )
+        elif env.get("AZURE_FEDERATED_TOKEN_FILE"):
+            token_file = Path(env["AZURE_FEDERATED_TOKEN_FILE"])
+            credential = ClientCredential.assertion(
+                lambda: token_file.read_text(encoding="utf-8").strip()
+            )
+        else:
+            raise ConfigurationError(
+                "set AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or "
+                "AZURE_FEDERATED_TOKEN_FILE"
+            )
+        return cls(
+            client_id=client_id,
+            tenant_id=tenant_id,
+            credential=credential,
+            authority_host=env.get("AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com",
+            client_capabilities=client_capabilities,
+            ca_file=ca_file,
+        )

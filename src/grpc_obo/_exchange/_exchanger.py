@@ -1,0 +1,309 @@
+"""The exchangers: On-Behalf-Of for the current user, and client credentials for app-only calls.
+
+    acquire(scopes)
+      └── identity from the request context (a user, or a clear error: never an app fallback)
+          └── TokenCache.get_or_fetch(key = H(assertion, client, authority, scopes, claims))
+                └── one fetch per key: MSAL in a worker thread, retried with backoff + jitter
+                    on 429/5xx/network within a time budget, errors classified (`_retry.py`)
+
+MSAL is synchronous: it runs in a bounded thread pool owned by the exchanger, so a slow
+authority ties up those threads, never the event loop. No grpc import here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msal
+
+from grpc_obo._errors import (
+    AppTokenNotAllowedError,
+    AuthorityUnavailableError,
+    ConfigurationError,
+    MissingIdentityError,
+)
+from grpc_obo._exchange._cache import TokenCache
+from grpc_obo._exchange._credentials import ConfidentialClient
+from grpc_obo._exchange._http import AuthorityHttpClient, DiscardingTokenCache, NoHttpCache
+from grpc_obo._exchange._keys import log_ref, obo_cache_key
+from grpc_obo._exchange._retry import Outcome, RetryPolicy, classify, unavailable
+from grpc_obo._exchange._token import CachedToken
+from grpc_obo._identity import Identity, SecretToken, current_identity
+
+__all__ = ["AppOnlyExchanger", "OboExchanger"]
+
+_log = logging.getLogger("grpc_obo.exchange")
+
+
+def _scope_tuple(scopes: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(scopes, str):
+        raise ConfigurationError("scopes must be a collection of strings, not a string")
+    result = tuple(scopes)
+    if not result or not all(isinstance(s, str) and s and " " not in s for s in result):
+        raise ConfigurationError("scopes must be non-empty strings without spaces")
+    return result
+
+
+class _MsalRunner:
+    """One MSAL ConfidentialClientApplication, built lazily off the loop, and its retries."""
+
+    def __init__(
+        self,
+        client: ConfidentialClient,
+        *,
+        retry: RetryPolicy,
+        max_workers: int,
+        token_cache: Any,
+    ) -> None:
+        self.client = client
+        self.retry = retry
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="grpc-obo-msal")
+        self._http = AuthorityHttpClient(ca_file=client.ca_file, timeout=client.http_timeout)
+        self._token_cache = token_cache
+        self._app: Any = None
+        self._app_lock = asyncio.Lock()
+
+    async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
+
+    def _build(self) -> Any:
+        # Constructing the app fetches the authority's discovery document (network I/O).
+        return msal.ConfidentialClientApplication(
+            self.client.client_id,
+            client_credential=self.client.credential.to_msal(),
+            authority=self.client.authority,
+            # Anything but Microsoft's own hosts would otherwise be checked against
+            # login.microsoftonline.com's instance discovery.
+            instance_discovery=False,
+            http_client=self._http,
+            http_cache=NoHttpCache(),
+            token_cache=self._token_cache,
+            client_capabilities=list(self.client.client_capabilities) or None,
+        )
+
+    async def _application(self) -> Any:
+        if self._app is None:
+            async with self._app_lock:
+                if self._app is None:
+                    built = await self._with_retries(self._build_attempt, "set-up")
+                    self._app = built["app"]
+        return self._app
+
+    def _build_attempt(self) -> Outcome:
+        try:
+            app = self._build()
+        except Exception as exc:  # classified below; MSAL raises plain exceptions
+            return classify(None, raised=exc, status=self._http.facts.status)
+        return Outcome(result={"app": app})
+
+    def _token_attempt(self, call: Callable[[], Any]) -> Outcome:
+        facts = self._http.facts
+        try:
+            result = call()
+        except Exception as exc:
+            return classify(None, raised=exc, status=facts.status, retry_after=facts.retry_after)
+        return classify(result, status=facts.status, retry_after=facts.retry_after)
+
+    async def _with_retries(self, attempt: Callable[[], Outcome], what: str) -> Mapping[str, Any]:
+        started = time.monotonic()
+        last: Outcome | None = None
+        for number in range(self.retry.max_attempts):
+            outcome: Outcome = await self._run(attempt)
+            if outcome.error is not None:
+                raise outcome.error
+            if not outcome.retry and outcome.result is not None:
+                return outcome.result
+            last = outcome
+            delay = self.retry.delay(number, outcome.retry_after)
+            if number + 1 >= self.retry.max_attempts:
+                break
+            if time.monotonic() - started + delay > self.retry.budget:
+                raise unavailable("retry budget exhausted", last)
+            _log.info("token %s attempt %d failed transiently; retrying", what, number + 1)
+            await asyncio.sleep(delay)
+        raise unavailable(f"{self.retry.max_attempts} attempts failed", last)
+
+    async def acquire(self, call: Callable[[Any], Any]) -> CachedToken:
+        app = await self._application()
+        result = await self._with_retries(lambda: self._token_attempt(lambda: call(app)), "request")
+        return CachedToken.from_msal(result)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
+
+
+class OboExchanger:
+    """Exchanges the current user's token for one to a downstream API (On-Behalf-Of), cached.
+
+    One instance serves every user of the service; share it. Build the outbound channel's
+    interceptors from it with `client_interceptors()` (see `grpc_obo.OnBehalfOf`).
+    """
+
+    def __init__(
+        self,
+        client: ConfidentialClient,
+        *,
+        cache: TokenCache | None = None,
+        retry: RetryPolicy | None = None,
+        max_workers: int = 16,
+    ) -> None:
+        if not isinstance(client, ConfidentialClient):
+            raise ConfigurationError("client must be a ConfidentialClient")
+        self.client = client
+        self.cache = cache if cache is not None else TokenCache()
+        self._runner = _MsalRunner(
+            client,
+            retry=retry or RetryPolicy(),
+            max_workers=max_workers,
+            token_cache=DiscardingTokenCache(),
+        )
+        self.exchanges = 0
+        """How many token requests this exchanger has started (for tests and metrics)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_id={self.client.client_id!r})"
+
+    def _user(self, identity: Identity | None) -> Identity:
+        identity = identity if identity is not None else current_identity()
+        if identity is None:
+            raise MissingIdentityError(
+                "no verified user identity in this context: On-Behalf-Of runs only inside an "
+                "authenticated call (never falls back to an app token)"
+            )
+        if not identity.is_user:
+            raise AppTokenNotAllowedError(
+                "the caller is an application: there is no user to act on behalf of"
+            )
+        return identity
+
+    def cache_key(
+        self, scopes: Iterable[str], *, identity: Identity | None = None, claims: str | None = None
+    ) -> str:
+        return obo_cache_key(
+            assertion=self._user(identity).token,
+            client_id=self.client.client_id,
+            authority=self.client.authority,
+            scopes=_scope_tuple(scopes),
+            claims=claims,
+        )
+
+    async def acquire(
+        self,
+        scopes: Sequence[str],
+        *,
+        identity: Identity | None = None,
+        claims: str | None = None,
+        timeout: float | None = None,
+    ) -> SecretToken:
+        """A token for the downstream `scopes`, for the user in `identity` (default: current).
+
+        `timeout` bounds this caller's wait; the shared exchange may go on and fill the cache.
+        """
+        user = self._user(identity)
+        wanted = _scope_tuple(scopes)
+        key = self.cache_key(wanted, identity=user, claims=claims)
+        assertion = user.token
+
+        async def fetch() -> CachedToken:
+            self.exchanges += 1
+            _log.debug("On-Behalf-Of exchange for %s (%s)", user.principal, log_ref(key))
+            return await self._runner.acquire(
+                lambda app: app.acquire_token_on_behalf_of(
+                    assertion.reveal(), list(wanted), claims_challenge=claims
+                )
+            )
+
+        token = await _bounded(self.cache.get_or_fetch(key, fetch), timeout)
+        return token.access_token
+
+    async def invalidate(
+        self, scopes: Sequence[str], *, identity: Identity | None = None, claims: str | None = None
+    ) -> None:
+        """Forget the cached token (the downstream answered with a claims challenge)."""
+        await self.cache.invalidate(self.cache_key(scopes, identity=identity, claims=claims))
+
+    async def close(self) -> None:
+        await self.cache.close()
+        await self._runner.close()
+
+    async def __aenter__(self) -> OboExchanger:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class AppOnlyExchanger:
+    """Client-credentials tokens for calls the service makes as itself (never for a user)."""
+
+    def __init__(
+        self,
+        client: ConfidentialClient,
+        *,
+        retry: RetryPolicy | None = None,
+        max_workers: int = 4,
+    ) -> None:
+        if not isinstance(client, ConfidentialClient):
+            raise ConfigurationError("client must be a ConfidentialClient")
+        self.client = client
+        # Our cache (single flight, proactive refresh) fronts MSAL's, so MSAL's would only
+        # duplicate it.
+        self._runner = _MsalRunner(
+            client,
+            retry=retry or RetryPolicy(),
+            max_workers=max_workers,
+            token_cache=DiscardingTokenCache(),
+        )
+        self.cache = TokenCache()
+        self.exchanges = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_id={self.client.client_id!r})"
+
+    async def acquire(self, scopes: Sequence[str], *, timeout: float | None = None) -> SecretToken:
+        wanted = _scope_tuple(scopes)
+        if len(wanted) != 1 or not wanted[0].endswith("/.default"):
+            raise ConfigurationError("app-only tokens take exactly one '<resource>/.default' scope")
+        key = "grpc_obo:app:v1:" + "|".join((self.client.client_id, self.client.authority, *wanted))
+
+        async def fetch() -> CachedToken:
+            self.exchanges += 1
+            return await self._runner.acquire(
+                lambda app: app.acquire_token_for_client(list(wanted))
+            )
+
+        token = await _bounded(self.cache.get_or_fetch(key, fetch), timeout)
+        return token.access_token
+
+    async def close(self) -> None:
+        await self.cache.close()
+        await self._runner.close()
+
+    async def __aenter__(self) -> AppOnlyExchanger:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def _bounded(awaitable: Any, timeout: float | None) -> CachedToken:
+    if timeout is None:
+        result: CachedToken = await awaitable
+        return result
+    if timeout <= 0:
+        awaitable.close()
+        raise AuthorityUnavailableError("no time left in the call's deadline for a token exchange")
+    try:
+        result = await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        raise AuthorityUnavailableError(
+            "the token exchange did not finish within the call's deadline"
+        ) from None
+    return result
