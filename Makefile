@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 # The main job on embedded defaults: dev authority, in-process caches, all on loopback.
 demo: $(STAMP)
-	$(VENV)/bin/grpc-obo demo
+	$(PY) -m examples.demo
 
 # Tests need a redis-server binary (the suite starts one on a free port unless REDIS_URL is
 # set); install Debian's package when it is missing so Redis tests never skip silently.

@@ -189,7 +189,12 @@ class ConfidentialClient:
 
     @property
     def authority(self) -> str:
-        return f"{self.authority_host}/{self.tenant_id}"
+        """The home tenant's authority (client credentials use it)."""
+        return self.authority_for(self.tenant_id)
+
+    def authority_for(self, tenant: str) -> str:
+        """The authority of `tenant`: On-Behalf-Of goes to the tenant that issued the token."""
+        return f"{self.authority_host}/{tenant}"
 
     @classmethod
     def from_env(

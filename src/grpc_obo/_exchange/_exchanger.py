@@ -65,19 +65,21 @@ class _MsalRunner:
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="grpc-obo-msal")
         self._http = AuthorityHttpClient(ca_file=client.ca_file, timeout=client.http_timeout)
         self._token_cache = token_cache
-        self._app: Any = None
+        # One MSAL app per tenant: On-Behalf-Of must go to the tenant that issued the user's
+        # token (a multi-tenant middle tier serves users of several tenants).
+        self._apps: dict[str, Any] = {}
         self._app_lock = asyncio.Lock()
 
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
 
-    def _build(self) -> Any:
+    def _build(self, tenant: str) -> Any:
         # Constructing the app fetches the authority's discovery document (network I/O).
         return msal.ConfidentialClientApplication(
             self.client.client_id,
             client_credential=self.client.credential.to_msal(),
-            authority=self.client.authority,
+            authority=self.client.authority_for(tenant),
             # Anything but Microsoft's own hosts would otherwise be checked against
             # login.microsoftonline.com's instance discovery.
             instance_discovery=False,
@@ -87,17 +89,19 @@ class _MsalRunner:
             client_capabilities=list(self.client.client_capabilities) or None,
         )
 
-    async def _application(self) -> Any:
-        if self._app is None:
+    async def _application(self, tenant: str) -> Any:
+        app = self._apps.get(tenant)
+        if app is None:
             async with self._app_lock:
-                if self._app is None:
-                    built = await self._with_retries(self._build_attempt, "set-up")
-                    self._app = built["app"]
-        return self._app
+                app = self._apps.get(tenant)
+                if app is None:
+                    built = await self._with_retries(lambda: self._build_attempt(tenant), "set-up")
+                    app = self._apps[tenant] = built["app"]
+        return app
 
-    def _build_attempt(self) -> Outcome:
+    def _build_attempt(self, tenant: str) -> Outcome:
         try:
-            app = self._build()
+            app = self._build(tenant)
         except Exception as exc:  # classified below; MSAL raises plain exceptions
             return classify(None, raised=exc, status=self._http.facts.status)
         return Outcome(result={"app": app})
@@ -129,8 +133,8 @@ class _MsalRunner:
             await asyncio.sleep(delay)
         raise unavailable(f"{self.retry.max_attempts} attempts failed", last)
 
-    async def acquire(self, call: Callable[[Any], Any]) -> CachedToken:
-        app = await self._application()
+    async def acquire(self, tenant: str, call: Callable[[Any], Any]) -> CachedToken:
+        app = await self._application(tenant)
         result = await self._with_retries(lambda: self._token_attempt(lambda: call(app)), "request")
         return CachedToken.from_msal(result)
 
@@ -186,10 +190,11 @@ class OboExchanger:
     def cache_key(
         self, scopes: Iterable[str], *, identity: Identity | None = None, claims: str | None = None
     ) -> str:
+        user = self._user(identity)
         return obo_cache_key(
-            assertion=self._user(identity).token,
+            assertion=user.token,
             client_id=self.client.client_id,
-            authority=self.client.authority,
+            authority=self.client.authority_for(user.tid),
             scopes=_scope_tuple(scopes),
             claims=claims,
         )
@@ -215,9 +220,10 @@ class OboExchanger:
             self.exchanges += 1
             _log.debug("On-Behalf-Of exchange for %s (%s)", user.principal, log_ref(key))
             return await self._runner.acquire(
+                user.tid,
                 lambda app: app.acquire_token_on_behalf_of(
                     assertion.reveal(), list(wanted), claims_challenge=claims
-                )
+                ),
             )
 
         token = await _bounded(self.cache.get_or_fetch(key, fetch), timeout)
@@ -276,7 +282,7 @@ class AppOnlyExchanger:
         async def fetch() -> CachedToken:
             self.exchanges += 1
             return await self._runner.acquire(
-                lambda app: app.acquire_token_for_client(list(wanted))
+                self.client.tenant_id, lambda app: app.acquire_token_for_client(list(wanted))
             )
 
         token = await _bounded(self.cache.get_or_fetch(key, fetch), timeout)

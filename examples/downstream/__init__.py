@@ -1,0 +1,1 @@
+"""The Downstream API example."""

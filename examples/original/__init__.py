@@ -1,0 +1,1 @@
+"""The Original API example."""
