@@ -123,10 +123,25 @@ class DevAuthority:
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
+            server = runner.server
+            open_transports = [
+                h.transport for h in (server.connections if server else []) if h.transport
+            ]
             await runner.cleanup()
+            # NOTE: closing a TLS connection waits (up to 30 s) for the peer's close_notify,
+            # which an idle keep-alive client never sends; a loop closed meanwhile (as
+            # `running_in_thread` does) leaks the socket. Abort what is left, then yield once so
+            # the transports' connection_lost callbacks close their sockets.
+            for transport in open_transports:
+                transport.abort()
+            await asyncio.sleep(0)
+        # NOTE: a stopped authority has no address: `port`/`base_url` raise rather than name a
+        # port that another process may take next.
+        self._bound_port = None
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)
             self._own_dir = None
+            self._tls = None
 
     async def __aenter__(self) -> DevAuthority:
         return await self.start()
