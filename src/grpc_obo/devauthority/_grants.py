@@ -673,7 +673,7 @@ def _capabilities(claims_json: str | None) -> list[str]:
     if not claims_json:
         return []
     try:
-        parsed = json.loads(claims_json)
+        parsed = _load_json(claims_json)
     except ValueError:
         raise OAuthError(
             "invalid_request", 90014, "The 'claims' parameter is not valid JSON."
@@ -689,11 +689,19 @@ def _capabilities(claims_json: str | None) -> list[str]:
 
 def _claims_names(claims_json: str) -> set[str]:
     try:
-        parsed = json.loads(claims_json)
+        parsed = _load_json(claims_json)
     except ValueError:
         return set()
     access = parsed.get("access_token") if isinstance(parsed, dict) else None
     return {k for k in access if k != "xms_cc"} if isinstance(access, dict) else set()
+
+
+def _load_json(text: str) -> Any:
+    """`json.loads` that reports hostile nesting as bad input, not as an internal error."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _is_number(value: object) -> TypeGuard[float]:
