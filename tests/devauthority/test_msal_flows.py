@@ -243,6 +243,11 @@ class TestRefresh:
         )
         assert response.status_code == 400
         assert response.json()["error"] == "invalid_grant"
+        # The owner's refresh token still works afterwards.
+        result = msal_apps.public().acquire_token_by_refresh_token(
+            refresh_token, scopes=[scope(authority, "original")]
+        )
+        assert "access_token" in result, result
 
     def test_unknown_refresh_token_is_refused(self, authority: DevAuthority, http: Http) -> None:
         response = http.token(

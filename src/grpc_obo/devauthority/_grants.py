@@ -433,7 +433,11 @@ class Grants:
     ) -> dict[str, Any]:
         presented = request.require("refresh_token")
         with self._lock:
-            held = self._refresh_tokens.pop(_hash(presented), None)
+            held = self._refresh_tokens.get(_hash(presented))
+            # Redeemed only by the client it was issued to: another client presenting it
+            # must not burn the owner's token.
+            if held is not None and held.client_id == client.client_id:
+                del self._refresh_tokens[_hash(presented)]
         if held is None or held.client_id != client.client_id:
             raise OAuthError(
                 "invalid_grant",
