@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
+import jwt
 import pytest
+import pytest_asyncio
 import redis
 
+from grpc_obo import (
+    ClientCredential,
+    ConfidentialClient,
+    Identity,
+    RetryPolicy,
+    TokenCache,
+    TokenValidator,
+    ValidatorOptions,
+)
+from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo.devauthority import DevAuthority
 from tests.redis_server import redis_server
 
 
@@ -81,3 +95,118 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+# -- the dev authority, real MSAL: fixtures for the exchanger tests ---------------------------
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, budget=3.0)
+"""Retries that keep the suite fast: three attempts, tens of milliseconds apart."""
+
+
+@pytest.fixture
+def authority(grpc_obo_authority: DevAuthority) -> DevAuthority:
+    return grpc_obo_authority
+
+
+@pytest.fixture
+def downstream_scope(authority: DevAuthority) -> str:
+    return f"{authority.world.app('downstream').app_id_uri}/Data.Read"
+
+
+def client_for(
+    authority: DevAuthority, credential: ClientCredential | None = None, **options: Any
+) -> ConfidentialClient:
+    """The Original API's confidential client (by default its client secret)."""
+    original = authority.world.app("original")
+    return ConfidentialClient(
+        client_id=original.client_id,
+        tenant_id=authority.tenant_id,
+        credential=credential or ClientCredential.secret(original.secrets[0]),
+        authority_host=authority.base_url,
+        ca_file=str(authority.ca_file),
+        **options,
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def original_validator(
+    grpc_obo_authority_session: DevAuthority,
+) -> AsyncIterator[TokenValidator]:
+    """How the Original API validates its callers' tokens (both tenants of the demo world)."""
+    authority = grpc_obo_authority_session
+    original = authority.world.app("original")
+    options = ValidatorOptions(
+        tenant="organizations",
+        allowed_tenants=frozenset(t.id for t in authority.world.tenants),
+        audiences=frozenset({original.client_id, str(original.app_id_uri)}),
+        authority_host=authority.base_url,
+        v1_issuer_host=authority.base_url,
+        ssl_context=authority.client_ssl_context(),
+    )
+    async with TokenValidator(options) as validator:
+        yield validator
+
+
+class Users:
+    """Signed-in users as the Original API sees them: tokens minted, then validated for real.
+
+    Every token minted here or returned by an exchanger is remembered for the leak checks.
+    """
+
+    def __init__(self, authority: DevAuthority, validator: TokenValidator) -> None:
+        self.authority = authority
+        self.validator = validator
+        self.secrets: list[str] = []
+
+    def token(self, user: str = "alice", **options: Any) -> str:
+        options.setdefault("scopes", ["access_as_user"])
+        token = self.authority.mint_user_token(
+            user, audience="original", client="client", **options
+        )
+        self.remember(token)
+        return token
+
+    async def identity(self, user: str = "alice", **options: Any) -> Identity:
+        return await self.validator.validate(self.token(user, **options))
+
+    def remember(self, token: str) -> str:
+        self.secrets.extend((token, token.split(".")[1], token.split(".")[2]))
+        return token
+
+
+@pytest.fixture
+def users(authority: DevAuthority, original_validator: TokenValidator) -> Users:
+    return Users(authority, original_validator)
+
+
+@pytest.fixture
+async def make_exchanger(
+    authority: DevAuthority,
+) -> AsyncIterator[Callable[..., OboExchanger]]:
+    """`make(client=None, *, retry=FAST_RETRY, cache=None)`: closed after the test."""
+    made: list[OboExchanger] = []
+
+    def make(
+        client: ConfidentialClient | None = None,
+        *,
+        retry: RetryPolicy = FAST_RETRY,
+        cache: TokenCache | None = None,
+    ) -> OboExchanger:
+        exchanger = OboExchanger(client or client_for(authority), retry=retry, cache=cache)
+        made.append(exchanger)
+        return exchanger
+
+    yield make
+    for exchanger in made:
+        await exchanger.close()
+
+
+def verified_claims(authority: DevAuthority, token: str, *, audience: str) -> dict[str, Any]:
+    """Decode `token` after checking its signature against the authority's published keys."""
+    kid = jwt.get_unverified_header(token)["kid"]
+    keys = jwt.PyJWKSet.from_dict(authority.jwks())
+    key = next(k for k in keys.keys if k.key_id == kid)
+    claims: dict[str, Any] = jwt.decode(
+        token, key.key, algorithms=["RS256"], audience=audience, options={"verify_iss": False}
+    )
+    return claims

@@ -100,6 +100,9 @@ class _MsalRunner:
         return app
 
     def _build_attempt(self, tenant: str) -> Outcome:
+        # NOTE: facts are per worker thread and outlive a request: a status left from another
+        # user's earlier request on this thread must not decide this attempt's outcome.
+        self._http.facts.clear()
         try:
             app = self._build(tenant)
         except Exception as exc:  # classified below; MSAL raises plain exceptions
@@ -108,6 +111,7 @@ class _MsalRunner:
 
     def _token_attempt(self, call: Callable[[], Any]) -> Outcome:
         facts = self._http.facts
+        facts.clear()  # see _build_attempt
         try:
             result = call()
         except Exception as exc:

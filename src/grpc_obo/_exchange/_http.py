@@ -29,6 +29,10 @@ class ResponseFacts(threading.local):
     status: int | None = None
     retry_after: float | None = None
 
+    def clear(self) -> None:
+        self.status = None
+        self.retry_after = None
+
 
 class AuthorityHttpClient(requests.Session):
     def __init__(self, *, ca_file: str | None, timeout: float) -> None:
@@ -43,8 +47,7 @@ class AuthorityHttpClient(requests.Session):
 
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
-        self.facts.status = None
-        self.facts.retry_after = None
+        self.facts.clear()
         response = super().request(method, url, *args, **kwargs)
         self.facts.status = response.status_code
         self.facts.retry_after = _retry_after(response.headers.get("Retry-After"))

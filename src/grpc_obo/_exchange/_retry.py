@@ -51,12 +51,17 @@ class RetryPolicy:
     ) -> float:
         """Seconds to wait before attempt `attempt + 1` (attempt counts from 0)."""
         backoff = min(self.max_delay, self.base_delay * (2.0**attempt)) * rand()
-        # Retry-After is the authority's floor; jitter on top keeps replicas from syncing up.
-        return max(backoff, retry_after) if retry_after is not None else backoff
+        if retry_after is None:
+            return backoff
+        # Retry-After is the authority's floor; jitter on top (up to base_delay) keeps the
+        # replicas and users throttled together from all coming back at the same instant.
+        return retry_after + min(backoff, self.base_delay)
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """Success (`result`, no `retry`), a retry (`result` is the error body, if any), or `error`."""
+
     result: Mapping[str, Any] | None = None
     retry: bool = False
     retry_after: float | None = None
@@ -103,7 +108,8 @@ def classify(
     fields = _fields(result)
     error = fields["error"]
     if transient_status or error in _TRANSIENT_ERRORS:
-        return Outcome(retry=True, retry_after=retry_after)
+        # The error body rides along so that giving up can report the authority's fields.
+        return Outcome(result=result, retry=True, retry_after=retry_after)
     if fields["claims"] is not None or error == "interaction_required":
         if fields["claims"] is None:
             return Outcome(

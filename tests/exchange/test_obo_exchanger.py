@@ -1,0 +1,400 @@
+"""`OboExchanger` against the dev authority with real MSAL: what comes back, and how often we ask.
+
+Incoming identities are built the real way: a token minted by the authority for the Original API,
+validated by a `TokenValidator`. Exchange counts come from the authority's own request log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from grpc_obo import (
+    AppTokenNotAllowedError,
+    AuthorityUnavailableError,
+    ClaimsChallengeError,
+    ConfigurationError,
+    Identity,
+    IdentityKind,
+    InvalidGrantError,
+    MissingIdentityError,
+    SecretToken,
+    TokenExchangeError,
+    status_for,
+    use_identity,
+    www_authenticate_for,
+)
+from grpc_obo._exchange import _exchanger
+from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo.devauthority import CONTOSO, FABRIKAM, DevAuthority
+from tests.exchange.conftest import Users, client_for, verified_claims
+
+MakeExchanger = Callable[..., OboExchanger]
+
+
+def obo_count(authority: DevAuthority, user: str | None = None) -> int:
+    return authority.requests.count(grant="obo", user=user)
+
+
+# -- the exchanged token -------------------------------------------------------------------
+
+
+async def test_exchanged_token_is_for_the_downstream_api_as_the_same_user(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """aud = Downstream, same oid/tid, azp = Original, scp = Data.Read; signature verifies."""
+    exchanger = make_exchanger()
+    identity = await users.identity("alice")
+    with use_identity(identity):
+        token = await exchanger.acquire([downstream_scope])
+    assert isinstance(token, SecretToken)
+    claims = verified_claims(
+        authority, token.reveal(), audience=authority.world.app("downstream").client_id
+    )
+    assert claims["oid"] == identity.oid == authority.world.user("alice").oid
+    assert claims["tid"] == identity.tid == CONTOSO
+    assert claims["azp"] == authority.world.app("original").client_id
+    assert claims["scp"] == "Data.Read"
+    assert "idtyp" not in claims or claims["idtyp"] == "user"
+    assert obo_count(authority, "alice") == 1
+
+
+async def test_identity_argument_is_used_instead_of_the_context(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    exchanger = make_exchanger()
+    alice, bob = await users.identity("alice"), await users.identity("bob")
+    with use_identity(alice):
+        token = await exchanger.acquire([downstream_scope], identity=bob)
+    claims = verified_claims(
+        authority, token.reveal(), audience=authority.world.app("downstream").client_id
+    )
+    assert claims["oid"] == bob.oid
+
+
+async def test_carol_is_exchanged_at_her_own_tenant(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """A multi-tenant middle tier goes to the tenant that issued the user's token."""
+    exchanger = make_exchanger()
+    carol = await users.identity("carol")
+    token = await exchanger.acquire([downstream_scope], identity=carol)
+    claims = verified_claims(
+        authority, token.reveal(), audience=authority.world.app("downstream").client_id
+    )
+    assert (claims["tid"], claims["oid"]) == (FABRIKAM, authority.world.user("carol").oid)
+    [request] = [e for e in authority.requests.entries if e.grant == "obo"]
+    assert request.path.startswith(f"/{FABRIKAM}/")
+
+
+async def test_client_capabilities_reach_the_exchanged_token(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """`cp1` is declared to the authority (MSAL sends it as xms_cc in the claims parameter)."""
+    exchanger = make_exchanger(client_for(authority, client_capabilities=("cp1",)))
+    token = await exchanger.acquire([downstream_scope], identity=await users.identity("alice"))
+    claims = verified_claims(
+        authority, token.reveal(), audience=authority.world.app("downstream").client_id
+    )
+    assert "cp1" in claims.get("xms_cc", [])
+
+
+# -- caching and single flight --------------------------------------------------------------
+
+
+async def test_second_acquire_for_the_same_user_token_makes_no_new_exchange(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    exchanger = make_exchanger()
+    identity = await users.identity("alice")
+    with use_identity(identity):
+        first = await exchanger.acquire([downstream_scope])
+        second = await exchanger.acquire([downstream_scope])
+    assert first == second
+    assert obo_count(authority) == 1
+    assert exchanger.exchanges == 1
+
+
+async def test_a_new_user_token_is_a_new_exchange(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """The key is the assertion, not the user: a re-issued token is exchanged again."""
+    exchanger = make_exchanger()
+    await exchanger.acquire([downstream_scope], identity=await users.identity("alice"))
+    await exchanger.acquire([downstream_scope], identity=await users.identity("alice"))
+    assert obo_count(authority, "alice") == 2
+
+
+async def test_thousand_concurrent_first_calls_of_one_user_make_exactly_one_exchange(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    exchanger = make_exchanger()
+    identity = await users.identity("alice")
+
+    async def call() -> SecretToken:
+        with use_identity(identity):
+            return await exchanger.acquire([downstream_scope])
+
+    tokens = await asyncio.gather(*(call() for _ in range(1000)))
+    assert len({t.reveal() for t in tokens}) == 1
+    assert obo_count(authority) == 1
+    assert exchanger.exchanges == 1
+
+
+async def test_users_never_get_each_others_tokens_under_concurrency(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """Alice, Bob and Carol (another tenant), two tokens each, 600 interleaved calls."""
+    exchanger = make_exchanger()
+    identities = [await users.identity(name) for name in ("alice", "bob", "carol") for _ in "ab"]
+    calls = [identity for identity in identities for _ in range(100)]
+    random.Random(4).shuffle(calls)
+
+    async def call(identity: Identity) -> tuple[Identity, SecretToken]:
+        with use_identity(identity):
+            await asyncio.sleep(0)  # interleave with the other users' calls
+            return identity, await exchanger.acquire([downstream_scope])
+
+    results = await asyncio.gather(*(call(identity) for identity in calls))
+    downstream = authority.world.app("downstream").client_id
+    by_assertion: dict[str, set[str]] = {}
+    for identity, token in results:
+        claims = verified_claims(authority, token.reveal(), audience=downstream)
+        assert (claims["tid"], claims["oid"]) == (identity.tid, identity.oid)
+        by_assertion.setdefault(identity.token.reveal(), set()).add(token.reveal())
+    # One exchange per incoming token, and every caller with that token got its result.
+    assert all(len(tokens) == 1 for tokens in by_assertion.values())
+    assert len({t for tokens in by_assertion.values() for t in tokens}) == 6
+    assert obo_count(authority) == 6
+    assert {u: obo_count(authority, u) for u in ("alice", "bob", "carol")} == {
+        "alice": 2,
+        "bob": 2,
+        "carol": 2,
+    }
+
+
+async def test_scopes_are_part_of_the_key_in_any_order(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    exchanger = make_exchanger()
+    identity = await users.identity("alice")
+    graph = "https://graph.microsoft.com/User.Read"
+    with use_identity(identity):
+        await exchanger.acquire([downstream_scope])
+        assert exchanger.cache_key([downstream_scope, graph]) == exchanger.cache_key(
+            [graph, downstream_scope]
+        )
+        assert exchanger.cache_key([downstream_scope]) != exchanger.cache_key([graph])
+        with pytest.raises(ConfigurationError):
+            await exchanger.acquire(downstream_scope)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError):
+            await exchanger.acquire([])
+    assert obo_count(authority) == 1
+
+
+async def test_invalidate_makes_the_next_acquire_exchange_again(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """What the client interceptor does when the downstream answers with a claims challenge."""
+    exchanger = make_exchanger()
+    with use_identity(await users.identity("alice")):
+        first = await exchanger.acquire([downstream_scope])
+        await exchanger.invalidate([downstream_scope])
+        second = await exchanger.acquire([downstream_scope])
+    assert first != second
+    assert obo_count(authority) == 2
+
+
+# -- no user, no exchange -------------------------------------------------------------------
+
+
+async def test_no_identity_in_context_is_a_clear_error_never_an_app_token(
+    authority: DevAuthority, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    exchanger = make_exchanger()
+    with pytest.raises(MissingIdentityError):
+        await exchanger.acquire([downstream_scope])
+    with use_identity(None), pytest.raises(MissingIdentityError):
+        await exchanger.acquire([downstream_scope])
+    assert authority.requests.count(endpoint="token") == 0
+    assert exchanger.exchanges == 0
+
+
+async def test_app_identity_is_refused_before_any_request(
+    authority: DevAuthority, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    exchanger = make_exchanger()
+    daemon = authority.world.app("daemon")
+    app = Identity(
+        tid=CONTOSO,
+        oid=None,
+        sub=daemon.client_id,
+        kind=IdentityKind.APP,
+        roles=frozenset({"Data.Read.All"}),
+        client_id=daemon.client_id,
+        token=SecretToken(authority.mint_app_token("daemon", audience="original", roles=[])),
+    )
+    with use_identity(app), pytest.raises(AppTokenNotAllowedError) as caught:
+        await exchanger.acquire([downstream_scope])
+    assert status_for(caught.value) is grpc.StatusCode.PERMISSION_DENIED
+    assert authority.requests.count(endpoint="token") == 0
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+async def test_claims_challenge_surfaces_with_the_challenge_and_www_authenticate(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    challenge = authority.faults.require_claims("alice")
+    exchanger = make_exchanger()
+    with use_identity(await users.identity("alice")), pytest.raises(ClaimsChallengeError) as caught:
+        await exchanger.acquire([downstream_scope])
+    error = caught.value
+    assert error.claims == challenge.claims
+    assert json.loads(error.claims)["access_token"]["capolids"]["essential"] is True
+    assert error.error == "interaction_required"
+    assert error.suberror == "basic_action"
+    assert 50076 in error.error_codes
+    assert error.correlation_id
+    assert status_for(error) is grpc.StatusCode.UNAUTHENTICATED
+    header = www_authenticate_for(error)
+    assert header is not None
+    assert 'error="insufficient_claims"' in header
+    assert f'claims="{base64.b64encode(challenge.claims.encode()).decode()}"' in header
+    # Not retried (a challenge is not transient), not cached: Bob is unaffected.
+    assert obo_count(authority, "alice") == 1
+    await exchanger.acquire([downstream_scope], identity=await users.identity("bob"))
+
+
+async def test_a_token_that_satisfied_the_challenge_is_exchanged(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    authority.faults.require_claims("alice")
+    exchanger = make_exchanger()
+    mfa = await users.identity("alice", amr=("pwd", "mfa"))
+    token = await exchanger.acquire([downstream_scope], identity=mfa)
+    assert (
+        verified_claims(
+            authority, token.reveal(), audience=authority.world.app("downstream").client_id
+        )["oid"]
+        == authority.world.user("alice").oid
+    )
+
+
+async def test_expired_assertion_is_an_invalid_grant(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """Built directly: the validator would (rightly) refuse this token before any exchange."""
+    alice = authority.world.user("alice")
+    expired = users.token("alice", lifetime=-600)
+    identity = Identity(
+        tid=alice.tenant_id,
+        oid=alice.oid,
+        sub="sub",
+        kind=IdentityKind.USER,
+        scopes=frozenset({"access_as_user"}),
+        token=SecretToken(expired),
+    )
+    exchanger = make_exchanger()
+    with pytest.raises(InvalidGrantError) as caught:
+        await exchanger.acquire([downstream_scope], identity=identity)
+    assert caught.value.error == "invalid_grant"
+    assert 500133 in caught.value.error_codes
+    assert status_for(caught.value) is grpc.StatusCode.UNAUTHENTICATED
+    assert obo_count(authority) == 1  # not retried
+    assert expired not in str(caught.value)
+
+
+async def test_unconsented_scope_is_an_invalid_grant_and_is_asked_again_next_time(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger
+) -> None:
+    """Data.Write is not consented for Original. The refusal is not replayed from MSAL's
+    60 s HTTP 400 cache either: a later call (consent may have been granted) asks again."""
+    write = f"{authority.world.app('downstream').app_id_uri}/Data.Write"
+    exchanger = make_exchanger()
+    with use_identity(await users.identity("alice")):
+        for _ in range(2):
+            with pytest.raises(InvalidGrantError) as caught:
+                await exchanger.acquire([write])
+            assert caught.value.error == "invalid_grant"
+            assert caught.value.suberror == "consent_required"
+            assert 65001 in caught.value.error_codes
+    assert obo_count(authority) == 2
+
+
+async def test_unknown_scope_is_a_token_exchange_error_not_retried(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger
+) -> None:
+    bogus = f"{authority.world.app('downstream').app_id_uri}/Nope"
+    exchanger = make_exchanger()
+    with pytest.raises(TokenExchangeError) as caught:
+        await exchanger.acquire([bogus], identity=await users.identity("alice"))
+    assert type(caught.value) is TokenExchangeError
+    assert caught.value.error == "invalid_scope"
+    assert status_for(caught.value) is grpc.StatusCode.INTERNAL
+    assert obo_count(authority) == 1
+
+
+# -- one user's failure is never another user's ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"status": 503}, id="503"),
+        pytest.param({"status": 429, "retry_after": 30}, id="429-retry-after"),
+        pytest.param({"status": 500, "retry_after": 30}, id="500-retry-after"),
+    ],
+)
+async def test_one_users_failure_does_not_fail_another_user(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    fault: dict[str, float],
+) -> None:
+    """MSAL's throttle key leaves out the OBO assertion: with its default http_cache, Bob's
+    exchange right after Alice's failure would be answered from memory without a request."""
+    alice, bob = await users.identity("alice"), await users.identity("bob")
+    exchanger = make_exchanger()
+    status = int(fault["status"])
+    authority.faults.fail(status, user="alice", times=None, retry_after=fault.get("retry_after"))
+    # Retry-After 30 s exceeds the policy's budget: Alice fails at once, no waiting.
+    with pytest.raises(AuthorityUnavailableError) as caught:
+        await exchanger.acquire([downstream_scope], identity=alice)
+    assert status_for(caught.value) is grpc.StatusCode.UNAVAILABLE
+    token = await exchanger.acquire([downstream_scope], identity=bob)
+    claims = verified_claims(
+        authority, token.reveal(), audience=authority.world.app("downstream").client_id
+    )
+    assert claims["oid"] == bob.oid
+    assert authority.requests.count(grant="obo", user="bob", ok=True) == 1
+    assert authority.requests.count(grant="obo", user="alice", status=status) >= 1
+
+
+async def test_msal_default_http_cache_would_throttle_across_users(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The trap the test above guards against, shown with MSAL's default (a plain dict): if
+    this stops failing Bob, MSAL changed and `NoHttpCache` may no longer be needed."""
+    monkeypatch.setattr(_exchanger, "NoHttpCache", dict)
+    alice, bob = await users.identity("alice"), await users.identity("bob")
+    exchanger = make_exchanger()
+    authority.faults.fail(503, user="alice", times=None)
+    with pytest.raises(TokenExchangeError):
+        await exchanger.acquire([downstream_scope], identity=alice)
+    # MSAL replays Alice's 503 for Bob from memory (raising for the 5xx), never asking.
+    with pytest.raises(TokenExchangeError):
+        await exchanger.acquire([downstream_scope], identity=bob)
+    assert obo_count(authority, "bob") == 0
