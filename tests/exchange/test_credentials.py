@@ -1,0 +1,390 @@
+"""Client credentials against the dev authority: secret, certificate (with and without x5c),
+assertion callback, `ConfidentialClient.from_env()`, refusals; and the app-only exchanger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import pickle
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import jwt
+import pytest
+
+from grpc_obo import (
+    ClientCredential,
+    ConfidentialClient,
+    ConfigurationError,
+    TokenExchangeError,
+    status_for,
+    use_identity,
+)
+from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
+from grpc_obo.devauthority import ClientCertificate, DevAuthority
+from tests.exchange.conftest import FAST_RETRY, Users, client_for, verified_claims
+
+MakeExchanger = Callable[..., OboExchanger]
+
+
+def certificate_of(authority: DevAuthority, app: str = "original") -> ClientCertificate:
+    return authority.world.app(app).certificates[0]
+
+
+def client_assertion(
+    authority: DevAuthority, app: str = "original", *, certificate: ClientCertificate | None = None
+) -> str:
+    """A client assertion as a workload-identity token file or a key vault would supply it."""
+    cert = certificate or certificate_of(authority, app)
+    client_id = authority.world.app(app).client_id
+    now = int(time.time())
+    thumbprint = base64.urlsafe_b64encode(cert.thumbprint_sha256).decode().rstrip("=")
+    assert cert.private_key_pem is not None
+    return jwt.encode(
+        {
+            "aud": authority.token_url,
+            "iss": client_id,
+            "sub": client_id,
+            "exp": now + 600,
+            "nbf": now,
+            "jti": str(uuid.uuid4()),
+        },
+        cert.private_key_pem,
+        algorithm="RS256",
+        headers={"x5t#S256": thumbprint},
+    )
+
+
+async def exchange_as_alice(
+    authority: DevAuthority, users: Users, exchanger: OboExchanger, scope: str
+) -> dict[str, object]:
+    with use_identity(await users.identity("alice")):
+        token = await exchanger.acquire([scope])
+    claims = verified_claims(
+        authority, token.reveal(), audience=authority.world.app("downstream").client_id
+    )
+    assert claims["oid"] == authority.world.user("alice").oid
+    assert claims["azp"] == authority.world.app("original").client_id
+    return claims
+
+
+# -- each kind of credential works ---------------------------------------------------------
+
+
+async def test_client_secret(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    claims = await exchange_as_alice(authority, users, make_exchanger(), downstream_scope)
+    assert claims["azpacr"] == "1"  # the middle tier proved itself with a secret
+
+
+@pytest.mark.parametrize("send_chain", [False, True], ids=["thumbprint", "x5c"])
+async def test_certificate(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    send_chain: bool,
+) -> None:
+    cert = certificate_of(authority)
+    assert cert.private_key_pem is not None
+    credential = ClientCredential.certificate(
+        private_key_pem=cert.private_key_pem,
+        certificate_pem=cert.certificate_pem,
+        send_certificate_chain=send_chain,
+    )
+    exchanger = make_exchanger(client_for(authority, credential))
+    claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert claims["azpacr"] == "2"  # certificate
+
+
+async def test_certificate_file_with_an_encrypted_key(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    tmp_path: Path,
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    cert = certificate_of(authority)
+    assert cert.private_key_pem is not None
+    key = serialization.load_pem_private_key(cert.private_key_pem, password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"hunter2"),
+    )
+    path = tmp_path / "original.pem"
+    path.write_bytes(encrypted + cert.certificate_pem)
+    credential = ClientCredential.certificate_file(path, passphrase=b"hunter2")
+    exchanger = make_exchanger(client_for(authority, credential))
+    claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert claims["azpacr"] == "2"
+
+
+async def test_assertion_callback_is_called_for_each_request(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    calls: list[str] = []
+
+    def assertion() -> str:
+        calls.append(client_assertion(authority))
+        return calls[-1]
+
+    exchanger = make_exchanger(client_for(authority, ClientCredential.assertion(assertion)))
+    claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert claims["azpacr"] == "2"
+    await exchange_as_alice(authority, users, exchanger, downstream_scope)  # a new user token
+    assert len(calls) == 2  # fresh assertions, never a stale one
+    assert authority.requests.count(grant="obo", ok=True) == 2
+
+
+# -- ConfidentialClient.from_env ------------------------------------------------------------
+
+
+def base_env(authority: DevAuthority) -> dict[str, str]:
+    return {
+        "AZURE_TENANT_ID": authority.tenant_id,
+        "AZURE_CLIENT_ID": authority.world.app("original").client_id,
+        "AZURE_AUTHORITY_HOST": authority.base_url,
+    }
+
+
+async def test_from_env_with_a_secret(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    env = {**base_env(authority), "AZURE_CLIENT_SECRET": authority.world.app("original").secrets[0]}
+    client = ConfidentialClient.from_env(env, ca_file=str(authority.ca_file))
+    assert client.credential.kind == "secret"
+    assert client.authority == f"{authority.base_url}/{authority.tenant_id}"
+    claims = await exchange_as_alice(authority, users, make_exchanger(client), downstream_scope)
+    assert claims["azpacr"] == "1"
+
+
+@pytest.mark.parametrize("send_chain", ["", "true"])
+async def test_from_env_with_a_certificate_file(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    tmp_path: Path,
+    send_chain: str,
+) -> None:
+    cert = certificate_of(authority)
+    assert cert.private_key_pem is not None
+    path = tmp_path / "original.pem"
+    path.write_bytes(cert.private_key_pem + cert.certificate_pem)
+    env = {
+        **base_env(authority),
+        "AZURE_CLIENT_CERTIFICATE_PATH": str(path),
+        "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN": send_chain,
+    }
+    client = ConfidentialClient.from_env(env, ca_file=str(authority.ca_file))
+    assert client.credential.kind == "certificate"
+    claims = await exchange_as_alice(authority, users, make_exchanger(client), downstream_scope)
+    assert claims["azpacr"] == "2"
+
+
+async def test_from_env_with_a_federated_token_file_rereads_it(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    tmp_path: Path,
+) -> None:
+    """Workload identity rotates the file's token: every request must read the current one."""
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text("not-a-jwt\n", encoding="utf-8")
+    env = {**base_env(authority), "AZURE_FEDERATED_TOKEN_FILE": str(token_file)}
+    client = ConfidentialClient.from_env(env, ca_file=str(authority.ca_file))
+    assert client.credential.kind == "assertion"
+    exchanger = make_exchanger(client)
+    with pytest.raises(TokenExchangeError) as caught:
+        await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert caught.value.error == "invalid_client"
+    token_file.write_text(client_assertion(authority) + "\n", encoding="utf-8")
+    claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert claims["azpacr"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("drop", "add"),
+    [
+        ("AZURE_TENANT_ID", {}),
+        ("AZURE_CLIENT_ID", {}),
+        (None, {}),  # no credential at all
+        (None, {"AZURE_CLIENT_CERTIFICATE_PATH": "/nonexistent/cert.pem"}),
+        (None, {"AZURE_CLIENT_SECRET": "s", "AZURE_AUTHORITY_HOST": "http://insecure"}),
+    ],
+)
+def test_from_env_misconfiguration_fails_at_start_up(
+    authority: DevAuthority, drop: str | None, add: dict[str, str]
+) -> None:
+    env = {**base_env(authority), "AZURE_CLIENT_SECRET": "s"} if drop else base_env(authority)
+    env.update(add)
+    if drop:
+        del env[drop]
+    with pytest.raises(ConfigurationError):
+        ConfidentialClient.from_env(env)
+
+
+def test_from_env_defaults_to_entra_and_reads_nothing_else() -> None:
+    env = {
+        "AZURE_TENANT_ID": "7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001",
+        "AZURE_CLIENT_ID": "3c9a4e21-7d0b-4f5e-a1c2-0c0ffee0a1a1",
+        "AZURE_CLIENT_SECRET": "s3cr3t-value",
+    }
+    client = ConfidentialClient.from_env(env)
+    assert client.authority_host == "https://login.microsoftonline.com"
+    assert client.ca_file is None
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+async def test_wrong_secret_is_invalid_client_and_not_retried(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    exchanger = make_exchanger(client_for(authority, ClientCredential.secret("dev-wrong-secret")))
+    with pytest.raises(TokenExchangeError) as caught:
+        await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert type(caught.value) is TokenExchangeError
+    assert caught.value.error == "invalid_client"
+    assert 7000215 in caught.value.error_codes
+    assert status_for(caught.value) is grpc.StatusCode.INTERNAL
+    assert authority.requests.count(endpoint="token") == 1
+
+
+async def test_unregistered_certificate_is_invalid_client(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    stranger = ClientCertificate.generate("stranger")
+    assert stranger.private_key_pem is not None
+    credential = ClientCredential.certificate(
+        private_key_pem=stranger.private_key_pem, certificate_pem=stranger.certificate_pem
+    )
+    exchanger = make_exchanger(client_for(authority, credential))
+    with pytest.raises(TokenExchangeError) as caught:
+        await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert (caught.value.error, caught.value.error_codes) == ("invalid_client", (700027,))
+    assert authority.requests.count(endpoint="token") == 1
+
+
+def test_certificate_key_must_match_the_certificate(authority: DevAuthority) -> None:
+    other = ClientCertificate.generate("other")
+    assert other.private_key_pem is not None
+    with pytest.raises(ConfigurationError):
+        ClientCredential.certificate(
+            private_key_pem=other.private_key_pem,
+            certificate_pem=certificate_of(authority).certificate_pem,
+        )
+    with pytest.raises(ConfigurationError):
+        ClientCredential.certificate(private_key_pem=b"garbage", certificate_pem=b"garbage")
+
+
+def test_credentials_never_show_their_secret(authority: DevAuthority, tmp_path: Path) -> None:
+    secret = authority.world.app("original").secrets[0]
+    cert = certificate_of(authority)
+    assert cert.private_key_pem is not None
+    credentials = [
+        ClientCredential.secret(secret),
+        ClientCredential.certificate(
+            private_key_pem=cert.private_key_pem, certificate_pem=cert.certificate_pem
+        ),
+        ClientCredential.assertion(lambda: "assertion"),
+    ]
+    key_body = cert.private_key_pem.decode().splitlines()[1]
+    for credential in credentials:
+        client = client_for(authority, credential)
+        for text in (repr(credential), str(credential), repr(client), str(client)):
+            assert secret not in text
+            assert key_body not in text
+        with pytest.raises(TypeError):
+            pickle.dumps(credential)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"client_id": "original"},
+        {"tenant_id": "common"},
+        {"tenant_id": "consumers"},
+        {"authority_host": "http://127.0.0.1"},
+        {"client_capabilities": ("cp 1",)},
+        {"http_timeout": 0},
+    ],
+)
+def test_confidential_client_is_checked_at_construction(
+    authority: DevAuthority, options: dict[str, object]
+) -> None:
+    settings: dict[str, object] = {
+        "client_id": authority.world.app("original").client_id,
+        "tenant_id": authority.tenant_id,
+        "credential": ClientCredential.secret("x"),
+        **options,
+    }
+    with pytest.raises(ConfigurationError):
+        ConfidentialClient(**settings)  # type: ignore[arg-type]
+
+
+# -- app-only (client credentials) -----------------------------------------------------------
+
+
+def daemon_client(
+    authority: DevAuthority, credential: ClientCredential | None = None
+) -> ConfidentialClient:
+    daemon = authority.world.app("daemon")
+    return ConfidentialClient(
+        client_id=daemon.client_id,
+        tenant_id=authority.tenant_id,
+        credential=credential or ClientCredential.secret(daemon.secrets[0]),
+        authority_host=authority.base_url,
+        ca_file=str(authority.ca_file),
+    )
+
+
+@pytest.mark.parametrize("kind", ["secret", "certificate"])
+async def test_app_only_token_has_roles_and_is_cached(
+    authority: DevAuthority, users: Users, kind: str
+) -> None:
+    downstream = authority.world.app("downstream")
+    daemon = authority.world.app("daemon")
+    credential = None
+    if kind == "certificate":
+        cert = certificate_of(authority, "daemon")
+        assert cert.private_key_pem is not None
+        credential = ClientCredential.certificate(
+            private_key_pem=cert.private_key_pem, certificate_pem=cert.certificate_pem
+        )
+    client = daemon_client(authority, credential)
+    scope = f"{downstream.app_id_uri}/.default"
+    async with AppOnlyExchanger(client, retry=FAST_RETRY) as exchanger:
+        # A user in the context changes nothing: app-only never acts for a user.
+        with use_identity(await users.identity("alice")):
+            tokens = await asyncio.gather(*(exchanger.acquire([scope]) for _ in range(50)))
+        again = await exchanger.acquire([scope])
+        with pytest.raises(ConfigurationError):
+            await exchanger.acquire([f"{downstream.app_id_uri}/Data.Read"])
+    assert {t.reveal() for t in tokens} == {again.reveal()}
+    claims = verified_claims(authority, again.reveal(), audience=downstream.client_id)
+    assert claims["idtyp"] == "app"
+    assert claims["roles"] == ["Data.Read.All"]
+    assert claims["azp"] == daemon.client_id
+    assert "scp" not in claims
+    assert claims["oid"] != authority.world.user("alice").oid
+    assert authority.requests.count(grant="client_credentials") == 1
+    assert exchanger.exchanges == 1
+
+
+async def test_app_only_retries_a_transient_failure(authority: DevAuthority) -> None:
+    authority.faults.fail(503, grant="client_credentials", times=1)
+    client = daemon_client(authority)
+    scope = f"{authority.world.app('downstream').app_id_uri}/.default"
+    async with AppOnlyExchanger(client, retry=FAST_RETRY) as exchanger:
+        await exchanger.acquire([scope])
+    assert authority.requests.count(grant="client_credentials") == 2
