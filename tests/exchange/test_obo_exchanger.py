@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import random
+import time
 from collections.abc import Callable
 
 import grpc
@@ -25,6 +27,7 @@ from grpc_obo import (
     InvalidGrantError,
     MissingIdentityError,
     SecretToken,
+    TokenCache,
     TokenExchangeError,
     status_for,
     use_identity,
@@ -398,3 +401,83 @@ async def test_msal_default_http_cache_would_throttle_across_users(
     with pytest.raises(TokenExchangeError):
         await exchanger.acquire([downstream_scope], identity=bob)
     assert obo_count(authority, "bob") == 0
+
+
+# -- proactive refresh -----------------------------------------------------------------------
+
+
+class ShiftedClock:
+    """Real time plus an offset the test moves forward (tokens carry real expiry times)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_token_past_refresh_on_is_served_and_refreshed_in_the_background(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """1 h tokens without refresh_in: refresh from half their life, off the request path."""
+    clock = ShiftedClock()
+    exchanger = make_exchanger(cache=TokenCache(clock=clock))
+    with use_identity(await users.identity("alice")):
+        first = await exchanger.acquire([downstream_scope])
+        clock.offset = 1900  # past refresh_on (30 min), well before expiry - margin
+        authority.faults.latency = 0.3
+        started = time.monotonic()
+        assert await exchanger.acquire([downstream_scope]) == first  # not waiting for it
+        assert time.monotonic() - started < 0.2
+        await wait_for(lambda: authority.requests.count(grant="obo", ok=True) == 2)
+        authority.faults.latency = 0.0
+        key = exchanger.cache_key([downstream_scope])
+        await wait_for(lambda: not exchanger.cache._flight.running(key))
+        second = await exchanger.acquire([downstream_scope])
+    assert second != first
+    assert obo_count(authority) == 2
+
+
+async def test_a_failed_background_refresh_keeps_serving_the_cached_token(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ShiftedClock()
+    exchanger = make_exchanger(cache=TokenCache(clock=clock))
+    with use_identity(await users.identity("alice")):
+        first = await exchanger.acquire([downstream_scope])
+        authority.faults.fail(503, user="alice", times=None)
+        clock.offset = 1900
+        assert await exchanger.acquire([downstream_scope]) == first
+        await wait_for(lambda: "background refresh" in caplog.text)
+        assert await exchanger.acquire([downstream_scope]) == first
+    assert authority.requests.count(grant="obo", ok=True) == 1
+
+
+async def test_a_burst_of_distinct_users_reuses_connections(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As many pooled connections as MSAL worker threads (16): none discarded in a burst."""
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    exchanger = make_exchanger()
+    for _ in range(2):
+        identities = [await users.identity(("alice", "bob", "carol")[i % 3]) for i in range(48)]
+        await asyncio.gather(
+            *(exchanger.acquire([downstream_scope], identity=i) for i in identities)
+        )
+    assert obo_count(authority) == 96
+    assert "Connection pool is full" not in caplog.text

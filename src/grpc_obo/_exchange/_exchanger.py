@@ -63,7 +63,9 @@ class _MsalRunner:
         self.client = client
         self.retry = retry
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="grpc-obo-msal")
-        self._http = AuthorityHttpClient(ca_file=client.ca_file, timeout=client.http_timeout)
+        self._http = AuthorityHttpClient(
+            ca_file=client.ca_file, timeout=client.http_timeout, pool_size=max_workers
+        )
         self._token_cache = token_cache
         # One MSAL app per tenant: On-Behalf-Of must go to the tenant that issued the user's
         # token (a multi-tenant middle tier serves users of several tenants).

@@ -35,10 +35,16 @@ class ResponseFacts(threading.local):
 
 
 class AuthorityHttpClient(requests.Session):
-    def __init__(self, *, ca_file: str | None, timeout: float) -> None:
+    def __init__(self, *, ca_file: str | None, timeout: float, pool_size: int = 10) -> None:
         super().__init__()
         self._timeout = timeout
         self.facts = ResponseFacts()
+        # NOTE: one connection per worker thread: with requests' default pool of 10, a burst
+        # on more workers than that discards connections ("Connection pool is full") and pays
+        # a new TLS handshake for each.
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=pool_size)
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
         if ca_file is not None:
             # NOTE: with trust_env on, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE would override
             # `verify` for every request MSAL makes, silently ignoring the configured CA.
