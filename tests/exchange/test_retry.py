@@ -354,3 +354,19 @@ async def test_an_earlier_503_on_the_same_thread_does_not_make_a_local_error_tra
             )
         assert type(caught.value) is TokenExchangeError
         assert authority.requests.count(endpoint="token") == before
+
+
+async def test_close_waits_for_the_request_in_flight(
+    authority: DevAuthority, users: Users, downstream_scope: str
+) -> None:
+    """After close() nothing more reaches the authority (no request lands in a later test)."""
+    exchanger = OboExchanger(client_for(authority), retry=FAST_RETRY)
+    identity = await users.identity("alice")
+    authority.faults.latency = 0.3
+    with pytest.raises(AuthorityUnavailableError):
+        await exchanger.acquire([downstream_scope], identity=identity, timeout=0.05)
+    await exchanger.close()
+    logged = len(authority.requests.entries)
+    assert logged >= 1  # the discovery request (at least) completed before close returned
+    await asyncio.sleep(0.4)
+    assert len(authority.requests.entries) == logged

@@ -145,7 +145,9 @@ class _MsalRunner:
         return CachedToken.from_msal(result)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # Wait for the requests already running in the worker threads (each bounded by
+        # http_timeout): once close() returns, this client sends nothing more.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self._http.close()
 
 
