@@ -205,7 +205,7 @@ async def test_failed_refresh_while_down_is_retried_at_most_per_interval(
         await validator.validate(token_for(key_server, clock))
         await asyncio.sleep(0)
     await asyncio.sleep(0.01)
-    # One failed attempt (JWKS, then a re-discovery is scheduled for the next attempt).
+    # Fifty requests, one failed JWKS request: the next attempt waits for the interval.
     assert key_server.discovery_requests + key_server.jwks_requests - before == 1
 
 

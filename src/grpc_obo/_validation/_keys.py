@@ -1,14 +1,17 @@
 """Signing keys: JWKS parsing, and the two key sources (static document, discovery + JWKS).
 
-The remote source fetches `{authority}/{tenant}/v2.0/.well-known/openid-configuration`, then its
-`jwks_uri`, over https only. Its refresh rules follow Entra's signing-key-rollover guidance:
+The remote source fetches `{authority}/{tenant}/v2.0/.well-known/openid-configuration` once for
+its `jwks_uri` (again only after a JWKS fetch fails), then the JWKS, over https only and without
+following redirects. Its refresh rules follow Entra's signing-key-rollover guidance:
 
-* a scheduled refresh at most `key_refresh_interval` apart (daily by default), in the background
-  so no request waits for it;
+* a scheduled refresh at most `key_refresh_interval` apart (daily by default), started in the
+  background by any validation (cache hits included) so no request waits for it;
 * a refresh when a token names an unknown key, at most once per `unknown_kid_refresh_interval`
-  whatever the number of such tokens, and one fetch in flight that all concurrent callers share
-  (a flood of random `kid`s costs the authority one request per interval, not one per token);
-* a failed or empty fetch never replaces the last good key set, which keeps serving.
+  counted between unknown-kid refreshes (so a key published right after start-up is picked up
+  at once), with one fetch in flight that all concurrent callers share: a flood of random
+  `kid`s costs the authority one request per interval, not one per token;
+* a failed or empty fetch never replaces the last good key set, which keeps serving; while the
+  authority is down, attempts are spaced by `unknown_kid_refresh_interval` too.
 
 JWKS parsing is tolerant of real documents and strict about what becomes a key: RSA only, at
 least 2048 bits, not `use: enc`. Accepted on purpose: `n`/`e` in padded or standard-alphabet

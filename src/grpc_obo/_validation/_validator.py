@@ -33,6 +33,10 @@ class TokenValidator:
         await v.start()                      # optional: fetch keys now, fail fast
         identity = await v.validate(token)   # -> Identity, or a TokenValidationError
     ```
+
+    One validator per API and event loop: it is not thread-safe, and its HTTP session belongs to
+    the loop that first fetched keys. Against the local dev authority, `authority_host=`,
+    `v1_issuer_host=` (its v1 issuers live on the same host) and `ssl_context=` are all it takes.
     """
 
     def __init__(self, options: ValidatorOptions) -> None:
