@@ -269,13 +269,14 @@ class TestAllRpcKinds:
     ) -> None:
         served = await serve(servicer=servicer())
         md = bearer(user_token(1))
-        calls = [
-            served.stub.UnaryUnary(EchoRequest(text="abort"), metadata=md),
-            _drain(served.stub.UnaryStream(EchoRequest(text="abort", count=3), metadata=md)),
-            served.stub.StreamUnary(requests("a", "abort"), metadata=md),
-            _drain(served.stub.StreamStream(requests("a", "abort"), metadata=md)),
-        ]
-        for call in calls:
+        calls = {
+            "uu": served.stub.UnaryUnary(EchoRequest(text="abort"), metadata=md, timeout=5),
+            "us": _drain(served.stub.UnaryStream(EchoRequest(text="abort", count=3), metadata=md, timeout=5)),
+            "su": served.stub.StreamUnary(requests("a", "abort"), metadata=md, timeout=5),
+            "ss": _drain(served.stub.StreamStream(requests("a", "abort"), metadata=md, timeout=5)),
+        }
+        for name, call in calls.items():
+            print("CALL", name)
             error = await failure(call)
             assert (error.code(), error.details()) == (
                 grpc.StatusCode.FAILED_PRECONDITION,

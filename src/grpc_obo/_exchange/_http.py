@@ -51,7 +51,7 @@ class AuthorityHttpClient(requests.Session):
             self.trust_env = False
             self.verify = ca_file
 
-    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
         self.facts.clear()
         response = super().request(method, url, *args, **kwargs)

@@ -149,7 +149,7 @@ class _AuthoritySession(requests.Session):
         self._port = port
 
     def request(
-        self, method: str, url: str | bytes, *args: Any, **kwargs: Any
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
         text = url.decode() if isinstance(url, bytes) else url
         parts = urllib.parse.urlsplit(text)

@@ -1,0 +1,143 @@
+"""Validated vs bare grpc.aio server throughput (a script, not a test; about half a minute).
+
+The server runs in a child process (bare, validated with the verified-token cache, validated
+with the cache off); one client process drives unary echo calls with a fixed number in flight.
+Reported: RPC/s per variant and the ratio to bare, median of several alternating rounds, all in
+one run so the machine's noise hits every variant alike. Target: validated/bare >= 0.95.
+
+Run: .venv/bin/python benchmarks/server_bench.py [--calls 4000] [--inflight 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc
+
+import grpc_obo
+from grpc_obo.devauthority import DevAuthority
+from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
+
+
+class Echo(echo_pb2_grpc.EchoServicer):
+    async def UnaryUnary(self, request: Any, context: Any) -> Any:
+        identity = grpc_obo.current_identity()
+        return echo_pb2.EchoResponse(
+            text=request.text, principal=identity.principal if identity else ""
+        )
+
+
+class NoOp(grpc.aio.ServerInterceptor):
+    """The floor: what any grpc.aio server interceptor costs before it does anything."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return await continuation(details)
+
+
+async def _serve(variant: str, config: dict[str, Any], ports: Any, stop: Any) -> None:
+    interceptors: list[Any] = []
+    if variant == "noop":
+        interceptors.append(NoOp())
+    elif variant != "bare":
+        validator = grpc_obo.TokenValidator(
+            grpc_obo.ValidatorOptions(
+                tenant=config["tenant"],
+                audiences=frozenset(config["audiences"]),
+                authority_host=config["authority_host"],
+                jwks=config["jwks"],
+                verified_cache_size=10_000 if variant == "validated" else 0,
+            )
+        )
+        interceptors.append(grpc_obo.server_interceptor(validator))
+    server = grpc.aio.server(interceptors=interceptors)
+    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ports.put(port)
+    await asyncio.to_thread(stop.wait)
+    await server.stop(grace=0.5)
+
+
+def serve(variant: str, config: dict[str, Any], ports: Any, stop: Any) -> None:
+    asyncio.run(_serve(variant, config, ports, stop))
+
+
+async def drive(port: int, token: str, calls: int, inflight: int) -> float:
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        request = echo_pb2.EchoRequest(text="x")
+        for _ in range(200):  # warm-up: connection, caches, key set
+            await stub.UnaryUnary(request, metadata=metadata)
+        remaining = calls
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await stub.UnaryUnary(request, metadata=metadata)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+        return calls / (time.perf_counter() - started)
+
+
+def measure(variant: str, config: dict[str, Any], token: str, calls: int, inflight: int) -> float:
+    context = multiprocessing.get_context("spawn")
+    ports, stop = context.Queue(), context.Event()
+    process = context.Process(target=serve, args=(variant, config, ports, stop), daemon=True)
+    process.start()
+    try:
+        port = ports.get(timeout=30)
+        return asyncio.run(drive(port, token, calls, inflight))
+    finally:
+        stop.set()
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=4000)
+    parser.add_argument("--inflight", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with DevAuthority().running_in_thread() as authority:
+        original = authority.world.app("original")
+        config = {
+            "tenant": authority.tenant_id,
+            "audiences": [original.client_id],
+            "authority_host": authority.base_url,
+            "jwks": authority.jwks(),
+        }
+        token = authority.mint_user_token("alice")
+    json.dumps(config)  # the child gets it pickled; keep it plain data
+
+    variants = ("bare", "noop", "validated", "validated-no-cache")
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            results[variant].append(measure(variant, config, token, args.calls, args.inflight))
+    bare = statistics.median(results["bare"])
+    print(f"unary echo, {args.calls} calls, {args.inflight} in flight, {args.rounds} rounds")
+    print(f"{'variant':<22}{'RPC/s (median)':>16}{'x bare':>10}")
+    for variant in variants:
+        rate = statistics.median(results[variant])
+        print(f"{variant:<22}{rate:>16,.0f}{rate / bare:>10.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
