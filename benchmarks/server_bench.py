@@ -44,10 +44,28 @@ class NoOp(grpc.aio.ServerInterceptor):
         return await continuation(details)
 
 
+class Wrapped(grpc.aio.ServerInterceptor):
+    """The floor of wrapping: rebuild the handler around the behaviour, read the metadata."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        inner = handler.unary_unary
+
+        async def behavior(request: Any, context: Any) -> Any:
+            context.invocation_metadata()
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, handler.request_deserializer, handler.response_serializer
+        )
+
+
 async def _serve(variant: str, config: dict[str, Any], ports: Any, stop: Any) -> None:
     interceptors: list[Any] = []
     if variant == "noop":
         interceptors.append(NoOp())
+    elif variant == "wrapped":
+        interceptors.append(Wrapped())
     elif variant != "bare":
         validator = grpc_obo.TokenValidator(
             grpc_obo.ValidatorOptions(
@@ -125,7 +143,7 @@ def main() -> int:
         token = authority.mint_user_token("alice")
     json.dumps(config)  # the child gets it pickled; keep it plain data
 
-    variants = ("bare", "noop", "validated", "validated-no-cache")
+    variants = ("bare", "noop", "wrapped", "validated", "validated-no-cache")
     results: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for variant in variants:
