@@ -177,19 +177,21 @@ class _Gate:
             code, details, trailing = self._refusal(exc)
             await context.abort(code, details, trailing)
 
-    def authorize_sync(self, context: Any) -> Identity | None:
-        """The same for a sync handler, called in grpc's thread pool with a sync context."""
+    def authorize_sync(self, context: Any) -> tuple[bool, Identity | None]:
+        """The same for a sync handler, in grpc's thread pool: (allowed, identity).
+
+        A refusal is written to the context by `fail_sync`, not raised with `context.abort()`.
+        """
         if self._public:
-            return None
+            return True, None
         assert self._loop is not None, "a sync gate is built with for_sync=True"
         metadata = tuple(context.invocation_metadata() or ())
         future = asyncio.run_coroutine_threadsafe(self._identity(metadata), self._loop)
         try:
-            return future.result()
+            return True, future.result()
         except GrpcOboError as exc:
-            code, details, trailing = self._refusal(exc)
-            context.abort(code, details, trailing)  # raises AbortError
-            raise AssertionError("context.abort returned") from None  # pragma: no cover
+            self.fail_sync(context, exc)
+            return False, None
 
     async def fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: GrpcOboError) -> None:
         """End the call for a grpc_obo error the handler raised (the same status table)."""
@@ -197,8 +199,16 @@ class _Gate:
         await context.abort(code, details, trailing)
 
     def fail_sync(self, context: Any, exc: GrpcOboError) -> None:
+        """Set the refusal on a sync handler's context; the caller then ends the handler.
+
+        NOTE: not `context.abort()`: grpc.aio sometimes hangs a sync generator that raises
+        AbortError (seen with no interceptor at all), while a handler that returns with a
+        non-OK code ends cleanly with that status and the trailing metadata.
+        """
         code, details, trailing = self._refusal(exc)
-        context.abort(code, details, trailing)  # raises
+        context.set_trailing_metadata(trailing)
+        context.set_code(code)
+        context.set_details(details)
 
     def sync_context(self, identity: Identity | None) -> contextvars.Context:
         """A private copy of the RPC's context with the identity set, for one sync handler."""
@@ -306,11 +316,14 @@ def _unary_response(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:
         return behavior
 
     def sync_behavior(request: Any, context: Any) -> Any:
-        identity = gate.authorize_sync(context)
+        allowed, identity = gate.authorize_sync(context)
+        if not allowed:
+            return None  # grpc drops the response of a call whose code is not OK
         try:
             return gate.sync_context(identity).run(fn, request, context)
         except GrpcOboError as exc:
             gate.fail_sync(context, exc)
+            return None
 
     return sync_behavior
 
@@ -353,7 +366,9 @@ def _stream_response(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:
     def gen_behavior(request: Any, context: Any) -> Iterator[Any]:
         # grpc iterates a sync generator in one pool thread; each step runs in a private
         # context holding the identity, so the thread's own context is never touched.
-        identity = gate.authorize_sync(context)
+        allowed, identity = gate.authorize_sync(context)
+        if not allowed:
+            return
         ctx = gate.sync_context(identity)
         inner = ctx.run(fn, request, context)
         try:
@@ -364,6 +379,7 @@ def _stream_response(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:
                     return
                 except GrpcOboError as exc:
                     gate.fail_sync(context, exc)
+                    return
                 yield item
         finally:
             close = getattr(inner, "close", None)
