@@ -1,4 +1,4 @@
-"""Regenerate the Python code for protos/ into tests/gen/ (run: python scripts/gen_protos.py).
+"""Regenerate the test protos (protos/grpc_obo/testing) into tests/gen/: run this script.
 
 The generated code is committed so the test suite needs no code generation step. protoc writes
 absolute imports (`from grpc_obo.testing.v1 import echo_pb2`) that would collide with the real
@@ -31,7 +31,8 @@ def _relative_to(package: str) -> Callable[[re.Match[str]], str]:
 
 
 def main() -> int:
-    sources = sorted(PROTOS.rglob("*.proto"))
+    # Only the test protos: the examples keep their own generated code under examples/gen.
+    sources = sorted((PROTOS / "grpc_obo" / "testing").rglob("*.proto"))
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)

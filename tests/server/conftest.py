@@ -14,11 +14,10 @@ import grpc
 import grpc.aio
 import pytest
 
-from grpc_obo import Policy, server_interceptor
+from grpc_obo import Policy, TokenValidator, ValidatorOptions, server_interceptor
 from tests.gen.grpc_obo.testing.v1 import echo_pb2_grpc
 from tests.server.echo import AsyncEcho
-from tests.server.static_validator import StaticKeyValidator
-from tests.server.tokens import MINTED
+from tests.server.tokens import API_CLIENT_ID, MINTED, TENANT, jwks
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
@@ -45,9 +44,21 @@ class Served:
         return await call(b"", metadata=tuple(metadata))  # type: ignore[no-any-return]
 
 
+def static_options(**overrides: Any) -> ValidatorOptions:
+    """Options for the real validator with the test key as a static JWKS: no network."""
+    settings: dict[str, Any] = {
+        "tenant": TENANT,
+        "audiences": frozenset({API_CLIENT_ID}),
+        "jwks": jwks(),
+    }
+    settings.update(overrides)
+    return ValidatorOptions(**settings)
+
+
 @pytest.fixture
-def validator() -> StaticKeyValidator:
-    return StaticKeyValidator()
+async def validator() -> AsyncIterator[TokenValidator]:
+    async with TokenValidator(static_options()) as real:
+        yield real
 
 
 Serve = Callable[..., Awaitable[Served]]

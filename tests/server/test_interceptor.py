@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -15,13 +16,13 @@ from grpc_obo import (
     ConfigurationError,
     MethodPolicy,
     Policy,
+    TokenValidator,
     current_identity,
     server_interceptor,
 )
 from tests.gen.grpc_obo.testing.v1.echo_pb2 import EchoRequest
-from tests.server.conftest import Serve, leaks
+from tests.server.conftest import Serve, leaks, static_options
 from tests.server.echo import ABORT_DETAILS, AsyncEcho, DecoratedEcho, SyncEcho, WriterEcho
-from tests.server.static_validator import StaticKeyValidator
 from tests.server.tokens import app_token, bearer, forged_token, principal, user_token
 
 ECHO = "grpc_obo.testing.v1.Echo"
@@ -100,10 +101,21 @@ class TestStatusMapping:
         assert 'scope="Echo.Read"' in (challenge(error) or "")
 
     async def test_key_source_unavailable_is_unavailable(self, serve: Serve) -> None:
-        served = await serve(validator=StaticKeyValidator(unavailable=True))
-        error = await failure(
-            served.stub.UnaryUnary(EchoRequest(text="x"), metadata=bearer(user_token(1)))
+        # Discovery on a loopback port where nothing listens: no keys can be fetched.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        options = static_options(
+            jwks=None,
+            authority_host=f"http://127.0.0.1:{port}",
+            allow_loopback_http=True,
+            http_timeout=2.0,
         )
+        async with TokenValidator(options) as unavailable:
+            served = await serve(validator=unavailable)
+            error = await failure(
+                served.stub.UnaryUnary(EchoRequest(text="x"), metadata=bearer(user_token(1)))
+            )
         assert error.code() is grpc.StatusCode.UNAVAILABLE
         assert challenge(error) is None
 
@@ -376,12 +388,12 @@ class TestConstruction:
         with pytest.raises(ConfigurationError):
             server_interceptor(Sync())  # type: ignore[arg-type]
 
-    def test_policy_type_is_checked(self) -> None:
+    def test_policy_type_is_checked(self, validator: TokenValidator) -> None:
         with pytest.raises(ConfigurationError):
-            AuthServerInterceptor(StaticKeyValidator(), policy={"strict": True})  # type: ignore[arg-type]
+            AuthServerInterceptor(validator, policy={"strict": True})  # type: ignore[arg-type]
 
-    def test_factory_returns_an_aio_interceptor(self) -> None:
-        assert isinstance(server_interceptor(StaticKeyValidator()), grpc.aio.ServerInterceptor)
+    def test_factory_returns_an_aio_interceptor(self, validator: TokenValidator) -> None:
+        assert isinstance(server_interceptor(validator), grpc.aio.ServerInterceptor)
 
 
 def test_refusals_are_logged_at_debug_without_tokens(caplog: pytest.LogCaptureFixture) -> None:
