@@ -258,6 +258,15 @@ class RemoteKeySource(KeySource):
         # instead of on every request.
         return self._since(self._attempted_at) >= self._options.unknown_kid_refresh_interval
 
+    def _failed_recently(self) -> bool:
+        # NOTE: the last attempt (whatever caused it) failed less than an interval ago: an
+        # unknown kid must not send the down authority another request right after it.
+        return (
+            self._attempted_at is not None
+            and self._fetched_at < self._attempted_at
+            and self._since(self._attempted_at) < self._options.unknown_kid_refresh_interval
+        )
+
     def _refresh_once(self) -> asyncio.Task[bool]:
         """The refresh in flight, or a new one: the single flight every caller shares."""
         if self._refresh is None or self._refresh.done():
@@ -296,7 +305,7 @@ class RemoteKeySource(KeySource):
             # costs one fetch per interval.
             if self._in_flight():
                 await self._await_refresh()
-            elif self._since(self._unknown_kid_at) >= interval:
+            elif self._since(self._unknown_kid_at) >= interval and not self._failed_recently():
                 self._unknown_kid_at = self._clock()
                 await self._await_refresh()
             key = self._keys.find(kid, x5t)
