@@ -60,12 +60,29 @@ class Wrapped(grpc.aio.ServerInterceptor):
         )
 
 
+class FixedIdentity:
+    """A validator that checks nothing: isolates the interceptor's own cost from the token's."""
+
+    identity = grpc_obo.Identity(
+        tid="7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001",
+        oid="a11ce000-0000-4000-8000-00000000a11c",
+        sub="s",
+        kind=grpc_obo.IdentityKind.USER,
+        token=grpc_obo.SecretToken("x"),
+    )
+
+    async def validate(self, token: str) -> grpc_obo.Identity:
+        return self.identity
+
+
 async def _serve(variant: str, config: dict[str, Any], ports: Any, stop: Any) -> None:
     interceptors: list[Any] = []
     if variant == "noop":
         interceptors.append(NoOp())
     elif variant == "wrapped":
         interceptors.append(Wrapped())
+    elif variant == "interceptor-only":
+        interceptors.append(grpc_obo.server_interceptor(FixedIdentity()))
     elif variant != "bare":
         validator = grpc_obo.TokenValidator(
             grpc_obo.ValidatorOptions(
@@ -143,7 +160,7 @@ def main() -> int:
         token = authority.mint_user_token("alice")
     json.dumps(config)  # the child gets it pickled; keep it plain data
 
-    variants = ("bare", "noop", "wrapped", "validated", "validated-no-cache")
+    variants = ("bare", "noop", "wrapped", "interceptor-only", "validated", "validated-no-cache")
     results: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for variant in variants:
