@@ -16,10 +16,8 @@ from collections.abc import AsyncIterator
 import grpc
 import msal
 
-import grpc_obo
-from examples.downstream import app as downstream_app
+from examples.chain import start_chain
 from examples.gen.demo.v1 import demo_pb2, demo_pb2_grpc
-from examples.original import app as original_app
 from examples.settings import Settings
 from grpc_obo.devauthority import DevAuthority
 
@@ -54,68 +52,50 @@ async def records(count: int) -> AsyncIterator[demo_pb2.Record]:
 
 async def run_chain(authority: DevAuthority) -> int:
     settings = Settings(authority.summary())
-    async with (
-        grpc_obo.TokenValidator(settings.validator_options("downstream")) as down_validator,
-        grpc_obo.TokenValidator(settings.validator_options("original")) as orig_validator,
-        grpc_obo.OnBehalfOf(settings.confidential_client("original")) as obo,
-    ):
-        downstream, downstream_address = await downstream_app.start(down_validator)
-        original, original_address, outbound = await original_app.start(
-            orig_validator,
-            obo,
-            downstream=downstream_address,
-            downstream_scopes=[settings.scope("downstream", "Data.Read")],
-        )
-        print(f"Downstream API on {downstream_address}, Original API on {original_address}")
-        try:
-            async with grpc.aio.insecure_channel(original_address) as channel:
-                stub = demo_pb2_grpc.OriginalStub(channel)
-                for user in ("alice", "carol"):
-                    token = await asyncio.to_thread(sign_in, authority, settings, user)
-                    auth = (("authorization", f"Bearer {token}"),)
-                    print(f"\n{user} signed in (token for the Original API; not shown)")
-                    profile = await stub.GetProfile(
-                        demo_pb2.ProfileRequest(record_id="42"), metadata=auth
-                    )
-                    print(f"  unary-unary    Original saw   {who(profile.seen_by_original)}")
-                    print(
-                        f"                 Downstream saw {who(profile.record.seen_by_downstream)}"
-                    )
-                    request = demo_pb2.ListRequest(count=3)
-                    streamed = [p async for p in stub.ListProfiles(request, metadata=auth)]
-                    saw = streamed[0].record.seen_by_downstream.oid
-                    print(f"  unary-stream   {len(streamed)} records, Downstream saw oid={saw}")
-                    summary = await stub.UploadRecords(records(5), metadata=auth)
-                    saw = summary.seen_by_downstream.oid
-                    print(f"  stream-unary   {summary.stored} stored, Downstream saw oid={saw}")
-                    synced = [p async for p in stub.SyncProfiles(records(2), metadata=auth)]
-                    saw = synced[0].record.seen_by_downstream.oid
-                    print(f"  stream-stream  {len(synced)} synced, Downstream saw oid={saw}")
+    chain = await start_chain(settings)
+    downstream_address, original_address = chain.downstream, chain.original
+    print(f"Downstream API on {downstream_address}, Original API on {original_address}")
+    try:
+        async with grpc.aio.insecure_channel(original_address) as channel:
+            stub = demo_pb2_grpc.OriginalStub(channel)
+            for user in ("alice", "carol"):
+                token = await asyncio.to_thread(sign_in, authority, settings, user)
+                auth = (("authorization", f"Bearer {token}"),)
+                print(f"\n{user} signed in (token for the Original API; not shown)")
+                profile = await stub.GetProfile(
+                    demo_pb2.ProfileRequest(record_id="42"), metadata=auth
+                )
+                print(f"  unary-unary    Original saw   {who(profile.seen_by_original)}")
+                print(f"                 Downstream saw {who(profile.record.seen_by_downstream)}")
+                request = demo_pb2.ListRequest(count=3)
+                streamed = [p async for p in stub.ListProfiles(request, metadata=auth)]
+                saw = streamed[0].record.seen_by_downstream.oid
+                print(f"  unary-stream   {len(streamed)} records, Downstream saw oid={saw}")
+                summary = await stub.UploadRecords(records(5), metadata=auth)
+                saw = summary.seen_by_downstream.oid
+                print(f"  stream-unary   {summary.stored} stored, Downstream saw oid={saw}")
+                synced = [p async for p in stub.SyncProfiles(records(2), metadata=auth)]
+                saw = synced[0].record.seen_by_downstream.oid
+                print(f"  stream-stream  {len(synced)} synced, Downstream saw oid={saw}")
 
-                    # Zero Trust: the Original API's token is not accepted by the Downstream API.
-                    async with grpc.aio.insecure_channel(downstream_address) as direct:
-                        try:
-                            await demo_pb2_grpc.DownstreamStub(direct).GetRecord(
-                                demo_pb2.RecordRequest(id="42"), metadata=auth
-                            )
-                            print("  UNEXPECTED: Downstream accepted a token for another API")
-                            return 1
-                        except grpc.aio.AioRpcError as error:
-                            challenge = dict(error.trailing_metadata() or ()).get(
-                                "www-authenticate"
-                            )
-                            print(
-                                f"  forwarding the token instead: {error.code().name} ({challenge})"
-                            )
-            print(
-                f"\nauthority served {authority.requests.count(grant='password')} sign-ins and "
-                f"{authority.requests.count(grant='obo')} On-Behalf-Of exchanges for "
-                "8 downstream calls (one exchange per user: the rest came from the cache)"
-            )
-        finally:
-            await original.stop(grace=1)
-            await outbound.close()
-            await downstream.stop(grace=1)
+                # Zero Trust: the Original API's token is not accepted by the Downstream API.
+                async with grpc.aio.insecure_channel(downstream_address) as direct:
+                    try:
+                        await demo_pb2_grpc.DownstreamStub(direct).GetRecord(
+                            demo_pb2.RecordRequest(id="42"), metadata=auth
+                        )
+                        print("  UNEXPECTED: Downstream accepted a token for another API")
+                        return 1
+                    except grpc.aio.AioRpcError as error:
+                        challenge = dict(error.trailing_metadata() or ()).get("www-authenticate")
+                        print(f"  forwarding the token instead: {error.code().name} ({challenge})")
+        print(
+            f"\nauthority served {authority.requests.count(grant='password')} sign-ins and "
+            f"{authority.requests.count(grant='obo')} On-Behalf-Of exchanges for "
+            "8 downstream calls (one exchange per user: the rest came from the cache)"
+        )
+    finally:
+        await chain.stop()
     return 0
 
 

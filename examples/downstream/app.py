@@ -13,24 +13,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 import grpc_obo
+from examples.caller import caller
 from examples.gen.demo.v1 import demo_pb2, demo_pb2_grpc
 
 POLICY = grpc_obo.Policy(default=grpc_obo.MethodPolicy(scopes={"Data.Read"}))
 MAX_RECORDS = 100
-
-
-def caller() -> demo_pb2.Caller:
-    """Who is calling, as the validated token says (the interceptor guarantees one is set)."""
-    identity = grpc_obo.current_identity()
-    if identity is None:  # only on a public method; this service has none
-        raise grpc_obo.MissingIdentityError("no verified caller")
-    return demo_pb2.Caller(
-        oid=identity.oid or "",
-        tid=identity.tid,
-        client_id=identity.client_id or "",
-        scopes=sorted(identity.scopes),
-        name=identity.name or "",
-    )
 
 
 class DownstreamService(demo_pb2_grpc.DownstreamServicer):

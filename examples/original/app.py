@@ -12,23 +12,11 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 import grpc_obo
+from examples.caller import caller
 from examples.gen.demo.v1 import demo_pb2, demo_pb2_grpc
 
 POLICY = grpc_obo.Policy(default=grpc_obo.MethodPolicy(scopes={"access_as_user"}))
 DOWNSTREAM_TIMEOUT = 10.0
-
-
-def caller() -> demo_pb2.Caller:
-    identity = grpc_obo.current_identity()
-    if identity is None:
-        raise grpc_obo.MissingIdentityError("no verified caller")
-    return demo_pb2.Caller(
-        oid=identity.oid or "",
-        tid=identity.tid,
-        client_id=identity.client_id or "",
-        scopes=sorted(identity.scopes),
-        name=identity.name or "",
-    )
 
 
 class OriginalService(demo_pb2_grpc.OriginalServicer):

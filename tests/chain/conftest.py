@@ -9,9 +9,8 @@ import grpc
 import pytest
 
 import grpc_obo
-from examples.downstream import app as downstream_app
+from examples.chain import start_chain
 from examples.gen.demo.v1 import demo_pb2_grpc
-from examples.original import app as original_app
 from examples.settings import Settings
 from grpc_obo.devauthority import DevAuthority
 
@@ -50,38 +49,19 @@ def settings(grpc_obo_authority: DevAuthority) -> Settings:
     return Settings(grpc_obo_authority.summary())
 
 
-async def start_chain(
-    authority: DevAuthority, settings: Settings, *, cache: grpc_obo.TokenCache | None = None
-) -> tuple[Chain, list[object]]:
-    down_validator = grpc_obo.TokenValidator(settings.validator_options("downstream"))
-    orig_validator = grpc_obo.TokenValidator(settings.validator_options("original"))
-    obo = grpc_obo.OnBehalfOf(
-        settings.confidential_client("original"), cache=cache, retry=FAST_RETRY
-    )
-    downstream, downstream_address = await downstream_app.start(down_validator)
-    original, original_address, outbound = await original_app.start(
-        orig_validator,
-        obo,
-        downstream=downstream_address,
-        downstream_scopes=[settings.scope("downstream", "Data.Read")],
-    )
-    channel = grpc.aio.insecure_channel(original_address)
-    chain = Chain(authority, settings, obo, original_address, downstream_address, channel)
-    return chain, [channel, original, outbound, downstream, obo, orig_validator, down_validator]
-
-
-async def stop_chain(parts: list[object]) -> None:
-    for part in parts:
-        if isinstance(part, grpc.aio.Server):
-            await part.stop(grace=0.5)
-        else:
-            await part.close()  # type: ignore[attr-defined]
-
-
 @pytest.fixture
 async def chain(grpc_obo_authority: DevAuthority, settings: Settings) -> AsyncIterator[Chain]:
-    built, parts = await start_chain(grpc_obo_authority, settings)
+    running = await start_chain(settings, retry=FAST_RETRY)
+    channel = grpc.aio.insecure_channel(running.original)
     try:
-        yield built
+        yield Chain(
+            grpc_obo_authority,
+            settings,
+            running.obo,
+            running.original,
+            running.downstream,
+            channel,
+        )
     finally:
-        await stop_chain(parts)
+        await channel.close()
+        await running.stop()
