@@ -147,6 +147,11 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--variants",
+        default="bare,noop,wrapped,interceptor-only,validated,validated-no-cache",
+        help="comma-separated; 'bare' is the baseline and always runs",
+    )
     args = parser.parse_args()
 
     with DevAuthority().running_in_thread() as authority:
@@ -160,7 +165,7 @@ def main() -> int:
         token = authority.mint_user_token("alice")
     json.dumps(config)  # the child gets it pickled; keep it plain data
 
-    variants = ("bare", "noop", "wrapped", "interceptor-only", "validated", "validated-no-cache")
+    variants = ("bare", *(v for v in args.variants.split(",") if v and v != "bare"))
     results: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for variant in variants:

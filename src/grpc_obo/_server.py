@@ -101,6 +101,11 @@ class AuthServerInterceptor(_InterceptorBase):
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
             return handler  # type: ignore[return-value]
         method = handler_call_details.method  # str in grpc.aio (bytes only on the client side)
+        # NOTE: `context.invocation_metadata()` rebuilds the metadata on every call and costs
+        # more than all our other per-call work together (see benchmarks/server_bench.py). grpc.aio
+        # runs intercept_service and the handler in the RPC's own task, so hand the parsed
+        # metadata over, tagged with that task: a handler in any other task ignores it.
+        _call_metadata.set((asyncio.current_task(), handler_call_details.invocation_metadata))
         key = (method, id(handler))
         cached = self._rebuilt.get(key)
         if cached is not None and cached[0] is handler:
@@ -172,7 +177,7 @@ class _Gate:
         if self._public:
             return None
         try:
-            return await self._identity(context.invocation_metadata() or ())
+            return await self._identity(_metadata_of(context) or ())
         except GrpcOboError as exc:
             code, details, trailing = self._refusal(exc)
             await context.abort(code, details, trailing)
@@ -233,6 +238,20 @@ class _Gate:
 
 
 _MAX_REBUILT = 4096
+_call_metadata: contextvars.ContextVar[tuple[object, Any] | None] = contextvars.ContextVar(
+    "grpc_obo_call_metadata", default=None
+)
+
+
+def _metadata_of(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    """This call's metadata: handed over by intercept_service in this task, else the context's."""
+    handed = _call_metadata.get()
+    if handed is not None:
+        _call_metadata.set(None)  # read once: a later step of this task must not reuse it
+        task, metadata = handed
+        if task is asyncio.current_task():
+            return metadata
+    return context.invocation_metadata()
 
 
 def _bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
