@@ -23,7 +23,7 @@ import grpc.aio
 
 from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
-from grpc_obo._identity import SecretToken, current_identity
+from grpc_obo._identity import Identity, SecretToken, current_identity
 
 __all__ = ["AppOnly", "OnBehalfOf"]
 
@@ -41,7 +41,7 @@ else:  # the runtime classes are not generic
     _SS = grpc.aio.StreamStreamClientInterceptor
 
 Acquire = Callable[[tuple[str, ...], "float | None"], Awaitable[SecretToken]]
-Evict = Callable[[tuple[str, ...]], Awaitable[None]]
+Evict = Callable[[tuple[str, ...], Identity], Awaitable[None]]
 
 
 def _method_name(method: str | bytes) -> str:
@@ -111,6 +111,10 @@ class _Core:
             return
         scopes = self.scopes_for(method)
         evict = self._evict
+        # The done callback runs in whatever context grpc calls it from: capture the caller now.
+        identity = current_identity()
+        if identity is None:
+            return
 
         async def check() -> None:
             if await call.code() != grpc.StatusCode.UNAUTHENTICATED:
@@ -120,7 +124,7 @@ class _Core:
                 text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
                 if key.lower() == "www-authenticate" and "insufficient_claims" in text:
                     _log.info("downstream sent a claims challenge on %s: evicting", method)
-                    await evict(scopes)
+                    await evict(scopes, identity)
                     return
 
         def done(_: object) -> None:
@@ -213,9 +217,8 @@ class OnBehalfOf(OboExchanger):
         async def acquire(wanted: tuple[str, ...], timeout: float | None) -> SecretToken:
             return await self.acquire(wanted, timeout=timeout)
 
-        async def evict(wanted: tuple[str, ...]) -> None:
-            if current_identity() is not None:
-                await self.invalidate(wanted)
+        async def evict(wanted: tuple[str, ...], identity: Identity) -> None:
+            await self.invalidate(wanted, identity=identity)
 
         core = _Core(acquire=acquire, evict=evict, scopes=scopes, method_scopes=method_scopes)
         return _interceptors(core)
