@@ -1,12 +1,14 @@
 """The grpc.aio server interceptor: bearer token in, verified identity in the handler's context.
 
-`intercept_service` only sees the method name and the metadata, so it resolves the method's rule
-and returns the handler rebuilt with the same serializers and the same kind (coroutine, async
-generator, `context.write` coroutine, or sync function run in grpc's thread pool). The wrapped
-behaviour reads `authorization`, validates the token, applies the `Policy`, and runs the original
-handler with `current_identity()` set for exactly its execution. Failures end the call with
-`context.abort`, the code from `status_for` and a `www-authenticate` challenge in the trailing
-metadata. Decisions live in `_policy` and the validator; this module only adapts them to grpc.
+`intercept_service` sees the method name and the metadata grpc has already parsed. It reads
+`authorization`, validates the token and applies the method's rule (resolved once per method)
+right there, in the RPC's own task. A refused call gets a handler of the same kind that only
+ends it with `context.abort`, the code from `status_for` and a `www-authenticate` challenge in
+the trailing metadata; its request is never deserialized. An accepted call gets the method's
+handler rebuilt once with the same serializers and kind (coroutine, async generator,
+`context.write` coroutine, or sync function run in grpc's thread pool), which sets
+`current_identity()` for exactly the original handler's execution.
+Decisions live in `_policy` and the validator; this module only adapts them to grpc.
 A grpc_obo error raised by the handler itself (its On-Behalf-Of exchange needing a claims
 challenge, the authority down) ends the call through the same table, so the client can act.
 
@@ -16,7 +18,6 @@ exposed (`current_identity()` is None there), so a stale token cannot break a he
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import inspect
 import logging
@@ -37,7 +38,8 @@ from grpc_obo._errors import (
     www_authenticate_for,
 )
 from grpc_obo._identity import Identity, _current
-from grpc_obo._policy import MethodPolicy, Policy, declared_policy
+from grpc_obo._policy import Policy, declared_policy
+from grpc_obo._validation import TokenValidator
 
 __all__ = ["AuthServerInterceptor", "TokenValidatorLike", "server_interceptor"]
 
@@ -85,10 +87,12 @@ class AuthServerInterceptor(_InterceptorBase):
             raise ConfigurationError("policy must be a grpc_obo.Policy")
         self._validator = validator
         self._policy = policy
-        # Rebuilt handlers of async behaviours, per method: the per-call work is then only the
-        # token check itself. Keyed by method and handler identity (the handler is kept alive
-        # so its id stays unique); bounded in case a generic handler makes new objects per call.
-        self._rebuilt: dict[tuple[str, int], tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
+        # Our own validator answers repeat tokens synchronously (see TokenValidator.cached).
+        self._lookup = validator.cached if isinstance(validator, TokenValidator) else None
+        # What each method needs, built on its first call (rule resolved, async handler
+        # rebuilt) so the per-call work is the token check itself. Bounded in case a generic
+        # handler serves an open-ended set of method names.
+        self._methods: dict[str, _Method] = {}
 
     async def intercept_service(
         self,
@@ -101,172 +105,206 @@ class AuthServerInterceptor(_InterceptorBase):
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
             return handler  # type: ignore[return-value]
         method = handler_call_details.method  # str in grpc.aio (bytes only on the client side)
-        # NOTE: `context.invocation_metadata()` rebuilds the metadata on every call and costs
-        # more than all our other per-call work together (see benchmarks/server_bench.py). grpc.aio
-        # runs intercept_service and the handler in the RPC's own task, so hand the parsed
-        # metadata over, tagged with that task: a handler in any other task ignores it.
-        _call_metadata.set((asyncio.current_task(), handler_call_details.invocation_metadata))
-        key = (method, id(handler))
-        cached = self._rebuilt.get(key)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
+        entry = self._methods.get(method)
+        if entry is None or entry.original is not handler:
+            entry = self._prepare(method, handler)
+        gate = entry.gate
+        if gate.public:
+            return entry.rebuilt or _rebuild(handler, _SyncCall(gate, None).wrap)
+        # NOTE: authenticate here, from the metadata grpc already parsed: the handler's own
+        # `context.invocation_metadata()` rebuilds it on every call and cost more than all our
+        # other per-call work (benchmarks/server_bench.py). A refused call never reaches the
+        # handler, nor the request deserializer: an unauthenticated caller's payload is not parsed.
+        try:
+            token = _bearer_token(handler_call_details.invocation_metadata)
+            # A token verified before costs a hash and a lookup, without a coroutine.
+            identity = self._lookup(token) if self._lookup is not None else None
+            if identity is None:
+                identity = await self._validate(token, gate)
+            gate.check(identity)
+        except GrpcOboError as exc:
+            return _refusing(handler, *gate.refusal(exc))
+        if entry.rebuilt is None:  # a sync behaviour: its call carries the identity
+            return _rebuild(handler, _SyncCall(gate, identity).wrap)
+        # grpc.aio runs intercept_service and the handler in the RPC's own task: hand the
+        # identity over through that task's context; the handler sets it for exactly its run.
+        _handoff.set([identity])
+        return entry.rebuilt
+
+    def _prepare(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> _Method:
         behavior = _behavior_of(handler)
         declared = declared_policy(behavior)
-        public = self._policy.is_public(method, declared)
+        gate = _Gate(
+            self,
+            method,
+            public=self._policy.is_public(method, declared),
+            check=self._policy.checker(method, declared),
+        )
         is_async = inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
-        rebuilt = _rebuild(handler, _Gate(self, method, declared, public, for_sync=not is_async))
-        # A sync handler's gate holds this call's context (see _Gate), so it is never reused.
-        if is_async and len(self._rebuilt) < _MAX_REBUILT:
-            self._rebuilt[key] = (handler, rebuilt)
-        return rebuilt
+        entry = _Method(handler, gate, _rebuild(handler, gate.wrap) if is_async else None)
+        if len(self._methods) < _MAX_METHODS or method in self._methods:
+            self._methods[method] = entry
+        return entry
 
-    async def _authenticate(
-        self,
-        metadata: Iterable[tuple[str, str | bytes]],
-        method: str,
-        declared: MethodPolicy | None,
-    ) -> Identity:
-        """The caller's identity, or a `GrpcOboError` saying why the call may not proceed."""
-        token = _bearer_token(metadata)
+    async def _validate(self, token: str, gate: _Gate) -> Identity:
+        """The validator's verdict on `token`: an Identity, or a `GrpcOboError` saying why not."""
         try:
             # `object`: a validator outside our control is checked, not trusted, to return Identity.
             identity: object = await self._validator.validate(token)
         except GrpcOboError:
             raise
         except Exception as exc:
-            _log_unexpected(exc, token, method)
+            _log_unexpected(exc, token, gate.method)
             raise _ValidatorFailure(_VALIDATOR_FAILURE) from None
         if not isinstance(identity, Identity):
             _LOGGER.error("validator returned %s, not an Identity", type(identity).__name__)
             raise _ValidatorFailure(_VALIDATOR_FAILURE)
-        self._policy.decide(identity, method, declared)
         return identity
 
 
-class _Gate:
-    """The per-call authorization step shared by every handler kind."""
+class _Method:
+    """One method as first seen: grpc's handler, its gate, and the handler rebuilt behind it."""
 
-    __slots__ = ("_context", "_declared", "_interceptor", "_loop", "_method", "_public")
+    __slots__ = ("gate", "original", "rebuilt")
+
+    def __init__(
+        self,
+        original: grpc.RpcMethodHandler[Any, Any],
+        gate: _Gate,
+        rebuilt: grpc.RpcMethodHandler[Any, Any] | None,
+    ) -> None:
+        self.original = original  # kept alive and compared by identity: a new handler, new entry
+        self.gate = gate
+        self.rebuilt = rebuilt  # None for a sync behaviour, rebuilt per call (see _SyncCall)
+
+
+class _Gate:
+    """The authorization step of one method, shared by every handler kind."""
+
+    __slots__ = ("_interceptor", "check", "method", "public")
 
     def __init__(
         self,
         interceptor: AuthServerInterceptor,
         method: str,
-        declared: MethodPolicy | None,
-        public: bool,
         *,
-        for_sync: bool,
+        public: bool,
+        check: Callable[[Identity], None],
     ) -> None:
         self._interceptor = interceptor
-        self._method = method
-        self._declared = declared
-        self._public = public  # a public method: no token is read
-        # NOTE: intercept_service runs in the RPC's own task. Sync handlers run in grpc's thread
-        # pool where that context is lost (grpc issue 37881), so keep a copy for them, plus the
-        # loop the validator must run on. Async handlers run in the RPC's task: nothing to keep.
-        self._context = contextvars.copy_context() if for_sync else None
-        self._loop = asyncio.get_running_loop() if for_sync else None
+        self.method = method
+        self.check = check  # the policy's decision for this method, resolved once
+        self.public = public  # a public method: no token is read
 
-    async def _identity(self, metadata: Iterable[tuple[str, str | bytes]]) -> Identity | None:
-        if self._public:
-            return None
-        return await self._interceptor._authenticate(metadata, self._method, self._declared)
+    async def recover(self, context: grpc.aio.ServicerContext[Any, Any]) -> Identity | None:
+        """The identity when none was handed over in this task; aborts the call on refusal.
 
-    async def authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> Identity | None:
-        """The identity for an async handler; aborts the call (raises AbortError) on refusal."""
-        if self._public:
-            return None
-        try:
-            return await self._identity(_metadata_of(context) or ())
-        except GrpcOboError as exc:
-            code, details, trailing = self._refusal(exc)
-            await context.abort(code, details, trailing)
-
-    def authorize_sync(self, context: Any) -> tuple[bool, Identity | None]:
-        """The same for a sync handler, in grpc's thread pool: (allowed, identity).
-
-        A refusal is written to the context by `fail_sync`, not raised with `context.abort()`.
+        Reached only when another interceptor runs our handler outside the RPC's own task:
+        authenticate again from the context, never go on without an identity.
         """
-        if self._public:
-            return True, None
-        assert self._loop is not None, "a sync gate is built with for_sync=True"
-        metadata = tuple(context.invocation_metadata() or ())
-        future = asyncio.run_coroutine_threadsafe(self._identity(metadata), self._loop)
+        if self.public:
+            return None
         try:
-            return True, future.result()
+            token = _bearer_token(context.invocation_metadata() or ())
+            identity = await self._interceptor._validate(token, self)
+            self.check(identity)
+            return identity
         except GrpcOboError as exc:
-            self.fail_sync(context, exc)
-            return False, None
+            await context.abort(*self.refusal(exc))
+            raise AssertionError("context.abort returned") from None  # pragma: no cover
 
     async def fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: GrpcOboError) -> None:
         """End the call for a grpc_obo error the handler raised (the same status table)."""
-        code, details, trailing = self._refusal(exc)
-        await context.abort(code, details, trailing)
+        await context.abort(*self.refusal(exc))
 
-    def fail_sync(self, context: Any, exc: GrpcOboError) -> None:
-        """Set the refusal on a sync handler's context; the caller then ends the handler.
+    def wrap(self, fn: Any, streaming: bool) -> Callable[[Any, Any], Any]:
+        """`fn` (async) behind this gate, keeping its shape."""
+        if inspect.isasyncgenfunction(fn):
+            return _async_generator(fn, self)
+        return _coroutine(fn, self)
 
-        NOTE: not `context.abort()`: grpc.aio sometimes hangs a sync generator that raises
-        AbortError (seen with no interceptor at all), while a handler that returns with a
-        non-OK code ends cleanly with that status and the trailing metadata.
-        """
-        code, details, trailing = self._refusal(exc)
-        context.set_trailing_metadata(trailing)
-        context.set_code(code)
-        context.set_details(details)
-
-    def sync_context(self, identity: Identity | None) -> contextvars.Context:
-        """A private copy of the RPC's context with the identity set, for one sync handler."""
-        assert self._context is not None, "a sync gate is built with for_sync=True"
-        ctx = self._context.copy()
-        ctx.run(_current.set, identity)
-        return ctx
-
-    def _refusal(
+    def refusal(
         self, exc: GrpcOboError
     ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+        """(code, details, trailing metadata) that end a call refused for `exc`."""
         code = status_for(exc)
         challenge = www_authenticate_for(exc)
         trailing = (("www-authenticate", challenge),) if challenge else ()
         reason = getattr(exc, "reason", None)
         level = logging.WARNING if isinstance(exc, KeySourceUnavailableError) else logging.DEBUG
         _LOGGER.log(
-            level, "refused %s: %s (%s)", self._method, type(exc).__name__, reason or code.name
+            level, "refused %s: %s (%s)", self.method, type(exc).__name__, reason or code.name
         )
         # The details are the error's fixed message: errors never carry the token or keys.
         return code, str(getattr(exc, "message", _VALIDATOR_FAILURE)), trailing
 
 
-_MAX_REBUILT = 4096
-_call_metadata: contextvars.ContextVar[tuple[object, Any] | None] = contextvars.ContextVar(
-    "grpc_obo_call_metadata", default=None
+class _SyncCall:
+    """One call of a sync handler, which grpc runs in its thread pool.
+
+    NOTE: contextvars do not cross into that pool (grpc issue 37881), so the identity, checked
+    on the event loop in intercept_service, travels with the call; every step of the handler
+    runs in a private copy of the RPC's context holding it, never touching the thread's own.
+    """
+
+    __slots__ = ("_context", "_gate")
+
+    def __init__(self, gate: _Gate, identity: Identity | None) -> None:
+        self._gate = gate
+        self._context = contextvars.copy_context()
+        self._context.run(_current.set, identity)
+
+    def wrap(self, fn: Any, streaming: bool) -> Callable[[Any, Any], Any]:
+        return _sync_generator(fn, self) if streaming else _sync_function(fn, self)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._context.run(fn, *args)
+
+    def fail(self, context: Any, exc: GrpcOboError) -> None:
+        """Set the refusal on a sync handler's context; the caller then ends the handler.
+
+        NOTE: not `context.abort()`: grpc.aio sometimes hangs a sync generator that raises
+        AbortError (seen with no interceptor at all), while a handler that returns with a
+        non-OK code ends cleanly with that status and the trailing metadata.
+        """
+        code, details, trailing = self._gate.refusal(exc)
+        context.set_trailing_metadata(trailing)
+        context.set_code(code)
+        context.set_details(details)
+
+
+def _handed() -> Identity | None:
+    """The identity intercept_service handed to this call's handler, taken once; else None."""
+    cell = _handoff.get()
+    return cell.pop() if cell else None
+
+
+_MAX_METHODS = 4096
+# NOTE: a one-item list, not the identity itself: a task that copies this context shares the
+# list, so whoever takes the identity first empties it for every copy. Only code running for
+# this call can see it: grpc sets it in the RPC's own task and our handler takes it before
+# the servicer's code runs (see intercept_service).
+_handoff: contextvars.ContextVar[list[Identity] | None] = contextvars.ContextVar(
+    "grpc_obo_handoff", default=None
 )
 
 
-def _metadata_of(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-    """This call's metadata: handed over by intercept_service in this task, else the context's."""
-    handed = _call_metadata.get()
-    if handed is not None:
-        _call_metadata.set(None)  # read once: a later step of this task must not reuse it
-        task, metadata = handed
-        if task is asyncio.current_task():
-            return metadata
-    return context.invocation_metadata()
-
-
 def _bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
-    values = [value for key, value in metadata if key.lower() == "authorization"]
-    if not values:
+    value: str | bytes | None = None
+    for key, item in metadata:
+        # gRPC delivers metadata keys in lower case (HTTP/2 refuses upper-case header names).
+        if key == "authorization":
+            if value is not None:
+                raise MalformedTokenError(
+                    "more than one authorization value", reason="multiple_authorization"
+                )
+            value = item
+    if value is None:
         raise MissingTokenError("no bearer token in the authorization metadata")
-    if len(values) > 1:
-        raise MalformedTokenError(
-            "more than one authorization value", reason="multiple_authorization"
-        )
-    value = values[0]
     if not isinstance(value, str):
         raise MalformedTokenError("the authorization value is not text", reason="malformed_header")
     scheme, _, rest = value.partition(" ")
-    if scheme.lower() != "bearer":
+    if scheme != "Bearer" and scheme.lower() != "bearer":  # the usual spelling costs no copy
         # RFC 6750 §3.1: another scheme counts as "no authentication": no error code.
         raise MissingTokenError(
             "the authorization scheme is not Bearer", reason="unsupported_scheme"
@@ -274,11 +312,13 @@ def _bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     token = rest.lstrip(" ")  # RFC 7235: one or more spaces after the scheme
     if not token:
         raise MalformedTokenError("the bearer token is empty", reason="empty_token")
-    # NOTE: gRPC metadata values are printable ASCII, so a space is the only whitespace that can
-    # get here; `in` is a memchr, where a regex or per-character loop costs microseconds per call
-    # over a 1-2 KB token. The validator checks the token's alphabet strictly anyway.
-    if " " in token or not token.isprintable():
-        raise MalformedTokenError("the bearer token contains whitespace", reason="malformed_header")
+    # NOTE: gRPC metadata values are printable ASCII, so a space is the only whitespace a gRPC
+    # client can send. Both checks are C scans (tens of nanoseconds over a 1-2 KB token, where
+    # `str.isprintable` costs microseconds); the validator checks the token's alphabet strictly.
+    if not token.isascii() or " " in token:
+        raise MalformedTokenError(
+            "the bearer token is not one ASCII word", reason="malformed_header"
+        )
     return token
 
 
@@ -298,111 +338,115 @@ def _behavior_of(handler: grpc.RpcMethodHandler[Any, Any]) -> object:
     )
 
 
+_Wrap = Callable[[Any, bool], Callable[[Any, Any], Any]]
+
+
 def _rebuild(
-    handler: grpc.RpcMethodHandler[Any, Any], gate: _Gate
+    handler: grpc.RpcMethodHandler[Any, Any], wrap: _Wrap, *, parse_requests: bool = True
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """The same handler kind with the same serializers, its behaviour behind the gate."""
-    des, ser = handler.request_deserializer, handler.response_serializer
+    """The same handler kind with the same serializers, its behaviour wrapped."""
+    des = handler.request_deserializer if parse_requests else None
+    ser = handler.response_serializer
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(
-            _stream_response(handler.stream_stream, gate), des, ser
-        )
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), des, ser)
     if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(
-            _unary_response(handler.stream_unary, gate), des, ser
-        )
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), des, ser)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(
-            _stream_response(handler.unary_stream, gate), des, ser
-        )
-    return grpc.unary_unary_rpc_method_handler(_unary_response(handler.unary_unary, gate), des, ser)
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), des, ser)
+    return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), des, ser)
 
 
-def _unary_response(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:
-    """Wrap a handler with one response (unary-unary, stream-unary)."""
-    if inspect.iscoroutinefunction(fn):
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    code: grpc.StatusCode,
+    details: str,
+    trailing: tuple[tuple[str, str], ...],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same kind that only ends the call; the request is never deserialized."""
 
-        async def behavior(request: Any, context: Any) -> Any:
-            identity = await gate.authorize(context)
+    async def refuse(request: Any, context: Any) -> None:
+        await context.abort(code, details, trailing)
+
+    # A coroutine returning None is a valid behaviour for every kind (`context.write` style).
+    return _rebuild(handler, lambda fn, streaming: refuse, parse_requests=False)
+
+
+def _coroutine(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:
+    """A coroutine handler: one response, or streamed responses through `context.write`."""
+
+    async def behavior(request: Any, context: Any) -> Any:
+        # `_handed()` inlined: this runs on every call.
+        cell = None if gate.public else _handoff.get()
+        identity = cell.pop() if cell else await gate.recover(context)
+        token = _current.set(identity)
+        try:
+            return await fn(request, context)
+        except GrpcOboError as exc:  # e.g. the handler's own On-Behalf-Of exchange
+            await gate.fail(context, exc)
+        finally:
+            _current.reset(token)
+
+    return behavior
+
+
+def _async_generator(fn: Any, gate: _Gate) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+        identity = None if gate.public else (_handed() or await gate.recover(context))
+        inner = fn(request, context)
+        try:
+            while True:
+                # NOTE: set the identity only while the handler's own code runs, never across
+                # our `yield`: the generator may be resumed or closed from another context
+                # (cancellation, GC finalizer), where a reset would fail.
+                token = _current.set(identity)
+                try:
+                    item = await inner.__anext__()
+                except StopAsyncIteration:
+                    return
+                except GrpcOboError as exc:
+                    await gate.fail(context, exc)
+                finally:
+                    _current.reset(token)
+                yield item
+        finally:
             token = _current.set(identity)
             try:
-                return await fn(request, context)
-            except GrpcOboError as exc:  # e.g. the handler's own On-Behalf-Of exchange
-                await gate.fail(context, exc)
+                await inner.aclose()
             finally:
                 _current.reset(token)
 
-        return behavior
+    return behavior
 
-    def sync_behavior(request: Any, context: Any) -> Any:
-        allowed, identity = gate.authorize_sync(context)
-        if not allowed:
-            return None  # grpc drops the response of a call whose code is not OK
+
+def _sync_function(fn: Any, call: _SyncCall) -> Callable[[Any, Any], Any]:
+    def behavior(request: Any, context: Any) -> Any:
         try:
-            return gate.sync_context(identity).run(fn, request, context)
+            return call.run(fn, request, context)
         except GrpcOboError as exc:
-            gate.fail_sync(context, exc)
-            return None
+            call.fail(context, exc)
+            return None  # grpc drops the response of a call whose code is not OK
 
-    return sync_behavior
+    return behavior
 
 
-def _stream_response(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:
-    """Wrap a handler with streamed responses (unary-stream, stream-stream), keeping its shape."""
-    if inspect.iscoroutinefunction(fn):
-        # `context.write()` style: a coroutine that returns None.
-        return _unary_response(fn, gate)
-
-    if inspect.isasyncgenfunction(fn):
-
-        async def agen_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-            identity = await gate.authorize(context)
-            inner = fn(request, context)
-            try:
-                while True:
-                    # NOTE: set the identity only while the handler's own code runs, never
-                    # across our `yield`: the generator may be resumed or closed from another
-                    # context (cancellation, GC finalizer), where a reset would fail.
-                    token = _current.set(identity)
-                    try:
-                        item = await inner.__anext__()
-                    except StopAsyncIteration:
-                        return
-                    except GrpcOboError as exc:
-                        await gate.fail(context, exc)
-                    finally:
-                        _current.reset(token)
-                    yield item
-            finally:
-                token = _current.set(identity)
-                try:
-                    await inner.aclose()
-                finally:
-                    _current.reset(token)
-
-        return agen_behavior
-
-    def gen_behavior(request: Any, context: Any) -> Iterator[Any]:
-        # grpc iterates a sync generator in one pool thread; each step runs in a private
-        # context holding the identity, so the thread's own context is never touched.
-        allowed, identity = gate.authorize_sync(context)
-        if not allowed:
-            return
-        ctx = gate.sync_context(identity)
-        inner = ctx.run(fn, request, context)
+def _sync_generator(fn: Any, call: _SyncCall) -> Callable[[Any, Any], Iterator[Any]]:
+    def behavior(request: Any, context: Any) -> Iterator[Any]:
+        # grpc iterates a sync generator in one pool thread; each step runs in the call's
+        # private context, so the thread's own context is never touched.
+        inner = call.run(fn, request, context)
         try:
             while True:
                 try:
-                    item = ctx.run(next, inner)
+                    item = call.run(next, inner)
                 except StopIteration:
                     return
                 except GrpcOboError as exc:
-                    gate.fail_sync(context, exc)
+                    call.fail(context, exc)
                     return
                 yield item
         finally:
             close = getattr(inner, "close", None)
             if close is not None:
-                ctx.run(close)
+                call.run(close)
 
-    return gen_behavior
+    return behavior

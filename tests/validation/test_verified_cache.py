@@ -120,3 +120,47 @@ async def test_cache_keys_are_digests_never_tokens(validator: TokenValidator) ->
     assert isinstance(cache, VerifiedTokenCache)
     assert [len(key) for key in cache._entries] == [32]
     assert all(token.encode() not in key for key in cache._entries)
+
+
+class TestCachedLookup:
+    """`TokenValidator.cached`: the synchronous, I/O-free answer for repeat tokens."""
+
+    async def test_none_until_validated_then_the_same_identity(
+        self, validator: TokenValidator, verify_calls: list[int]
+    ) -> None:
+        token = mint(v2_claims())
+        assert validator.cached(token) is None  # never "invalid": only "ask validate"
+        identity = await validator.validate(token)
+        assert validator.cached(token) is identity
+        assert len(verify_calls) == 1
+
+    async def test_none_after_exp_plus_leeway(
+        self, validator: TokenValidator, clock: FakeClock
+    ) -> None:
+        token = mint(v2_claims(exp=NOW + 100))
+        await validator.validate(token)
+        clock.advance(160)
+        assert validator.cached(token) is not None
+        clock.advance(1)
+        assert validator.cached(token) is None
+
+    async def test_none_when_the_signing_key_is_withdrawn(self, validator: TokenValidator) -> None:
+        token = mint(v2_claims())
+        await validator.validate(token)
+        source = validator.key_source
+        assert isinstance(source, StaticKeySource)
+        source._keys = StaticKeySource(jwks(jwk("key-b")))._keys  # as a refresh would
+        assert validator.cached(token) is None
+
+    @pytest.mark.parametrize("token", [b"bytes", None, "x" * (64 * 1024 + 1)])
+    async def test_unusable_input_is_a_miss_not_an_error(
+        self, validator: TokenValidator, token: object
+    ) -> None:
+        assert validator.cached(token) is None  # type: ignore[arg-type]
+
+    async def test_a_token_that_differs_by_one_character_misses(
+        self, validator: TokenValidator
+    ) -> None:
+        token = mint(v2_claims())
+        await validator.validate(token)
+        assert validator.cached(token[:-1] + ("A" if token[-1] != "A" else "B")) is None

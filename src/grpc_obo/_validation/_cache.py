@@ -27,20 +27,20 @@ class _Entry:
 class VerifiedTokenCache:
     """Bounded LRU of digest -> verified identity. Single event loop; no locking needed."""
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, *, leeway: float, has_key: Callable[[str], bool]) -> None:
         self._max_size = max_size
+        self._leeway = leeway
+        self._has_key = has_key  # whether key material is still published
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(
-        self, digest: bytes, *, now: float, leeway: float, has_key: Callable[[str], bool]
-    ) -> Identity | None:
+    def get(self, digest: bytes, now: float) -> Identity | None:
         entry = self._entries.get(digest)
         if entry is None:
             return None
-        if now > entry.expires_at + leeway or not has_key(entry.key_fingerprint):
+        if now > entry.expires_at + self._leeway or not self._has_key(entry.key_fingerprint):
             # Expired or its key was withdrawn: forget it; a fresh validation decides the error.
             del self._entries[digest]
             return None

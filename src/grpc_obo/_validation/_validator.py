@@ -46,7 +46,9 @@ class TokenValidator:
         self._keys: KeySource = (
             StaticKeySource(options.jwks) if options.jwks is not None else RemoteKeySource(options)
         )
-        self._cache = VerifiedTokenCache(options.verified_cache_size)
+        self._cache = VerifiedTokenCache(
+            options.verified_cache_size, leeway=options.leeway, has_key=self._keys.has_key
+        )
 
     @property
     def options(self) -> ValidatorOptions:
@@ -68,17 +70,14 @@ class TokenValidator:
 
         Raises `KeySourceUnavailableError` when signing keys have never been obtained.
         """
-        options = self._options
-        if not isinstance(token, str) or len(token) > options.max_token_bytes:
+        digest = self._digest(token)
+        if digest is None:
             # Before hashing: an oversized input must cost nothing.
             raise MalformedTokenError("token is too large or not a string", reason="too_large")
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        now = options.clock()
-        self._keys.poll()
-        cached = self._cache.get(digest, now=now, leeway=options.leeway, has_key=self._keys.has_key)
+        cached = self._cached(digest)
         if cached is not None:
             return cached
-
+        options = self._options
         parsed = parse_compact(token, max_bytes=options.max_token_bytes)
         key = await self._keys.get_key(parsed.kid, parsed.x5t)
         if not verify_rs256(key.public_key, parsed.signing_input, parsed.signature):
@@ -89,6 +88,25 @@ class TokenValidator:
         )
         self._cache.put(digest, identity, key_fingerprint=key.fingerprint)
         return identity
+
+    def cached(self, token: str) -> Identity | None:
+        """The identity of a token this validator already verified, or None: no I/O, no RSA.
+
+        A hit is a token whose SHA-256 is in the verified-token cache, still within its `exp`
+        (plus leeway) and signed by a key still published. None means "call `validate`", never
+        "invalid". The server interceptor tries this first: it spares a coroutine per call.
+        """
+        digest = self._digest(token)
+        return None if digest is None else self._cached(digest)
+
+    def _digest(self, token: str) -> bytes | None:
+        if not isinstance(token, str) or len(token) > self._options.max_token_bytes:
+            return None
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def _cached(self, digest: bytes) -> Identity | None:
+        self._keys.poll()  # on hits too: traffic of cached tokens still notices withdrawn keys
+        return self._cache.get(digest, self._options.clock())
 
     async def close(self) -> None:
         """Stop background refreshes and close the HTTP session. Idempotent."""
