@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["server_bench.py", "cache_bench.py"]
+BENCHMARKS = ["server_bench.py", "server_instructions.py", "cache_bench.py"]
 
 
 def main() -> int:
