@@ -88,7 +88,12 @@ class AuthServerInterceptor(_InterceptorBase):
         self._validator = validator
         self._policy = policy
         # Our own validator answers repeat tokens synchronously (see TokenValidator.cached).
-        self._lookup = validator.cached if isinstance(validator, TokenValidator) else None
+        # NOTE: only when `validate` is ours: a subclass that adds checks to `validate` (say, a
+        # revocation list) must see every call, cached tokens included.
+        uses_ours = type(validator).validate is TokenValidator.validate
+        self._lookup = (
+            validator.cached if uses_ours and isinstance(validator, TokenValidator) else None
+        )
         # What each method needs, built on its first call (rule resolved, async handler
         # rebuilt) so the per-call work is the token check itself. Bounded in case a generic
         # handler serves an open-ended set of method names.

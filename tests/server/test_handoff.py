@@ -14,9 +14,9 @@ import grpc
 import grpc.aio
 import pytest
 
-from grpc_obo import TokenValidator, current_identity, server_interceptor
+from grpc_obo import TokenValidationError, TokenValidator, current_identity, server_interceptor
 from tests.gen.grpc_obo.testing.v1.echo_pb2 import EchoRequest
-from tests.server.conftest import Serve
+from tests.server.conftest import Serve, static_options
 from tests.server.tokens import bearer, principal, user_token
 
 UNARY = "/t.Parse/Unary"
@@ -138,3 +138,26 @@ async def test_a_handler_run_outside_the_rpc_task_authenticates_again(serve: Ser
             EchoRequest(text="x"), metadata=bearer(user_token(user))
         )
         assert reply.principal == principal(user)
+
+
+async def test_a_subclass_that_extends_validate_sees_every_call(serve: Serve) -> None:
+    """The cached fast path must not skip checks a subclass adds to `validate`."""
+
+    revoked: set[str] = set()
+
+    class Revoking(TokenValidator):
+        async def validate(self, token: str) -> Any:
+            identity = await super().validate(token)
+            if identity.oid in revoked:
+                raise TokenValidationError("this session was revoked", reason="revoked")
+            return identity
+
+    async with Revoking(static_options()) as validator:
+        served = await serve(validator=validator)
+        md = bearer(user_token(3))
+        reply = await served.stub.UnaryUnary(EchoRequest(text="x"), metadata=md)
+        assert reply.principal == principal(3)  # validated once: now in the verified cache
+        revoked.add(principal(3).split("/")[1])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await served.stub.UnaryUnary(EchoRequest(text="x"), metadata=md)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
