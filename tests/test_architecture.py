@@ -1,0 +1,170 @@
+"""The import rules of DESIGN.md ("the parts (rooms) and who may import whom"), checked.
+
+Every import in `src/grpc_obo` and `examples` is read from the source (function-level and
+TYPE_CHECKING imports included) and held against the rules: the decision rooms never import
+grpc, the runtime never imports the dev authority or the test helpers, rooms do not reach
+sideways into each other, and the examples use only the public API.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "grpc_obo"
+
+# Module name -> room. A package entry covers every module under it.
+ROOMS = {
+    "grpc_obo._identity": "identity",
+    "grpc_obo._hashing": "identity",
+    "grpc_obo._errors": "errors",
+    "grpc_obo._validation": "validation",
+    "grpc_obo._policy": "validation",  # per-method policy decisions: pure, like validation
+    "grpc_obo._exchange": "exchange",
+    "grpc_obo._server": "server",
+    "grpc_obo._client": "client",
+    "grpc_obo.devauthority": "devauthority",
+    "grpc_obo.testing": "testing",
+    "grpc_obo._cli": "cli",
+    "grpc_obo": "api",  # __init__: the public surface, re-exports the runtime rooms
+}
+
+# Which grpc_obo rooms each room may import (itself always allowed).
+MAY_IMPORT = {
+    "identity": set(),
+    "errors": {"identity"},
+    "validation": {"identity", "errors"},
+    "exchange": {"identity", "errors"},
+    "server": {"validation", "identity", "errors", "telemetry"},
+    "client": {"exchange", "identity", "errors", "telemetry"},
+    "telemetry": set(),
+    "devauthority": set(),  # a separate room: it needs nothing of the runtime
+    "testing": {"devauthority", "api"},
+    "cli": {"devauthority", "api", "testing"},
+    "api": {"identity", "errors", "validation", "exchange", "server", "client", "telemetry"},
+}
+
+# Third-party packages a room must never import.
+NEVER = {
+    "identity": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "cryptography"},
+    "errors": {"jwt", "msal", "aiocache", "redis", "aiohttp"},
+    "validation": {"grpc", "msal", "aiocache", "redis"},
+    "exchange": {"grpc", "jwt", "aiohttp"},
+    "server": {"msal", "aiocache", "redis"},
+    "client": {"jwt", "aiohttp"},
+}
+RUNTIME = {"identity", "errors", "validation", "exchange", "server", "client", "telemetry", "api"}
+
+
+def room_of(module: str) -> str | None:
+    best = None
+    for prefix, room in ROOMS.items():
+        if (module == prefix or module.startswith(prefix + ".")) and (
+            best is None or len(prefix) > len(best[0])
+        ):
+            best = (prefix, room)
+    return best[1] if best else None
+
+
+def imports_of(source: str, module: str, *, is_package: bool) -> set[str]:
+    """Every module `source` imports, absolute names (relative imports resolved)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = module.split(".")
+                base = parts if is_package else parts[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+            # `from grpc_obo import devauthority` names a module too.
+            found.update(f"{name}.{alias.name}" for alias in node.names)
+    return found
+
+
+def violations(module: str, source: str, *, is_package: bool = False) -> list[str]:
+    """What `module` (with this `source`) imports against the rules; [] when it keeps them."""
+    room = room_of(module)
+    assert room is not None, f"{module} belongs to no room: add it to ROOMS"
+    found = []
+    for name in sorted(imports_of(source, module, is_package=is_package)):
+        top = name.split(".")[0]
+        if top in NEVER.get(room, set()):
+            found.append(f"{module} ({room}) imports {name}")
+        if top == "examples" and room != "cli":
+            found.append(f"{module} ({room}) imports the examples")
+        if top == "pytest" and room != "testing":
+            found.append(f"{module} ({room}) imports pytest")
+        if name.startswith("opentelemetry.sdk"):
+            found.append(f"{module} imports the OpenTelemetry SDK (the application's choice)")
+        if top != "grpc_obo":
+            continue
+        target = room_of(name)
+        if target is None or target == room:
+            continue
+        # `from grpc_obo import x`: the package itself is only a container here.
+        if target == "api" and name == "grpc_obo" and room != "testing":
+            continue
+        if target not in MAY_IMPORT[room]:
+            found.append(f"{module} ({room}) imports {name} ({target})")
+        if room in RUNTIME and target in {"devauthority", "testing", "cli"}:
+            found.append(f"runtime module {module} imports {name}")
+    return found
+
+
+def package_modules() -> list[tuple[str, Path]]:
+    modules = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules.append((".".join(parts), path))
+    return modules
+
+
+@pytest.mark.parametrize(("module", "path"), package_modules(), ids=lambda v: str(v))
+def test_package_modules_keep_the_import_rules(module: str, path: Path) -> None:
+    assert violations(module, path.read_text(), is_package=path.name == "__init__.py") == []
+
+
+def example_sources() -> list[Path]:
+    return sorted(p for p in (ROOT / "examples").rglob("*.py") if "gen" not in p.parts)
+
+
+@pytest.mark.parametrize("path", example_sources(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_examples_use_only_the_public_api(path: Path) -> None:
+    private = [
+        name
+        for name in imports_of(path.read_text(), "examples.x", is_package=False)
+        if name.startswith("grpc_obo") and any(p.startswith("_") for p in name.split("."))
+    ]
+    assert private == []
+
+
+def test_the_checker_catches_what_it_guards() -> None:
+    # The rules above would pass vacuously if the checker saw nothing: feed it violations.
+    assert violations("grpc_obo._validation._x", "import grpc\n")
+    assert violations("grpc_obo._exchange._x", "def f():\n    from grpc import aio\n")
+    assert violations("grpc_obo._server", "from grpc_obo.devauthority import DevAuthority\n")
+    assert violations("grpc_obo._server", "from grpc_obo._exchange import TokenCache\n")
+    assert violations("grpc_obo._client", "from grpc_obo import testing\n")
+    assert violations("grpc_obo._identity", "from grpc_obo._errors import X\n")
+    assert violations("grpc_obo.devauthority._x", "from grpc_obo._validation import V\n")
+    assert violations("grpc_obo._client", "from opentelemetry.sdk.trace import TracerProvider\n")
+    assert violations("grpc_obo._validation._x", "from .._exchange import _cache\n")
+    assert not violations("grpc_obo._server", "from grpc_obo._validation import TokenValidator\n")
+    assert not violations("grpc_obo._exchange._x", "from ._cache import TokenCache\n")
+    assert imports_of("from . import _keys\n", "grpc_obo._validation", is_package=True) >= {
+        "grpc_obo._validation._keys"
+    }
+
+
+def test_every_module_is_in_a_room() -> None:
+    assert all(room_of(module) for module, _ in package_modules())
