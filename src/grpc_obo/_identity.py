@@ -1,20 +1,19 @@
 """The verified caller: `Identity`, the redacted `SecretToken`, and the request contextvar.
 
 Only the server interceptor (after validating a token) and tests set the identity; everything
-else reads it with `current_identity()`. This module imports nothing but the standard library
-(and `_hashing`, itself stdlib only) so that every other part may depend on it.
+else reads it with `current_identity()`. This module imports nothing but the standard library so
+that every other part may depend on it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import hmac
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-
-from grpc_obo._hashing import sha256_hex
 
 __all__ = [
     "Identity",
@@ -45,7 +44,7 @@ class SecretToken:
 
     def sha256(self) -> str:
         """Hex SHA-256 of the token: safe to use as a cache key or to correlate in logs."""
-        return sha256_hex(self._value.encode("utf-8"))
+        return hashlib.sha256(self._value.encode("utf-8")).hexdigest()
 
     def __repr__(self) -> str:
         return "SecretToken('**********')"

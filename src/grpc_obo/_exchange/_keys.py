@@ -8,11 +8,11 @@ different inputs encode to the same bytes. The raw assertion never appears in th
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 
 from grpc_obo._errors import ConfigurationError
-from grpc_obo._hashing import sha256_hex
 from grpc_obo._identity import SecretToken
 
 __all__ = ["OBO_KEY_PREFIX", "log_ref", "obo_cache_key"]
@@ -45,9 +45,9 @@ def obo_cache_key(
         ensure_ascii=True,
         separators=(",", ":"),
     )
-    return OBO_KEY_PREFIX + sha256_hex(canonical.encode("ascii"))
+    return OBO_KEY_PREFIX + hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def log_ref(key: str) -> str:
     """A short, stable reference to a cache key for log lines (a hash of it, whatever it is)."""
-    return sha256_hex(key.encode("utf-8"))[:12]
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]

@@ -8,11 +8,11 @@ call `close()`. Nothing here logs or raises text containing the token.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from types import TracebackType
 
 from grpc_obo._errors import InvalidSignatureError, MalformedTokenError
-from grpc_obo._hashing import sha256_digest
 from grpc_obo._identity import Identity
 from grpc_obo._validation._cache import VerifiedTokenCache
 from grpc_obo._validation._jose import parse_compact, verify_rs256
@@ -102,7 +102,7 @@ class TokenValidator:
     def _digest(self, token: str) -> bytes | None:
         if not isinstance(token, str) or len(token) > self._options.max_token_bytes:
             return None
-        return sha256_digest(token.encode("utf-8", "surrogatepass"))
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
     def _cached(self, digest: bytes) -> Identity | None:
         self._keys.poll()  # on hits too: traffic of cached tokens still notices withdrawn keys
