@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import hashlib
 import json
 import multiprocessing
 import os
@@ -54,7 +55,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc
 
 import grpc_obo
-from grpc_obo._hashing import sha256_digest  # the SHA-256 grpc_obo itself uses
 from grpc_obo.devauthority import DevAuthority
 from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
 
@@ -107,7 +107,7 @@ class Floor(grpc.aio.ServerInterceptor):
                 if key == "authorization":
                     token = value.partition(" ")[2].encode()
                     if self._sha256:
-                        sha256_digest(token)
+                        hashlib.sha256(token).digest()  # as the validator does
         return rebuilt
 
     @staticmethod

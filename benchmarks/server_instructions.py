@@ -31,7 +31,7 @@ import grpc
 import server_bench
 
 from grpc_obo.devauthority import DevAuthority
-from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
+from tests.gen.grpc_obo.testing.v1 import echo_pb2_grpc
 
 FEW, MANY = 200, 1_200
 
@@ -55,16 +55,7 @@ async def drive(port: int, token: str, calls: int) -> None:
     metadata = (("authorization", f"Bearer {token}"),)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = echo_pb2_grpc.EchoStub(channel)
-        request = echo_pb2.EchoRequest(text="x")
-        remaining = calls
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await stub.UnaryUnary(request, metadata=metadata)
-
-        await asyncio.gather(*(worker() for _ in range(16)))
+        await server_bench.PythonLoad(16).run(stub, port, metadata, calls)
 
 
 def instructions(variant: str, config_file: str, token: str, calls: int) -> int:

@@ -19,7 +19,6 @@ PACKAGE = ROOT / "src" / "grpc_obo"
 # Module name -> room. A package entry covers every module under it.
 ROOMS = {
     "grpc_obo._identity": "identity",
-    "grpc_obo._hashing": "identity",
     "grpc_obo._errors": "errors",
     "grpc_obo._validation": "validation",
     "grpc_obo._policy": "validation",  # per-method policy decisions: pure, like validation
