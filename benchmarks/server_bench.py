@@ -233,6 +233,8 @@ class H2Load:
         Path(self.body).write_bytes(b"\0" + len(body).to_bytes(4, "big") + body)
 
     async def run(self, stub: Any, port: int, metadata: Any, calls: int) -> float:
+        # NOTE: the token is on h2load's command line: a dev-authority token minted for this
+        # run, good only against this run's servers; h2load's output never echoes headers.
         command = [
             "h2load", "-n", str(calls), "-c", str(self.connections), "-m", str(self.streams),
             "-t", "1", "-d", self.body,
