@@ -19,13 +19,15 @@ from tests.validation.tokens import API_CLIENT_ID, APP_ID_URI, TENANT, FakeClock
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+RECORDED_DIR = REPO_ROOT / "tests" / "data" / "entra"
+
+
 @pytest.fixture(scope="session")
 def recorded_dir() -> Path:
-    """`<repo>/../shared/reference/entra/recorded`: CI clones shared/ beside the repo."""
-    path = REPO_ROOT.parent / "shared" / "reference" / "entra" / "recorded"
-    if not path.is_dir():
-        pytest.fail(f"recorded Entra data not found at {path}: clone shared/ beside the repo")
-    return path
+    """`tests/data/entra`: real Entra documents and expired tokens kept in the repository."""
+    if not (RECORDED_DIR / "README.md").is_file():
+        pytest.fail(f"recorded Entra data missing from {RECORDED_DIR}: the checkout is incomplete")
+    return RECORDED_DIR
 
 
 @pytest.fixture

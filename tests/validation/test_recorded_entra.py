@@ -1,4 +1,4 @@
-"""Real Entra documents and (long expired) tokens from shared/reference/entra/recorded, validated
+"""Real Entra documents and (long expired) tokens from tests/data/entra, validated
 with a fixed clock of `iat + 60 s` and the matching static JWKS."""
 
 from __future__ import annotations
@@ -216,3 +216,19 @@ def test_recorded_discovery_documents_name_https_jwks_uris(recorded: Load) -> No
         document = recorded(name)
         assert document["jwks_uri"].startswith("https://login.microsoftonline.com/")
         assert document["issuer"] == "https://login.microsoftonline.com/{tenantid}/v2.0"
+
+
+def test_recorded_data_is_in_the_repository() -> None:
+    """Every recorded file the tests read ships in tests/data/entra (no shared/ beside a clone)."""
+    from tests.validation.conftest import RECORDED_DIR
+
+    names = {
+        "im_JsonWebKeySet.json",
+        "paad_derived_jwks.json",
+        "nav_v2_delegated_access_token_MGLqj98.jwt",
+        "UNKNOWNREPO_v2_app_only_access_token_MGLqj98.jwt",
+        "panva_entra_common_all_keys_union_2024-06..10.json",
+    }
+    missing = sorted(n for n in names if not (RECORDED_DIR / n).is_file())
+    assert not missing, f"recorded Entra data missing from {RECORDED_DIR}: {missing}"
+    assert "expired" in (RECORDED_DIR / "README.md").read_text()
