@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import dataclasses
 import pickle
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -46,6 +50,37 @@ def test_secret_token_never_shows_its_value() -> None:
 def test_secret_token_refuses_pickling() -> None:
     with pytest.raises(TypeError):
         pickle.dumps(SecretToken(RAW))
+
+
+def test_identity_pickling_is_refused_because_of_its_token() -> None:
+    with pytest.raises(TypeError):
+        pickle.dumps(make_identity())
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy], ids=["copy", "deepcopy"])
+def test_secret_token_copies_are_the_same_object(copier: Callable[[Any], Any]) -> None:
+    """A SecretToken is immutable: copying hands back the same object, never a pickled form."""
+    secret = SecretToken(RAW)
+    assert copier(secret) is secret
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy], ids=["copy", "deepcopy"])
+def test_identity_can_be_copied(copier: Callable[[Any], Any]) -> None:
+    """Handlers and test code copy identities (deepcopy of a request context, fixtures)."""
+    identity = make_identity()
+    copied = copier(identity)
+    assert copied == identity
+    assert copied.token is identity.token
+    assert copied.token.reveal() == RAW
+
+
+def test_identity_can_be_replaced_and_deep_copied_inside_containers() -> None:
+    identity = make_identity()
+    other = dataclasses.replace(identity, oid="b")
+    assert other.oid == "b" and other.token is identity.token
+    nested = copy.deepcopy({"who": [identity, other]})
+    assert nested["who"][1].principal.endswith("/b")
+    assert nested["who"][0].token is identity.token
 
 
 def test_identity_repr_has_no_token() -> None:

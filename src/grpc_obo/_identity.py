@@ -29,6 +29,7 @@ class SecretToken:
 
     The raw value comes out only through `reveal()`, so a token cannot reach a log line, an
     exception message or a span by accident (`f"{identity}"` prints `SecretToken('**********')`).
+    `copy`/`deepcopy` return the same object (it is never changed); pickling is refused.
     """
 
     __slots__ = ("_value",)
@@ -58,6 +59,14 @@ class SecretToken:
 
     def __hash__(self) -> int:
         return hash(self.sha256())
+
+    def __copy__(self) -> SecretToken:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SecretToken:
+        # NOTE: without this, deepcopy falls back to __reduce__ (refused below), so deepcopy of
+        # an Identity raised. The token never changes, so every copy may share this object.
+        return self
 
     def __reduce__(self) -> tuple[object, ...]:
         # NOTE: pickling would write the raw token into whatever stores the pickle (a cache
