@@ -13,12 +13,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import msal
 import requests
+
+from grpc_obo._errors import ConfigurationError
 
 __all__ = ["AuthorityHttpClient", "DiscardingTokenCache", "NoHttpCache", "ResponseFacts"]
 
@@ -46,8 +49,17 @@ class AuthorityHttpClient(requests.Session):
         self.mount("https://", adapter)
         self.mount("http://", adapter)
         if ca_file is not None:
+            # NOTE: requests reads `verify=""` as "do not verify", and a missing path fails
+            # only on the first exchange: refuse both now (an unset variable read into ca_file).
+            ca_file = os.fspath(ca_file)  # a Path works too; requests wants text
+            if not ca_file.strip() or not os.path.exists(ca_file):
+                raise ConfigurationError(
+                    f"ca_file {ca_file!r} is not an existing file or directory"
+                )
             # NOTE: with trust_env on, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE would override
-            # `verify` for every request MSAL makes, silently ignoring the configured CA.
+            # `verify` for every request MSAL makes, silently ignoring the configured CA. It also
+            # turns off HTTPS_PROXY/ALL_PROXY and ~/.netrc: with an explicit CA, nothing about
+            # these connections comes from the environment.
             self.trust_env = False
             self.verify = ca_file
 
