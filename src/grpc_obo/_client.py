@@ -7,13 +7,14 @@ registered as unary-unary only and streaming calls would go out without a token 
 the exchanged token (keeping `traceparent` and everything else) and, when the downstream answers
 UNAUTHENTICATED with a claims challenge, evicts the cached token so the next call exchanges anew.
 
-`OnBehalfOf` and `AppOnly` are the exchangers with a `client_interceptors()` helper: the only
-public face of this module.
+`OnBehalfOf` and `AppOnly` are the exchangers with `client_interceptors()` and `channel()`
+helpers: the only public face of this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -190,14 +191,113 @@ def _interceptors(core: _Core) -> list[grpc.aio.ClientInterceptor]:
     return cast("list[grpc.aio.ClientInterceptor]", interceptors)
 
 
-class OnBehalfOf(OboExchanger):
+# -- channel(): the one place that sees the channel, so plaintext to a remote host is caught --
+
+_LOCAL_SOCKET_SCHEMES = ("unix", "unix-abstract")
+
+
+def _host_of(address: str) -> str:
+    if address.startswith("["):  # [v6]:port
+        return address[1:].partition("]")[0]
+    if address.count(":") == 1:  # host:port
+        return address.partition(":")[0]
+    return address  # a host alone, a bare IPv6 address, or a target we cannot read
+
+
+def _target_hosts(target: str) -> list[str]:
+    """The hosts a grpc target names (none for a local socket). Unknown schemes such as
+    `xds:` come back whole: they are not loopback, so they warn."""
+    scheme, colon, rest = target.strip().partition(":")
+    scheme = scheme.lower()
+    if colon and scheme in _LOCAL_SOCKET_SCHEMES:
+        return []
+    if colon and scheme in ("ipv4", "ipv6"):
+        return [_host_of(address) for address in rest.split(",")]
+    if colon and scheme == "dns":
+        if rest.startswith("//"):  # dns://[dns-server]/host:port
+            rest = rest[2:].partition("/")[2]
+        return [_host_of(rest)]
+    if colon and rest.startswith("/"):  # another resolver's URI (xds:///name, ...)
+        return [target.strip()]
+    return [_host_of(target.strip())]  # host:port, resolved by grpc's default dns:///
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # a name that may resolve anywhere
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _is_plaintext(credentials: grpc.ChannelCredentials | None) -> bool:
+    # NOTE: grpc.experimental.insecure_channel_credentials() given to secure_channel is plaintext
+    # too; only grpc's private wrapped object says so (if that changes, such channels go unwarned).
+    inner = getattr(credentials, "_credentials", None)
+    return credentials is None or type(inner).__name__ == "InsecureChannelCredentials"
+
+
+class _Channels:
+    """`channel()` for `OnBehalfOf` and `AppOnly`, built on their `client_interceptors()`."""
+
+    def client_interceptors(
+        self,
+        *,
+        scopes: Sequence[str],
+        method_scopes: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[grpc.aio.ClientInterceptor]:
+        raise NotImplementedError
+
+    def channel(
+        self,
+        target: str,
+        *,
+        scopes: Sequence[str],
+        credentials: grpc.ChannelCredentials | None = None,
+        method_scopes: Mapping[str, Sequence[str]] | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+        compression: grpc.Compression | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> grpc.aio.Channel:
+        """A `grpc.aio` channel to `target` whose every call carries a token for `scopes`.
+
+        TLS with `credentials` (`grpc.ssl_channel_credentials(...)`), plaintext without. A
+        plaintext channel to anything but loopback or a unix socket logs one WARNING when it is
+        built: its calls would send bearer tokens readable on the network. `interceptors` run
+        before ours (an OpenTelemetry client interceptor given here wraps the token exchange).
+        """
+        attached = [
+            *interceptors,
+            *self.client_interceptors(scopes=scopes, method_scopes=method_scopes),
+        ]
+        if _is_plaintext(credentials):
+            remote = [host for host in _target_hosts(target) if not _is_loopback(host)]
+            if remote:
+                _log.warning(
+                    "plaintext channel to %s: every call sends a bearer token unencrypted; "
+                    "pass credentials=grpc.ssl_channel_credentials(...) for anything but "
+                    "loopback",
+                    ", ".join(remote),
+                )
+        if credentials is None:
+            return grpc.aio.insecure_channel(
+                target, options=options, compression=compression, interceptors=attached
+            )
+        return grpc.aio.secure_channel(
+            target, credentials, options=options, compression=compression, interceptors=attached
+        )
+
+
+class OnBehalfOf(OboExchanger, _Channels):
     """On-Behalf-Of for the current user, cached; build outbound interceptors from it.
 
     ```
     obo = OnBehalfOf(ConfidentialClient.from_env())
-    channel = grpc.aio.secure_channel(
-        target, creds, interceptors=obo.client_interceptors(scopes=["api://downstream/Data.Read"])
-    )
+    channel = obo.channel(target, credentials=creds, scopes=["api://downstream/Data.Read"])
     ```
     Every call on that channel must run inside an authenticated server call (the user's
     verified identity is in context); otherwise it fails with `MissingIdentityError`.
@@ -224,7 +324,7 @@ class OnBehalfOf(OboExchanger):
         return _interceptors(core)
 
 
-class AppOnly(AppOnlyExchanger):
+class AppOnly(AppOnlyExchanger, _Channels):
     """Client-credentials tokens for calls the service makes as itself, never for a user.
 
     A separate channel on purpose: app-only access is never a fallback for a missing user.
