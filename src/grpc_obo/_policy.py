@@ -6,15 +6,21 @@ verified `Identity`. Everything is checked at construction so a bad policy fails
 The server interceptor is a thin adapter around `Policy.is_public` and `Policy.decide`.
 
 Resolution for a method, first match wins: the exact method name, then its service name, then the
-built-in public services (health, reflection), then the default rule (or a denial when strict).
-A rule declared on the servicer method itself (`requires`) names the method too; when the policy
-also names it, both rules must pass (the stricter wins).
+built-in public methods (the standard health and reflection methods, by exact name), then the
+default rule (or a denial when strict). A rule declared on the servicer method itself (`requires`)
+names the method too; when the policy also names it, both rules must pass (the stricter wins).
+
+Declared rules are found on whatever handler grpc hands the server interceptor, which may be
+another interceptor's wrapper around the servicer method: `resolve_declared` looks through
+wrappers (`__wrapped__`, bound methods, partials, closures) and says when it cannot be sure.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Collection, Mapping
+import functools
+import inspect
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -28,20 +34,25 @@ from grpc_obo._errors import (
 from grpc_obo._identity import Identity, IdentityKind
 
 __all__ = [
-    "BUILTIN_PUBLIC_SERVICES",
+    "BUILTIN_PUBLIC_METHODS",
     "Callers",
     "MethodPolicy",
     "Policy",
     "declared_policy",
     "requires",
+    "resolve_declared",
 ]
 
-BUILTIN_PUBLIC_SERVICES: tuple[str, ...] = (
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
+BUILTIN_PUBLIC_METHODS: tuple[str, ...] = (
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.health.v1.Health/List",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
 )
-"""Services that are public unless the policy names them: probes and tooling carry no token."""
+"""Methods that are public unless the policy names them or their service: probes and tooling
+carry no token. By exact name: anything else registered under these services (a custom
+`SetServingStatus`, say) needs a token like every other method."""
 
 # The attribute `requires` puts on a servicer method; the interceptor reads it from the handler.
 _DECLARED_ATTR = "__grpc_obo_method_policy__"
@@ -167,8 +178,9 @@ class Policy:
 
     `methods` maps `/pkg.Service/Method` or `pkg.Service` to a `MethodPolicy`. Methods it does
     not name follow `default` (a valid delegated token, no particular scope), or are refused when
-    `strict=True`. `public` lists more method or service names that need no token. Health and
-    reflection are public unless `builtin_public=False` or `methods` names them.
+    `strict=True`. `public` lists more method or service names that need no token. The standard
+    health (`Check`, `Watch`, `List`) and reflection (`ServerReflectionInfo`) methods are public
+    unless `builtin_public=False` or the policy names them or their service.
     """
 
     methods: Mapping[str, MethodPolicy] = field(default_factory=dict)
@@ -178,6 +190,7 @@ class Policy:
     builtin_public: bool = True
     _exact: Mapping[str, MethodPolicy] = field(init=False, repr=False, compare=False)
     _services: Mapping[str, MethodPolicy] = field(init=False, repr=False, compare=False)
+    _builtin: Mapping[str, MethodPolicy] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.strict and self.default is not None:
@@ -188,8 +201,6 @@ class Policy:
             raise ConfigurationError("public must be a collection of names, not a single string")
         exact: dict[str, MethodPolicy] = {}
         services: dict[str, MethodPolicy] = {}
-        if self.builtin_public:
-            services.update(dict.fromkeys(BUILTIN_PUBLIC_SERVICES, _PUBLIC))
         named = [(name, _PUBLIC) for name in self.public]
         named += list(self.methods.items())
         seen: set[str] = set()
@@ -211,13 +222,54 @@ class Policy:
         object.__setattr__(self, "public", frozenset(self.public))
         object.__setattr__(self, "_exact", exact)
         object.__setattr__(self, "_services", services)
+        builtin = dict.fromkeys(BUILTIN_PUBLIC_METHODS, _PUBLIC) if self.builtin_public else {}
+        object.__setattr__(self, "_builtin", builtin)
 
     def rule_for(self, method: str) -> MethodPolicy | None:
         """The rule the policy names for `method`, or None when it names none (default/strict)."""
         rule = self._exact.get(method)
         if rule is None:
             rule = self._services.get(_service_of(method))
+        if rule is None:
+            rule = self._builtin.get(method)
         return rule
+
+    def named(self) -> frozenset[str]:
+        """Every method and service name this policy names itself (not the built-in ones)."""
+        return frozenset(self._exact) | frozenset(self._services)
+
+    def unserved(self, served: Collection[str]) -> list[str]:
+        """The names this policy gives that match none of `served` (full method names)."""
+        services = {_service_of(method) for method in served}
+        missing = [name for name in self._exact if name not in served]
+        missing += [name for name in self._services if name not in services]
+        return sorted(missing)
+
+    def check_served(self, served: Iterable[object]) -> None:
+        """Raise `ConfigurationError` naming every policy entry that no served method matches.
+
+        `served` holds full method names (`/pkg.Service/Method`) or protobuf service
+        descriptors (`echo_pb2.DESCRIPTOR.services_by_name["Echo"]`), the ones the server
+        registers. Call it at start-up: a typo in a method name otherwise protects nothing.
+        """
+        names: set[str] = set()
+        for item in served:
+            if isinstance(item, str):
+                names.add(item)
+                continue
+            full_name = getattr(item, "full_name", None)
+            methods = getattr(item, "methods", None)
+            if not isinstance(full_name, str) or methods is None:
+                raise ConfigurationError(
+                    "served entries must be method names or protobuf service descriptors"
+                )
+            names.update(f"/{full_name}/{method.name}" for method in methods)
+        missing = self.unserved(names)
+        if missing:
+            raise ConfigurationError(
+                "the policy names methods or services the server does not serve: "
+                + ", ".join(missing)
+            )
 
     def _rules(self, method: str, declared: MethodPolicy | None) -> tuple[MethodPolicy, ...]:
         named = self.rule_for(method)
@@ -316,6 +368,7 @@ def requires(
 
     def mark(func: _F) -> _F:
         setattr(func, _DECLARED_ATTR, rule)
+        _DECLARED_NAMES.add(getattr(func, "__name__", ""))
         return func
 
     return mark
@@ -325,3 +378,64 @@ def declared_policy(behavior: object) -> MethodPolicy | None:
     """The rule `requires` put on a handler (a function or bound method), if any."""
     rule = getattr(behavior, _DECLARED_ATTR, None)
     return rule if isinstance(rule, MethodPolicy) else None
+
+
+# The names of every function `requires` has marked in this process. A wrapper we cannot see
+# through hides a declared rule only if some marked function could be behind it.
+_DECLARED_NAMES: set[str] = set()
+_MAX_WALK = 64  # callables visited per handler: wrappers nest a few deep, never dozens
+
+
+def resolve_declared(behavior: object, method: str) -> tuple[MethodPolicy | None, bool]:
+    """(the rule declared for `method`'s handler, whether that answer is certain).
+
+    `behavior` is what grpc hands the server interceptor: the servicer method, or another
+    interceptor's wrapper around it. Wrappers are looked through by `__wrapped__`
+    (functools.wraps), bound methods, `functools.partial` and callables held in closures.
+    "No rule" is certain only when the walk reached the servicer method itself, i.e. a function
+    named like the gRPC method (what generated `add_*Servicer_to_server` code registers), or
+    when nothing in this process was ever marked with `requires`. Anything else (a wrapper that
+    keeps the handler out of sight, a hand-written handler named otherwise) is uncertain, and
+    the caller must fail closed: a hidden rule may be stricter than any the policy gives.
+    """
+    seen: set[int] = set()
+    found: list[MethodPolicy] = []
+    reached_servicer = False
+    short_name = method.rsplit("/", 1)[-1]
+    queue: list[object] = [behavior]
+    while queue and len(seen) < _MAX_WALK:
+        item = queue.pop(0)
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        rule = declared_policy(item)
+        if rule is not None and rule not in found:
+            found.append(rule)
+        if getattr(item, "__name__", None) == short_name:
+            reached_servicer = True
+        queue.extend(_wrapped_by(item))
+    if len(found) == 1:
+        return found[0], True
+    if found:  # two different declared rules behind one handler: which one is meant?
+        return None, False
+    return None, reached_servicer or not _DECLARED_NAMES
+
+
+def _wrapped_by(item: object) -> list[object]:
+    """The callables `item` delegates to, as far as Python shows them."""
+    inner: list[object] = []
+    wrapped = getattr(item, "__wrapped__", None)
+    if wrapped is not None:
+        inner.append(wrapped)
+    if inspect.ismethod(item):
+        inner.append(item.__func__)
+    if isinstance(item, functools.partial):
+        inner.append(item.func)
+    for cell in getattr(item, "__closure__", None) or ():
+        try:
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if callable(content) and not isinstance(content, type):
+            inner.append(content)
+    return inner

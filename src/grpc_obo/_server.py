@@ -29,6 +29,7 @@ import grpc
 import grpc.aio
 
 from grpc_obo._errors import (
+    AccessDeniedError,
     ConfigurationError,
     GrpcOboError,
     KeySourceUnavailableError,
@@ -38,7 +39,7 @@ from grpc_obo._errors import (
     www_authenticate_for,
 )
 from grpc_obo._identity import Identity, _current
-from grpc_obo._policy import Policy, declared_policy
+from grpc_obo._policy import Policy, resolve_declared
 from grpc_obo._validation import TokenValidator
 
 __all__ = ["AuthServerInterceptor", "TokenValidatorLike", "server_interceptor"]
@@ -98,6 +99,10 @@ class AuthServerInterceptor(_InterceptorBase):
         # rebuilt) so the per-call work is the token check itself. Bounded in case a generic
         # handler serves an open-ended set of method names.
         self._methods: dict[str, _Method] = {}
+        # The policy's method names are checked against what the server serves once, at the
+        # first call (the interceptor never sees the server itself).
+        self._served_checked = False
+        self._reported: set[str] = set()  # methods refused for an uncertain rule, logged once
 
     async def intercept_service(
         self,
@@ -107,6 +112,8 @@ class AuthServerInterceptor(_InterceptorBase):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
+        if not self._served_checked:
+            await self._warn_unserved(continuation, type(handler_call_details))
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
             return handler  # type: ignore[return-value]
         method = handler_call_details.method  # str in grpc.aio (bytes only on the client side)
@@ -136,15 +143,49 @@ class AuthServerInterceptor(_InterceptorBase):
         _handoff.set([identity])
         return entry.rebuilt
 
+    async def _warn_unserved(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details_type: Callable[..., grpc.HandlerCallDetails],
+    ) -> None:
+        """Warn once about policy entries naming a method the server does not serve (a typo).
+
+        NOTE: grpc.aio's continuation consumes its interceptor chain on the first call, so these
+        lookups reach the registered handlers directly, not the interceptors after ours (which
+        never see a call that does not exist); grpc.aio only takes call details of its own type.
+        Service names cannot be probed this way:
+        `Policy.check_served` checks them against the service descriptors at start-up.
+        """
+        self._served_checked = True
+        for name in sorted(self._policy.named()):
+            if not name.startswith("/"):
+                continue
+            try:
+                found = await continuation(details_type(name, ()))
+            except Exception:
+                _LOGGER.debug("could not look up %s in the server's handlers", name)
+                continue
+            if found is None:
+                _LOGGER.warning(
+                    "the policy names %r, which this server does not serve: a typo protects "
+                    "nothing (check the name, or call Policy.check_served at start-up)",
+                    name,
+                )
+
     def _prepare(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> _Method:
         behavior = _behavior_of(handler)
-        declared = declared_policy(behavior)
-        gate = _Gate(
-            self,
-            method,
-            public=self._policy.is_public(method, declared),
-            check=self._policy.checker(method, declared),
-        )
+        declared, certain = resolve_declared(behavior, method)
+        if certain:
+            public = self._policy.is_public(method, declared)
+            check = self._policy.checker(method, declared)
+        else:
+            public, check = False, _deny_uncertain
+            if method not in self._reported:  # once: a rebuilt wrapper comes with every call
+                self._reported.add(method)
+                _log_uncertain(method)
+        gate = _Gate(self, method, public=public, check=check)
         is_async = inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
         entry = _Method(handler, gate, _rebuild(handler, gate.wrap) if is_async else None)
         if len(self._methods) < _MAX_METHODS or method in self._methods:
@@ -278,6 +319,26 @@ class _SyncCall:
         context.set_details(details)
 
 
+def _log_uncertain(method: str) -> None:
+    # NOTE: fail closed. The handler is another interceptor's wrapper we cannot see through,
+    # and a `requires` rule may hide behind it: the policy's own rule could be looser than
+    # that one, so it cannot stand in for it.
+    _LOGGER.error(
+        "refusing every call of %s: its handler is wrapped by another interceptor in a way "
+        "grpc_obo cannot see through (or is a hand-written handler not named like the method), "
+        "so a rule declared with grpc_obo.requires cannot be established. Put grpc_obo's "
+        "interceptor last in the server's interceptor list, have the wrapping interceptor use "
+        "functools.wraps, or mark the handler itself with grpc_obo.requires(...)",
+        method,
+    )
+
+
+def _deny_uncertain(identity: Identity) -> None:
+    raise AccessDeniedError(
+        "this method's access rule could not be established", reason="rule_unavailable"
+    )
+
+
 def _handed() -> Identity | None:
     """The identity intercept_service handed to this call's handler, taken once; else None."""
     cell = _handoff.get()
@@ -372,8 +433,16 @@ def _refusing(
     async def refuse(request: Any, context: Any) -> None:
         await context.abort(code, details, trailing)
 
-    # A coroutine returning None is a valid behaviour for every kind (`context.write` style).
-    return _rebuild(handler, lambda fn, streaming: refuse, parse_requests=False)
+    async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        await context.abort(code, details, trailing)
+        yield  # pragma: no cover - abort raises; the yield makes this an async generator
+
+    # NOTE: a response-streaming refusal must be an async generator: an interceptor around ours
+    # may iterate the behaviour with `async for` (opentelemetry-instrumentation-grpc does), and
+    # a coroutine there ends as UNKNOWN without our status and challenge.
+    return _rebuild(
+        handler, lambda fn, streaming: refuse_stream if streaming else refuse, parse_requests=False
+    )
 
 
 def _coroutine(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:

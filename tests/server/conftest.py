@@ -22,7 +22,7 @@ from tests.server.tokens import API_CLIENT_ID, MINTED, TENANT, jwks
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
-async def _health_check_async(request: bytes, context: Any) -> bytes:
+async def Check(request: bytes, context: Any) -> bytes:
     return b"\x08\x01"  # HealthCheckResponse{status: SERVING}, bytes kept raw (no serializers)
 
 
@@ -30,7 +30,7 @@ def _health_handler() -> grpc.GenericRpcHandler:
     # A stand-in Health service registered under the real name; the policy only sees the name.
     return grpc.method_handlers_generic_handler(
         "grpc.health.v1.Health",
-        {"Check": grpc.unary_unary_rpc_method_handler(_health_check_async)},
+        {"Check": grpc.unary_unary_rpc_method_handler(Check)},
     )
 
 
@@ -75,12 +75,13 @@ async def serve(validator: Any) -> AsyncIterator[Serve]:
             servicer: Any = None,
             validator: Any = validator,
             before: Sequence[grpc.aio.ServerInterceptor] = (),
+            after: Sequence[grpc.aio.ServerInterceptor] = (),
         ) -> Served:
             pool = ThreadPoolExecutor(max_workers=4)
             stack.callback(pool.shutdown, wait=True)
             server = grpc.aio.server(
                 migration_thread_pool=pool,
-                interceptors=[*before, server_interceptor(validator, policy=policy)],
+                interceptors=[*before, server_interceptor(validator, policy=policy), *after],
             )
             echo_pb2_grpc.add_EchoServicer_to_server(servicer or AsyncEcho(), server)
             server.add_generic_rpc_handlers((_health_handler(),))

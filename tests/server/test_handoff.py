@@ -34,12 +34,14 @@ class _Parsing:
         self.parsed.append(raw)
         return raw
 
-    async def unary(self, request: bytes, context: Any) -> bytes:
+    # Handlers are named like their gRPC methods, as generated servicers are: grpc_obo then
+    # knows no `requires` rule can hide behind them (see resolve_declared).
+    async def Unary(self, request: bytes, context: Any) -> bytes:
         identity = current_identity()
         self.seen.append(identity.principal if identity else None)
         return b"ok"
 
-    async def stream(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async def Stream(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         async for _ in requests:
             yield b"ok"
 
@@ -47,8 +49,8 @@ class _Parsing:
         return grpc.method_handlers_generic_handler(
             "t.Parse",
             {
-                "Unary": grpc.unary_unary_rpc_method_handler(self.unary, self.parse),
-                "Stream": grpc.stream_stream_rpc_method_handler(self.stream, self.parse),
+                "Unary": grpc.unary_unary_rpc_method_handler(self.Unary, self.parse),
+                "Stream": grpc.stream_stream_rpc_method_handler(self.Stream, self.parse),
             },
         )
 

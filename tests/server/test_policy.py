@@ -235,3 +235,63 @@ class TestDecoratorDeclaration:
     def test_a_public_declaration_does_not_open_a_method_the_policy_protects(self) -> None:
         policy = Policy(methods={ECHO: MethodPolicy(scopes=["R"])})
         assert not policy.is_public(ECHO, MethodPolicy(public=True))
+
+
+class TestPublicByExactName:
+    @pytest.mark.parametrize(
+        "method",
+        [
+            "/grpc.health.v1.Health/SetServingStatus",
+            "/grpc.health.v1.Health/Enter",
+            "/grpc.reflection.v1.ServerReflection/Other",
+            "/grpc.reflection.v1alpha.ServerReflection/Other",
+        ],
+    )
+    def test_other_methods_of_the_public_services_are_protected(self, method: str) -> None:
+        assert not Policy().is_public(method)
+
+    def test_the_standard_health_methods_are_public(self) -> None:
+        for name in ("Check", "Watch", "List"):
+            assert Policy().is_public(f"/grpc.health.v1.Health/{name}")
+
+    def test_a_named_service_still_overrides_a_builtin_method(self) -> None:
+        policy = Policy(methods={"grpc.health.v1.Health": MethodPolicy()})
+        assert not policy.is_public("/grpc.health.v1.Health/Check")
+
+
+class TestCheckAgainstServedMethods:
+    SERVED = (
+        "/grpc_obo.testing.v1.Echo/UnaryUnary",
+        "/grpc_obo.testing.v1.Echo/UnaryStream",
+    )
+
+    def test_names_that_match_pass(self) -> None:
+        policy = Policy(
+            methods={
+                "/grpc_obo.testing.v1.Echo/UnaryUnary": MethodPolicy(),
+                "grpc_obo.testing.v1.Echo": MethodPolicy(),
+            }
+        )
+        policy.check_served(self.SERVED)
+
+    def test_a_typo_is_a_configuration_error_naming_it(self) -> None:
+        policy = Policy(
+            methods={"/grpc_obo.testing.v1.Echo/UnaryUnry": MethodPolicy()},
+            public=["grpc_obo.testing.v1.Ehco"],
+        )
+        with pytest.raises(ConfigurationError) as caught:
+            policy.check_served(self.SERVED)
+        assert "/grpc_obo.testing.v1.Echo/UnaryUnry" in str(caught.value)
+        assert "grpc_obo.testing.v1.Ehco" in str(caught.value)
+
+    def test_service_descriptors_are_accepted(self) -> None:
+        from tests.gen.grpc_obo.testing.v1 import echo_pb2
+
+        service = echo_pb2.DESCRIPTOR.services_by_name["Echo"]
+        Policy(methods={"/grpc_obo.testing.v1.Echo/StreamStream": MethodPolicy()}).check_served(
+            [service]
+        )
+        with pytest.raises(ConfigurationError):
+            Policy(methods={"/grpc_obo.testing.v1.Echo/Nope": MethodPolicy()}).check_served(
+                [service]
+            )
