@@ -316,7 +316,7 @@ async def _bounded(awaitable: Any, timeout: float | None) -> CachedToken:
         raise AuthorityUnavailableError("no time left in the call's deadline for a token exchange")
     try:
         result = await asyncio.wait_for(awaitable, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AuthorityUnavailableError(
             "the token exchange did not finish within the call's deadline"
         ) from None

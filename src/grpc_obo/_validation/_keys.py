@@ -397,7 +397,7 @@ class RemoteKeySource(KeySource):
                 if response.status != 200:
                     raise _FetchError(f"{url} answered HTTP {response.status}")
                 body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _FetchError(f"{url} failed: {type(exc).__name__}") from None
         if len(body) > MAX_DOCUMENT_BYTES:
             raise _FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")

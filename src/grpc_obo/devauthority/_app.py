@@ -167,7 +167,7 @@ class AuthorityApp:
         )
 
     def _error_response(self, request: web.Request, error: OAuthError) -> web.Response:
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         trace_id = str(uuid.uuid4())
         correlation_id = _correlation_id(request)
         body: dict[str, Any] = {

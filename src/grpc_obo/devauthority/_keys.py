@@ -56,7 +56,7 @@ class SigningKey:
     @staticmethod
     def generate(key_size: int = 2048) -> SigningKey:
         key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "grpc_obo dev authority")])
         cert = (
             x509.CertificateBuilder()

@@ -42,7 +42,7 @@ def _name(common_name: str) -> x509.Name:
 
 def write_tls_files(directory: Path, *, days: int = 7) -> TlsFiles:
     """Create a CA and a server certificate for 127.0.0.1/::1/localhost in `directory`."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before = now - datetime.timedelta(minutes=5)
     not_after = now + datetime.timedelta(days=days)
 
