@@ -37,6 +37,40 @@ unit: $(STAMP) redis-server
 
 test: lint typecheck unit
 
+# The suite (pytest only) on every supported Python found here: ~/.pyenv/versions/X.Y.* first,
+# then pythonX.Y on PATH (a pyenv shim counts only if it really runs X.Y). Each gets its own
+# venv under .venvs/X.Y, rebuilt when pyproject.toml or the interpreter changes. Says which
+# were found and which skipped; fails if any run fails or if none was found.
+SUPPORTED_PYTHONS ?= 3.11 3.12 3.13
+.PHONY: test-pythons
+test-pythons: redis-server
+	@found=; skipped=; passed=; failed=; \
+	for v in $(SUPPORTED_PYTHONS); do \
+	  py=; \
+	  for c in $$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$$v.* 2>/dev/null | sort -rV | sed "s|\$$|/bin/python$$v|") \
+	           $$(command -v python$$v 2>/dev/null); do \
+	    [ -x "$$c" ] || continue; \
+	    [ "$$("$$c" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$$v" ] || continue; \
+	    "$$c" -c 'import ensurepip, venv' 2>/dev/null || { echo "test-pythons: $$c has no venv/ensurepip, not used"; continue; }; \
+	    py=$$c; break; \
+	  done; \
+	  if [ -z "$$py" ]; then skipped="$$skipped $$v"; echo "test-pythons: Python $$v SKIPPED: no interpreter found"; continue; fi; \
+	  found="$$found $$v"; venv=.venvs/$$v; stamp=$$venv/.installed; \
+	  echo "==== test-pythons: Python $$v: $$py ===="; \
+	  if [ ! -f $$stamp ] || [ pyproject.toml -nt $$stamp ] || [ "$$(cat $$stamp)" != "$$py" ]; then \
+	    rm -rf $$venv && "$$py" -m venv $$venv && $$venv/bin/python -m pip install --quiet --upgrade pip \
+	      && $$venv/bin/python -m pip install --quiet -e '.[dev,redis,otlp]' && echo "$$py" > $$stamp \
+	      || { failed="$$failed $$v(install)"; continue; }; \
+	  fi; \
+	  $$venv/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 0 ]; then passed="$$passed $$v"; \
+	  elif [ $$rc -eq 5 ]; then failed="$$failed $$v(collected-nothing)"; \
+	  else failed="$$failed $$v"; fi; \
+	done; \
+	echo "==== test-pythons: found:$${found:- none}; skipped:$${skipped:- none}; passed:$${passed:- none}; failed:$${failed:- none} ===="; \
+	[ -n "$$found" ] || { echo "FAIL: no supported Python ($(SUPPORTED_PYTHONS)) found"; exit 1; }; \
+	[ -z "$$failed" ]
+
 # The server benchmark's load generator (a C client, so the server is the bottleneck); without
 # it the benchmark falls back to a Python client.
 h2load:
