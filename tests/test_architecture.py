@@ -25,6 +25,8 @@ ROOMS = {
     "grpc_obo._exchange": "exchange",
     "grpc_obo._server": "server",
     "grpc_obo._client": "client",
+    "grpc_obo._telemetry": "telemetry",
+    "grpc_obo._version": "telemetry",  # the version string, which telemetry reports
     "grpc_obo.devauthority": "devauthority",
     "grpc_obo.testing": "testing",
     "grpc_obo._cli": "cli",
@@ -54,6 +56,7 @@ NEVER = {
     "exchange": {"grpc", "jwt", "aiohttp"},
     "server": {"msal", "aiocache", "redis"},
     "client": {"jwt", "aiohttp"},
+    "telemetry": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "cryptography"},
 }
 
 

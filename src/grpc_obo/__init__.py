@@ -55,9 +55,9 @@ from grpc_obo._identity import (
 )
 from grpc_obo._policy import Callers, MethodPolicy, Policy, requires
 from grpc_obo._server import AuthServerInterceptor, TokenValidatorLike, server_interceptor
+from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation import TokenValidator, ValidatorOptions
-
-__version__ = "0.1.0"
+from grpc_obo._version import __version__
 
 __all__ = [
     "AccessDeniedError",
@@ -95,6 +95,7 @@ __all__ = [
     "RedisTokenStore",
     "RetryPolicy",
     "SecretToken",
+    "Telemetry",
     "TenantNotAllowedError",
     "TokenCache",
     "TokenExchangeError",

@@ -23,8 +23,12 @@ import grpc
 import grpc.aio
 
 from grpc_obo._errors import ConfigurationError
+from grpc_obo._exchange._cache import TokenCache
+from grpc_obo._exchange._credentials import ConfidentialClient
 from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
+from grpc_obo._exchange._retry import RetryPolicy
 from grpc_obo._identity import Identity, SecretToken, current_identity
+from grpc_obo._telemetry import Telemetry
 
 __all__ = ["AppOnly", "OnBehalfOf"]
 
@@ -303,6 +307,24 @@ class OnBehalfOf(OboExchanger, _Channels):
     verified identity is in context); otherwise it fails with `MissingIdentityError`.
     """
 
+    def __init__(
+        self,
+        client: ConfidentialClient,
+        *,
+        cache: TokenCache | None = None,
+        retry: RetryPolicy | None = None,
+        max_workers: int = 16,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        """`telemetry` defaults to the global OpenTelemetry providers (see `grpc_obo.Telemetry`)."""
+        super().__init__(
+            client,
+            cache=cache,
+            retry=retry,
+            max_workers=max_workers,
+            observer=telemetry if telemetry is not None else Telemetry(),
+        )
+
     def client_interceptors(
         self,
         *,
@@ -329,6 +351,21 @@ class AppOnly(AppOnlyExchanger, _Channels):
 
     A separate channel on purpose: app-only access is never a fallback for a missing user.
     """
+
+    def __init__(
+        self,
+        client: ConfidentialClient,
+        *,
+        retry: RetryPolicy | None = None,
+        max_workers: int = 4,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        super().__init__(
+            client,
+            retry=retry,
+            max_workers=max_workers,
+            observer=telemetry if telemetry is not None else Telemetry(),
+        )
 
     def client_interceptors(
         self,

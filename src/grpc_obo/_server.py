@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,6 +41,7 @@ from grpc_obo._errors import (
 )
 from grpc_obo._identity import Identity, _current
 from grpc_obo._policy import Policy, resolve_declared
+from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation import TokenValidator
 
 __all__ = ["AuthServerInterceptor", "TokenValidatorLike", "server_interceptor"]
@@ -66,28 +68,45 @@ _VALIDATOR_FAILURE = "token validation failed"
 
 
 def server_interceptor(
-    validator: TokenValidatorLike, *, policy: Policy | None = None
+    validator: TokenValidatorLike,
+    *,
+    policy: Policy | None = None,
+    telemetry: Telemetry | None = None,
 ) -> grpc.aio.ServerInterceptor[Any, Any]:
     """Build the interceptor that authenticates and authorizes every call of a grpc.aio server.
 
     `policy` defaults to `Policy()`: every method needs a valid delegated token, health and
-    reflection are public. Pass it to `grpc.aio.server(interceptors=[...])`.
+    reflection are public. `telemetry` defaults to the global OpenTelemetry providers. Pass it
+    to `grpc.aio.server(interceptors=[...])`, last (see the README on interceptor order).
     """
-    return AuthServerInterceptor(validator, policy=policy)
+    return AuthServerInterceptor(validator, policy=policy, telemetry=telemetry)
 
 
 class AuthServerInterceptor(_InterceptorBase):
     """Validates `authorization: Bearer` and applies a `Policy` to each call (see module doc)."""
 
-    def __init__(self, validator: TokenValidatorLike, *, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        validator: TokenValidatorLike,
+        *,
+        policy: Policy | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         if not inspect.iscoroutinefunction(getattr(validator, "validate", None)):
             raise ConfigurationError("validator must have an async validate(token) method")
         if policy is None:
             policy = Policy()
         if not isinstance(policy, Policy):
             raise ConfigurationError("policy must be a grpc_obo.Policy")
+        if telemetry is not None and not isinstance(telemetry, Telemetry):
+            raise ConfigurationError("telemetry must be a grpc_obo.Telemetry")
         self._validator = validator
         self._policy = policy
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        # Key fetches are traced through the validator's key source, when it takes an observer.
+        source = getattr(validator, "key_source", None)
+        if source is not None and hasattr(source, "observer"):
+            source.observer = self.telemetry
         # Our own validator answers repeat tokens synchronously (see TokenValidator.cached).
         # NOTE: only when `validate` is ours: a subclass that adds checks to `validate` (say, a
         # revocation list) must see every call, cached tokens included.
@@ -127,20 +146,27 @@ class AuthServerInterceptor(_InterceptorBase):
         # `context.invocation_metadata()` rebuilds it on every call and cost more than all our
         # other per-call work (benchmarks/server_bench.py). A refused call never reaches the
         # handler, nor the request deserializer: an unauthenticated caller's payload is not parsed.
+        metadata = handler_call_details.invocation_metadata
+        started = 0  # when validation work started: only then is there something to trace
+        identity: Identity | None = None
         try:
-            token = _bearer_token(handler_call_details.invocation_metadata)
-            # A token verified before costs a hash and a lookup, without a coroutine.
+            token = _bearer_token(metadata)
+            # A token verified before costs a lookup, without a coroutine (nor a span).
             identity = self._lookup(token) if self._lookup is not None else None
             if identity is None:
+                started = time.time_ns()
                 identity = await self._validate(token, gate)
             gate.check(identity)
         except GrpcOboError as exc:
-            return _refusing(handler, *gate.refusal(exc))
+            refused = _Note(started, exc, identity, metadata)
+            return _refusing(handler, *gate.refusal(exc), gate, refused)
+        note = _Note(started, None, identity, metadata) if started else None
         if entry.rebuilt is None:  # a sync behaviour: its call carries the identity
+            gate.observe(identity, note)  # its thread would not see the RPC's span anyway
             return _rebuild(handler, _SyncCall(gate, identity).wrap)
         # grpc.aio runs intercept_service and the handler in the RPC's own task: hand the
         # identity over through that task's context; the handler sets it for exactly its run.
-        _handoff.set([identity])
+        _handoff.set([(identity, note)])
         return entry.rebuilt
 
     async def _warn_unserved(
@@ -259,6 +285,40 @@ class _Gate:
             await context.abort(*self.refusal(exc))
             raise AssertionError("context.abort returned") from None  # pragma: no cover
 
+    def observe(self, identity: Identity | None, note: _Note | None) -> None:
+        """Telemetry for this call, from inside the handler, where the RPC's span is current.
+
+        NOTE: the validation ran in intercept_service, before an instrumentation's server span
+        existed; its span is recorded here with its real start and end times, as a child of
+        that span. A verified-token cache hit records nothing but the caller's attributes.
+        """
+        telemetry = self._interceptor.telemetry
+        if note is not None:
+            who = note.identity
+            attributes = (
+                telemetry.identity_attributes(
+                    oid=who.oid, tid=who.tid, client_id=who.client_id, kind=who.kind.value
+                )
+                if who is not None
+                else {}
+            )
+            telemetry.validation(
+                start_ns=note.start_ns or note.end_ns,
+                end_ns=note.end_ns,
+                attributes=attributes,
+                error=note.error,
+                metadata=note.metadata,
+            )
+            if identity is not None:
+                telemetry.annotate_current(attributes)
+        elif identity is not None:
+            telemetry.annotate_caller(
+                oid=identity.oid,
+                tid=identity.tid,
+                client_id=identity.client_id,
+                kind=identity.kind.value,
+            )
+
     async def fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: GrpcOboError) -> None:
         """End the call for a grpc_obo error the handler raised (the same status table)."""
         await context.abort(*self.refusal(exc))
@@ -339,8 +399,30 @@ def _deny_uncertain(identity: Identity) -> None:
     )
 
 
-def _handed() -> Identity | None:
-    """The identity intercept_service handed to this call's handler, taken once; else None."""
+class _Note:
+    """What a call's validation did, kept for the handler to record in telemetry."""
+
+    __slots__ = ("end_ns", "error", "identity", "metadata", "start_ns")
+
+    def __init__(
+        self,
+        start_ns: int,
+        error: GrpcOboError | None,
+        identity: Identity | None,
+        metadata: Any,
+    ) -> None:
+        self.start_ns = start_ns
+        self.end_ns = time.time_ns()
+        self.error = error
+        self.identity = identity
+        self.metadata = metadata or ()
+
+
+_Handed = tuple[Identity, "_Note | None"]
+
+
+def _handed() -> _Handed | None:
+    """What intercept_service handed to this call's handler, taken once; else None."""
     cell = _handoff.get()
     return cell.pop() if cell else None
 
@@ -350,7 +432,7 @@ _MAX_METHODS = 4096
 # list, so whoever takes the identity first empties it for every copy. Only code running for
 # this call can see it: grpc sets it in the RPC's own task and our handler takes it before
 # the servicer's code runs (see intercept_service).
-_handoff: contextvars.ContextVar[list[Identity] | None] = contextvars.ContextVar(
+_handoff: contextvars.ContextVar[list[_Handed] | None] = contextvars.ContextVar(
     "grpc_obo_handoff", default=None
 )
 
@@ -427,13 +509,17 @@ def _refusing(
     code: grpc.StatusCode,
     details: str,
     trailing: tuple[tuple[str, str], ...],
+    gate: _Gate,
+    note: _Note,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind that only ends the call; the request is never deserialized."""
 
     async def refuse(request: Any, context: Any) -> None:
+        gate.observe(None, note)
         await context.abort(code, details, trailing)
 
     async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        gate.observe(None, note)
         await context.abort(code, details, trailing)
         yield  # pragma: no cover - abort raises; the yield makes this an async generator
 
@@ -451,7 +537,12 @@ def _coroutine(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:
     async def behavior(request: Any, context: Any) -> Any:
         # `_handed()` inlined: this runs on every call.
         cell = None if gate.public else _handoff.get()
-        identity = cell.pop() if cell else await gate.recover(context)
+        identity: Identity | None
+        if cell:
+            identity, note = cell.pop()
+            gate.observe(identity, note)
+        else:
+            identity = await gate.recover(context)
         token = _current.set(identity)
         try:
             return await fn(request, context)
@@ -465,7 +556,12 @@ def _coroutine(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:
 
 def _async_generator(fn: Any, gate: _Gate) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-        identity = None if gate.public else (_handed() or await gate.recover(context))
+        handed = None if gate.public else _handed()
+        if handed is not None:
+            identity: Identity | None = handed[0]
+            gate.observe(*handed)
+        else:
+            identity = None if gate.public else await gate.recover(context)
         inner = fn(request, context)
         try:
             while True:

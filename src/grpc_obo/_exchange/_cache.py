@@ -23,6 +23,7 @@ from types import TracebackType
 from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange._keys import log_ref
 from grpc_obo._exchange._memory import MemoryTokenStore
+from grpc_obo._exchange._observe import AcquisitionNote
 from grpc_obo._exchange._singleflight import SingleFlight
 from grpc_obo._exchange._store import TokenStore
 from grpc_obo._exchange._token import CachedToken
@@ -73,11 +74,15 @@ class TokenCache:
             return token
         return None
 
-    async def get_or_fetch(self, key: str, fetch: Fetch) -> CachedToken:
+    async def get_or_fetch(
+        self, key: str, fetch: Fetch, *, note: AcquisitionNote | None = None
+    ) -> CachedToken:
         """A usable token for `key`: from the cache, or from the one running `fetch` for it.
 
         Errors from `fetch` reach every caller waiting on that production and are not cached.
-        Cancelling a caller does not cancel the fetch other callers wait on.
+        Cancelling a caller does not cancel the fetch other callers wait on. `note.source` is
+        set to where the token came from: "cache", "authority" (this caller's fetch ran) or
+        "single_flight" (another caller's fetch, joined).
         """
         if self._closed:
             raise RuntimeError("TokenCache is closed")
@@ -87,7 +92,20 @@ class TokenCache:
             if token.due_for_refresh(now):
                 self._refresh_in_background(key, fetch)
             return token
-        return await self._flight.do(key, lambda: self._produce(key, fetch, refreshing=False))
+        if note is None:
+            return await self._flight.do(key, lambda: self._produce(key, fetch, refreshing=False))
+        joined = self._flight.running(key)
+        fetched = False
+
+        async def counted() -> CachedToken:
+            nonlocal fetched
+            fetched = True
+            return await fetch()
+
+        try:
+            return await self._flight.do(key, lambda: self._produce(key, counted, refreshing=False))
+        finally:
+            note.source = "authority" if fetched else "single_flight" if joined else "cache"
 
     async def invalidate(self, key: str) -> None:
         """Forget the token for `key` (e.g. the downstream answered with a claims challenge)."""

@@ -13,6 +13,7 @@ authority ties up those threads, never the event loop. No grpc import here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._credentials import ConfidentialClient
 from grpc_obo._exchange._http import AuthorityHttpClient, DiscardingTokenCache, NoHttpCache
 from grpc_obo._exchange._keys import log_ref, obo_cache_key
+from grpc_obo._exchange._observe import ExchangeObserver, Observer
 from grpc_obo._exchange._retry import Outcome, RetryPolicy, classify, unavailable
 from grpc_obo._exchange._token import CachedToken
 from grpc_obo._identity import Identity, SecretToken, current_identity
@@ -59,9 +61,11 @@ class _MsalRunner:
         retry: RetryPolicy,
         max_workers: int,
         token_cache: Any,
+        observer: Observer,
     ) -> None:
         self.client = client
         self.retry = retry
+        self.observer = observer
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="grpc-obo-msal")
         self._http = AuthorityHttpClient(
             ca_file=client.ca_file, timeout=client.http_timeout, pool_size=max_workers
@@ -74,7 +78,12 @@ class _MsalRunner:
 
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
+        # NOTE: run_in_executor does not carry contextvars into the thread (asyncio.to_thread
+        # does): copy them, so the current span parents whatever MSAL's HTTP client traces.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(
+            self._executor, lambda: context.run(func, *args, **kwargs)
+        )
 
     def _build(self, tenant: str) -> Any:
         # Constructing the app fetches the authority's discovery document (network I/O).
@@ -124,11 +133,14 @@ class _MsalRunner:
         started = time.monotonic()
         last: Outcome | None = None
         for number in range(self.retry.max_attempts):
-            outcome: Outcome = await self._run(attempt)
-            if outcome.error is not None:
-                raise outcome.error
-            if not outcome.retry and outcome.result is not None:
-                return outcome.result
+            with self.observer.authority_request(number + 1) as note:
+                outcome: Outcome = await self._run(attempt)
+                if outcome.error is not None:
+                    note.fail(outcome.error)
+                    raise outcome.error
+                if not outcome.retry and outcome.result is not None:
+                    return outcome.result
+                note.fail(unavailable("transient failure", outcome), retry=True)
             last = outcome
             delay = self.retry.delay(number, outcome.retry_after)
             if number + 1 >= self.retry.max_attempts:
@@ -165,16 +177,19 @@ class OboExchanger:
         cache: TokenCache | None = None,
         retry: RetryPolicy | None = None,
         max_workers: int = 16,
+        observer: Observer | None = None,
     ) -> None:
         if not isinstance(client, ConfidentialClient):
             raise ConfigurationError("client must be a ConfidentialClient")
         self.client = client
         self.cache = cache if cache is not None else TokenCache()
+        self._observer: Observer = observer if observer is not None else ExchangeObserver()
         self._runner = _MsalRunner(
             client,
             retry=retry or RetryPolicy(),
             max_workers=max_workers,
             token_cache=DiscardingTokenCache(),
+            observer=self._observer,
         )
         self.exchanges = 0
         """How many token requests this exchanger has started (for tests and metrics)."""
@@ -234,7 +249,8 @@ class OboExchanger:
                 ),
             )
 
-        token = await _bounded(self.cache.get_or_fetch(key, fetch), timeout)
+        with self._observer.acquisition("on_behalf_of", wanted) as note:
+            token = await _bounded(self.cache.get_or_fetch(key, fetch, note=note), timeout)
         return token.access_token
 
     async def invalidate(
@@ -263,10 +279,12 @@ class AppOnlyExchanger:
         *,
         retry: RetryPolicy | None = None,
         max_workers: int = 4,
+        observer: Observer | None = None,
     ) -> None:
         if not isinstance(client, ConfidentialClient):
             raise ConfigurationError("client must be a ConfidentialClient")
         self.client = client
+        self._observer: Observer = observer if observer is not None else ExchangeObserver()
         # Our cache (single flight, proactive refresh) fronts MSAL's, so MSAL's would only
         # duplicate it.
         self._runner = _MsalRunner(
@@ -274,6 +292,7 @@ class AppOnlyExchanger:
             retry=retry or RetryPolicy(),
             max_workers=max_workers,
             token_cache=DiscardingTokenCache(),
+            observer=self._observer,
         )
         self.cache = TokenCache()
         self.exchanges = 0
@@ -293,7 +312,8 @@ class AppOnlyExchanger:
                 self.client.tenant_id, lambda app: app.acquire_token_for_client(list(wanted))
             )
 
-        token = await _bounded(self.cache.get_or_fetch(key, fetch), timeout)
+        with self._observer.acquisition("client_credentials", wanted) as note:
+            token = await _bounded(self.cache.get_or_fetch(key, fetch, note=note), timeout)
         return token.access_token
 
     async def close(self) -> None:

@@ -1,0 +1,398 @@
+"""OpenTelemetry for grpc_obo: span and metric names, and the one place that decides what leaves
+the process in them.
+
+The library emits, the application configures: only `opentelemetry-api` is used here, with the
+global providers unless `Telemetry` is given others. Nothing in this module ever receives a token:
+attributes come from identifiers (oid, tid, client id), exception *class* names, Entra's numeric
+error codes and correlation ids, and fixed vocabularies. `error_description`, claims values,
+usernames and every token stay out (see `_failure_attributes`). Identity identifiers can be
+HMAC-hashed or left out for deployments that must not export personal identifiers; they never
+go on metrics or span names.
+
+This module imports nothing of grpc_obo: the server, client, validation and exchange parts call
+it (directly, or through their observer hooks) with plain values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from grpc_obo._version import __version__
+
+__all__ = ["Telemetry"]
+
+# Span names: fixed, never built from user data.
+SPAN_VALIDATE = "grpc_obo.validate"
+SPAN_KEYS = "grpc_obo.keys.fetch"
+SPAN_ACQUIRE = "grpc_obo.obo.acquire"
+SPAN_AUTHORITY = "grpc_obo.authority.request"
+
+# Attributes with no OpenTelemetry standard take the grpc_obo. prefix.
+ATTR_OID = "grpc_obo.user.oid"
+ATTR_TID = "grpc_obo.user.tid"
+ATTR_CLIENT_ID = "grpc_obo.client.id"
+ATTR_KIND = "grpc_obo.identity.kind"
+ATTR_RESULT = "grpc_obo.result"
+ATTR_REASON = "grpc_obo.refusal.reason"
+ATTR_SOURCE = "grpc_obo.token.source"
+ATTR_GRANT = "grpc_obo.grant"
+ATTR_SCOPES = "grpc_obo.scopes"
+ATTR_ATTEMPT = "grpc_obo.attempt"
+ATTR_RETRY = "grpc_obo.retry"
+ATTR_ENTRA_ERROR = "grpc_obo.entra.error"
+ATTR_ENTRA_CODES = "grpc_obo.entra.error_codes"
+ATTR_CORRELATION = "grpc_obo.entra.correlation_id"
+ATTR_CLAIMS = "grpc_obo.claims_challenge"
+ATTR_KEYS = "grpc_obo.keys.count"
+ATTR_ERROR = "error.type"  # OpenTelemetry's: a low-cardinality class of failure
+ATTR_URL = "url.full"
+
+METRIC_VALIDATION = "grpc_obo.validation.duration"
+METRIC_EXCHANGE = "grpc_obo.obo.duration"
+METRIC_KEYS = "grpc_obo.keys.fetch.duration"
+METRIC_ACTIVE = "grpc_obo.obo.active"
+
+# Seconds: a cached verification is microseconds, an RSA check ~0.1 ms, an exchange with
+# Entra tens to hundreds of ms, a retried one seconds.
+_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# Values of `grpc_obo.token.source`.
+SOURCE_CACHE = "cache"
+SOURCE_AUTHORITY = "authority"
+SOURCE_SINGLE_FLIGHT = "single_flight"
+
+# Identity error classes and reasons come from grpc_obo's own, bounded tree; anything else is
+# reported as this (a validator of the user's raising its own exception, say).
+_OTHER = "_OTHER"
+_GUIDISH = frozenset("0123456789abcdefABCDEF-")
+_MAX_HASHED = 10_000
+
+IdentityMode = Literal["plain", "hashed", "omit"]
+
+
+class Telemetry:
+    """Where grpc_obo's spans and metrics go, and whether identities are exported.
+
+    `identities`: "plain" puts the caller's `oid`, `tid` and client app id on spans (what lets
+    an operator find a user's requests in Jaeger); "hashed" puts an HMAC-SHA-256 of each under
+    `identity_key` instead (the same user hashes the same everywhere the key is shared);
+    "omit" leaves them out. Providers default to the global ones (set by the application).
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        identities: IdentityMode = "plain",
+        identity_key: bytes | None = None,
+    ) -> None:
+        if identities not in ("plain", "hashed", "omit"):
+            raise ValueError('identities must be "plain", "hashed" or "omit"')
+        if identities == "hashed":
+            if not isinstance(identity_key, bytes) or len(identity_key) < 16:
+                raise ValueError("hashed identities need identity_key: at least 16 random bytes")
+        elif identity_key is not None:
+            raise ValueError('identity_key is used only with identities="hashed"')
+        self.identities: IdentityMode = identities
+        self._key = identity_key
+        self._hashed: dict[str, str] = {}
+        self.tracer = trace.get_tracer("grpc_obo", __version__, tracer_provider=tracer_provider)
+        meter = metrics.get_meter("grpc_obo", __version__, meter_provider=meter_provider)
+        self._validation = meter.create_histogram(
+            METRIC_VALIDATION,
+            unit="s",
+            description="Bearer token validations that did work (not verified-token cache hits)",
+            explicit_bucket_boundaries_advisory=_BUCKETS,
+        )
+        self._exchange = meter.create_histogram(
+            METRIC_EXCHANGE,
+            unit="s",
+            description="On-Behalf-Of and app-only token acquisitions, by token source",
+            explicit_bucket_boundaries_advisory=_BUCKETS,
+        )
+        self._keys = meter.create_histogram(
+            METRIC_KEYS,
+            unit="s",
+            description="Discovery and JWKS fetches for signing keys",
+            explicit_bucket_boundaries_advisory=_BUCKETS,
+        )
+        self._active = meter.create_up_down_counter(
+            METRIC_ACTIVE,
+            unit="{exchange}",
+            description="Token requests to the authority in flight",
+        )
+
+    def __repr__(self) -> str:
+        return f"Telemetry(identities={self.identities!r})"
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def _identifier(self, value: str) -> str:
+        if self._key is None:
+            return value
+        hashed = self._hashed.get(value)
+        if hashed is None:
+            hashed = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+            if len(self._hashed) >= _MAX_HASHED:
+                self._hashed.clear()
+            self._hashed[value] = hashed
+        return hashed
+
+    def identity_attributes(
+        self, *, oid: str | None, tid: str, client_id: str | None, kind: str
+    ) -> dict[str, str]:
+        """The span attributes for a verified caller (empty when identities are omitted)."""
+        if self.identities == "omit":
+            return {ATTR_KIND: kind}
+        attributes = {ATTR_KIND: kind, ATTR_TID: self._identifier(_guid_or_other(tid))}
+        if oid:
+            attributes[ATTR_OID] = self._identifier(_guid_or_other(oid))
+        if client_id:
+            attributes[ATTR_CLIENT_ID] = self._identifier(_guid_or_other(client_id))
+        return attributes
+
+    # -- server --------------------------------------------------------------------------------
+
+    def annotate_caller(
+        self, *, oid: str | None, tid: str, client_id: str | None, kind: str
+    ) -> None:
+        """The caller's attributes on the current span; costs nothing when it is not recorded."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(
+                self.identity_attributes(oid=oid, tid=tid, client_id=client_id, kind=kind)
+            )
+
+    def annotate_current(self, attributes: Mapping[str, str]) -> None:
+        """Put the caller's attributes on the current span (the RPC's server span)."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(attributes)
+
+    def validation(
+        self,
+        *,
+        start_ns: int,
+        end_ns: int,
+        attributes: Mapping[str, str],
+        error: BaseException | None,
+        metadata: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        """Record one validation that did work, as a span with its real start and end.
+
+        Called from inside the handler, where an instrumentation's server span is current,
+        although the validation itself ran before it in `intercept_service`. Without a current
+        span, the caller's `traceparent` (from `metadata`) parents it.
+        """
+        result = "accepted" if error is None else "refused"
+        metric = {ATTR_RESULT: result}
+        span_attributes: dict[str, Any] = {ATTR_RESULT: result, **attributes}
+        if error is not None:
+            failure = _failure_attributes(error)
+            metric[ATTR_ERROR] = failure[ATTR_ERROR]
+            span_attributes.update(failure)
+        self._validation.record((end_ns - start_ns) / 1e9, metric)
+        span = self.tracer.start_span(
+            SPAN_VALIDATE,
+            context=_parent(metadata),
+            kind=SpanKind.INTERNAL,
+            attributes=span_attributes,
+            start_time=start_ns,
+        )
+        if error is not None and _is_fault(error):
+            span.set_status(Status(StatusCode.ERROR))
+        span.end(end_time=end_ns)
+
+    # -- signing keys --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def key_fetch(self, url: str) -> Iterator[_Outcome]:
+        """A discovery or JWKS fetch: a span (the URL is public) and its duration."""
+        outcome = _Outcome()
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            SPAN_KEYS,
+            kind=SpanKind.CLIENT,
+            attributes={ATTR_URL: _public_url(url)},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield outcome
+            except BaseException as exc:
+                outcome.fail(exc)
+                raise
+            finally:
+                metric = {ATTR_RESULT: "failed" if outcome.error_type else "ok"}
+                if outcome.error_type:
+                    metric[ATTR_ERROR] = outcome.error_type
+                    span.set_attribute(ATTR_ERROR, outcome.error_type)
+                    span.set_status(Status(StatusCode.ERROR))
+                if outcome.keys is not None:
+                    span.set_attribute(ATTR_KEYS, outcome.keys)
+                self._keys.record(time.perf_counter() - started, metric)
+
+    # -- exchange ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def acquisition(self, grant: str, scopes: Iterable[str]) -> Iterator[_Acquisition]:
+        """One token acquisition for an outbound call: from the cache or the authority."""
+        record = _Acquisition()
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            SPAN_ACQUIRE,
+            kind=SpanKind.INTERNAL,
+            attributes={ATTR_GRANT: grant, ATTR_SCOPES: sorted(scopes)},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield record
+            except BaseException as exc:
+                record.fail(exc)
+                raise
+            finally:
+                metric = {ATTR_SOURCE: record.source, ATTR_GRANT: grant}
+                span.set_attribute(ATTR_SOURCE, record.source)
+                if record.error_type:
+                    metric[ATTR_ERROR] = record.error_type
+                    span.set_attributes(record.failure)
+                    if record.fault:
+                        span.set_status(Status(StatusCode.ERROR))
+                self._exchange.record(time.perf_counter() - started, metric)
+
+    @contextlib.contextmanager
+    def authority_request(self, attempt: int) -> Iterator[_Outcome]:
+        """One round trip to the authority (MSAL, in a worker thread that inherits this span)."""
+        outcome = _Outcome()
+        self._active.add(1)
+        try:
+            with self.tracer.start_as_current_span(
+                SPAN_AUTHORITY,
+                kind=SpanKind.CLIENT,
+                attributes={ATTR_ATTEMPT: attempt},
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
+                try:
+                    yield outcome
+                except BaseException as exc:
+                    outcome.fail(exc)
+                    raise
+                finally:
+                    if outcome.error_type:
+                        span.set_attributes(outcome.failure)
+                        span.set_attribute(ATTR_RETRY, outcome.retry)
+                        span.set_status(Status(StatusCode.ERROR))
+        finally:
+            self._active.add(-1)
+
+
+class _Outcome:
+    """What a key fetch or an authority round trip learned, in exportable form only."""
+
+    __slots__ = ("error_type", "failure", "keys", "retry")
+
+    def __init__(self) -> None:
+        self.error_type: str | None = None
+        self.failure: dict[str, Any] = {}
+        self.keys: int | None = None
+        self.retry = False
+
+    def fail(self, error: BaseException | str, *, retry: bool = False) -> None:
+        if isinstance(error, str):
+            self.failure = {ATTR_ERROR: error}
+        else:
+            self.failure = _failure_attributes(error)
+        self.error_type = self.failure[ATTR_ERROR]
+        self.retry = retry
+
+
+class _Acquisition(_Outcome):
+    __slots__ = ("fault", "source")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source = SOURCE_CACHE
+        self.fault = False
+
+    def fail(self, error: BaseException | str, *, retry: bool = False) -> None:
+        super().fail(error, retry=retry)
+        self.fault = isinstance(error, BaseException) and _is_fault(error)
+
+
+def _failure_attributes(error: BaseException) -> dict[str, Any]:
+    """The one redaction point for failures: class, bounded reason, Entra codes, never text.
+
+    Exception messages are not exported (grpc_obo's are fixed sentences, but a validator or
+    an HTTP library of someone else's may put anything in theirs), nor Entra's
+    `error_description`, nor a claims challenge's value: only that there was one.
+    """
+    module = type(error).__module__
+    name = type(error).__name__ if module.startswith("grpc_obo") else _OTHER
+    if isinstance(error, TimeoutError):
+        name = "timeout"
+    attributes: dict[str, Any] = {ATTR_ERROR: name}
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, str) and reason.replace("_", "").isalnum() and len(reason) <= 40:
+        attributes[ATTR_REASON] = reason
+    entra_error = getattr(error, "error", None)
+    if isinstance(entra_error, str) and entra_error.replace("_", "").isalnum():
+        attributes[ATTR_ENTRA_ERROR] = entra_error[:64]
+    codes = getattr(error, "error_codes", None)
+    if codes:
+        numbers = [int(c) for c in codes if isinstance(c, int) and not isinstance(c, bool)]
+        if numbers:
+            attributes[ATTR_ENTRA_CODES] = numbers[:8]
+    correlation = getattr(error, "correlation_id", None)
+    if isinstance(correlation, str) and set(correlation) <= _GUIDISH and len(correlation) <= 36:
+        attributes[ATTR_CORRELATION] = correlation
+    if getattr(error, "claims", None):
+        attributes[ATTR_CLAIMS] = True
+    return attributes
+
+
+def _is_fault(error: BaseException) -> bool:
+    """Whether a failure is the service's problem (an error status), not the caller's.
+
+    Refused tokens and missing permissions are answers (UNAUTHENTICATED, PERMISSION_DENIED),
+    not errors of the span; an unreachable authority or key source is.
+    """
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if names & {"TokenValidationError", "AccessDeniedError", "ClaimsChallengeError"}:
+        return False
+    return not (names & {"InvalidGrantError", "MissingIdentityError"})
+
+
+def _guid_or_other(value: str) -> str:
+    # oid/tid/azp are GUIDs in every Entra token; anything else is not exported as is.
+    return value if len(value) <= 36 and set(value) <= _GUIDISH else _OTHER
+
+
+def _public_url(url: str) -> str:
+    # Discovery and JWKS URLs carry no credentials; a query string or user info never belongs.
+    base = url.split("?", 1)[0].split("#", 1)[0]
+    scheme, sep, rest = base.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+def _parent(metadata: Iterable[tuple[str, Any]]) -> Context | None:
+    """The current context, or the caller's trace context from `metadata` when none is active."""
+    if trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier = {
+        key: value for key, value in metadata if isinstance(value, str) and key != "authorization"
+    }
+    return propagate.extract(carrier) if carrier else None
