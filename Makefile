@@ -23,6 +23,18 @@ redis-server:
 	  echo "redis-server not found: installing Debian's redis-server package"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# The telemetry tests need a Jaeger 2 binary and no package ships one: scripts/jaeger.sh builds it
+# once from source with Go into ~/.cache/grpc_obo (minutes; JAEGER_BIN=/path/to/jaeger uses yours).
+# Without Go this fails, unless GRPC_OBO_SKIP_JAEGER=1: then the Jaeger tests are skipped, loudly.
+.PHONY: jaeger jaeger-run
+jaeger:
+	@path=$$(bash scripts/jaeger.sh) && echo "jaeger: $${path:-none, the Jaeger tests will be SKIPPED}"
+
+# Jaeger in the foreground on 127.0.0.1, memory storage: UI and query API http://127.0.0.1:16686,
+# OTLP gRPC :4317, OTLP HTTP :4318. Ctrl-C stops it.
+jaeger-run: $(STAMP) jaeger
+	$(PY) -m tests.jaeger
+
 lint: $(STAMP)
 	$(PY) -m ruff check src tests examples
 	$(PY) -m ruff format --check src
@@ -31,7 +43,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 # pytest exits 5 when it collected nothing: that is a failure here, said out loud.
-unit: $(STAMP) redis-server
+unit: $(STAMP) redis-server jaeger
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "FAIL: pytest collected no tests"; exit 1; fi; exit $$rc
 
