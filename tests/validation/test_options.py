@@ -20,6 +20,7 @@ def test_defaults() -> None:
     assert options.leeway == 60
     assert options.key_refresh_interval == 86400
     assert options.unknown_kid_refresh_interval == 300
+    assert options.max_lifetime is None
     assert options.discovery_url == (
         f"https://login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration"
     )
@@ -68,6 +69,11 @@ def test_guids_are_normalised_to_lowercase() -> None:
         {"key_refresh_interval": 0},
         {"unknown_kid_refresh_interval": 0},
         {"key_refresh_interval": 60, "unknown_kid_refresh_interval": 120},
+        {"max_lifetime": 0},
+        {"max_lifetime": -3600},
+        {"max_lifetime": True},
+        {"max_lifetime": "28h"},
+        {"max_lifetime": 365 * 86400},
         {"verified_cache_size": -1},
         {"http_timeout": 0},
         {"clock": 5},
@@ -100,3 +106,8 @@ def test_options_are_frozen_and_repr_hides_keys() -> None:
 def test_validator_takes_options_only() -> None:
     with pytest.raises(TypeError):
         grpc_obo.TokenValidator({"tenant": TENANT})  # type: ignore[arg-type]
+
+
+def test_max_lifetime_accepts_entra_lifetimes() -> None:
+    # the longest Entra access tokens (CAE) live about 28 h
+    assert ValidatorOptions(**BASE, max_lifetime=28 * 3600).max_lifetime == 28 * 3600

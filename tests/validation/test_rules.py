@@ -10,6 +10,7 @@ import pytest
 
 import grpc_obo
 from grpc_obo import Identity, IdentityKind, TokenValidator
+from grpc_obo._validation._rules import check_times
 from tests.validation.tokens import (
     API_CLIENT_ID,
     APP_ID_URI,
@@ -195,8 +196,10 @@ async def test_each_claim_rule_refuses_the_bad_token(
 
 
 async def test_leeway_is_inclusive_at_its_edge(validator: TokenValidator, clock: FakeClock) -> None:
-    token = mint(v2_claims(exp=NOW - 60, nbf=NOW + 60, iat=NOW + 60))
+    token = mint(v2_claims(exp=NOW - 60, nbf=NOW - 3600, iat=NOW - 3600))
     assert (await validator.validate(token)).expires_at == NOW - 60
+    token = mint(v2_claims(exp=NOW + 3600, nbf=NOW + 60, iat=NOW + 60))
+    assert (await validator.validate(token)).expires_at == NOW + 3600
     clock.advance(-1)  # now + leeway is one second short of nbf
     with pytest.raises(grpc_obo.NotYetValidError):
         await validator.validate(mint(v2_claims(exp=NOW + 100, nbf=NOW + 60, iat=NOW)))
@@ -317,3 +320,62 @@ async def test_unknown_kid_with_static_jwks(validator: TokenValidator) -> None:
     with pytest.raises(grpc_obo.UnknownKeyError) as caught:
         await validator.validate(mint(v2_claims(), kid="nope"))
     assert caught.value.reason == "unknown_key"
+
+
+# -- time claims out of range, and token lifetime ---------------------------------------------
+
+GOOD_TIMES: dict[str, Any] = {"iat": NOW, "nbf": NOW, "exp": NOW + 3600}
+
+
+@pytest.mark.parametrize("value", [-1, 2**53, 10**30, 10**400], ids=["-1", "2^53", "1e30", "1e400"])
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_time_claims_out_of_range_are_invalid_claims(claim: str, value: int) -> None:
+    """Out of 0 <= t < 2**53 is a bad claim, never an OverflowError (an INTERNAL with a trace)."""
+    with pytest.raises(grpc_obo.InvalidClaimError) as caught:
+        check_times(GOOD_TIMES | {claim: value}, now=NOW, leeway=60.0)
+    assert (caught.value.reason, caught.value.claim) == ("bad_claim", claim)
+
+
+def test_time_claims_at_the_edges_of_the_range_are_accepted() -> None:
+    assert check_times({"iat": 0, "exp": 2**53 - 1}, now=NOW, leeway=60.0) == 2**53 - 1
+
+
+def test_iat_after_exp_is_refused_even_when_both_are_within_leeway() -> None:
+    claims = {"iat": NOW + 30, "nbf": NOW, "exp": NOW + 10}
+    with pytest.raises(grpc_obo.InvalidClaimError) as caught:
+        check_times(claims, now=NOW, leeway=60.0)
+    assert (caught.value.reason, caught.value.claim) == ("bad_claim", "iat")
+    # Past its `exp` it is reported as expired, the answer a client acts on (a new token).
+    with pytest.raises(grpc_obo.ExpiredTokenError):
+        check_times({"iat": NOW, "exp": NOW - 120}, now=NOW, leeway=60.0)
+
+
+def test_max_lifetime_refuses_longer_lived_tokens() -> None:
+    claims = {"iat": NOW, "exp": NOW + 3601}
+    assert check_times(claims, now=NOW, leeway=60.0) == NOW + 3601  # no limit by default
+    assert check_times(claims, now=NOW, leeway=60.0, max_lifetime=3601) == NOW + 3601
+    with pytest.raises(grpc_obo.InvalidClaimError) as caught:
+        check_times(claims, now=NOW, leeway=60.0, max_lifetime=3600)
+    assert (caught.value.reason, caught.value.claim) == ("lifetime_too_long", "exp")
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_signed_token_with_a_huge_time_claim_is_an_invalid_claim(
+    validator: TokenValidator, claim: str
+) -> None:
+    token = mint(v2_claims(**{claim: 10**400}))
+    with pytest.raises(grpc_obo.InvalidClaimError) as caught:
+        await validator.validate(token)
+    assert (caught.value.reason, caught.value.claim) == ("bad_claim", claim)
+    assert grpc_obo.status_for(caught.value).name == "UNAUTHENTICATED"
+
+
+async def test_max_lifetime_option_reaches_the_rules(
+    make_validator: Callable[..., TokenValidator],
+) -> None:
+    validator = make_validator(max_lifetime=3600)
+    assert await validator.validate(mint(v2_claims(exp=NOW + 3600)))
+    with pytest.raises(grpc_obo.InvalidClaimError) as caught:
+        await validator.validate(mint(v2_claims(exp=NOW + 3601)))
+    assert caught.value.reason == "lifetime_too_long"
+

@@ -163,6 +163,9 @@ class ValidatorOptions:
     """Scheduled key refresh period in seconds: at most daily, as Entra asks."""
     unknown_kid_refresh_interval: float = 300.0
     """Minimum seconds between refreshes caused by a token naming an unknown key."""
+    max_lifetime: float | None = None
+    """If set, tokens whose `exp - iat` exceeds this many seconds are refused (60 s..30 days).
+    Entra access tokens live 60-90 minutes by default and at most about 28 hours (CAE)."""
     verified_cache_size: int = 10_000
     """How many verified tokens to remember (0 turns the cache off)."""
     jwks: Mapping[str, Any] | None = field(default=None, repr=False)
@@ -240,6 +243,8 @@ class ValidatorOptions:
         _bounded("unknown_kid_refresh_interval", self.unknown_kid_refresh_interval, 1, 24 * 3600)
         if self.unknown_kid_refresh_interval > self.key_refresh_interval:
             raise ConfigurationError("unknown_kid_refresh_interval exceeds key_refresh_interval")
+        if self.max_lifetime is not None:
+            _bounded("max_lifetime", self.max_lifetime, 60, 30 * 86400)
         _bounded("verified_cache_size", self.verified_cache_size, 0, 1_000_000)
         _bounded("http_timeout", self.http_timeout, 0.001, 120)
         for name in ("max_token_bytes", "verified_cache_size"):

@@ -29,6 +29,10 @@ __all__ = ["check_claims", "check_times", "classify"]
 
 _TENANT_PLACEHOLDER = "{tenantid}"
 
+# NOTE: past 2**53 an int is no longer exact as a float, and past ~1.8e308 float() overflows:
+# `exp + leeway` would end as an OverflowError (INTERNAL) instead of a refused token.
+_TIME_LIMIT = 2**53
+
 
 def _claim_error(claim: str, message: str, reason: str = "bad_claim") -> InvalidClaimError:
     return InvalidClaimError(message, reason=reason, claim=claim)
@@ -53,21 +57,35 @@ def _int_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> int |
     # which PyJWT would accept for exp/nbf/iat.
     if type(value) is not int:
         raise _claim_error(name, f"claim '{name}' must be an integer")
+    if not 0 <= value < _TIME_LIMIT:
+        raise _claim_error(name, f"claim '{name}' is out of range")
     return value
 
 
-def check_times(claims: Mapping[str, Any], *, now: float, leeway: float) -> int:
-    """Check `exp`, `nbf` and `iat` against `now` with `leeway`; return `exp`."""
+def check_times(
+    claims: Mapping[str, Any], *, now: float, leeway: float, max_lifetime: float | None = None
+) -> int:
+    """Check `exp`, `nbf` and `iat` against `now` with `leeway`; return `exp`.
+
+    Each is an integer in 0 <= t < 2**53. Then, in this order: expired, not yet valid, `iat`
+    after `exp` (refused whatever the leeway), and with `max_lifetime`, `exp - iat` too long.
+    """
     exp = _int_claim(claims, "exp", required=True)
     nbf = _int_claim(claims, "nbf", required=False)
     iat = _int_claim(claims, "iat", required=True)
     assert exp is not None and iat is not None
+    # Expiry first: "expired" is the answer a client can act on (get a new token), and a token
+    # past its `exp` is refused whatever else is wrong with its times.
     if now > exp + leeway:
         raise ExpiredTokenError("token expired")
     if nbf is not None and now + leeway < nbf:
         raise NotYetValidError("token is not valid yet")
     if now + leeway < iat:
         raise NotYetValidError("token was issued in the future")
+    if iat > exp:
+        raise _claim_error("iat", "token was issued after it expires")
+    if max_lifetime is not None and exp - iat > max_lifetime:
+        raise _claim_error("exp", "token lifetime is longer than accepted", "lifetime_too_long")
     return exp
 
 
@@ -174,7 +192,7 @@ def check_claims(
     assert tid is not None
     issuer = _check_issuer(claims, version, tid, key, options)
     audience = _check_audience(claims, options)
-    exp = check_times(claims, now=now, leeway=options.leeway)
+    exp = check_times(claims, now=now, leeway=options.leeway, max_lifetime=options.max_lifetime)
 
     kind = classify(claims)
     scopes = _scopes(claims)
