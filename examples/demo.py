@@ -4,18 +4,23 @@
 
 A local Entra-compatible authority (HTTPS on 127.0.0.1), the Downstream and Original APIs as
 grpc.aio servers, and a client app that signs users in with MSAL and calls every RPC kind. It
-prints what each API saw (identities, never tokens) and how many exchanges the authority served.
+prints what each API saw (identities, never tokens) and how many exchanges the authority served,
+then the trace of one chained call as OpenTelemetry recorded it (exported over OTLP too when
+`OTEL_EXPORTER_OTLP_ENDPOINT` is set, e.g. to a local Jaeger).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator
 
 import grpc
 import msal
+from opentelemetry import trace
 
+from examples import tracing
 from examples.chain import start_chain
 from examples.gen.demo.v1 import demo_pb2, demo_pb2_grpc
 from examples.settings import Settings
@@ -51,6 +56,16 @@ async def records(count: int) -> AsyncIterator[demo_pb2.Record]:
 
 
 async def run_chain(authority: DevAuthority) -> int:
+    provider, memory = tracing.setup()
+    try:
+        return await _run_chain(authority, memory)
+    finally:
+        provider.shutdown()  # flushes the OTLP exporter, if any
+
+
+async def _run_chain(authority: DevAuthority, memory: tracing.InMemorySpanExporter) -> int:
+    tracer = trace.get_tracer("grpc_obo.demo")
+    traced: int | None = None
     settings = Settings(authority.summary())
     chain = await start_chain(settings)
     downstream_address, original_address = chain.downstream, chain.original
@@ -62,9 +77,13 @@ async def run_chain(authority: DevAuthority) -> int:
                 token = await asyncio.to_thread(sign_in, authority, settings, user)
                 auth = (("authorization", f"Bearer {token}"),)
                 print(f"\n{user} signed in (token for the Original API; not shown)")
-                profile = await stub.GetProfile(
-                    demo_pb2.ProfileRequest(record_id="42"), metadata=auth
-                )
+                # The client app's own span: the trace of this call is printed at the end.
+                with tracer.start_as_current_span(f"client app: {user} GetProfile") as span:
+                    profile = await stub.GetProfile(
+                        demo_pb2.ProfileRequest(record_id="42"), metadata=auth
+                    )
+                if traced is None:
+                    traced = span.get_span_context().trace_id
                 print(f"  unary-unary    Original saw   {who(profile.seen_by_original)}")
                 print(f"                 Downstream saw {who(profile.record.seen_by_downstream)}")
                 request = demo_pb2.ListRequest(count=3)
@@ -94,6 +113,12 @@ async def run_chain(authority: DevAuthority) -> int:
             f"{authority.requests.count(grant='obo')} On-Behalf-Of exchanges for "
             "8 downstream calls (one exchange per user: the rest came from the cache)"
         )
+        if traced is not None:
+            print(f"\ntrace {traced:032x} of alice's first call (exchange: cache miss):")
+            for line in tracing.tree(memory.get_finished_spans(), traced):
+                print(f"  {line}")
+            if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+                print(f"exported over OTLP: look up trace {traced:032x} in Jaeger")
     finally:
         await chain.stop()
     return 0

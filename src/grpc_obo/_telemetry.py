@@ -47,6 +47,7 @@ ATTR_SOURCE = "grpc_obo.token.source"
 ATTR_GRANT = "grpc_obo.grant"
 ATTR_SCOPES = "grpc_obo.scopes"
 ATTR_ATTEMPT = "grpc_obo.attempt"
+ATTR_STEP = "grpc_obo.authority.step"
 ATTR_RETRY = "grpc_obo.retry"
 ATTR_ENTRA_ERROR = "grpc_obo.entra.error"
 ATTR_ENTRA_CODES = "grpc_obo.entra.error_codes"
@@ -272,15 +273,19 @@ class Telemetry:
                 self._exchange.record(time.perf_counter() - started, metric)
 
     @contextlib.contextmanager
-    def authority_request(self, attempt: int) -> Iterator[_Outcome]:
-        """One round trip to the authority (MSAL, in a worker thread that inherits this span)."""
+    def authority_request(self, attempt: int, step: str = "token") -> Iterator[_Outcome]:
+        """One round trip to the authority (MSAL, in a worker thread that inherits this span).
+
+        `step` is "set-up" (MSAL reads the authority's discovery document once per tenant) or
+        "token" (the token request itself).
+        """
         outcome = _Outcome()
         self._active.add(1)
         try:
             with self.tracer.start_as_current_span(
                 SPAN_AUTHORITY,
                 kind=SpanKind.CLIENT,
-                attributes={ATTR_ATTEMPT: attempt},
+                attributes={ATTR_ATTEMPT: attempt, ATTR_STEP: step},
                 record_exception=False,
                 set_status_on_exception=False,
             ) as span:

@@ -133,7 +133,7 @@ class _MsalRunner:
         started = time.monotonic()
         last: Outcome | None = None
         for number in range(self.retry.max_attempts):
-            with self.observer.authority_request(number + 1) as note:
+            with self.observer.authority_request(number + 1, what) as note:
                 outcome: Outcome = await self._run(attempt)
                 if outcome.error is not None:
                     note.fail(outcome.error)
@@ -147,13 +147,13 @@ class _MsalRunner:
                 break
             if time.monotonic() - started + delay > self.retry.budget:
                 raise unavailable("retry budget exhausted", last)
-            _log.info("token %s attempt %d failed transiently; retrying", what, number + 1)
+            _log.info("authority %s attempt %d failed transiently; retrying", what, number + 1)
             await asyncio.sleep(delay)
         raise unavailable(f"{self.retry.max_attempts} attempts failed", last)
 
     async def acquire(self, tenant: str, call: Callable[[Any], Any]) -> CachedToken:
         app = await self._application(tenant)
-        result = await self._with_retries(lambda: self._token_attempt(lambda: call(app)), "request")
+        result = await self._with_retries(lambda: self._token_attempt(lambda: call(app)), "token")
         return CachedToken.from_msal(result)
 
     async def close(self) -> None:

@@ -31,7 +31,9 @@ class Observer(Protocol):
         self, grant: str, scopes: Iterable[str]
     ) -> AbstractContextManager[AcquisitionNote]: ...
 
-    def authority_request(self, attempt: int) -> AbstractContextManager[NoteLike]: ...
+    def authority_request(
+        self, attempt: int, step: str = "token"
+    ) -> AbstractContextManager[NoteLike]: ...
 
 
 class _Note:
@@ -52,5 +54,5 @@ class ExchangeObserver:
         yield _Note()
 
     @contextlib.contextmanager
-    def authority_request(self, attempt: int) -> Iterator[NoteLike]:
+    def authority_request(self, attempt: int, step: str = "token") -> Iterator[NoteLike]:
         yield _Note()
