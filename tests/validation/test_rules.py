@@ -10,7 +10,7 @@ import pytest
 
 import grpc_obo
 from grpc_obo import Identity, IdentityKind, TokenValidator
-from grpc_obo._validation._rules import check_times
+from grpc_obo._validation._rules import check_times, classify
 from tests.validation.tokens import (
     API_CLIENT_ID,
     APP_ID_URI,
@@ -379,3 +379,83 @@ async def test_max_lifetime_option_reaches_the_rules(
         await validator.validate(mint(v2_claims(exp=NOW + 3601)))
     assert caught.value.reason == "lifetime_too_long"
 
+
+# -- app-only or delegated without `idtyp` ---------------------------------------------------
+
+SP_OID = "a4b3c2d1-0000-4000-8000-000000000001"
+
+# Tokens with no `scp` and no `idtyp` that look like a user's: classing them APP would let a user
+# with an app role act as if a daemon called. Each is refused as ambiguous.
+AMBIGUOUS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "v2: sub differs from oid",
+        v2_claims(scp=None, name=None, preferred_username=None, roles=["Orders.ReadAll"]),
+    ),
+    ("v2: sub without oid", v2_app_claims(idtyp=None, oid=None)),
+    ("v2: oid without sub", v2_app_claims(idtyp=None, sub=None)),
+    ("v2: preferred_username", v2_app_claims(idtyp=None, preferred_username="megan@c.example")),
+    ("v2: name", v2_app_claims(idtyp=None, name="Megan Bowen")),
+    ("v1: user with upn", v1_claims(scp=None, roles=["Orders.ReadAll"])),
+    (
+        "v1: sub == oid but unique_name",
+        v1_claims(
+            scp=None, upn=None, name=None, sub=USER_OID, roles=["Orders.ReadAll"], unique_name="m"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("claims", [c[1] for c in AMBIGUOUS], ids=[c[0] for c in AMBIGUOUS])
+async def test_user_shaped_token_without_scp_or_idtyp_is_ambiguous(
+    validator: TokenValidator, claims: dict[str, Any]
+) -> None:
+    with pytest.raises(grpc_obo.InvalidClaimError) as caught:
+        await validator.validate(mint(claims))
+    assert (caught.value.reason, caught.value.claim) == ("ambiguous_token_kind", "idtyp")
+    with pytest.raises(grpc_obo.InvalidClaimError):
+        classify(claims)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        v2_app_claims(idtyp=None),  # oid == sub: Entra's documented app-only shape
+        v2_app_claims(idtyp=None, oid=None, sub=None),  # the recorded v2 client-credentials shape
+        v1_claims(
+            scp=None,
+            upn=None,
+            unique_name=None,
+            name=None,
+            oid=SP_OID,
+            sub=SP_OID,
+            roles=["Orders.ReadAll"],
+        ),
+    ],
+    ids=["v2 oid == sub", "v2 neither oid nor sub", "v1 oid == sub"],
+)
+async def test_app_shaped_token_without_idtyp_is_app(
+    validator: TokenValidator, claims: dict[str, Any]
+) -> None:
+    identity = await validator.validate(mint(claims))
+    assert identity.kind is IdentityKind.APP
+    assert classify(claims) is IdentityKind.APP
+
+
+async def test_idtyp_decides_when_present(validator: TokenValidator) -> None:
+    # A user with an app role and no delegated scope: only `idtyp` can say so.
+    claims = v2_claims(scp=None, roles=["Orders.ReadAll"], idtyp="user")
+    identity = await validator.validate(mint(claims))
+    assert identity.kind is IdentityKind.USER
+    assert identity.roles == {"Orders.ReadAll"}
+    # And `idtyp=app` wins over a user-looking shape.
+    assert classify(v2_app_claims(name="Daemon", sub="other")) is IdentityKind.APP
+
+
+async def test_user_shaped_token_with_neither_scp_nor_roles_is_not_an_access_token(
+    make_validator: Callable[..., TokenValidator],
+) -> None:
+    """Even with `accept_app_tokens_without_roles`, a user's token without `scp` (an ID token
+    or a delegated token granting nothing) is never taken for an app token."""
+    validator = make_validator(accept_app_tokens_without_roles=True)
+    with pytest.raises(grpc_obo.NotAnAccessTokenError):
+        await validator.validate(mint(v2_claims(scp=None)))

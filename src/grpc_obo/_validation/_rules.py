@@ -33,6 +33,18 @@ _TENANT_PLACEHOLDER = "{tenantid}"
 # `exp + leeway` would end as an OverflowError (INTERNAL) instead of a refused token.
 _TIME_LIMIT = 2**53
 
+# Claims that name a person. Entra's client-credentials tokens carry none of them ("applications
+# don't have names"), so any of them marks a token as a user's.
+_USER_NAME_CLAIMS = (
+    "preferred_username",
+    "upn",
+    "unique_name",
+    "name",
+    "given_name",
+    "family_name",
+    "email",
+)
+
 
 def _claim_error(claim: str, message: str, reason: str = "bad_claim") -> InvalidClaimError:
     return InvalidClaimError(message, reason=reason, claim=claim)
@@ -126,8 +138,17 @@ def _check_audience(claims: Mapping[str, Any], options: ValidatorOptions) -> str
     return audience
 
 
-def classify(claims: Mapping[str, Any]) -> IdentityKind:
-    """Delegated (USER) or app-only (APP): `idtyp` when present, otherwise by `scp`."""
+def _looks_like_a_user(claims: Mapping[str, Any]) -> bool:
+    if any(name in claims for name in _USER_NAME_CLAIMS):
+        return True
+    # Entra app-only tokens carry the service principal's object id as both `oid` and `sub` (a
+    # recorded client-credentials token carries neither); a user's `sub` is pairwise per
+    # application, never its `oid`.
+    return claims.get("oid") != claims.get("sub")
+
+
+def _kind(claims: Mapping[str, Any]) -> IdentityKind | None:
+    """USER, APP, or None when a token without `scp` or `idtyp` looks like a user's."""
     idtyp = claims.get("idtyp")
     scp = claims.get("scp")
     if idtyp is not None or "idtyp" in claims:
@@ -138,7 +159,31 @@ def classify(claims: Mapping[str, Any]) -> IdentityKind:
         if idtyp == "user":
             return IdentityKind.USER
         raise _claim_error("idtyp", "claim 'idtyp' has an unknown value")
-    return IdentityKind.USER if scp is not None else IdentityKind.APP
+    if scp is not None:
+        return IdentityKind.USER
+    return None if _looks_like_a_user(claims) else IdentityKind.APP
+
+
+def _ambiguous() -> InvalidClaimError:
+    return _claim_error(
+        "idtyp",
+        "token has no 'scp' or 'idtyp' and looks like a user's: app-only or delegated is unclear",
+        "ambiguous_token_kind",
+    )
+
+
+def classify(claims: Mapping[str, Any]) -> IdentityKind:
+    """Delegated (USER) or app-only (APP).
+
+    `idtyp` decides when present (the only exact answer: request it as an optional claim). Without
+    it, `scp` means delegated; no `scp` means app-only only for an app-shaped token (`oid == sub`,
+    no name claims). A token without `scp` that looks like a user's (a user with app roles and no
+    delegated scope) is refused as ambiguous rather than taken for an application.
+    """
+    kind = _kind(claims)
+    if kind is None:
+        raise _ambiguous()
+    return kind
 
 
 def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
@@ -194,7 +239,7 @@ def check_claims(
     audience = _check_audience(claims, options)
     exp = check_times(claims, now=now, leeway=options.leeway, max_lifetime=options.max_lifetime)
 
-    kind = classify(claims)
+    kind = _kind(claims)
     scopes = _scopes(claims)
     roles = _string_list(claims, "roles", allow_string=False)
     client_id = _optional_str(claims, "azp" if version == "2.0" else "appid")
@@ -209,6 +254,9 @@ def check_claims(
         )
         if not tolerated:
             raise NotAnAccessTokenError("token is not an access token for this API")
+    if kind is None:
+        # After the test above: a user-shaped token granting nothing is an ID token first.
+        raise _ambiguous()
 
     oid = _guid_claim(claims, "oid", required=kind is IdentityKind.USER)
     sub = _optional_str(claims, "sub")
