@@ -2,14 +2,16 @@
 
 Covers the accepted shapes (v2 and v1 delegated tokens, app-only tokens) with the Identity fields
 each yields, the refusals (audience, tenant, expiry, tampering, Graph, ID tokens) with their class
-and reason, the unknown-`kid` flood bound, an authority that goes down after (and before) the
-keys were fetched, and the no-token-text rule for everything these tests saw.
+and reason, the unknown-`kid` flood bound and how quickly keys recover (a junk `kid` before a key
+rollover, the first unknown `kid`, a failed first fetch), an authority that goes down after (and
+before) the keys were fetched, and the no-token-text rule for everything these tests saw.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -44,6 +46,7 @@ from tests.validation.devtokens import (
     tampered,
     with_kid,
 )
+from tests.validation.tokens import FakeClock
 
 MakeValidator = Callable[..., TokenValidator]
 
@@ -344,50 +347,81 @@ class TestRefused:
 # -- the unknown-kid flood -------------------------------------------------------------------
 
 
+def frozen_clock() -> FakeClock:
+    """The validator's clock, at the wall's now, moved only by the test.
+
+    NOTE: not `ShiftedClock`: with wall time in it, the real seconds spent minting hundreds of
+    tokens on a loaded machine count towards the refresh intervals, and a test that stops one
+    second short of an interval sees the interval pass (`(1, 3) == (1, 2)`). Tokens are minted in
+    real time; the seconds a test takes stay well inside the validator's leeway.
+    """
+    return FakeClock(time.time())
+
+
 class TestRandomKidFlood:
-    async def test_flood_after_warm_up_costs_one_fetch_per_interval(
+    async def test_flood_after_warm_up_is_bounded_by_the_two_refresh_budgets(
         self, grpc_obo_authority: DevAuthority, make_validator: MakeValidator
     ) -> None:
+        """A flood of made-up kids costs at most one fetch per `unknown_kid_refresh_interval` plus
+        one per `new_kid_refresh_interval`; kids already looked up cost nothing more."""
         authority = grpc_obo_authority
-        clock = ShiftedClock()
-        validator = make_validator(authority, clock=clock, unknown_kid_refresh_interval=300)
+        clock = frozen_clock()
+        validator = make_validator(
+            authority, clock=clock, unknown_kid_refresh_interval=300, new_kid_refresh_interval=30
+        )
         good = record(authority.mint_user_token("alice"))
         await validator.validate(good)
         assert requests_to(authority) == (1, 1)
-        floods = [with_kid(authority, good) for _ in range(300)]
-        assert len({kid_of(t) for t in floods}) == 300
 
-        async def flood(tokens: list[str]) -> list[BaseException | object]:
+        def random_kids(count: int) -> list[str]:
+            tokens = [with_kid(authority, good) for _ in range(count)]
+            assert len({kid_of(t) for t in tokens}) == count
+            return tokens
+
+        async def flood(tokens: list[str]) -> None:
             fresh = [record(authority.mint_user_token("bob")) for _ in range(5)]
             results = await asyncio.gather(
                 *(validator.validate(t) for t in [*tokens, *fresh]), return_exceptions=True
             )
             # The good tokens in the crowd still pass; every random kid is an unknown key.
             assert all(isinstance(r, grpc_obo.Identity) for r in results[len(tokens) :])
-            return results[: len(tokens)]
+            for result in results[: len(tokens)]:
+                assert isinstance(result, UnknownKeyError), result
+                SEEN_TEXTS.append(repr(result))
 
-        for result in await flood(floods):
-            assert isinstance(result, UnknownKeyError)
-            SEEN_TEXTS.append(repr(result))
+        first = random_kids(300)
+        await flood(first)
         assert requests_to(authority) == (1, 2)  # one refresh for the whole flood
+        await flood(first)
+        assert requests_to(authority) == (1, 2)  # kids looked up and missing: remembered
 
-        # Within the interval: no fetch at all, however many new kids arrive.
-        clock.advance(299)
-        again = [with_kid(authority, good) for _ in range(300)]
-        assert all(isinstance(r, UnknownKeyError) for r in await flood(again))
-        assert requests_to(authority) == (1, 2)
+        second = random_kids(100)
+        await flood(second)
+        assert requests_to(authority) == (1, 3)  # never-seen kids: the short budget, once
+        clock.advance(29)
+        await flood(random_kids(100))
+        assert requests_to(authority) == (1, 3)  # both budgets spent: no fetch at all
 
-        # The next interval: one more.
-        clock.advance(2)
-        assert all(isinstance(r, UnknownKeyError) for r in await flood(floods))
-        assert requests_to(authority) == (1, 3)
-        assert validator.key_source.fetch_count == 3  # type: ignore[attr-defined]
+        clock.advance(1)
+        third = random_kids(100)
+        await flood(third)
+        assert requests_to(authority) == (1, 4)  # the short budget again, 30 s on
+
+        clock.advance(269)  # 299 s after the first flood
+        for tokens in (first, second, third):
+            await flood(tokens)
+        assert requests_to(authority) == (1, 4)  # remembered kids wait for the long budget
+
+        clock.advance(1)
+        await flood(first)
+        assert requests_to(authority) == (1, 5)  # the next interval: one more
+        assert validator.key_source.fetch_count == 5  # type: ignore[attr-defined]
 
     async def test_cold_flood_shares_the_first_fetch(
         self, grpc_obo_authority: DevAuthority, make_validator: MakeValidator
     ) -> None:
         authority = grpc_obo_authority
-        validator = make_validator(authority)
+        validator = make_validator(authority, clock=frozen_clock())
         good = record(authority.mint_user_token("alice"))
         tokens = [with_kid(authority, good) for _ in range(300)]
         results = await asyncio.gather(
@@ -395,9 +429,96 @@ class TestRandomKidFlood:
         )
         assert all(isinstance(r, UnknownKeyError) for r in results[:-1])
         assert isinstance(results[-1], grpc_obo.Identity)
-        # The first fetch (shared by all 301 callers) plus one unknown-kid refresh.
-        discovery, jwks = requests_to(authority)
-        assert discovery == 1 and jwks <= 2
+        # One fetch, shared by all 301 callers: the key set it brought is as fresh as any.
+        assert requests_to(authority) == (1, 1)
+
+
+# -- signing keys recover quickly ------------------------------------------------------------
+
+
+class TestKeyRecovery:
+    async def test_first_token_naming_an_unknown_key_costs_one_fetch(
+        self, grpc_obo_authority: DevAuthority, make_validator: MakeValidator
+    ) -> None:
+        authority = grpc_obo_authority
+        validator = make_validator(authority, clock=frozen_clock())
+        junk = with_kid(authority, record(authority.mint_user_token("alice")))
+        await refused(validator, junk, UnknownKeyError)
+        # The first fetch was made for this very token: a second one could not know more.
+        assert requests_to(authority) == (1, 1)
+
+    async def test_a_junk_kid_does_not_hold_back_a_freshly_rolled_key(
+        self, grpc_obo_private_authority: DevAuthority, make_validator: MakeValidator
+    ) -> None:
+        authority = grpc_obo_private_authority
+        clock = frozen_clock()
+        validator = make_validator(authority, clock=clock)  # 300 s and 30 s budgets
+        good = record(authority.mint_user_token("alice"))
+        await validator.validate(good)
+        junk = with_kid(authority, good)
+        await refused(validator, junk, UnknownKeyError)
+        assert requests_to(authority) == (1, 2)  # the junk kid spent the unknown-kid interval
+
+        # A second later the authority rolls to a new key: its tokens pass at once.
+        authority.keys.publish_next_key()
+        new_kid = authority.keys.switch_signing_key()
+        clock.advance(1)
+        fresh = record(authority.mint_user_token("bob"))
+        assert kid_of(fresh) == new_kid
+        assert (await validator.validate(fresh)).oid == authority.world.user("bob").oid
+        assert requests_to(authority) == (1, 3)
+
+        # The junk kid again: remembered as missing, it costs nothing within the interval.
+        clock.advance(60)
+        await refused(validator, junk, UnknownKeyError)
+        assert requests_to(authority) == (1, 3)
+
+    async def test_never_loaded_keys_are_retried_after_a_short_backoff(
+        self, grpc_obo_authority: DevAuthority, make_validator: MakeValidator
+    ) -> None:
+        """The authority blips while a replica starts: UNAVAILABLE for a second, not 300 s."""
+        authority = grpc_obo_authority
+        clock = frozen_clock()
+        validator = make_validator(authority, clock=clock)
+        token = record(authority.mint_user_token("alice"))
+        authority.faults.jwks_down = True
+        await refused(validator, token, KeySourceUnavailableError)
+        assert requests_to(authority) == (1, 1)
+
+        authority.faults.jwks_down = False
+        await refused(validator, token, KeySourceUnavailableError)  # within the backoff
+        assert requests_to(authority) == (1, 1)
+        clock.advance(1)
+        assert (await validator.validate(token)).oid == authority.world.user("alice").oid
+        # Discovery again (a failed JWKS fetch forgets jwks_uri), then the JWKS.
+        assert requests_to(authority) == (2, 2)
+
+    async def test_backoff_doubles_up_to_its_cap_while_the_authority_stays_down(
+        self, grpc_obo_authority: DevAuthority, make_validator: MakeValidator
+    ) -> None:
+        authority = grpc_obo_authority
+        clock = frozen_clock()
+        validator = make_validator(
+            authority, clock=clock, key_fetch_backoff_initial=1, key_fetch_backoff_max=8
+        )
+        authority.faults.jwks_down = True
+        token = record(authority.mint_user_token("alice"))
+        start = clock.now
+
+        async def attempts_at(offset: float) -> int:
+            clock.now = start + offset
+            await refused(validator, token, KeySourceUnavailableError)
+            return authority.requests.count(endpoint="jwks")
+
+        # Failures at 0, 1, 3, 7, 15, 23, 31: waits of 1, 2, 4, 8, then 8 (the cap).
+        timeline = [(0, 1), (0.9, 1), (1, 2), (2.9, 2), (3, 3), (6.9, 3), (7, 4), (14.9, 4)]
+        timeline += [(15, 5), (22.9, 5), (23, 6), (30.9, 6), (31, 7)]
+        assert [(t, await attempts_at(t)) for t, _ in timeline] == timeline
+
+        # start() is an explicit request: it tries at once, whatever the backoff says.
+        with pytest.raises(KeySourceUnavailableError):
+            await validator.start()
+        assert authority.requests.count(endpoint="jwks") == 8
 
 
 # -- the authority goes down -----------------------------------------------------------------
@@ -492,7 +613,8 @@ async def test_never_fetched_and_authority_down_is_unavailable(
         authority.faults.jwks_down = True
     else:
         authority.faults.fail(503, endpoint="any", times=None)
-    validator = make_validator(authority)
+    clock = frozen_clock()
+    validator = make_validator(authority, clock=clock)
     with pytest.raises(KeySourceUnavailableError) as caught:
         await validator.start()
     SEEN_TEXTS.append(str(caught.value))
@@ -502,6 +624,12 @@ async def test_never_fetched_and_authority_down_is_unavailable(
     tokens = [record(authority.mint_user_token("alice")) for _ in range(50)]
     results = await asyncio.gather(*(validator.validate(t) for t in tokens), return_exceptions=True)
     assert all(isinstance(r, KeySourceUnavailableError) for r in results)
-    # Within the interval, no caller sends the down authority another request.
+    # Within the backoff, no caller sends the down authority another request.
     assert len(authority.requests.entries) == after_start
     assert not isinstance(results[0], grpc_obo.TokenValidationError)  # not the caller's fault
+
+    # After it, one shared attempt for the whole burst.
+    clock.advance(1)
+    results = await asyncio.gather(*(validator.validate(t) for t in tokens), return_exceptions=True)
+    assert all(isinstance(r, KeySourceUnavailableError) for r in results)
+    assert len(authority.requests.entries) == 2 * after_start

@@ -146,6 +146,23 @@ async def test_random_kid_flood_costs_one_fetch_per_interval(
     assert key_server.discovery_requests == 1
 
 
+async def test_memory_of_missing_key_names_is_bounded(
+    key_server: KeyServer, make_remote_validator: MakeRemote, clock: FakeClock
+) -> None:
+    validator = make_remote_validator()
+    await validator.start()
+    key_server.delay = 0.05  # one shared fetch for the whole flood
+    kids = [random_kid() for _ in range(1500)]
+    tokens = [unsigned_token(key_server, clock, kid) for kid in kids]
+    results = await asyncio.gather(*(validator.validate(t) for t in tokens), return_exceptions=True)
+    assert all(isinstance(r, grpc_obo.UnknownKeyError) for r in results), results[:3]
+    assert key_server.jwks_requests == 2
+    missing = source(validator)._missing
+    assert len(missing) == 1024  # the oldest names are forgotten first
+    assert f"kid:{kids[0]}" not in missing
+    assert f"kid:{kids[-1]}" in missing
+
+
 async def test_concurrent_callers_share_one_fetch(
     key_server: KeyServer, make_remote_validator: MakeRemote, clock: FakeClock
 ) -> None:

@@ -20,6 +20,8 @@ def test_defaults() -> None:
     assert options.leeway == 60
     assert options.key_refresh_interval == 86400
     assert options.unknown_kid_refresh_interval == 300
+    assert options.new_kid_refresh_interval == 30
+    assert (options.key_fetch_backoff_initial, options.key_fetch_backoff_max) == (1, 30)
     assert options.max_lifetime is None
     assert options.discovery_url == (
         f"https://login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration"
@@ -69,6 +71,13 @@ def test_guids_are_normalised_to_lowercase() -> None:
         {"key_refresh_interval": 0},
         {"unknown_kid_refresh_interval": 0},
         {"key_refresh_interval": 60, "unknown_kid_refresh_interval": 120},
+        {"new_kid_refresh_interval": 0},
+        {"new_kid_refresh_interval": 2 * 86400},
+        {"key_fetch_backoff_initial": 0},
+        {"key_fetch_backoff_initial": True},
+        {"key_fetch_backoff_max": 0},
+        {"key_fetch_backoff_max": 7200},
+        {"key_fetch_backoff_initial": 10, "key_fetch_backoff_max": 5},
         {"max_lifetime": 0},
         {"max_lifetime": -3600},
         {"max_lifetime": True},
@@ -108,6 +117,14 @@ def test_validator_takes_options_only() -> None:
         grpc_obo.TokenValidator({"tenant": TENANT})  # type: ignore[arg-type]
 
 
-def test_max_lifetime_accepts_entra_lifetimes() -> None:
-    # the longest Entra access tokens (CAE) live about 28 h
-    assert ValidatorOptions(**BASE, max_lifetime=28 * 3600).max_lifetime == 28 * 3600
+def test_max_lifetime_and_key_fetch_timings_accept_sensible_values() -> None:
+    options = ValidatorOptions(
+        **BASE,
+        max_lifetime=28 * 3600,  # the longest Entra access tokens (CAE) live about 28 h
+        new_kid_refresh_interval=10,
+        key_fetch_backoff_initial=0.5,
+        key_fetch_backoff_max=60,
+    )
+    assert options.max_lifetime == 28 * 3600
+    assert options.new_kid_refresh_interval == 10
+    assert (options.key_fetch_backoff_initial, options.key_fetch_backoff_max) == (0.5, 60)

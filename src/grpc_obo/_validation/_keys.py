@@ -6,10 +6,21 @@ following redirects. Its refresh rules follow Entra's signing-key-rollover guida
 
 * a scheduled refresh at most `key_refresh_interval` apart (daily by default), started in the
   background by any validation (cache hits included) so no request waits for it;
-* a refresh when a token names an unknown key, at most once per `unknown_kid_refresh_interval`
-  counted between unknown-kid refreshes (so a key published right after start-up is picked up
-  at once), with one fetch in flight that all concurrent callers share: a flood of random
-  `kid`s costs the authority one request per interval, not one per token;
+* until a key set was loaded once, a failed fetch is retried after a short backoff
+  (`key_fetch_backoff_initial`, 1 s, doubling up to `key_fetch_backoff_max`, 30 s): a replica
+  whose authority blipped while it started recovers within a second or two; callers in between
+  get UNAVAILABLE without a request; `start()` always tries at once;
+* one fetch in flight at a time, shared by every caller; a caller that waited for a fetch (the
+  first one, or one in flight) never starts another, since nothing newer could come of it: the
+  first token naming an unknown key costs one fetch, not two;
+* a refresh when a token names an unknown key, from two budgets: one fetch per
+  `unknown_kid_refresh_interval` (300 s) for any unknown key, counted between such refreshes (so
+  a key published right after start-up is picked up at once), and one per
+  `new_kid_refresh_interval` (30 s) kept for key names never looked up. A bounded memory of
+  names looked up after a good fetch and not found keeps a repeated junk `kid` on the long
+  budget. So one junk token cannot hold back a freshly rolled key (its first token spends the
+  short budget), a flood of random `kid`s costs at most one fetch per 30 s plus one per 300 s
+  (not one per token), and a rolled key waits at most 30 s even under such a flood;
 * a failed or empty fetch never replaces the last good key set, which keeps serving; while the
   authority is down, attempts are spaced by `unknown_kid_refresh_interval` too.
 
@@ -29,6 +40,7 @@ import binascii
 import contextlib
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,6 +69,7 @@ MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192  # bigger moduli only make each verify slower, which helps an attacker
 MAX_DOCUMENT_BYTES = 1024 * 1024
 _MAX_KEYS = 100
+_MAX_MISSING_NAMES = 1024  # names looked up and not found (kids <= 256 chars: < 1 MB)
 
 _JWS_ALGS = frozenset(
     {
@@ -236,7 +249,11 @@ class RemoteKeySource(KeySource):
         self._jwks_uri: str | None = None
         self._fetched_at = 0.0  # last successful fetch
         self._attempted_at: float | None = None  # last fetch attempt, successful or not
-        self._unknown_kid_at: float | None = None  # last refresh an unknown kid caused
+        self._unknown_kid_at: float | None = None  # last refresh on the long unknown-kid budget
+        self._new_kid_at: float | None = None  # last refresh on the short never-seen-kid budget
+        self._missing: OrderedDict[str, None] = OrderedDict()  # looked up after a good fetch
+        self._cold_failures = 0  # failed attempts in a row while no key set was ever loaded
+        self._cold_failed_at: float | None = None
         self._refresh: asyncio.Task[bool] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -267,6 +284,43 @@ class RemoteKeySource(KeySource):
             and self._since(self._attempted_at) < self._options.unknown_kid_refresh_interval
         )
 
+    def _cold_retry_due(self) -> bool:
+        """No key set yet: whether the backoff since the last failed attempt has passed."""
+        if self._cold_failed_at is None:
+            return True
+        options = self._options
+        doublings = min(self._cold_failures - 1, 32)  # bounded: 2**n of a large n overflows
+        delay = min(
+            options.key_fetch_backoff_initial * 2.0**doublings, options.key_fetch_backoff_max
+        )
+        return self._since(self._cold_failed_at) >= delay
+
+    def _take_refresh_budget(self, name: str) -> bool:
+        """Whether a token naming the unknown key `name` may cause a fetch now (spends a budget)."""
+        if self._failed_recently():
+            return False
+        options = self._options
+        if self._since(self._unknown_kid_at) >= options.unknown_kid_refresh_interval:
+            self._unknown_kid_at = self._clock()
+            return True
+        # NOTE: the short budget only for names never looked up: a junk `kid` replayed by one
+        # client (or tokens from another authority) stays on the long budget, while the first
+        # token of a freshly rolled key finds this budget unspent unless a flood of ever-new
+        # names is under way, and then waits for it at most `new_kid_refresh_interval`.
+        if (
+            name not in self._missing
+            and self._since(self._new_kid_at) >= options.new_kid_refresh_interval
+        ):
+            self._new_kid_at = self._clock()
+            return True
+        return False
+
+    def _remember_missing(self, name: str) -> None:
+        self._missing[name] = None
+        self._missing.move_to_end(name)
+        while len(self._missing) > _MAX_MISSING_NAMES:
+            self._missing.popitem(last=False)
+
     def _refresh_once(self) -> asyncio.Task[bool]:
         """The refresh in flight, or a new one: the single flight every caller shares."""
         if self._refresh is None or self._refresh.done():
@@ -274,9 +328,10 @@ class RemoteKeySource(KeySource):
             self._refresh = asyncio.get_running_loop().create_task(self._do_refresh())
         return self._refresh
 
-    async def _await_refresh(self) -> None:
+    async def _await_refresh(self) -> bool:
+        """Wait for the shared refresh; whether it installed a key set."""
         # shield: a caller whose RPC is cancelled must not cancel the fetch others wait on.
-        await asyncio.shield(self._refresh_once())
+        return await asyncio.shield(self._refresh_once())
 
     # -- public ------------------------------------------------------------------------------
 
@@ -289,28 +344,28 @@ class RemoteKeySource(KeySource):
     async def get_key(self, kid: str | None, x5t: str | None) -> SigningKey:
         if self._closed:
             raise KeySourceUnavailableError("the validator is closed")
-        interval = self._options.unknown_kid_refresh_interval
+        waited: bool | None = None  # whether a fetch this caller waited for succeeded
         if self._keys is None:
-            # Never fetched successfully: callers join a fetch, at most one per interval.
-            if self._in_flight() or self._since(self._attempted_at) >= interval:
-                await self._await_refresh()
+            # Never fetched successfully: callers join the fetch in flight, or start one once
+            # the backoff since the last failure has passed.
+            if self._in_flight() or self._cold_retry_due():
+                waited = await self._await_refresh()
             if self._keys is None:
                 raise KeySourceUnavailableError()
         else:
             self.poll()
         key = self._keys.find(kid, x5t)
-        if key is None:
-            # The interval counts only refreshes that unknown kids caused, so a key published
-            # just after start-up is still picked up at once, while a flood of made-up kids
-            # costs one fetch per interval.
-            if self._in_flight():
-                await self._await_refresh()
-            elif self._since(self._unknown_kid_at) >= interval and not self._failed_recently():
-                self._unknown_kid_at = self._clock()
-                await self._await_refresh()
-            key = self._keys.find(kid, x5t)
         if key is not None:
             return key
+        name = f"kid:{kid}" if kid is not None else f"x5t:{x5t}"
+        if waited is None:
+            if self._in_flight() or self._take_refresh_budget(name):
+                waited = await self._await_refresh()
+            key = self._keys.find(kid, x5t)
+            if key is not None:
+                return key
+        if waited:
+            self._remember_missing(name)
         raise UnknownKeyError("token is signed with an unknown key")
 
     def has_key(self, fingerprint: str) -> bool:
@@ -354,9 +409,13 @@ class RemoteKeySource(KeySource):
             why = str(exc) if isinstance(exc, _FetchError) else type(exc).__name__
             have = "keeping the last good key set" if self._keys else "no keys yet"
             logger.warning("signing key refresh failed (%s); %s", why, have)
+            if self._keys is None:
+                self._cold_failures += 1
+                self._cold_failed_at = self._clock()
             return False
         self._keys = keys
         self._fetched_at = self._clock()
+        self._cold_failures = 0
         logger.info("signing keys refreshed: %d keys", len(keys.keys))
         return True
 

@@ -163,6 +163,14 @@ class ValidatorOptions:
     """Scheduled key refresh period in seconds: at most daily, as Entra asks."""
     unknown_kid_refresh_interval: float = 300.0
     """Minimum seconds between refreshes caused by a token naming an unknown key."""
+    new_kid_refresh_interval: float = 30.0
+    """Minimum seconds between the extra refreshes kept for key ids not looked up before: one
+    junk token spending `unknown_kid_refresh_interval` cannot hold back a freshly rolled key."""
+    key_fetch_backoff_initial: float = 1.0
+    """While no key set was ever loaded: seconds before retrying a failed fetch (0.01..300),
+    doubling after each failure up to `key_fetch_backoff_max`."""
+    key_fetch_backoff_max: float = 30.0
+    """The longest wait between fetch attempts while no key set was ever loaded (up to 3600)."""
     max_lifetime: float | None = None
     """If set, tokens whose `exp - iat` exceeds this many seconds are refused (60 s..30 days).
     Entra access tokens live 60-90 minutes by default and at most about 28 hours (CAE)."""
@@ -243,6 +251,11 @@ class ValidatorOptions:
         _bounded("unknown_kid_refresh_interval", self.unknown_kid_refresh_interval, 1, 24 * 3600)
         if self.unknown_kid_refresh_interval > self.key_refresh_interval:
             raise ConfigurationError("unknown_kid_refresh_interval exceeds key_refresh_interval")
+        _bounded("new_kid_refresh_interval", self.new_kid_refresh_interval, 1, 24 * 3600)
+        _bounded("key_fetch_backoff_initial", self.key_fetch_backoff_initial, 0.01, 300)
+        _bounded("key_fetch_backoff_max", self.key_fetch_backoff_max, 0.01, 3600)
+        if self.key_fetch_backoff_initial > self.key_fetch_backoff_max:
+            raise ConfigurationError("key_fetch_backoff_initial exceeds key_fetch_backoff_max")
         if self.max_lifetime is not None:
             _bounded("max_lifetime", self.max_lifetime, 60, 30 * 86400)
         _bounded("verified_cache_size", self.verified_cache_size, 0, 1_000_000)
