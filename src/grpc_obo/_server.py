@@ -155,7 +155,8 @@ class AuthServerInterceptor(_InterceptorBase):
             identity = self._lookup(token) if self._lookup is not None else None
             if identity is None:
                 started = time.time_ns()
-                identity = await self._validate(token, gate)
+                with self.telemetry.caller_context(metadata):
+                    identity = await self._validate(token, gate)
             gate.check(identity)
         except GrpcOboError as exc:
             refused = _Note(started, exc, identity, metadata)

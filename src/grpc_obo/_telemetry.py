@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -213,6 +214,23 @@ class Telemetry:
         if error is not None and _is_fault(error):
             span.set_status(Status(StatusCode.ERROR))
         span.end(end_time=end_ns)
+
+    @contextlib.contextmanager
+    def caller_context(self, metadata: Iterable[tuple[str, Any]]) -> Iterator[None]:
+        """Make the caller's trace current while a validation runs in `intercept_service`.
+
+        NOTE: no server span exists yet there (see `validation`); a key fetch that this
+        validation starts would otherwise begin a trace of its own.
+        """
+        parent = _parent(metadata)
+        if parent is None:
+            yield
+            return
+        token = otel_context.attach(parent)
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
 
     # -- signing keys --------------------------------------------------------------------------
 

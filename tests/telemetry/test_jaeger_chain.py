@@ -54,7 +54,7 @@ def _parent(trace: Any, span: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_chain_trace_in_jaeger_has_every_hop_and_no_secret(jaeger: Jaeger) -> None:
     trace_id, out = _run_demo(jaeger)
-    trace = jaeger.fetch_trace(trace_id, expect_spans=10, timeout=20)
+    trace = jaeger.fetch_trace(trace_id, expect_spans=14, timeout=20)
     spans = trace.spans
     assert {s["trace_id"] for s in spans} == {trace_id}
     by_kind = {(s["name"], s["kind"]): s for s in spans}
@@ -82,6 +82,11 @@ def test_the_chain_trace_in_jaeger_has_every_hop_and_no_secret(jaeger: Jaeger) -
     assert steps and all(_parent(trace, s) is acquire for s in steps)
     # Downstream client -> Downstream server -> its validation
     assert _parent(trace, downstream) is outbound
+    # The first token at each hop fetched discovery + JWKS, in the caller's trace.
+    fetches = trace.named("grpc_obo.keys.fetch")
+    assert sorted(_parent(trace, f)["span_id"] for f in fetches) == sorted(
+        [client["span_id"]] * 2 + [outbound["span_id"]] * 2
+    )
 
     # Who the chain acted for, on both server spans: the same user, a different calling app.
     for server, app in ((original, CLIENT_APP), (downstream, ORIGINAL_APP)):

@@ -42,8 +42,9 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 
@@ -235,6 +236,23 @@ class StaticKeySource(KeySource):
         return fingerprint in self._keys.fingerprints
 
 
+class KeyFetchObserver(Protocol):
+    """Hooks for observing key fetches (no OpenTelemetry here: `grpc_obo.Telemetry` is one).
+
+    The context manager sees the fetch's exception, if any; the URL is public.
+    """
+
+    def key_fetch(self, url: str) -> AbstractContextManager[object]: ...
+
+
+class _NoObserver:
+    def key_fetch(self, url: str) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+
+_NO_OBSERVER = _NoObserver()
+
+
 class _FetchError(Exception):
     """A discovery or JWKS fetch failed; the message holds no secrets (URLs are public)."""
 
@@ -259,6 +277,8 @@ class RemoteKeySource(KeySource):
         self._closed = False
         self.fetch_count = 0
         """JWKS fetches started (for tests and metrics)."""
+        self.observer: KeyFetchObserver = _NO_OBSERVER
+        """Told about each discovery/JWKS fetch; the server interceptor plugs telemetry in."""
 
     # -- refresh decisions -------------------------------------------------------------------
 
@@ -443,6 +463,10 @@ class RemoteKeySource(KeySource):
         return self._session
 
     async def _get_json(self, url: str) -> Any:
+        with self.observer.key_fetch(url):
+            return await self._fetch_json(url)
+
+    async def _fetch_json(self, url: str) -> Any:
         import aiohttp
 
         problem = check_fetch_url(url, allow_loopback_http=self._options.allow_loopback_http)
