@@ -55,7 +55,7 @@ test: lint typecheck unit
 # were found and which skipped; fails if any run fails or if none was found.
 SUPPORTED_PYTHONS ?= 3.11 3.12 3.13
 .PHONY: test-pythons
-test-pythons: redis-server
+test-pythons: redis-server jaeger
 	@found=; skipped=; passed=; failed=; \
 	for v in $(SUPPORTED_PYTHONS); do \
 	  py=; \
