@@ -14,9 +14,12 @@ helpers: the only public face of this module.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
+import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -27,7 +30,7 @@ from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._credentials import ConfidentialClient
 from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
 from grpc_obo._exchange._retry import RetryPolicy
-from grpc_obo._identity import Identity, SecretToken, current_identity
+from grpc_obo._identity import Identity, SecretToken, _outbound_failures, current_identity
 from grpc_obo._telemetry import Telemetry
 
 __all__ = ["AppOnly", "OnBehalfOf"]
@@ -46,7 +49,7 @@ else:  # the runtime classes are not generic
     _SS = grpc.aio.StreamStreamClientInterceptor
 
 Acquire = Callable[[tuple[str, ...], "float | None"], Awaitable[SecretToken]]
-Evict = Callable[[tuple[str, ...], Identity], Awaitable[None]]
+Evict = Callable[[tuple[str, ...], Identity, "str | None"], Coroutine[Any, Any, None]]
 
 
 def _method_name(method: str | bytes) -> str:
@@ -112,32 +115,146 @@ class _Core:
         )
 
     def watch(self, call: Any, method: str) -> None:
-        if self._evict is None:
-            return
-        scopes = self.scopes_for(method)
-        evict = self._evict
-        # The done callback runs in whatever context grpc calls it from: capture the caller now.
+        """Look at how `call` ended, at no cost beyond a callback when it succeeded.
+
+        A failure the original caller must see (UNAUTHENTICATED or PERMISSION_DENIED with a
+        challenge, UNAVAILABLE, DEADLINE_EXCEEDED) is recorded for the server interceptor to
+        relay; a claims challenge also evicts the cached token (see `_evict_for_claims`).
+        """
+        # The done callback runs in whatever context grpc calls it from: capture the caller's
+        # identity and the served call's failure list now.
+        failures = _outbound_failures.get()
         identity = current_identity()
-        if identity is None:
+        if failures is None and (self._evict is None or identity is None):
             return
 
-        async def check() -> None:
-            if await call.code() != grpc.StatusCode.UNAUTHENTICATED:
+        def done(finished: Any) -> None:
+            code = _result_now(finished.code())
+            if code is grpc.StatusCode.OK:
                 return
-            trailing = await call.trailing_metadata() or ()
-            for key, value in trailing:
-                text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-                if key.lower() == "www-authenticate" and "insufficient_claims" in text:
-                    _log.info("downstream sent a claims challenge on %s: evicting", method)
-                    await evict(scopes, identity)
-                    return
-
-        def done(_: object) -> None:
-            task = asyncio.get_running_loop().create_task(check())
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            if code is None:  # never seen: the status was not there yet; look later
+                self._spawn(self._check_later(finished, method, identity, failures))
+                return
+            self._failed(finished, code, method, identity, failures)
 
         call.add_done_callback(done)
+
+    def _failed(
+        self,
+        call: Any,
+        code: grpc.StatusCode,
+        method: str,
+        identity: Identity | None,
+        failures: list[tuple[object, str | None]] | None,
+    ) -> None:
+        if code not in _RELAYABLE:
+            return
+        challenge = _challenge(_result_now(call.trailing_metadata()) or ())
+        if failures is not None and len(failures) < _MAX_FAILURES:
+            failures.append((code, challenge))
+        if (
+            code is grpc.StatusCode.UNAUTHENTICATED
+            and challenge is not None
+            and "insufficient_claims" in challenge
+            and self._evict is not None
+            and identity is not None
+        ):
+            _log.info("downstream sent a claims challenge on %s: evicting", method)
+            claims = _claims_of(challenge)
+            self._spawn(self._evict(self.scopes_for(method), identity, claims))
+
+    async def _check_later(
+        self,
+        call: Any,
+        method: str,
+        identity: Identity | None,
+        failures: list[tuple[object, str | None]] | None,
+    ) -> None:
+        try:
+            code = await call.code()
+        except Exception:
+            return
+        if code is not grpc.StatusCode.OK:
+            self._failed(call, code, method, identity, failures)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        # Kept until done: the next authorize() waits for evictions, so no call reuses a
+        # token the downstream has just rejected.
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+_RELAYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+_MAX_FAILURES = 64  # per served call: a handler looping over failing calls stays bounded
+
+
+def _result_now(awaitable: Any) -> Any:
+    """The result of a coroutine that completes without suspending, else None.
+
+    NOTE: in a done callback grpc.aio's `code()` and `trailing_metadata()` only read the status
+    that has arrived; driving them here costs microseconds where a task per call cost a visible
+    share of every outbound call. A coroutine that would suspend is closed (never seen).
+    """
+    try:
+        awaitable.send(None)
+    except StopIteration as finished:
+        return finished.value
+    except Exception:
+        return None
+    awaitable.close()
+    return None
+
+
+def _claims_of(challenge: str) -> str | None:
+    """The decoded `claims` parameter of a `www-authenticate` challenge, if well-formed."""
+    found = _CLAIMS_PARAM.search(challenge)
+    if found is None:
+        return None
+    try:
+        claims = base64.b64decode(found.group(1), validate=True).decode("utf-8")
+        json.loads(claims)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return claims if len(claims) <= _MAX_CLAIMS else None
+
+
+class _ClaimsMemory:
+    """Claims challenges per (user, scopes), bounded: oldest forgotten first."""
+
+    def __init__(self) -> None:
+        self._claims: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def get(self, identity: Identity | None, scopes: tuple[str, ...]) -> str | None:
+        if not self._claims or identity is None:
+            return None
+        return self._claims.get((identity.principal, scopes))
+
+    def put(self, identity: Identity, scopes: tuple[str, ...], claims: str | None) -> None:
+        if claims is None:
+            return
+        if len(self._claims) >= _MAX_CLAIMS_USERS:
+            del self._claims[next(iter(self._claims))]
+        self._claims[(identity.principal, scopes)] = claims
+
+
+_CLAIMS_PARAM = re.compile(r'claims="([A-Za-z0-9+/=]+)"')
+_MAX_CLAIMS = 8192
+_MAX_CLAIMS_USERS = 10_000
+
+
+def _challenge(trailing: Any) -> str | None:
+    for key, value in trailing:
+        if str(key).lower() == "www-authenticate":
+            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None
 
 
 class _UnaryUnary(_UU):
@@ -336,11 +453,19 @@ class OnBehalfOf(OboExchanger, _Channels):
         `method_scopes` overrides `scopes` per `/pkg.Service/Method` or per `pkg.Service`.
         """
 
-        async def acquire(wanted: tuple[str, ...], timeout: float | None) -> SecretToken:
-            return await self.acquire(wanted, timeout=timeout)
+        # Claims a downstream asked for (claims challenge), per user and scope set: every later
+        # exchange for them carries the claims, so the token obtained meets the challenge.
+        claims_for = _ClaimsMemory()
 
-        async def evict(wanted: tuple[str, ...], identity: Identity) -> None:
-            await self.invalidate(wanted, identity=identity)
+        async def acquire(wanted: tuple[str, ...], timeout: float | None) -> SecretToken:
+            claims = claims_for.get(current_identity(), wanted)
+            return await self.acquire(wanted, timeout=timeout, claims=claims)
+
+        async def evict(wanted: tuple[str, ...], identity: Identity, claims: str | None) -> None:
+            await self.invalidate(
+                wanted, identity=identity, claims=claims_for.get(identity, wanted)
+            )
+            claims_for.put(identity, wanted, claims)
 
         core = _Core(acquire=acquire, evict=evict, scopes=scopes, method_scopes=method_scopes)
         return _interceptors(core)

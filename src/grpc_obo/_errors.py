@@ -21,10 +21,13 @@
     │   ├── TenantNotAllowedError
     │   └── ClientNotAllowedError
     ├── KeySourceUnavailableError          no usable signing keys -> UNAVAILABLE
-    └── TokenExchangeError                 the authority refused or failed an exchange
-        ├── ClaimsChallengeError           interaction_required / claims -> UNAUTHENTICATED
-        ├── InvalidGrantError              the assertion is no longer good -> UNAUTHENTICATED
-        └── AuthorityUnavailableError      5xx, 429, timeouts after retries -> UNAVAILABLE
+    ├── TokenExchangeError                 the authority refused or failed an exchange
+    │   ├── ClaimsChallengeError           interaction_required / claims -> UNAUTHENTICATED
+    │   ├── InvalidGrantError              the assertion is no longer good -> UNAUTHENTICATED
+    │   │   └── ConsentRequiredError       no consent for the downstream API -> PERMISSION_DENIED
+    │   └── AuthorityUnavailableError      5xx, 429, timeouts after retries -> UNAVAILABLE
+    └── DownstreamError (code, challenge)  an On-Behalf-Of call was refused or unreachable:
+                                           relayed with the downstream's status and challenge
 
 Messages are fixed, human-readable sentences. They never contain a token, a secret or key
 material: every class takes only the specific context (`reason`, `claim`, authority error codes)
@@ -45,6 +48,8 @@ __all__ = [
     "ClaimsChallengeError",
     "ClientNotAllowedError",
     "ConfigurationError",
+    "ConsentRequiredError",
+    "DownstreamError",
     "ExpiredTokenError",
     "GrpcOboError",
     "InsufficientScopeError",
@@ -242,6 +247,25 @@ class InvalidGrantError(TokenExchangeError):
     """The incoming assertion cannot be exchanged (expired, revoked, not consented)."""
 
 
+class ConsentRequiredError(InvalidGrantError):
+    """The user or an administrator has not consented to the downstream API (AADSTS65001)."""
+
+
+class DownstreamError(GrpcOboError):
+    """An outbound On-Behalf-Of call failed in a way the original caller must see.
+
+    Relayed by the server interceptor when the handler does not catch the downstream's
+    `AioRpcError`: same status, same `www-authenticate` challenge (claims intact), a fixed
+    message instead of the downstream's details (which may name inner hosts).
+    """
+
+    def __init__(self, message: str, *, code: grpc.StatusCode, challenge: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.challenge = challenge
+
+
 class AuthorityUnavailableError(TokenExchangeError):
     """The authority did not answer usably within the call's deadline (5xx, 429, network)."""
 
@@ -252,6 +276,7 @@ _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (AccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (KeySourceUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ClaimsChallengeError, grpc.StatusCode.UNAUTHENTICATED),
+    (ConsentRequiredError, grpc.StatusCode.PERMISSION_DENIED),
     (InvalidGrantError, grpc.StatusCode.UNAUTHENTICATED),
     (AuthorityUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (TokenExchangeError, grpc.StatusCode.INTERNAL),
@@ -262,6 +287,8 @@ _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 
 def status_for(error: BaseException) -> grpc.StatusCode:
     """The gRPC status code for an error; anything unknown is INTERNAL."""
+    if isinstance(error, DownstreamError):  # the downstream's own status, relayed
+        return error.code
     for kind, code in _STATUS_TABLE:
         if isinstance(error, kind):
             return code
@@ -289,6 +316,10 @@ def www_authenticate_for(error: BaseException) -> str | None:
         if needed:
             parts.append(f'scope="{_quote(" ".join(needed))}"')
         return ", ".join(parts)
+    if isinstance(error, DownstreamError):
+        return error.challenge
+    if isinstance(error, ConsentRequiredError):
+        return f'Bearer error="insufficient_scope", error_description="{_quote(error.message)}"'
     if isinstance(error, ClaimsChallengeError) and error.claims:
         encoded = base64.b64encode(error.claims.encode("utf-8")).decode("ascii")
         return (

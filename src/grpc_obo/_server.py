@@ -18,6 +18,7 @@ exposed (`current_identity()` is None there), so a stale token cannot break a he
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
@@ -31,15 +32,20 @@ import grpc.aio
 
 from grpc_obo._errors import (
     AccessDeniedError,
+    ClaimsChallengeError,
     ConfigurationError,
+    ConsentRequiredError,
+    DownstreamError,
     GrpcOboError,
+    InvalidGrantError,
     KeySourceUnavailableError,
     MalformedTokenError,
     MissingTokenError,
+    TokenExchangeError,
     status_for,
     www_authenticate_for,
 )
-from grpc_obo._identity import Identity, _current
+from grpc_obo._identity import Identity, _current, _outbound_failures
 from grpc_obo._policy import Policy, resolve_declared
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation import TokenValidator
@@ -324,6 +330,26 @@ class _Gate:
         """End the call for a grpc_obo error the handler raised (the same status table)."""
         await context.abort(*self.refusal(exc))
 
+    async def relay(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        error: grpc.aio.AioRpcError,
+        failures: list[tuple[object, str | None]],
+    ) -> None:
+        """End the call with a downstream's refusal the handler did not catch, if it is one.
+
+        Only failures an On-Behalf-Of channel recorded during this call are relayed (an error
+        from any other channel stays the handler's own: grpc reports it as UNKNOWN). The client
+        gets the downstream's status and challenge, never its details (they may name inner
+        hosts); returns without ending the call when `error` is not such a failure.
+        """
+        downstream = _downstream_error(error, failures)
+        if downstream is None:
+            await asyncio.sleep(0)  # the client's done callback may run just after our await
+            downstream = _downstream_error(error, failures)
+        if downstream is not None:
+            await self.fail(context, downstream)
+
     def wrap(self, fn: Any, streaming: bool) -> Callable[[Any, Any], Any]:
         """`fn` (async) behind this gate, keeping its shape."""
         if inspect.isasyncgenfunction(fn):
@@ -338,10 +364,22 @@ class _Gate:
         challenge = www_authenticate_for(exc)
         trailing = (("www-authenticate", challenge),) if challenge else ()
         reason = getattr(exc, "reason", None)
-        level = logging.WARNING if isinstance(exc, KeySourceUnavailableError) else logging.DEBUG
-        _LOGGER.log(
-            level, "refused %s: %s (%s)", self.method, type(exc).__name__, reason or code.name
-        )
+        if isinstance(exc, TokenExchangeError) and _not_the_users_fault(exc):
+            # One line an operator can take to Entra: its error codes and correlation id.
+            _LOGGER.warning(
+                "%s: On-Behalf-Of exchange failed: %s (error=%s, error_codes=%s, "
+                "correlation_id=%s)",
+                self.method,
+                type(exc).__name__,
+                exc.error,
+                ",".join(str(c) for c in exc.error_codes) or "-",
+                exc.correlation_id or "-",
+            )
+        else:
+            level = logging.WARNING if isinstance(exc, KeySourceUnavailableError) else logging.DEBUG
+            _LOGGER.log(
+                level, "refused %s: %s (%s)", self.method, type(exc).__name__, reason or code.name
+            )
         # The details are the error's fixed message: errors never carry the token or keys.
         return code, str(getattr(exc, "message", _VALIDATOR_FAILURE)), trailing
 
@@ -378,6 +416,38 @@ class _SyncCall:
         context.set_trailing_metadata(trailing)
         context.set_code(code)
         context.set_details(details)
+
+
+def _not_the_users_fault(error: TokenExchangeError) -> bool:
+    """A claims challenge or an expired assertion is for the user to fix; the rest is ours."""
+    if isinstance(error, ConsentRequiredError):
+        return True
+    return not isinstance(error, ClaimsChallengeError | InvalidGrantError)
+
+
+_RELAYED = {
+    grpc.StatusCode.UNAUTHENTICATED: "a downstream API refused the user's token",
+    grpc.StatusCode.PERMISSION_DENIED: "a downstream API denied the user access",
+    grpc.StatusCode.UNAVAILABLE: "a downstream API is unavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "a downstream API did not answer within the deadline",
+}
+
+
+def _downstream_error(
+    error: grpc.aio.AioRpcError, failures: list[tuple[object, str | None]]
+) -> DownstreamError | None:
+    code = error.code()
+    message = _RELAYED.get(code)
+    if message is None or not failures:
+        return None
+    challenge = None
+    trailing: Iterable[Any] = error.trailing_metadata() or ()
+    for key, value in trailing:
+        if key == "www-authenticate":
+            challenge = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    if (code, challenge) not in failures:
+        return None
+    return DownstreamError(message, code=code, challenge=challenge)
 
 
 def _log_uncertain(method: str) -> None:
@@ -544,12 +614,18 @@ def _coroutine(fn: Any, gate: _Gate) -> Callable[[Any, Any], Any]:
             gate.observe(identity, note)
         else:
             identity = await gate.recover(context)
+        failures: list[tuple[object, str | None]] = []
         token = _current.set(identity)
+        relay_token = _outbound_failures.set(failures)
         try:
             return await fn(request, context)
         except GrpcOboError as exc:  # e.g. the handler's own On-Behalf-Of exchange
             await gate.fail(context, exc)
+        except grpc.aio.AioRpcError as exc:  # a downstream call the handler did not catch
+            await gate.relay(context, exc, failures)
+            raise
         finally:
+            _outbound_failures.reset(relay_token)
             _current.reset(token)
 
     return behavior
@@ -564,19 +640,25 @@ def _async_generator(fn: Any, gate: _Gate) -> Callable[[Any, Any], AsyncIterator
         else:
             identity = None if gate.public else await gate.recover(context)
         inner = fn(request, context)
+        failures: list[tuple[object, str | None]] = []
         try:
             while True:
                 # NOTE: set the identity only while the handler's own code runs, never across
                 # our `yield`: the generator may be resumed or closed from another context
                 # (cancellation, GC finalizer), where a reset would fail.
                 token = _current.set(identity)
+                relay_token = _outbound_failures.set(failures)
                 try:
                     item = await inner.__anext__()
                 except StopAsyncIteration:
                     return
                 except GrpcOboError as exc:
                     await gate.fail(context, exc)
+                except grpc.aio.AioRpcError as exc:
+                    await gate.relay(context, exc, failures)
+                    raise
                 finally:
+                    _outbound_failures.reset(relay_token)
                     _current.reset(token)
                 yield item
         finally:

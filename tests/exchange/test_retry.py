@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable
 
+import grpc
 import pytest
 import requests
 
@@ -16,9 +17,11 @@ from grpc_obo import (
     AuthorityUnavailableError,
     ClaimsChallengeError,
     ConfigurationError,
+    ConsentRequiredError,
     InvalidGrantError,
     RetryPolicy,
     TokenExchangeError,
+    status_for,
 )
 from grpc_obo._exchange._exchanger import OboExchanger
 from grpc_obo._exchange._retry import Outcome, classify, unavailable
@@ -124,13 +127,23 @@ def test_interaction_required_without_claims_is_an_invalid_grant() -> None:
 
 
 def test_invalid_grant_is_an_invalid_grant() -> None:
+    outcome = classify({"error": "invalid_grant", "error_codes": [50013]}, status=400)
+    assert type(outcome.error) is InvalidGrantError
+    assert outcome.error.error_codes == (50013,)
+
+
+def test_a_missing_consent_is_consent_required() -> None:
+    """AADSTS65001 (invalid_grant + consent_required) is the admin's or user's to grant:
+    PERMISSION_DENIED, not a reason to sign in again."""
     outcome = classify(
         {"error": "invalid_grant", "suberror": "consent_required", "error_codes": [65001]},
         status=400,
     )
-    assert type(outcome.error) is InvalidGrantError
+    assert type(outcome.error) is ConsentRequiredError
+    assert isinstance(outcome.error, InvalidGrantError)
     assert outcome.error.suberror == "consent_required"
     assert outcome.error.error_codes == (65001,)
+    assert status_for(outcome.error) is grpc.StatusCode.PERMISSION_DENIED
 
 
 @pytest.mark.parametrize(

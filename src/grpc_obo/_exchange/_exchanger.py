@@ -26,6 +26,7 @@ from grpc_obo._errors import (
     AppTokenNotAllowedError,
     AuthorityUnavailableError,
     ConfigurationError,
+    ConsentRequiredError,
     MissingIdentityError,
 )
 from grpc_obo._exchange._cache import TokenCache
@@ -250,7 +251,19 @@ class OboExchanger:
             )
 
         with self._observer.acquisition("on_behalf_of", wanted) as note:
-            token = await _bounded(self.cache.get_or_fetch(key, fetch, note=note), timeout)
+            try:
+                token = await _bounded(self.cache.get_or_fetch(key, fetch, note=note), timeout)
+            except ConsentRequiredError as missing:
+                # Name what lacks consent: the client app's user or admin must grant exactly
+                # this (scope names are configuration, never secrets).
+                raise ConsentRequiredError(
+                    f"consent is missing for {' '.join(wanted)}: the user or an administrator "
+                    "must grant it to this API",
+                    error=missing.error,
+                    suberror=missing.suberror,
+                    error_codes=missing.error_codes,
+                    correlation_id=missing.correlation_id,
+                ) from None
         return token.access_token
 
     async def invalidate(

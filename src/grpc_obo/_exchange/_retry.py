@@ -17,6 +17,7 @@ from grpc_obo._errors import (
     AuthorityUnavailableError,
     ClaimsChallengeError,
     ConfigurationError,
+    ConsentRequiredError,
     InvalidGrantError,
     TokenExchangeError,
 )
@@ -120,6 +121,13 @@ def classify(
         return Outcome(
             error=ClaimsChallengeError(
                 "the user must satisfy a claims challenge (for example MFA) and retry", **fields
+            )
+        )
+    if fields["suberror"] == "consent_required" or 65001 in fields["error_codes"]:
+        return Outcome(
+            error=ConsentRequiredError(
+                "the user or an administrator has not consented to the downstream API",
+                **fields,
             )
         )
     if error == "invalid_grant":
