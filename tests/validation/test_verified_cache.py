@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 import grpc_obo
-from grpc_obo import TokenValidator
+from grpc_obo import InvalidSignatureError, TokenValidator
 from grpc_obo._validation import _validator
 from grpc_obo._validation._cache import VerifiedTokenCache
 from grpc_obo._validation._keys import StaticKeySource
@@ -113,13 +113,35 @@ async def test_cache_can_be_turned_off(
     assert len(verify_calls) == 2
 
 
-async def test_cache_keys_are_digests_never_tokens(validator: TokenValidator) -> None:
+async def test_cache_is_keyed_by_the_exact_token_in_this_process_only(
+    validator: TokenValidator, verify_calls: list[int]
+) -> None:
+    """The owner's decision (issue 12): the in-process cache keys by the token string (keyed
+    per-process hash + exact comparison); nothing that leaves the process does."""
     token = mint(v2_claims())
-    await validator.validate(token)
+    identity = await validator.validate(token)
     cache = validator._cache
     assert isinstance(cache, VerifiedTokenCache)
-    assert [len(key) for key in cache._entries] == [32]
-    assert all(token.encode() not in key for key in cache._entries)
+    assert list(cache._entries) == [token]
+    assert "eyJ" not in repr(cache)
+    # One character off (a forged signature) is never a hit: it gets a full validation.
+    head, _, signature = token.rpartition(".")
+    forged = f"{head}.{'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
+    assert validator.cached(forged) is None
+    with pytest.raises(InvalidSignatureError):
+        await validator.validate(forged)
+
+    # A str subclass could lie in __eq__/__hash__: it is never looked up.
+    class Sneaky(str):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash(token)
+
+    assert validator.cached(Sneaky("x")) is None
+    assert validator.cached(token) is identity
+    assert len(verify_calls) == 2  # the original and the forged token, nothing else
 
 
 class TestCachedLookup:

@@ -1,6 +1,11 @@
-"""The verified-token cache: a repeat token costs a SHA-256 and a dict lookup, not an RSA verify.
+"""The verified-token cache: a repeat token costs a dict lookup, not an RSA verify.
 
-Keyed by the SHA-256 digest of the token (never the token), bounded by LRU eviction. An entry is
+Keyed by the token string itself, in this process only: Python's string hash is keyed per
+process (SipHash with a random seed), and a hit needs an exact string comparison, so no crafted
+token can collide its way to another's identity; the entry holds the token anyway (as the
+On-Behalf-Of assertion), so the key adds no exposure. Hashing each token with SHA-256 first cost
+more than the lookup itself (benchmarks/server_bench.py). Anything persisted or shared keys by
+SHA-256 instead (the On-Behalf-Of cache). Bounded by LRU eviction. An entry is
 good until the token's `exp` (plus the same leeway a fresh validation allows), checked against
 the clock on every hit, and only while the key material that verified it is still published:
 when a key leaves the JWKS its tokens are verified again (and fail) instead of living on here.
@@ -25,18 +30,18 @@ class _Entry:
 
 
 class VerifiedTokenCache:
-    """Bounded LRU of digest -> verified identity. Single event loop; no locking needed."""
+    """Bounded LRU of token -> verified identity. Single event loop; no locking needed."""
 
     def __init__(self, max_size: int, *, leeway: float, has_key: Callable[[str], bool]) -> None:
         self._max_size = max_size
         self._leeway = leeway
         self._has_key = has_key  # whether key material is still published
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, digest: bytes, now: float) -> Identity | None:
+    def get(self, digest: str, now: float) -> Identity | None:
         entry = self._entries.get(digest)
         if entry is None:
             return None
@@ -47,7 +52,7 @@ class VerifiedTokenCache:
         self._entries.move_to_end(digest)
         return entry.identity
 
-    def put(self, digest: bytes, identity: Identity, *, key_fingerprint: str) -> None:
+    def put(self, digest: str, identity: Identity, *, key_fingerprint: str) -> None:
         if self._max_size <= 0:
             return
         self._entries[digest] = _Entry(identity, identity.expires_at, key_fingerprint)
