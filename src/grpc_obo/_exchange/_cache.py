@@ -67,6 +67,23 @@ class TokenCache:
     def store(self) -> TokenStore:
         return self._store
 
+    def peek(self, key: str) -> CachedToken | None:
+        """A cached token that needs no work at all (usable, not due for refresh), or None.
+
+        Synchronous: only stores that can answer without I/O (the memory store) take part;
+        None means "call `get_or_fetch`", which also handles refreshes and single flight.
+        """
+        get_nowait = getattr(self._store, "get_nowait", None)
+        if get_nowait is None:
+            return None
+        token: CachedToken | None = get_nowait(key)
+        if token is None:
+            return None
+        now = self._clock()
+        if token.usable(now, self._margin) and not token.due_for_refresh(now):
+            return token
+        return None
+
     async def get(self, key: str) -> CachedToken | None:
         """The cached token if it is usable now, without fetching or refreshing."""
         token = await self._store.get(key)

@@ -43,6 +43,9 @@ __all__ = ["AppOnlyExchanger", "OboExchanger"]
 _log = logging.getLogger("grpc_obo.exchange")
 
 
+_MAX_MEMO = 100_000  # memoized cache keys: about one per active user and scope set
+
+
 def _scope_tuple(scopes: Iterable[str]) -> tuple[str, ...]:
     if isinstance(scopes, str):
         raise ConfigurationError("scopes must be a collection of strings, not a string")
@@ -194,6 +197,8 @@ class OboExchanger:
         )
         self.exchanges = 0
         """How many token requests this exchanger has started (for tests and metrics)."""
+        self._keys: dict[tuple[str, tuple[str, ...], str | None], str] = {}
+        self._checked: set[tuple[str, ...]] = set()  # scope tuples already validated
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client_id={self.client.client_id!r})"
@@ -210,6 +215,21 @@ class OboExchanger:
                 "the caller is an application: there is no user to act on behalf of"
             )
         return identity
+
+    def _key_for(self, user: Identity, wanted: tuple[str, ...], claims: str | None) -> str:
+        """`cache_key`, memoized per token, scope set and claims (computed once per user).
+
+        NOTE: keyed by the token string in this process only (like the verified-token cache);
+        the key it maps to is the SHA-256 digest that may leave the process.
+        """
+        memo = (user.token.reveal(), wanted, claims)
+        key = self._keys.get(memo)
+        if key is None:
+            key = self.cache_key(wanted, identity=user, claims=claims)
+            if len(self._keys) >= _MAX_MEMO:
+                self._keys.clear()  # cheap and rare: rebuilt on the next call of each user
+            self._keys[memo] = key
+        return key
 
     def cache_key(
         self, scopes: Iterable[str], *, identity: Identity | None = None, claims: str | None = None
@@ -236,8 +256,19 @@ class OboExchanger:
         `timeout` bounds this caller's wait; the shared exchange may go on and fill the cache.
         """
         user = self._user(identity)
-        wanted = _scope_tuple(scopes)
-        key = self.cache_key(wanted, identity=user, claims=claims)
+        if type(scopes) is tuple and scopes in self._checked:
+            wanted: tuple[str, ...] = scopes
+        else:
+            wanted = _scope_tuple(scopes)
+            if len(self._checked) < 1024:
+                self._checked.add(wanted)
+        key = self._key_for(user, wanted, claims)
+        # The hot path: a cached token needs no task, timer or coroutine of its own; the
+        # deadline bounds the exchange below, not this lookup.
+        hit = self.cache.peek(key)
+        if hit is not None:
+            self._observer.hit("on_behalf_of", wanted)
+            return hit.access_token
         assertion = user.token
 
         async def fetch() -> CachedToken:
@@ -325,6 +356,10 @@ class AppOnlyExchanger:
                 self.client.tenant_id, lambda app: app.acquire_token_for_client(list(wanted))
             )
 
+        hit = self.cache.peek(key)
+        if hit is not None:
+            self._observer.hit("client_credentials", wanted)
+            return hit.access_token
         with self._observer.acquisition("client_credentials", wanted) as note:
             token = await _bounded(self.cache.get_or_fetch(key, fetch, note=note), timeout)
         return token.access_token

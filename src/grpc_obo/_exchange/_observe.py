@@ -27,6 +27,9 @@ class AcquisitionNote(NoteLike, Protocol):
 
 
 class Observer(Protocol):
+    def hit(self, grant: str, scopes: Iterable[str]) -> None:
+        """A token served from the cache with no work at all (the hot path: keep it cheap)."""
+
     def acquisition(
         self, grant: str, scopes: Iterable[str]
     ) -> AbstractContextManager[AcquisitionNote]: ...
@@ -48,6 +51,9 @@ class _Note:
 
 class ExchangeObserver:
     """The observer that observes nothing (no telemetry configured)."""
+
+    def hit(self, grant: str, scopes: Iterable[str]) -> None:
+        return None
 
     @contextlib.contextmanager
     def acquisition(self, grant: str, scopes: Iterable[str]) -> Iterator[AcquisitionNote]:

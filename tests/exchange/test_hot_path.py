@@ -1,0 +1,100 @@
+"""The outbound hot path (issue 12): a cached token costs a dict read, with no task, timer or
+coroutine of its own; the deadline bounds the exchange, never the lookup; everything else
+(refresh, single flight, eviction) still goes through the full path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from grpc_obo import AuthorityUnavailableError, use_identity
+from grpc_obo._exchange import _cache
+from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo.devauthority import DevAuthority
+from tests.exchange.conftest import Users
+
+MakeExchanger = Callable[..., OboExchanger]
+
+
+async def test_a_cache_hit_starts_no_task_and_ignores_a_spent_deadline(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exchanger = make_exchanger()
+    with use_identity(await users.identity("alice")):
+        first = await exchanger.acquire([downstream_scope])
+        tasks = len(asyncio.all_tasks())
+
+        def no_wait_for(*args: object, **kwargs: object) -> None:
+            raise AssertionError("wait_for on a cache hit")
+
+        monkeypatch.setattr(asyncio, "wait_for", no_wait_for)
+        # A deadline already (nearly) spent: a miss would be refused, a hit is served.
+        again = await exchanger.acquire([downstream_scope], timeout=1e-9)
+        assert again == first
+        assert len(asyncio.all_tasks()) == tasks
+    assert exchanger.exchanges == 1
+
+
+async def test_a_miss_with_a_spent_deadline_is_still_refused(
+    users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    exchanger = make_exchanger()
+    with use_identity(await users.identity("alice")), pytest.raises(AuthorityUnavailableError):
+        await exchanger.acquire([downstream_scope], timeout=0)
+
+
+async def test_the_cache_key_is_computed_once_per_user_and_scope_set(
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exchanger = make_exchanger()
+    computed: list[str] = []
+    real = exchanger.cache_key
+
+    def counting(*args: object, **kwargs: object) -> str:
+        key = real(*args, **kwargs)  # type: ignore[arg-type]
+        computed.append(key)
+        return key
+
+    monkeypatch.setattr(exchanger, "cache_key", counting)
+    with use_identity(await users.identity("alice")):
+        for _ in range(5):
+            await exchanger.acquire((downstream_scope,))
+    with use_identity(await users.identity("bob")):
+        await exchanger.acquire((downstream_scope,))
+    assert len(computed) == 2
+    assert len(set(computed)) == 2
+
+
+async def test_a_token_due_for_refresh_takes_the_full_path(
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """peek() only answers for tokens that need no work: past refresh_on, get_or_fetch runs
+    (and starts the background refresh the cache tests pin)."""
+    exchanger = make_exchanger()
+    with use_identity(await users.identity("alice")):
+        await exchanger.acquire([downstream_scope])
+        slow: list[str] = []
+        real = exchanger.cache.get_or_fetch
+
+        async def counting(key: str, *args: object, **kwargs: object) -> object:
+            slow.append(key)
+            return await real(key, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(exchanger.cache, "get_or_fetch", counting)
+        await exchanger.acquire([downstream_scope])
+        assert slow == []
+        monkeypatch.setattr(_cache.CachedToken, "due_for_refresh", lambda self, now: True)
+        await exchanger.acquire([downstream_scope])
+        assert len(slow) == 1
