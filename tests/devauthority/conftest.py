@@ -191,7 +191,7 @@ def msal_apps(authority: DevAuthority) -> Iterator[Msal]:
 
 def scope(authority: DevAuthority, api: str, name: str | None = None) -> str:
     """`api://<client id>/<scope>`; the default scope is the one the demo world consents."""
-    defaults = {"original": "access_as_user", "downstream": "Data.Read"}
+    defaults = {"original": "access_as_user", "downstream": "Data.Read", "pricing": "Prices.Read"}
     return f"{authority.world.app(api).app_id_uri}/{name or defaults[api]}"
 
 

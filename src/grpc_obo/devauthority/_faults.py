@@ -163,9 +163,16 @@ class Faults:
     ) -> ClaimsChallenge:
         """Conditional access: tokens for `user` need MFA until the client answers the challenge.
 
-        On-Behalf-Of requests for this user fail with `interaction_required` and a claims
-        challenge unless the incoming assertion shows MFA (`amr` has `mfa`). A password sign-in
-        that sends the challenge back in `claims` is taken as having done MFA.
+        On-Behalf-Of requests for this user, for `resource_client_id` (None: any resource), fail
+        with `interaction_required` (AADSTS50076) and this challenge's `claims` unless the
+        incoming assertion shows MFA (`amr` has `mfa`). Sign-ins are not challenged.
+
+        A sign-in (password or refresh-token grant) whose `claims` parameter carries this
+        challenge's requirements stands for the interactive MFA a real client would do: its
+        tokens get `amr` with `mfa`, whatever resource the challenge is scoped to, and On-Behalf-Of
+        tokens exchanged from them keep that `amr` hop after hop. An On-Behalf-Of request whose
+        own `claims` carry this challenge asks for a token meeting it: it is refused the same way
+        unless the assertion shows MFA.
         """
         challenge = ClaimsChallenge(
             user=user,
@@ -177,15 +184,24 @@ class Faults:
         return challenge
 
     def challenge_for(self, user: RequestInfo, resource_client_id: str) -> ClaimsChallenge | None:
+        """The first challenge that tokens of `user` for this resource must satisfy."""
+        return next(
+            (
+                challenge
+                for challenge in self.challenges_of(user)
+                if challenge.resource_client_id in (None, resource_client_id)
+            ),
+            None,
+        )
+
+    def challenges_of(self, user: RequestInfo) -> list[ClaimsChallenge]:
+        """Every challenge set for `user`, whatever its resource, oldest first."""
         with self._lock:
-            for challenge in self._challenges:
-                probe = FaultRule(kind="status", endpoint="any", user=challenge.user)
-                if probe.matches(user) and challenge.resource_client_id in (
-                    None,
-                    resource_client_id,
-                ):
-                    return challenge
-        return None
+            return [
+                challenge
+                for challenge in self._challenges
+                if FaultRule(kind="status", endpoint="any", user=challenge.user).matches(user)
+            ]
 
     def take(self, info: RequestInfo) -> FaultRule | None:
         """The first rule matching this request, consuming one of its `times`."""

@@ -21,7 +21,7 @@ from typing import Any, TypeGuard
 import jwt
 from cryptography import x509
 
-from grpc_obo.devauthority._faults import Faults, RequestInfo
+from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
 from grpc_obo.devauthority._tokens import TokenMinter, client_info
 from grpc_obo.devauthority._world import App, User, World
 
@@ -410,23 +410,33 @@ class Grants:
                 "Error validating credentials due to invalid username or password.",
             )
         granted = self._delegated_grant(client, scopes)
-        amr: tuple[str, ...] = ("pwd",)
-        claims = request.get("claims")
-        if claims is not None and self._answers_challenge(user, claims):
-            amr = ("pwd", "mfa")
+        amr = self._sign_in_amr(user, ("pwd",), request.get("claims"))
         return self._user_tokens(
             request, user, client, client_auth, scopes, granted, amr, id_token=True
         )
 
-    def _answers_challenge(self, user: User, claims_json: str) -> bool:
-        """A sign-in that carries a pending challenge's claims counts as having done MFA."""
-        challenge = self.faults.challenge_for(
-            RequestInfo(endpoint="token", user_oid=user.oid, username=user.username), ""
-        )
-        if challenge is None:
-            return False
-        wanted = _claims_names(challenge.claims)
-        return bool(wanted) and wanted <= _claims_names(claims_json)
+    def _sign_in_amr(self, user: User, amr: tuple[str, ...], claims: str | None) -> tuple[str, ...]:
+        """A sign-in that carries a pending challenge's claims stands for the interactive MFA.
+
+        Any challenge of the user counts, whatever resource it is scoped to: the client signs in
+        to the first API with the claims a downstream API's challenge sent back up the chain.
+        """
+        if claims is None or self._requested_challenge(user, claims) is None:
+            return amr
+        return amr if "mfa" in amr else (*amr, "mfa")
+
+    def _requested_challenge(self, user: User, claims_json: str) -> ClaimsChallenge | None:
+        """The user's pending challenge whose requirements `claims_json` carries, if any."""
+        requested = _access_token_claims(claims_json)
+        if not requested:
+            return None
+        for challenge in self.faults.challenges_of(
+            RequestInfo(endpoint="token", user_oid=user.oid, username=user.username)
+        ):
+            wanted = _access_token_claims(challenge.claims)
+            if wanted and all(requested.get(name) == value for name, value in wanted.items()):
+                return challenge
+        return None
 
     def _refresh(
         self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
@@ -452,8 +462,9 @@ class Grants:
             prefix = resource.app_id_uri or resource.client_id if resource else ""
             scopes = _ScopeRequest(resource, held.scopes, frozenset({"offline_access"}), prefix)
         granted = self._delegated_grant(client, scopes)
+        amr = self._sign_in_amr(user, held.amr, request.get("claims"))
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, held.amr, id_token=True
+            request, user, client, client_auth, scopes, granted, amr, id_token=True
         )
 
     def _client_credentials(
@@ -521,6 +532,8 @@ class Grants:
             )
         assertion = request.require("assertion")
         scopes = self._parse_scopes(request.get("scope"))
+        requested_claims = request.get("claims")
+        _capabilities(requested_claims)  # malformed claims are refused before any decision
         claims = self._read_assertion(assertion, client)
         oid, tid = claims.get("oid"), claims.get("tid")
         if not isinstance(claims.get("scp"), str) or claims.get("idtyp") == "app":
@@ -545,6 +558,10 @@ class Grants:
         challenge = self.faults.challenge_for(
             RequestInfo(endpoint="token", user_oid=user.oid, username=user.username), resource_id
         )
+        if challenge is None and requested_claims is not None:
+            # The middle tier asks for a token meeting a challenge (say, one a downstream API
+            # relayed): Entra issues it only if the user's sign-in already did.
+            challenge = self._requested_challenge(user, requested_claims)
         if challenge is not None and "mfa" not in amr:
             raise OAuthError(
                 "interaction_required",
@@ -691,13 +708,16 @@ def _capabilities(claims_json: str | None) -> list[str]:
     return [v for v in values if isinstance(v, str) and v.isalnum() and len(v) <= 16]
 
 
-def _claims_names(claims_json: str) -> set[str]:
+def _access_token_claims(claims_json: str) -> dict[str, Any]:
+    """The requirements a `claims` request puts on the access token (capabilities aside)."""
     try:
         parsed = _load_json(claims_json)
     except ValueError:
-        return set()
+        return {}
     access = parsed.get("access_token") if isinstance(parsed, dict) else None
-    return {k for k in access if k != "xms_cc"} if isinstance(access, dict) else set()
+    if not isinstance(access, dict):
+        return {}
+    return {name: value for name, value in access.items() if name != "xms_cc"}
 
 
 def _load_json(text: str) -> Any:

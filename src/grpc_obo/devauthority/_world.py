@@ -3,16 +3,21 @@
 An `App` mirrors what an Entra app registration holds that matters for tokens: client id,
 credentials (secrets, certificates), its App ID URI, the delegated scopes and app roles it exposes,
 which client apps it pre-authorizes, and which permissions it has on other APIs (consented).
-`default_world()` is the demo world the examples use.
+`default_world()` is the demo world the examples use. A `World` changes at run time through
+`add_app`, `remove_app`, `grant_consent`, `revoke_consent` and `without_consent`; a running
+authority sees each change on its next request.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
+import re
 import secrets
 import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +28,9 @@ from cryptography.x509.oid import NameOID
 
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 """Microsoft Graph's well-known application id: the audience of tokens asked without a resource."""
+
+
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def new_guid() -> str:
@@ -174,6 +182,143 @@ class World:
             None,
         )
 
+    # -- registrations at run time ---------------------------------------------------------
+
+    def add_app(
+        self,
+        name: str,
+        *,
+        client_id: str | None = None,
+        scopes: Iterable[str] = (),
+        app_roles: Iterable[str] = (),
+        secret: str | bool | None = None,
+        certificate: bool = False,
+        public_client: bool = False,
+        api_permissions: Mapping[str, Iterable[str]] | None = None,
+        pre_authorized: Mapping[str, Iterable[str]] | None = None,
+        app_role_assignments: Mapping[str, Iterable[str]] | None = None,
+        app_id_uri: str | None = None,
+        access_token_version: int = 2,
+        tenant_id: str | None = None,
+    ) -> App:
+        """Register an app (an API, a client or both) and return it; checked before it is added.
+
+        - `scopes` / `app_roles`: the delegated scopes and app roles it exposes as an API (its
+          App ID URI is then `api://<client id>` unless `app_id_uri` says otherwise).
+        - `secret`: None gives a confidential app one new secret and a public client none;
+          True / False force one / none; a string is used as the secret.
+        - `api_permissions`: API (name or client id) -> delegated scopes of that API this app
+          holds, admin-consented (what it needs to call that API On-Behalf-Of a user).
+        - `pre_authorized`: client app (name or client id) -> scopes of *this* API that client
+          may get without consent (`preAuthorizedApplications`).
+        - `app_role_assignments`: API -> app roles of that API granted to this app.
+
+        To let an existing app call the new API, `grant_consent(existing, name, [...])`.
+        Raises `ValueError` for a taken name or client id, a scope or role the API does not
+        expose, or credentials on a public client; `KeyError` for an unknown app.
+        """
+        if not name or self.find_app(name) is not None or _GUID.match(name.lower()):
+            raise ValueError(f"app name {name!r} is empty, a GUID, or taken")
+        new_id = (client_id or new_guid()).lower()
+        if not _GUID.match(new_id) or self.find_app(new_id) is not None:
+            raise ValueError(f"client id {client_id!r} is not a GUID or is taken")
+        if access_token_version not in (1, 2):
+            raise ValueError("access_token_version must be 1 or 2")
+        if public_client and (secret not in (None, False) or certificate):
+            raise ValueError("a public client has no secret or certificate")
+        if isinstance(secret, str):
+            app_secrets = [secret]
+        elif secret or (secret is None and not public_client):
+            app_secrets = [new_secret()]
+        else:
+            app_secrets = []
+        app = App(
+            name=name,
+            client_id=new_id,
+            tenant_id=tenant_id or self.home_tenant.id,
+            public_client=public_client,
+            secrets=app_secrets,
+            certificates=[ClientCertificate.generate(name)] if certificate else [],
+            app_id_uri=app_id_uri,
+            scopes=frozenset(scopes),
+            app_roles=frozenset(app_roles),
+            access_token_version=access_token_version,
+        )
+        for api, wanted in (api_permissions or {}).items():
+            resource = self.app(api)
+            app.api_permissions[resource.client_id] = _exposed(resource, wanted, "scope")
+        for api, wanted in (app_role_assignments or {}).items():
+            resource = self.app(api)
+            app.app_role_assignments[resource.client_id] = _exposed(resource, wanted, "role")
+        for client, wanted in (pre_authorized or {}).items():
+            app.pre_authorized[self.app(client).client_id] = _exposed(app, wanted, "scope")
+        self.apps.append(app)
+        return app
+
+    def remove_app(self, name_or_client_id: str) -> None:
+        """Delete an app registration and every permission, pre-authorization and role
+        assignment that names it. Tokens already issued stay valid until they expire."""
+        app = self.app(name_or_client_id)
+        self.apps = [a for a in self.apps if a is not app]
+        for other in self.apps:
+            for grants in (other.api_permissions, other.pre_authorized, other.app_role_assignments):
+                grants.pop(app.client_id, None)
+        for user in self.users:
+            user.app_roles.pop(app.client_id, None)
+
+    def grant_consent(self, client: str, api: str, scopes: Iterable[str]) -> None:
+        """Admin consent: `client` may get these delegated scopes of `api` for every user.
+
+        Adds to what is consented already. Apps by name or client id; scopes by their short
+        name (`Data.Read`), each one `api` exposes, else `ValueError`.
+        """
+        client_app, resource = self.app(client), self.app(api)
+        granted = _exposed(resource, scopes, "scope")
+        held = client_app.api_permissions.get(resource.client_id, frozenset())
+        client_app.api_permissions[resource.client_id] = held | granted
+
+    def revoke_consent(self, client: str, api: str, scopes: Iterable[str] | None = None) -> None:
+        """Take back `client`'s delegated permission on `api`: these scopes, or all (None).
+
+        Both ways a client holds a scope without asking the user go: the consent grant and the
+        API's pre-authorization of the client. A token request for those scopes (sign-in,
+        refresh or On-Behalf-Of) is then refused as Entra does, `invalid_grant` with suberror
+        `consent_required` (AADSTS65001), until `grant_consent` gives them back.
+        """
+        client_app, resource = self.app(client), self.app(api)
+        taken = resource.scopes if scopes is None else _exposed(resource, scopes, "scope")
+        for grants, key in (
+            (client_app.api_permissions, resource.client_id),
+            (resource.pre_authorized, client_app.client_id),
+        ):
+            left = grants.get(key, frozenset()) - taken
+            if left:
+                grants[key] = left
+            else:
+                grants.pop(key, None)
+
+    @contextlib.contextmanager
+    def without_consent(
+        self, client: str, api: str, scopes: Iterable[str] | None = None
+    ) -> Iterator[None]:
+        """`revoke_consent` for the duration of a `with` block, then put back exactly what
+        `client` held on `api` before (consent and pre-authorization), for shared worlds."""
+        client_app, resource = self.app(client), self.app(api)
+        consented = client_app.api_permissions.get(resource.client_id)
+        pre_authorized = resource.pre_authorized.get(client_app.client_id)
+        self.revoke_consent(client, api, scopes)
+        try:
+            yield
+        finally:
+            for grants, key, before in (
+                (client_app.api_permissions, resource.client_id, consented),
+                (resource.pre_authorized, client_app.client_id, pre_authorized),
+            ):
+                if before is None:
+                    grants.pop(key, None)
+                else:
+                    grants[key] = before
+
     def user(self, name_or_oid: str) -> User:
         found = self.find_user(name_or_oid)
         if found is None:
@@ -223,6 +368,21 @@ class World:
         }
 
 
+def _exposed(api: App, names: Iterable[str], kind: str) -> frozenset[str]:
+    """`names` as a set, each a delegated scope (kind "scope") or app role ("role") of `api`."""
+    wanted = frozenset([names] if isinstance(names, str) else names)
+    offered = api.scopes if kind == "scope" else api.app_roles
+    if not wanted:
+        raise ValueError(f"no {kind} named for {api.name!r}")
+    unknown = wanted - offered
+    if unknown:
+        raise ValueError(
+            f"{api.name!r} exposes no {kind} {', '.join(sorted(unknown))} "
+            f"(it has: {', '.join(sorted(offered)) or 'none'})"
+        )
+    return wanted
+
+
 def pairwise_sub(oid: str, app_client_id: str, tenant_id: str) -> str:
     """Entra's `sub`: stable per user *and* app, so two apps cannot correlate users by it."""
     digest = hashlib.sha256(f"{tenant_id}:{app_client_id}:{oid}".encode()).digest()
@@ -236,19 +396,28 @@ FABRIKAM = "9b2d4e6f-8a11-4c3b-b2a0-0c0ffee00002"
 
 
 def default_world(*, with_certificates: bool = True) -> World:
-    """The demo world: a public client, the Original and Downstream APIs, a daemon, and users.
+    """The demo world: a public client, three APIs in a chain, a daemon, and users.
 
     - `client` (public): signs users in; may call `original` (`access_as_user`).
     - `original` (confidential, secret + certificate): exposes `access_as_user`; holds the
       consented delegated permission `Data.Read` on `downstream` for On-Behalf-Of.
     - `downstream` (confidential): exposes `Data.Read` and `Data.Write`, defines app role
-      `Data.Read.All`.
+      `Data.Read.All`; holds the consented delegated permission `Prices.Read` on `pricing`, so
+      it can call on as the user (client -> original -> downstream -> pricing).
+    - `pricing` (confidential): exposes `Prices.Read`, the third hop.
     - `daemon` (confidential): app-only caller with the `Data.Read.All` role on `downstream`.
     - `alice` and `bob` in Contoso, `carol` in the second tenant Fabrikam.
     """
     contoso = Tenant(CONTOSO, "contoso")
     fabrikam = Tenant(FABRIKAM, "fabrikam")
 
+    pricing = App(
+        name="pricing",
+        client_id="c4f7e2a9-0b3d-4e6f-8a21-0c0ffee0fee5",
+        tenant_id=CONTOSO,
+        secrets=[new_secret()],
+        scopes=frozenset({"Prices.Read"}),
+    )
     downstream = App(
         name="downstream",
         client_id="5d0e9c57-4c1f-4a36-8f6e-0c0ffee0d0d0",
@@ -256,6 +425,7 @@ def default_world(*, with_certificates: bool = True) -> World:
         secrets=[new_secret()],
         scopes=frozenset({"Data.Read", "Data.Write"}),
         app_roles=frozenset({"Data.Read.All"}),
+        api_permissions={pricing.client_id: frozenset({"Prices.Read"})},
     )
     original = App(
         name="original",
@@ -304,5 +474,7 @@ def default_world(*, with_certificates: bool = True) -> World:
         ),
     ]
     return World(
-        tenants=[contoso, fabrikam], apps=[client, original, downstream, daemon], users=users
+        tenants=[contoso, fabrikam],
+        apps=[client, original, downstream, daemon, pricing],
+        users=users,
     )
