@@ -315,6 +315,7 @@ class _Gate:
                 attributes=attributes,
                 error=note.error,
                 metadata=note.metadata,
+                worked=note.start_ns != 0,
             )
             if identity is not None:
                 telemetry.annotate_current(attributes)

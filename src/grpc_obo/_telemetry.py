@@ -54,7 +54,6 @@ ATTR_ENTRA_ERROR = "grpc_obo.entra.error"
 ATTR_ENTRA_CODES = "grpc_obo.entra.error_codes"
 ATTR_CORRELATION = "grpc_obo.entra.correlation_id"
 ATTR_CLAIMS = "grpc_obo.claims_challenge"
-ATTR_KEYS = "grpc_obo.keys.count"
 ATTR_ERROR = "error.type"  # OpenTelemetry's: a low-cardinality class of failure
 ATTR_URL = "url.full"
 
@@ -62,6 +61,7 @@ METRIC_VALIDATION = "grpc_obo.validation.duration"
 METRIC_EXCHANGE = "grpc_obo.obo.duration"
 METRIC_KEYS = "grpc_obo.keys.fetch.duration"
 METRIC_ACTIVE = "grpc_obo.obo.active"
+METRIC_REFUSALS = "grpc_obo.server.refusals"
 
 # Seconds: a cached verification is microseconds, an RSA check ~0.1 ms, an exchange with
 # Entra tens to hundreds of ms, a retried one seconds.
@@ -128,6 +128,11 @@ class Telemetry:
             description="Discovery and JWKS fetches for signing keys",
             explicit_bucket_boundaries_advisory=_BUCKETS,
         )
+        self._refusals = meter.create_counter(
+            METRIC_REFUSALS,
+            unit="{call}",
+            description="Calls refused by the server interceptor, by error.type",
+        )
         self._active = meter.create_up_down_counter(
             METRIC_ACTIVE,
             unit="{exchange}",
@@ -189,8 +194,13 @@ class Telemetry:
         attributes: Mapping[str, str],
         error: BaseException | None,
         metadata: Iterable[tuple[str, Any]] = (),
+        worked: bool = True,
     ) -> None:
-        """Record one validation that did work, as a span with its real start and end.
+        """Record one validation (or refusal), as a span with its real start and end.
+
+        `worked` is False for a refusal decided without validation work (no token, or a
+        verified token the policy refuses): it is counted, and its span has no duration, but
+        it stays out of the duration histogram.
 
         Called from inside the handler, where an instrumentation's server span is current,
         although the validation itself ran before it in `intercept_service`. Without a current
@@ -203,7 +213,9 @@ class Telemetry:
             failure = _failure_attributes(error)
             metric[ATTR_ERROR] = failure[ATTR_ERROR]
             span_attributes.update(failure)
-        self._validation.record((end_ns - start_ns) / 1e9, metric)
+            self._refusals.add(1, {ATTR_ERROR: failure[ATTR_ERROR]})
+        if worked:
+            self._validation.record((end_ns - start_ns) / 1e9, metric)
         span = self.tracer.start_span(
             SPAN_VALIDATE,
             context=_parent(metadata),
@@ -257,8 +269,6 @@ class Telemetry:
                     metric[ATTR_ERROR] = outcome.error_type
                     span.set_attribute(ATTR_ERROR, outcome.error_type)
                     span.set_status(Status(StatusCode.ERROR))
-                if outcome.keys is not None:
-                    span.set_attribute(ATTR_KEYS, outcome.keys)
                 self._keys.record(time.perf_counter() - started, metric)
 
     # -- exchange ------------------------------------------------------------------------------
@@ -335,12 +345,11 @@ class Telemetry:
 class _Outcome:
     """What a key fetch or an authority round trip learned, in exportable form only."""
 
-    __slots__ = ("error_type", "failure", "keys", "retry")
+    __slots__ = ("error_type", "failure", "retry")
 
     def __init__(self) -> None:
         self.error_type: str | None = None
         self.failure: dict[str, Any] = {}
-        self.keys: int | None = None
         self.retry = False
 
     def fail(self, error: BaseException | str, *, retry: bool = False) -> None:
@@ -374,11 +383,14 @@ def _failure_attributes(error: BaseException) -> dict[str, Any]:
     """
     module = type(error).__module__
     name = type(error).__name__ if module.startswith("grpc_obo") else _OTHER
+    reason = getattr(error, "reason", None)
+    bounded = isinstance(reason, str) and reason.replace("_", "").isalnum() and len(reason) <= 40
+    if name.startswith("_"):  # a private class (a key fetch failure): its bounded reason
+        name = reason if bounded and isinstance(reason, str) else _OTHER
     if isinstance(error, TimeoutError):
         name = "timeout"
     attributes: dict[str, Any] = {ATTR_ERROR: name}
-    reason = getattr(error, "reason", None)
-    if isinstance(reason, str) and reason.replace("_", "").isalnum() and len(reason) <= 40:
+    if bounded:
         attributes[ATTR_REASON] = reason
     entra_error = getattr(error, "error", None)
     if isinstance(entra_error, str) and entra_error.replace("_", "").isalnum():

@@ -26,6 +26,7 @@ VALIDATION = "grpc_obo.validation.duration"
 EXCHANGE = "grpc_obo.obo.duration"
 KEYS = "grpc_obo.keys.fetch.duration"
 ACTIVE = "grpc_obo.obo.active"
+REFUSALS = "grpc_obo.server.refusals"
 
 # Which attributes each metric may carry (bounded vocabularies, never identities).
 ALLOWED_KEYS = {
@@ -33,6 +34,7 @@ ALLOWED_KEYS = {
     EXCHANGE: {"grpc_obo.token.source", "grpc_obo.grant", "error.type"},
     KEYS: {"grpc_obo.result", "error.type"},
     ACTIVE: set(),
+    REFUSALS: {"error.type"},
 }
 ALLOWED_VALUES = {
     "grpc_obo.result": {"accepted", "refused", "ok", "failed"},
@@ -45,6 +47,14 @@ def counts(recorder: Recorder, name: str) -> dict[frozenset[tuple[str, Any]], in
     """Histogram `name`: {attribute set: number of recordings}."""
     return {
         frozenset(dict(point.attributes or {}).items()): point.count
+        for point in recorder.metric_points(name)
+    }
+
+
+def totals(recorder: Recorder, name: str) -> dict[frozenset[tuple[str, Any]], int]:
+    """Counter `name`: {attribute set: total}."""
+    return {
+        frozenset(dict(point.attributes or {}).items()): point.value
         for point in recorder.metric_points(name)
     }
 
@@ -65,10 +75,9 @@ async def test_validation_duration_counts_only_work_by_result_and_error_type(
         await chain.call(None)
     await recorder.settle()
 
-    assert counts(recorder, VALIDATION) == {
-        key(grpc_obo__result="accepted"): 2,
-        key(grpc_obo__result="refused", error__type="MissingTokenError"): 1,
-    }
+    # The missing token was refused without validation work: counted, not timed.
+    assert counts(recorder, VALIDATION) == {key(grpc_obo__result="accepted"): 2}
+    assert totals(recorder, REFUSALS) == {key(error__type="MissingTokenError"): 1}
     for point in recorder.metric_points(VALIDATION):
         assert point.sum >= 0 and point.max < 10
 
@@ -187,10 +196,14 @@ async def test_every_metric_has_only_bounded_attributes(
                     assert value in ALLOWED_VALUES[attribute], (name, attribute, value)
     assert set(counts(recorder, VALIDATION)) >= {
         key(grpc_obo__result="accepted"),
-        key(grpc_obo__result="refused", error__type="MissingTokenError"),
-        key(grpc_obo__result="refused", error__type="InsufficientScopeError"),
         key(grpc_obo__result="refused", error__type="InvalidAudienceError"),
         key(grpc_obo__result="refused", error__type="InvalidSignatureError"),
+    }
+    assert set(totals(recorder, REFUSALS)) >= {
+        key(error__type="MissingTokenError"),
+        key(error__type="InsufficientScopeError"),
+        key(error__type="InvalidAudienceError"),
+        key(error__type="InvalidSignatureError"),
     }
     assert {dict(k).get("error.type") for k in counts(recorder, EXCHANGE)} == {
         None,

@@ -254,7 +254,14 @@ _NO_OBSERVER = _NoObserver()
 
 
 class _FetchError(Exception):
-    """A discovery or JWKS fetch failed; the message holds no secrets (URLs are public)."""
+    """A discovery or JWKS fetch failed; the message holds no secrets (URLs are public).
+
+    `reason` is a bounded name for telemetry (`error.type`): the message is never exported.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RemoteKeySource(KeySource):
@@ -422,7 +429,7 @@ class RemoteKeySource(KeySource):
                 raise
             keys = parse_jwks(document)
             if not keys.keys:
-                raise _FetchError("JWKS has no usable signing key")
+                raise _FetchError("JWKS has no usable signing key", "no_usable_key")
         except Exception as exc:
             # _FetchError texts name only public URLs and statuses; for anything else the class
             # name is enough (and cannot leak a response body into the log).
@@ -443,10 +450,10 @@ class RemoteKeySource(KeySource):
         document = await self._get_json(self._options.discovery_url)
         jwks_uri = document.get("jwks_uri") if isinstance(document, Mapping) else None
         if not isinstance(jwks_uri, str):
-            raise _FetchError("discovery document has no jwks_uri")
+            raise _FetchError("discovery document has no jwks_uri", "no_jwks_uri")
         problem = check_fetch_url(jwks_uri, allow_loopback_http=self._options.allow_loopback_http)
         if problem:
-            raise _FetchError(f"jwks_uri {problem}")
+            raise _FetchError(f"jwks_uri {problem}", "bad_jwks_uri")
         return jwks_uri
 
     def _client(self) -> aiohttp.ClientSession:
@@ -471,20 +478,23 @@ class RemoteKeySource(KeySource):
 
         problem = check_fetch_url(url, allow_loopback_http=self._options.allow_loopback_http)
         if problem:
-            raise _FetchError(f"{url} {problem}")
+            raise _FetchError(f"{url} {problem}", "bad_url")
         try:
             # No redirects: a redirect could leave https or the configured authority.
             async with self._client().get(
                 url, allow_redirects=False, headers={"Accept": "application/json"}
             ) as response:
                 if response.status != 200:
-                    raise _FetchError(f"{url} answered HTTP {response.status}")
+                    raise _FetchError(f"{url} answered HTTP {response.status}", "http_status")
                 body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _FetchError(f"{url} failed: {type(exc).__name__}") from None
+            raise _FetchError(
+                f"{url} failed: {type(exc).__name__}",
+                "timeout" if isinstance(exc, TimeoutError) else "network",
+            ) from None
         if len(body) > MAX_DOCUMENT_BYTES:
-            raise _FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
+            raise _FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes", "too_large")
         try:
             return loads_strict(body)
         except ValueError:
-            raise _FetchError(f"{url} did not answer JSON") from None
+            raise _FetchError(f"{url} did not answer JSON", "not_json") from None
