@@ -211,9 +211,20 @@ class ClientNotAllowedError(AccessDeniedError):
 class KeySourceUnavailableError(GrpcOboError):
     """Signing keys could not be fetched and no earlier good key set is cached."""
 
-    def __init__(self, message: str = "signing keys are unavailable") -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str = "signing keys are unavailable",
+        *,
+        url: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        # NOTE: `str()` (logs, tracebacks, the CLI) names the URL that failed and how; `message`,
+        # which a refused caller gets as the status details, stays the fixed sentence.
+        super().__init__(f"{message} ({detail or 'failed'}: {url})" if url else message)
         self.message = message
+        self.url = url
+        """The discovery or JWKS URL whose fetch failed last (public; never a secret)."""
+        self.detail = detail
 
 
 class TokenExchangeError(GrpcOboError):

@@ -10,6 +10,7 @@ import pickle
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -242,6 +243,166 @@ def test_from_env_defaults_to_entra_and_reads_nothing_else() -> None:
     client = ConfidentialClient.from_env(env)
     assert client.authority_host == "https://login.microsoftonline.com"
     assert client.ca_file is None
+
+
+def pfx_of(authority: DevAuthority, password: bytes | None) -> bytes:
+    """The Original API's certificate and key as a PKCS12 (.pfx) file would hold them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    cert = certificate_of(authority)
+    assert cert.private_key_pem is not None
+    key = serialization.load_pem_private_key(cert.private_key_pem, password=None)
+    return pkcs12.serialize_key_and_certificates(
+        b"original",
+        key,  # type: ignore[arg-type]
+        cert.certificate,
+        None,
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "password"), [("original.pfx", b"pfx-pa55word"), ("original.p12", None)]
+)
+async def test_from_env_with_a_pkcs12_certificate(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    tmp_path: Path,
+    name: str,
+    password: bytes | None,
+) -> None:
+    """AZURE_CLIENT_CERTIFICATE_PATH takes PKCS12 as azure-identity does, with its password."""
+    path = tmp_path / name
+    path.write_bytes(pfx_of(authority, password))
+    env = {**base_env(authority), "AZURE_CLIENT_CERTIFICATE_PATH": str(path)}
+    if password:
+        env["AZURE_CLIENT_CERTIFICATE_PASSWORD"] = password.decode()
+    client = ConfidentialClient.from_env(env, ca_file=str(authority.ca_file))
+    assert client.credential.kind == "certificate"
+    assert password is None or password.decode() not in repr(client.credential)
+    claims = await exchange_as_alice(authority, users, make_exchanger(client), downstream_scope)
+    assert claims["azpacr"] == "2"
+
+
+def test_a_pkcs12_file_with_the_wrong_password_names_the_variable_and_file(
+    authority: DevAuthority, tmp_path: Path
+) -> None:
+    path = tmp_path / "original.pfx"
+    path.write_bytes(pfx_of(authority, b"right-pa55word"))
+    env = {
+        **base_env(authority),
+        "AZURE_CLIENT_CERTIFICATE_PATH": str(path),
+        "AZURE_CLIENT_CERTIFICATE_PASSWORD": "wrong-pa55word",
+    }
+    with pytest.raises(ConfigurationError) as caught:
+        ConfidentialClient.from_env(env)
+    message = str(caught.value)
+    assert message.startswith("AZURE_CLIENT_CERTIFICATE_PATH:")
+    assert str(path) in message and "AZURE_CLIENT_CERTIFICATE_PASSWORD" in message
+    assert "pa55word" not in message
+
+
+def test_a_certificate_without_an_rsa_key_is_refused(tmp_path: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp_path / "ec.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+    with pytest.raises(ConfigurationError, match="must be RSA") as caught:
+        ClientCredential.certificate_file(path)
+    assert "ec.pem" in str(caught.value)
+
+
+def test_from_env_accepts_a_bare_authority_host_as_azure_identity_does() -> None:
+    env = {
+        "AZURE_TENANT_ID": "7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001",
+        "AZURE_CLIENT_ID": "3c9a4e21-7d0b-4f5e-a1c2-0c0ffee0a1a1",
+        "AZURE_CLIENT_SECRET": "s3cr3t-value",
+        "AZURE_AUTHORITY_HOST": "login.microsoftonline.us/",
+    }
+    client = ConfidentialClient.from_env(env)
+    assert client.authority_host == "https://login.microsoftonline.us"
+    assert (
+        client.authority == "https://login.microsoftonline.us/7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001"
+    )
+    direct = replace(client, authority_host="login.chinacloudapi.cn")
+    assert direct.authority_host == "https://login.chinacloudapi.cn"
+
+
+async def test_from_env_reads_the_ca_file_variable(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """GRPC_OBO_CA_FILE: the same variable ValidatorOptions.from_env() reads, so one env file
+    configures both sides of a middle tier."""
+    env = {
+        **base_env(authority),
+        "AZURE_CLIENT_SECRET": authority.world.app("original").secrets[0],
+        "GRPC_OBO_CA_FILE": str(authority.ca_file),
+    }
+    client = ConfidentialClient.from_env(env)
+    assert client.ca_file == str(authority.ca_file)
+    claims = await exchange_as_alice(authority, users, make_exchanger(client), downstream_scope)
+    assert claims["azpacr"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("add", "variable"),
+    [
+        (
+            {"AZURE_CLIENT_CERTIFICATE_PATH": "/nonexistent/cert.pem"},
+            "AZURE_CLIENT_CERTIFICATE_PATH",
+        ),
+        ({"AZURE_CLIENT_SECRET": "s3cret-value", "AZURE_TENANT_ID": "common"}, "AZURE_TENANT_ID"),
+        ({"AZURE_CLIENT_SECRET": "s3cret-value", "AZURE_CLIENT_ID": "nope"}, "AZURE_CLIENT_ID"),
+        (
+            {"AZURE_CLIENT_SECRET": "s3cret-value", "AZURE_AUTHORITY_HOST": "http://x"},
+            "AZURE_AUTHORITY_HOST",
+        ),
+        (
+            {"AZURE_CLIENT_SECRET": "s3cret-value", "GRPC_OBO_CA_FILE": "/nonexistent/ca.pem"},
+            "GRPC_OBO_CA_FILE",
+        ),
+    ],
+)
+def test_from_env_errors_name_the_variable_never_the_secret(
+    authority: DevAuthority, add: dict[str, str], variable: str
+) -> None:
+    env = {**base_env(authority), **add}
+    with pytest.raises(ConfigurationError) as caught:
+        ConfidentialClient.from_env(env)
+    assert str(caught.value).startswith(f"{variable}:")
+    assert "s3cret-value" not in str(caught.value)
+    if variable.endswith("_PATH") or variable.endswith("_FILE"):
+        assert "/nonexistent/" in str(caught.value)
 
 
 # -- refusals --------------------------------------------------------------------------------

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import grpc_obo
 from grpc_obo import ValidatorOptions
-from tests.validation.tokens import API_CLIENT_ID, OTHER_TENANT, TENANT, jwk, jwks
+from grpc_obo.devauthority._tls import write_tls_files
+from tests.validation.conftest import KeyServer
+from tests.validation.tokens import (
+    API_CLIENT_ID,
+    OTHER_TENANT,
+    TENANT,
+    jwk,
+    jwks,
+    mint,
+    v1_claims,
+    v2_claims,
+)
 
 BASE: dict[str, Any] = {"tenant": TENANT, "audiences": frozenset({API_CLIENT_ID})}
 
@@ -89,11 +104,14 @@ def test_guids_are_normalised_to_lowercase() -> None:
         {"ssl_context": "yes"},
         {"allowed_client_ids": {"not-a-guid"}},
         {"allowed_client_ids": frozenset()},
-        {"authority_host": "login.microsoftonline.com"},
         {"authority_host": "http://login.microsoftonline.com"},
+        {"authority_host": "ftp://login.microsoftonline.com"},
+        {"authority_host": "  "},
         {"authority_host": "https://login.microsoftonline.com/tenant"},
         {"authority_host": "https://user:pw@login.microsoftonline.com"},
-        {"v1_issuer_host": "sts.windows.net"},
+        {"v1_issuer_host": "ftp://sts.windows.net"},
+        {"ca_file": ""},
+        {"ca_file": "/nonexistent/ca.pem"},
         {"jwks": {"keys": []}},
         {"jwks": {"keys": [jwk("small", bits=1024)]}},
         {"jwks": {"nokeys": 1}},
@@ -128,3 +146,131 @@ def test_max_lifetime_and_key_fetch_timings_accept_sensible_values() -> None:
     assert options.max_lifetime == 28 * 3600
     assert options.new_kid_refresh_interval == 10
     assert (options.key_fetch_backoff_initial, options.key_fetch_backoff_max) == (0.5, 60)
+
+
+# -- configuration parity with azure-identity ---------------------------------------------------
+
+
+def test_a_bare_authority_host_means_https_as_in_azure_identity() -> None:
+    options = ValidatorOptions(
+        **BASE, authority_host="login.microsoftonline.us/", v1_issuer_host="sts.windows.net"
+    )
+    assert options.authority_host == "https://login.microsoftonline.us"
+    assert options.issuer_for("2.0", TENANT) == f"https://login.microsoftonline.us/{TENANT}/v2.0"
+    assert options.issuer_for("1.0", TENANT) == f"https://sts.windows.net/{TENANT}/"
+    assert options.discovery_url.startswith("https://login.microsoftonline.us/")
+
+
+def _ca_pem(tmp_path: Path) -> Path:
+    tls = write_tls_files(tmp_path / "tls")
+    return tls.ca_file
+
+
+def test_ca_file_trusts_exactly_that_ca(tmp_path: Path) -> None:
+    ca_file = _ca_pem(tmp_path)
+    options = ValidatorOptions(**BASE, ca_file=str(ca_file))
+    assert options.ssl_context is not None
+    subjects = [dict(x[0] for x in ca["subject"]) for ca in options.ssl_context.get_ca_certs()]
+    assert [s["commonName"] for s in subjects] == ["grpc_obo dev authority CA"]
+    # A Path works, and replace() keeps working (the derived context is not "both given").
+    again = dataclasses.replace(ValidatorOptions(**BASE, ca_file=ca_file), leeway=30)  # type: ignore[arg-type]
+    assert again.ca_file == str(ca_file) and again.ssl_context is not None
+
+
+def test_ca_file_errors_name_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "missing-ca.pem"
+    with pytest.raises(grpc_obo.ConfigurationError, match=r"missing-ca\.pem.*does not exist"):
+        ValidatorOptions(**BASE, ca_file=str(missing))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(grpc_obo.ConfigurationError, match=r"garbage\.pem.*not a readable PEM"):
+        ValidatorOptions(**BASE, ca_file=str(garbage))
+    with pytest.raises(grpc_obo.ConfigurationError, match="not both"):
+        ValidatorOptions(
+            **BASE, ca_file=str(_ca_pem(tmp_path)), ssl_context=ssl.create_default_context()
+        )
+
+
+ENV = {"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": API_CLIENT_ID}
+
+
+def test_from_env_reads_the_azure_identity_names() -> None:
+    options = ValidatorOptions.from_env(ENV)
+    assert options.tenant == TENANT
+    assert options.audiences == {API_CLIENT_ID, f"api://{API_CLIENT_ID}"}
+    assert options.authority_host == "https://login.microsoftonline.com"
+    assert options.versions == {"2.0"}
+    assert options.ssl_context is None
+
+
+def test_from_env_reads_grpc_obo_variables_and_keywords_win(tmp_path: Path) -> None:
+    ca_file = _ca_pem(tmp_path)
+    env = {
+        **ENV,
+        "AZURE_AUTHORITY_HOST": "login.microsoftonline.us",
+        "GRPC_OBO_AUDIENCES": f"{API_CLIENT_ID}, api://custom-uri",
+        "GRPC_OBO_TOKEN_VERSIONS": "1.0 2.0",
+        "GRPC_OBO_CA_FILE": str(ca_file),
+        "GRPC_OBO_V1_ISSUER_HOST": "https://127.0.0.1:8443",
+    }
+    options = ValidatorOptions.from_env(env, leeway=10, versions=frozenset({"1.0"}))
+    assert options.authority_host == "https://login.microsoftonline.us"
+    assert options.audiences == {API_CLIENT_ID, "api://custom-uri"}
+    assert options.versions == {"1.0"}  # the keyword wins
+    assert options.leeway == 10
+    assert options.ca_file == str(ca_file) and options.ssl_context is not None
+    assert options.v1_issuer_host == "https://127.0.0.1:8443"
+
+
+def test_from_env_multi_tenant_with_allowed_tenants() -> None:
+    env = {**ENV, "AZURE_TENANT_ID": "organizations", "GRPC_OBO_ALLOWED_TENANTS": TENANT}
+    options = ValidatorOptions.from_env(env)
+    assert options.is_multi_tenant and options.allowed_tenants == {TENANT}
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"AZURE_CLIENT_ID": API_CLIENT_ID}, "AZURE_TENANT_ID"),
+        ({"AZURE_TENANT_ID": TENANT}, "AZURE_CLIENT_ID"),
+        ({**ENV, "AZURE_TENANT_ID": "s3cret-looking-value"}, "AZURE_TENANT_ID"),
+        ({**ENV, "AZURE_AUTHORITY_HOST": "http://s3cret-looking-value"}, "AZURE_AUTHORITY_HOST"),
+        ({**ENV, "GRPC_OBO_TOKEN_VERSIONS": "3.0"}, "GRPC_OBO_TOKEN_VERSIONS"),
+        ({**ENV, "GRPC_OBO_CA_FILE": "/nonexistent/ca.pem"}, "GRPC_OBO_CA_FILE"),
+        ({**ENV, "GRPC_OBO_AUDIENCES": "https://graph.microsoft.com"}, None),
+    ],
+)
+def test_from_env_errors_name_the_variable_not_its_value(
+    env: dict[str, str], variable: str | None
+) -> None:
+    with pytest.raises(grpc_obo.ConfigurationError) as caught:
+        ValidatorOptions.from_env(env)
+    if variable is not None:
+        assert str(caught.value).startswith(variable)
+    assert "s3cret-looking-value" not in str(caught.value)
+
+
+async def test_a_refused_version_says_which_and_names_the_option(
+    make_validator: Callable[..., grpc_obo.TokenValidator],
+) -> None:
+    validator = make_validator(versions=frozenset({"2.0"}))
+    with pytest.raises(grpc_obo.InvalidClaimError) as caught:
+        await validator.validate(mint(v1_claims()))
+    assert caught.value.reason == "version_not_accepted"
+    assert "1.0" in caught.value.message and 'versions={"2.0"}' in caught.value.message
+
+
+async def test_key_source_unavailable_names_the_url_but_callers_get_the_fixed_message(
+    key_server: KeyServer, make_remote_validator: Callable[..., grpc_obo.TokenValidator]
+) -> None:
+    key_server.down = True
+    validator = make_remote_validator()
+    with pytest.raises(grpc_obo.KeySourceUnavailableError) as caught:
+        await validator.start()
+    error = caught.value
+    discovery = validator.options.discovery_url
+    assert error.url == discovery
+    assert discovery in str(error) and "HTTP 503" in str(error)
+    assert error.message == "signing keys are unavailable"  # what a refused caller is told
+    with pytest.raises(grpc_obo.KeySourceUnavailableError, match="HTTP 503"):
+        await validator.validate(mint(v2_claims()))

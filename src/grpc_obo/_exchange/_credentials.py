@@ -1,9 +1,10 @@
 """How the middle tier proves who it is: `ClientCredential` and `ConfidentialClient`.
 
-A credential is a client secret, a certificate (PEM key + certificate, optionally sending the
-chain for subject-name/issuer authentication), or an assertion callback (workload identity
-federation, managed identity). Every repr is redacted. `ConfidentialClient.from_env()` reads the
-conventional AZURE_* variables, and only when called: nothing reads the environment implicitly.
+A credential is a client secret, a certificate (PEM or PKCS12 key + certificate, optionally
+sending the chain for subject-name/issuer authentication), or an assertion callback (workload
+identity federation, managed identity). Every repr is redacted. `ConfidentialClient.from_env()`
+reads the AZURE_* variables as azure-identity does, and only when called: nothing reads the
+environment implicitly. Errors name the file or the variable, never a secret's value.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from grpc_obo._errors import ConfigurationError
 from grpc_obo._identity import SecretToken
@@ -72,6 +75,9 @@ class ClientCredential:
         )
         if public != cert_public:
             raise ConfigurationError("the private key does not belong to the certificate")
+        if not isinstance(key, rsa.RSAPrivateKey):
+            # MSAL signs client assertions with RS256 / PS256, as Entra requires.
+            raise ConfigurationError("the client certificate's private key must be RSA")
         return cls(
             "certificate",
             _key_pem=SecretToken(private_key_pem.decode("ascii")),
@@ -88,23 +94,68 @@ class ClientCredential:
         passphrase: bytes | None = None,
         send_certificate_chain: bool = False,
     ) -> ClientCredential:
-        """A PEM file with the private key and the certificate (AZURE_CLIENT_CERTIFICATE_PATH)."""
+        """A file with the private key and the certificate (AZURE_CLIENT_CERTIFICATE_PATH).
+
+        PEM (key and certificate blocks, the key possibly encrypted with `passphrase`) or, as
+        azure-identity reads it, PKCS12 (`.pfx` / `.p12`, protected by `passphrase` if at all):
+        a file without a PEM block is read as PKCS12, whatever its name. Errors name the file.
+        """
         try:
             data = Path(path).read_bytes()
         except OSError:
-            raise ConfigurationError("the client certificate file cannot be read") from None
+            raise ConfigurationError(
+                f"the client certificate file {str(path)!r} cannot be read"
+            ) from None
+        if b"-----BEGIN" not in data:
+            return cls._pkcs12(data, str(path), passphrase, send_certificate_chain)
         key_pem = _pem_blocks(data, "PRIVATE KEY")
         cert_pem = _pem_blocks(data, "CERTIFICATE")
         if not key_pem or not cert_pem:
             raise ConfigurationError(
-                "the client certificate file must hold a PEM private key and a certificate"
+                f"the client certificate file {str(path)!r} must hold a PEM private key and a "
+                "certificate"
             )
-        return cls.certificate(
-            private_key_pem=key_pem[0],
-            certificate_pem=b"".join(cert_pem),
-            passphrase=passphrase,
-            send_certificate_chain=send_certificate_chain,
+        try:
+            return cls.certificate(
+                private_key_pem=key_pem[0],
+                certificate_pem=b"".join(cert_pem),
+                passphrase=passphrase,
+                send_certificate_chain=send_certificate_chain,
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{str(path)!r}: {exc}") from None
+
+    @classmethod
+    def _pkcs12(
+        cls, data: bytes, path: str, passphrase: bytes | None, send_certificate_chain: bool
+    ) -> ClientCredential:
+        try:
+            key, cert, chain = pkcs12.load_key_and_certificates(data, passphrase)
+        except (ValueError, TypeError):
+            raise ConfigurationError(
+                f"the client certificate file {path!r} is neither PEM nor PKCS12 that opens with "
+                "the given password (AZURE_CLIENT_CERTIFICATE_PASSWORD)"
+            ) from None
+        if key is None or cert is None:
+            raise ConfigurationError(
+                f"the PKCS12 file {path!r} must hold a private key and its certificate"
+            )
+        # NOTE: the key is kept decrypted in memory (as a SecretToken), as azure-identity does:
+        # MSAL takes PEM, and the passphrase has done its job once the file is open.
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
+        certs = [cert, *chain]
+        try:
+            return cls.certificate(
+                private_key_pem=key_pem,
+                certificate_pem=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs),
+                send_certificate_chain=send_certificate_chain,
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{path!r}: {exc}") from None
 
     @classmethod
     def assertion(cls, callback: Callable[[], str]) -> ClientCredential:
@@ -161,10 +212,13 @@ class ConfidentialClient:
     tenant_id: str
     credential: ClientCredential = field(repr=False)
     authority_host: str = "https://login.microsoftonline.com"
+    """The authority's host; a bare host (`login.microsoftonline.us`) means https, as in
+    azure-identity."""
     client_capabilities: tuple[str, ...] = ()
     """`("cp1",)` declares the service handles claims challenges (CAE)."""
     ca_file: str | None = None
-    """Trust exactly this CA for the authority (the dev authority); None uses the system's."""
+    """Trust exactly this CA file for the authority (the dev authority's, a corporate one), as
+    `ValidatorOptions(ca_file=...)` does for key fetches; None trusts requests' default CAs."""
     http_timeout: float = 10.0
 
     def __post_init__(self) -> None:
@@ -177,15 +231,21 @@ class ConfidentialClient:
                 "On-Behalf-Of needs the middle tier's tenant (or 'organizations'), not "
                 f"{self.tenant_id!r}"
             )
-        if not self.authority_host.startswith("https://"):
-            raise ConfigurationError("authority_host must be an https:// URL")
+        if not isinstance(self.authority_host, str) or not self.authority_host.strip():
+            raise ConfigurationError("authority_host must be an https:// URL or a host name")
+        host = _with_scheme(self.authority_host)
+        if not host.startswith("https://"):
+            raise ConfigurationError("authority_host must be an https:// URL or a host name")
+        object.__setattr__(self, "authority_host", host)
+        ca_file: object = self.ca_file
+        if isinstance(ca_file, os.PathLike):  # a Path works too
+            object.__setattr__(self, "ca_file", os.fspath(ca_file))
         if not isinstance(self.credential, ClientCredential):
             raise ConfigurationError("credential must be a ClientCredential")
         if not all(isinstance(c, str) and c.isalnum() for c in self.client_capabilities):
             raise ConfigurationError("client_capabilities is a tuple such as ('cp1',)")
         if self.http_timeout <= 0:
             raise ConfigurationError("http_timeout must be positive")
-        object.__setattr__(self, "authority_host", self.authority_host.rstrip("/"))
 
     @property
     def authority(self) -> str:
@@ -206,33 +266,48 @@ class ConfidentialClient:
     ) -> ConfidentialClient:
         """Read AZURE_TENANT_ID, AZURE_CLIENT_ID and one credential from the environment.
 
-        Credentials, first found wins: AZURE_CLIENT_SECRET; AZURE_CLIENT_CERTIFICATE_PATH (with
+        Credentials, first found wins, as in azure-identity's EnvironmentCredential:
+        AZURE_CLIENT_SECRET; AZURE_CLIENT_CERTIFICATE_PATH, a PEM or PKCS12 (.pfx/.p12) file (with
         AZURE_CLIENT_CERTIFICATE_PASSWORD, AZURE_CLIENT_SEND_CERTIFICATE_CHAIN); or
         AZURE_FEDERATED_TOKEN_FILE (workload identity: the file is re-read for every assertion).
-        AZURE_AUTHORITY_HOST overrides the authority host.
+        AZURE_AUTHORITY_HOST overrides the authority host (a bare host means https).
+        GRPC_OBO_CA_FILE (unless `ca_file` is given) trusts exactly that CA, as
+        `ValidatorOptions.from_env()` does. Errors name the variable, never its value.
         """
         env = os.environ if environ is None else environ
 
-        def need(name: str) -> str:
+        def get(name: str) -> str | None:
             value = env.get(name, "").strip()
-            if not value:
+            return value or None
+
+        def need(name: str) -> str:
+            value = get(name)
+            if value is None:
                 raise ConfigurationError(f"{name} is not set")
             return value
+
+        def named(variable: str, exc: ConfigurationError) -> ConfigurationError:
+            return ConfigurationError(f"{variable}: {exc}")
 
         tenant_id, client_id = need("AZURE_TENANT_ID"), need("AZURE_CLIENT_ID")
         credential: ClientCredential
         if env.get("AZURE_CLIENT_SECRET"):
             credential = ClientCredential.secret(env["AZURE_CLIENT_SECRET"])
-        elif env.get("AZURE_CLIENT_CERTIFICATE_PATH"):
+        elif get("AZURE_CLIENT_CERTIFICATE_PATH"):
             password = env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD")
-            credential = ClientCredential.certificate_file(
-                env["AZURE_CLIENT_CERTIFICATE_PATH"],
-                passphrase=password.encode() if password else None,
-                send_certificate_chain=env.get("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "").lower()
-                in ("1", "true"),
-            )
-        elif env.get("AZURE_FEDERATED_TOKEN_FILE"):
-            token_file = Path(env["AZURE_FEDERATED_TOKEN_FILE"])
+            try:
+                credential = ClientCredential.certificate_file(
+                    need("AZURE_CLIENT_CERTIFICATE_PATH"),
+                    passphrase=password.encode() if password else None,
+                    send_certificate_chain=env.get(
+                        "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", ""
+                    ).lower()
+                    in ("1", "true"),
+                )
+            except ConfigurationError as exc:
+                raise named("AZURE_CLIENT_CERTIFICATE_PATH", exc) from None
+        elif get("AZURE_FEDERATED_TOKEN_FILE"):
+            token_file = Path(need("AZURE_FEDERATED_TOKEN_FILE"))
             credential = ClientCredential.assertion(
                 lambda: token_file.read_text(encoding="utf-8").strip()
             )
@@ -241,11 +316,36 @@ class ConfidentialClient:
                 "set AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or "
                 "AZURE_FEDERATED_TOKEN_FILE"
             )
-        return cls(
-            client_id=client_id,
-            tenant_id=tenant_id,
-            credential=credential,
-            authority_host=env.get("AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com",
-            client_capabilities=client_capabilities,
-            ca_file=ca_file,
-        )
+        if ca_file is None:
+            ca_file = get("GRPC_OBO_CA_FILE")
+            if ca_file is not None and not os.path.exists(ca_file):
+                raise ConfigurationError(f"GRPC_OBO_CA_FILE: ca_file {ca_file!r} does not exist")
+        try:
+            return cls(
+                client_id=client_id,
+                tenant_id=tenant_id,
+                credential=credential,
+                authority_host=get("AZURE_AUTHORITY_HOST") or _ENTRA,
+                client_capabilities=client_capabilities,
+                ca_file=ca_file,
+            )
+        except ConfigurationError as exc:
+            variable = next((v for o, v in _FROM_ENV if str(exc).startswith(o)), None)
+            if variable is None:
+                raise
+            raise named(variable, exc) from None
+
+
+_ENTRA = "https://login.microsoftonline.com"
+_FROM_ENV = (
+    ("client_id", "AZURE_CLIENT_ID"),
+    ("tenant_id", "AZURE_TENANT_ID"),
+    ("On-Behalf-Of needs", "AZURE_TENANT_ID"),
+    ("authority_host", "AZURE_AUTHORITY_HOST"),
+)
+
+
+def _with_scheme(value: str) -> str:
+    """azure-identity's rule for AZURE_AUTHORITY_HOST: a bare host means https."""
+    value = value.strip().rstrip("/")
+    return value if "://" in value else f"https://{value}"

@@ -259,9 +259,10 @@ class _FetchError(Exception):
     `reason` is a bounded name for telemetry (`error.type`): the message is never exported.
     """
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str, url: str) -> None:
         super().__init__(message)
         self.reason = reason
+        self.url = url
 
 
 class RemoteKeySource(KeySource):
@@ -278,6 +279,7 @@ class RemoteKeySource(KeySource):
         self._new_kid_at: float | None = None  # last refresh on the short never-seen-kid budget
         self._missing: OrderedDict[str, None] = OrderedDict()  # looked up after a good fetch
         self._cold_failures = 0  # failed attempts in a row while no key set was ever loaded
+        self._last_failure: tuple[str, str] | None = None  # (url, what happened): for errors
         self._cold_failed_at: float | None = None
         self._refresh: asyncio.Task[bool] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -366,7 +368,11 @@ class RemoteKeySource(KeySource):
         if self._keys is None:
             await self._await_refresh()
         if self._keys is None:
-            raise KeySourceUnavailableError()
+            raise self._unavailable()
+
+    def _unavailable(self) -> KeySourceUnavailableError:
+        url, detail = self._last_failure or (self._options.discovery_url, "not fetched yet")
+        return KeySourceUnavailableError(url=url, detail=detail)
 
     async def get_key(self, kid: str | None, x5t: str | None) -> SigningKey:
         if self._closed:
@@ -378,7 +384,7 @@ class RemoteKeySource(KeySource):
             if self._in_flight() or self._cold_retry_due():
                 waited = await self._await_refresh()
             if self._keys is None:
-                raise KeySourceUnavailableError()
+                raise self._unavailable()
         else:
             self.poll()
         key = self._keys.find(kid, x5t)
@@ -429,11 +435,15 @@ class RemoteKeySource(KeySource):
                 raise
             keys = parse_jwks(document)
             if not keys.keys:
-                raise _FetchError("JWKS has no usable signing key", "no_usable_key")
+                raise _FetchError(
+                    f"{self._jwks_uri} has no usable signing key", "no_usable_key", self._jwks_uri
+                )
         except Exception as exc:
             # _FetchError texts name only public URLs and statuses; for anything else the class
             # name is enough (and cannot leak a response body into the log).
             why = str(exc) if isinstance(exc, _FetchError) else type(exc).__name__
+            url = exc.url if isinstance(exc, _FetchError) else self._options.discovery_url
+            self._last_failure = (url, why.removeprefix(f"{url} ").strip())
             have = "keeping the last good key set" if self._keys else "no keys yet"
             logger.warning("signing key refresh failed (%s); %s", why, have)
             if self._keys is None:
@@ -450,10 +460,12 @@ class RemoteKeySource(KeySource):
         document = await self._get_json(self._options.discovery_url)
         jwks_uri = document.get("jwks_uri") if isinstance(document, Mapping) else None
         if not isinstance(jwks_uri, str):
-            raise _FetchError("discovery document has no jwks_uri", "no_jwks_uri")
+            raise _FetchError(
+                "discovery document has no jwks_uri", "no_jwks_uri", self._options.discovery_url
+            )
         problem = check_fetch_url(jwks_uri, allow_loopback_http=self._options.allow_loopback_http)
         if problem:
-            raise _FetchError(f"jwks_uri {problem}", "bad_jwks_uri")
+            raise _FetchError(f"jwks_uri {problem}", "bad_jwks_uri", self._options.discovery_url)
         return jwks_uri
 
     def _client(self) -> aiohttp.ClientSession:
@@ -478,23 +490,26 @@ class RemoteKeySource(KeySource):
 
         problem = check_fetch_url(url, allow_loopback_http=self._options.allow_loopback_http)
         if problem:
-            raise _FetchError(f"{url} {problem}", "bad_url")
+            raise _FetchError(f"{url} {problem}", "bad_url", url)
         try:
             # No redirects: a redirect could leave https or the configured authority.
             async with self._client().get(
                 url, allow_redirects=False, headers={"Accept": "application/json"}
             ) as response:
                 if response.status != 200:
-                    raise _FetchError(f"{url} answered HTTP {response.status}", "http_status")
+                    raise _FetchError(f"{url} answered HTTP {response.status}", "http_status", url)
                 body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _FetchError(
                 f"{url} failed: {type(exc).__name__}",
                 "timeout" if isinstance(exc, TimeoutError) else "network",
+                url,
             ) from None
         if len(body) > MAX_DOCUMENT_BYTES:
-            raise _FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes", "too_large")
+            raise _FetchError(
+                f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes", "too_large", url
+            )
         try:
             return loads_strict(body)
         except ValueError:
-            raise _FetchError(f"{url} did not answer JSON", "not_json") from None
+            raise _FetchError(f"{url} did not answer JSON", "not_json", url) from None

@@ -1,17 +1,20 @@
 """`ValidatorOptions`: everything a `TokenValidator` needs, checked once at construction.
 
 Misconfiguration (an http authority, a multi-tenant API without a tenant decision, a Graph
-audience, a static JWKS with no usable key) raises `ConfigurationError` here, so a service
-fails at start-up instead of on its first request. Also owns the issuer templates and the
-URL rules (https only; plain http only for a loopback IP literal, and only when asked).
+audience, a static JWKS with no usable key, a CA file that does not load) raises
+`ConfigurationError` here, so a service fails at start-up instead of on its first request. Also
+owns the issuer templates, the URL rules (https only; plain http only for a loopback IP literal,
+and only when asked) and `from_env()`, which reads azure-identity's variable names.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,10 +88,16 @@ def check_fetch_url(url: str, *, allow_loopback_http: bool) -> str | None:
     return "must use https"
 
 
+def _with_scheme(value: str) -> str:
+    """azure-identity's rule for AZURE_AUTHORITY_HOST: a bare host means https."""
+    value = value.strip().rstrip("/")
+    return value if "://" in value else f"https://{value}"
+
+
 def _base_url(name: str, value: str, *, allow_loopback_http: bool) -> str:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(f"{name} must be a non-empty URL")
-    value = value.rstrip("/")
+    value = _with_scheme(value)
     problem = check_fetch_url(value, allow_loopback_http=allow_loopback_http)
     if problem:
         raise ConfigurationError(f"{name} {problem}")
@@ -118,6 +127,33 @@ def _guid_set(name: str, value: Iterable[str] | None) -> frozenset[str] | None:
     if not all(is_guid(item) for item in lowered):
         raise ConfigurationError(f"{name} must contain only tenant/client GUIDs")
     return lowered
+
+
+# Contexts built here from `ca_file`: `dataclasses.replace()` passes them back together with
+# `ca_file`, which must not count as giving both.
+_CA_CONTEXTS: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+
+
+def ca_context(ca_file: object, name: str = "ca_file") -> ssl.SSLContext:
+    """An SSL context trusting exactly the CA file (or OpenSSL hashed directory) `ca_file`."""
+    try:
+        path = os.fspath(ca_file)  # type: ignore[call-overload]
+    except TypeError:
+        raise ConfigurationError(f"{name} must be a path") from None
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigurationError(f"{name} is empty")
+    if not os.path.exists(path):
+        raise ConfigurationError(f"{name} {path!r} does not exist")
+    try:
+        if os.path.isdir(path):
+            context = ssl.create_default_context(capath=path)
+        else:
+            # NOTE: with `cafile`, the default context loads no system CAs: exactly this CA.
+            context = ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError):
+        raise ConfigurationError(f"{name} {path!r} is not a readable PEM CA file") from None
+    _CA_CONTEXTS.add(context)
+    return context
 
 
 def _bounded(name: str, value: float, low: float, high: float) -> None:
@@ -180,8 +216,12 @@ class ValidatorOptions:
     """A static JWKS document for offline use: no discovery and no network at all."""
     http_timeout: float = 10.0
     """Seconds for each discovery or JWKS request."""
+    ca_file: str | None = None
+    """Trust exactly this PEM CA file (or hashed directory) for key fetches, as
+    `ConfidentialClient(ca_file=...)` does for exchanges: the dev authority's CA, a corporate
+    one. Checked here. Give `ca_file` or `ssl_context`, not both."""
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
-    """TLS settings for key fetches (e.g. trusting the dev authority's private CA)."""
+    """TLS settings for key fetches; built from `ca_file` when that is given."""
     allow_loopback_http: bool = False
     """Allow plain http when the authority is a loopback IP literal (tests and local tools)."""
 
@@ -195,9 +235,9 @@ class ValidatorOptions:
             "authority_host",
             _base_url("authority_host", self.authority_host, allow_loopback_http=loopback),
         )
-        if not isinstance(self.v1_issuer_host, str) or not self.v1_issuer_host:
+        if not isinstance(self.v1_issuer_host, str) or not self.v1_issuer_host.strip():
             raise ConfigurationError("v1_issuer_host must be a non-empty URL")
-        v1_host = self.v1_issuer_host.rstrip("/")
+        v1_host = _with_scheme(self.v1_issuer_host)
         v1_parts = urlsplit(v1_host)
         if v1_parts.scheme not in ("https", "http") or not v1_parts.netloc or v1_parts.path:
             raise ConfigurationError("v1_issuer_host must be scheme://host[:port]")
@@ -267,6 +307,12 @@ class ValidatorOptions:
             raise ConfigurationError("clock must be a callable returning epoch seconds")
         if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
             raise ConfigurationError("ssl_context must be an ssl.SSLContext")
+        if self.ca_file is not None:
+            if self.ssl_context is not None and self.ssl_context not in _CA_CONTEXTS:
+                raise ConfigurationError("give ca_file or ssl_context, not both")
+            ca_file = os.fspath(self.ca_file)
+            set_(self, "ca_file", ca_file)
+            set_(self, "ssl_context", ca_context(ca_file))
         for name in ("allow_all_tenants", "accept_app_tokens_without_roles"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"{name} must be a bool")
@@ -278,6 +324,79 @@ class ValidatorOptions:
                 raise ConfigurationError("jwks must be a JWKS document (a mapping with 'keys')")
             if not parse_jwks(self.jwks).keys:
                 raise ConfigurationError("jwks has no usable RSA signing key (>= 2048 bits)")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ValidatorOptions:
+        """Options for this API from the environment, when called (never implicitly).
+
+        The names azure-identity uses, read as it reads them, plus grpc_obo's own where it has
+        none (the same file works for `ConfidentialClient.from_env()` in a middle tier):
+
+        - `AZURE_TENANT_ID` (required): `tenant`, a GUID or `organizations`/`common`;
+        - `AZURE_CLIENT_ID`: `audiences` = this client id and `api://<client id>`;
+        - `AZURE_AUTHORITY_HOST`: `authority_host`; a bare host (`login.microsoftonline.us`)
+          means https;
+        - `GRPC_OBO_AUDIENCES`: `audiences` instead (comma or space separated);
+        - `GRPC_OBO_TOKEN_VERSIONS`: `versions`, `2.0` (default), `1.0` or `1.0,2.0`;
+        - `GRPC_OBO_ALLOWED_TENANTS`: `allowed_tenants` (multi-tenant), tenant GUIDs;
+        - `GRPC_OBO_CA_FILE`: `ca_file`, as for `ConfidentialClient.from_env()`;
+        - `GRPC_OBO_V1_ISSUER_HOST`: `v1_issuer_host` (v1 tokens of a non-Microsoft authority).
+
+        Keyword arguments are options that win over the environment
+        (`from_env(versions={"1.0", "2.0"}, max_lifetime=28 * 3600)`). A bad value raises
+        `ConfigurationError` naming the variable (never quoting a value).
+        """
+        env = os.environ if environ is None else environ
+        read: dict[str, str] = {}  # option -> the variable it came from
+
+        def get(variable: str) -> str | None:
+            value = env.get(variable, "").strip()
+            return value or None
+
+        def items(variable: str) -> list[str]:
+            return [part for part in re.split(r"[\s,]+", get(variable) or "") if part]
+
+        values: dict[str, Any] = {}
+        tenant = get("AZURE_TENANT_ID")
+        if tenant is not None:
+            values["tenant"], read["tenant"] = tenant, "AZURE_TENANT_ID"
+        client_id = get("AZURE_CLIENT_ID")
+        if get("GRPC_OBO_AUDIENCES"):
+            values["audiences"] = frozenset(items("GRPC_OBO_AUDIENCES"))
+            read["audiences"] = "GRPC_OBO_AUDIENCES"
+        elif client_id is not None:
+            values["audiences"] = frozenset({client_id, f"api://{client_id}"})
+            read["audiences"] = "AZURE_CLIENT_ID"
+        for variable, option in (
+            ("AZURE_AUTHORITY_HOST", "authority_host"),
+            ("GRPC_OBO_V1_ISSUER_HOST", "v1_issuer_host"),
+            ("GRPC_OBO_CA_FILE", "ca_file"),
+        ):
+            value = get(variable)
+            if value is not None:
+                values[option], read[option] = value, variable
+        for variable, option in (
+            ("GRPC_OBO_TOKEN_VERSIONS", "versions"),
+            ("GRPC_OBO_ALLOWED_TENANTS", "allowed_tenants"),
+        ):
+            if get(variable) is not None:
+                values[option], read[option] = frozenset(items(variable)), variable
+        for option in overrides:
+            read.pop(option, None)
+        values.update(overrides)
+        for option, variable in (("tenant", "AZURE_TENANT_ID"), ("audiences", "AZURE_CLIENT_ID")):
+            if option not in values:
+                raise ConfigurationError(f"{variable} is not set (needed for {option})")
+        try:
+            return cls(**values)
+        except ConfigurationError as exc:
+            message = str(exc)
+            source = next((v for o, v in read.items() if message.startswith(o)), None)
+            if source is None:
+                raise
+            raise ConfigurationError(f"{source}: {message}") from None
 
     @property
     def is_multi_tenant(self) -> bool:

@@ -232,7 +232,13 @@ def check_claims(
         raise _claim_error("ver", 'claim \'ver\' must be "1.0" or "2.0"')
     assert isinstance(version, str)
     if version not in options.versions:
-        raise _claim_error("ver", "token version is not accepted", "version_not_accepted")
+        # Names the version (one of two fixed strings) and the option, never a claim value.
+        accepted = ", ".join(f'"{v}"' for v in sorted(options.versions))
+        raise _claim_error(
+            "ver",
+            f"token version {version} is not accepted (ValidatorOptions versions={{{accepted}}})",
+            "version_not_accepted",
+        )
     tid = _guid_claim(claims, "tid", required=True)
     assert tid is not None
     issuer = _check_issuer(claims, version, tid, key, options)
