@@ -1,34 +1,47 @@
-"""Start the whole example chain (Downstream API, then the Original API calling it) in-process.
+"""The whole example chain in one process: KeyVault, DocumentStore, then the Workspace.
 
-`make demo` and the end-to-end tests both use it.
+    client app ──▶ Workspace ──(On-Behalf-Of)──▶ DocumentStore ──(On-Behalf-Of)──▶ KeyVault
+
+The same servers `python -m examples.<api>` runs, built from a `Settings` document instead of
+the environment, plaintext on loopback. The tests use it; `make demo` runs separate processes
+(`examples.processes`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import grpc
-
 import grpc_obo
-from examples.downstream import app as downstream_app
-from examples.original import app as original_app
+from examples import serving
+from examples.config import Downstream
+from examples.downstream.app import API as STORE
+from examples.original.app import API as WORKSPACE
 from examples.settings import Settings
+from examples.vault.app import API as VAULT
+from examples.world import STORE_SCOPES, VAULT_SCOPES
 
 
 @dataclass
 class RunningChain:
-    original: str
-    """The Original API's address (what a client app calls)."""
-    downstream: str
-    obo: grpc_obo.OnBehalfOf
-    _servers: list[grpc.aio.Server] = field(repr=False)
-    _closers: list[object] = field(repr=False)
+    workspace: str
+    """The Workspace's address (what a client app calls)."""
+    store: str
+    vault: str
+    workspace_obo: grpc_obo.OnBehalfOf
+    store_obo: grpc_obo.OnBehalfOf
+    _running: list[serving.Running] = field(repr=False)
+    _validators: list[grpc_obo.TokenValidator] = field(repr=False)
+
+    async def stop_service(self, name: str) -> None:
+        """Take one API down ("workspace", "store" or "vault"), as an outage would."""
+        index = {"workspace": 0, "store": 1, "vault": 2}[name]
+        await self._running[index].stop(grace=0.5)
 
     async def stop(self) -> None:
-        for server in self._servers:
-            await server.stop(grace=0.5)
-        for part in self._closers:
-            await part.close()  # type: ignore[attr-defined]
+        for running in self._running:
+            await running.stop(grace=0.5)
+        for validator in self._validators:
+            await validator.close()
 
 
 async def start_chain(
@@ -37,20 +50,57 @@ async def start_chain(
     cache: grpc_obo.TokenCache | None = None,
     retry: grpc_obo.RetryPolicy | None = None,
 ) -> RunningChain:
-    down_validator = grpc_obo.TokenValidator(settings.validator_options("downstream"))
-    orig_validator = grpc_obo.TokenValidator(settings.validator_options("original"))
-    obo = grpc_obo.OnBehalfOf(settings.confidential_client("original"), cache=cache, retry=retry)
-    downstream, downstream_address = await downstream_app.start(down_validator)
-    original, original_address, outbound = await original_app.start(
-        orig_validator,
-        obo,
-        downstream=downstream_address,
-        downstream_scopes=[settings.scope("downstream", "Data.Read")],
+    validators = {
+        name: grpc_obo.TokenValidator(settings.validator_options(name))
+        for name in ("vault", "downstream", "original")
+    }
+    store_obo = grpc_obo.OnBehalfOf(settings.confidential_client("downstream"), retry=retry)
+    workspace_obo = grpc_obo.OnBehalfOf(
+        settings.confidential_client("original"), cache=cache, retry=retry
     )
+    started: list[serving.Running] = []
+    try:
+        vault = await serving.start(
+            VAULT, validator=validators["vault"], listen="127.0.0.1:0", server_credentials=None
+        )
+        started.append(vault)
+        store = await serving.start(
+            STORE,
+            validator=validators["downstream"],
+            listen="127.0.0.1:0",
+            server_credentials=None,
+            obo=store_obo,
+            downstream=Downstream(
+                vault.address, tuple(settings.scope("vault", s) for s in VAULT_SCOPES), None
+            ),
+        )
+        started.append(store)
+        workspace = await serving.start(
+            WORKSPACE,
+            validator=validators["original"],
+            listen="127.0.0.1:0",
+            server_credentials=None,
+            obo=workspace_obo,
+            downstream=Downstream(
+                store.address, tuple(settings.scope("downstream", s) for s in STORE_SCOPES), None
+            ),
+        )
+        started.append(workspace)
+    except BaseException:
+        for running in reversed(started):
+            await running.stop(grace=0)
+        owned = len(started) - 1  # the store's Running closes store_obo, the workspace's its own
+        for obo in [store_obo, workspace_obo][max(owned, 0) :]:
+            await obo.close()
+        for validator in validators.values():
+            await validator.close()
+        raise
     return RunningChain(
-        original=original_address,
-        downstream=downstream_address,
-        obo=obo,
-        _servers=[original, downstream],
-        _closers=[outbound, obo, orig_validator, down_validator],
+        workspace=workspace.address,
+        store=store.address,
+        vault=vault.address,
+        workspace_obo=workspace_obo,
+        store_obo=store_obo,
+        _running=[workspace, store, vault],
+        _validators=list(validators.values()),
     )

@@ -1,134 +1,384 @@
-"""`make demo`: the whole Zero Trust chain on one machine, on embedded defaults.
+"""`make demo`: a Zero Trust chain of three APIs on one machine, each in its own process.
 
-    client app ──(aud=Original)──▶ Original API ──(On-Behalf-Of, aud=Downstream)──▶ Downstream API
+    client app ──▶ Workspace ──(On-Behalf-Of)──▶ DocumentStore ──(On-Behalf-Of)──▶ KeyVault
 
-A local Entra-compatible authority (HTTPS on 127.0.0.1), the Downstream and Original APIs as
-grpc.aio servers, and a client app that signs users in with MSAL and calls every RPC kind. It
-prints what each API saw (identities, never tokens) and how many exchanges the authority served,
-then the trace of one chained call as OpenTelemetry recorded it (exported over OTLP too when
-`OTEL_EXPORTER_OTLP_ENDPOINT` is set, e.g. to a local Jaeger).
+It starts a local Entra-compatible authority (HTTPS on 127.0.0.1) and the three example APIs as
+separate processes on free ports, then, as a client app, signs users of two tenants in with MSAL
+and narrates: what each hop saw of the user (oid, tid, the calling app; never a token), the
+exchanges (a miss, then cache hits), and the refusals Zero Trust is about. Last, the trace of the
+first chained call, read back from the spans each process wrote (and exported over OTLP too when
+`OTEL_EXPORTER_OTLP_ENDPOINT` is set). It exits 0 when every outcome was the expected one, and
+stops every process it started, also on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from pathlib import Path
+from typing import Any
 
 import grpc
-import msal
 from opentelemetry import trace
 
+import grpc_obo
 from examples import tracing
-from examples.chain import start_chain
-from examples.gen.demo.v1 import demo_pb2, demo_pb2_grpc
+from examples.gen.workspace.v1 import common_pb2, store_pb2_grpc, workspace_pb2_grpc
+from examples.processes import ChainProcesses, StartError, running_chain
 from examples.settings import Settings
-from grpc_obo.devauthority import DevAuthority
+from examples.signin import sign_in
+
+CALL_TIMEOUT = 20.0
+APPS = {"client": "the client app", "original": "the Workspace", "downstream": "the store"}
 
 
-def sign_in(authority: DevAuthority, settings: Settings, user: str) -> str:
-    """The client app's part: sign `user` in (ROPC, for the demo) for the Original API."""
-    found = authority.world.user(user)
-    client = msal.PublicClientApplication(
-        settings.app("client")["client_id"],
-        authority=authority.authority_for(found.tenant_id),
-        instance_discovery=False,
-        http_client=authority.msal_http_client(),
-    )
-    result = client.acquire_token_by_username_password(
-        found.username, found.password, scopes=[settings.scope("original", "access_as_user")]
-    )
-    if "access_token" not in result:
-        raise SystemExit(f"sign-in failed for {user}: {result.get('error')}")
-    return str(result["access_token"])
+class Unexpected(Exception):
+    """An outcome the demo did not expect: it says which, and the demo exits 1."""
 
 
-def who(caller: demo_pb2.Caller) -> str:
-    return (
-        f"oid={caller.oid} tid={caller.tid} client={caller.client_id} scp={' '.join(caller.scopes)}"
-    )
+def auth(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
 
 
-async def records(count: int) -> AsyncIterator[demo_pb2.Record]:
-    for number in range(count):
-        yield demo_pb2.Record(id=f"r{number}", body=f"body {number}")
+def trailer(error: grpc.aio.AioRpcError, name: str) -> str:
+    return str(dict(error.trailing_metadata() or ()).get(name, ""))
 
 
-async def run_chain(authority: DevAuthority) -> int:
-    provider, memory = tracing.setup()
+def challenge_claims(error: grpc.aio.AioRpcError) -> str | None:
+    """The claims a relayed `insufficient_claims` challenge asks for (decoded), if any."""
+    header = trailer(error, "www-authenticate")
+    if 'error="insufficient_claims"' not in header or 'claims="' not in header:
+        return None
+    return base64.b64decode(header.split('claims="', 1)[1].split('"', 1)[0]).decode()
+
+
+async def refused(call: Awaitable[Any], code: grpc.StatusCode, what: str) -> grpc.aio.AioRpcError:
     try:
-        return await _run_chain(authority, memory)
-    finally:
-        provider.shutdown()  # flushes the OTLP exporter, if any
+        await call
+    except grpc.aio.AioRpcError as error:
+        if error.code() != code:
+            raise Unexpected(
+                f"{what}: {error.code().name} ({error.details()}), not {code.name}"
+            ) from None
+        return error
+    raise Unexpected(f"{what}: accepted, but it should have been refused with {code.name}")
 
 
-async def _run_chain(authority: DevAuthority, memory: tracing.InMemorySpanExporter) -> int:
-    tracer = trace.get_tracer("grpc_obo.demo")
-    traced: int | None = None
-    settings = Settings(authority.summary())
-    chain = await start_chain(settings)
-    downstream_address, original_address = chain.downstream, chain.original
-    print(f"Downstream API on {downstream_address}, Original API on {original_address}")
-    try:
-        async with grpc.aio.insecure_channel(original_address) as channel:
-            stub = demo_pb2_grpc.OriginalStub(channel)
-            for user in ("alice", "carol"):
-                token = await asyncio.to_thread(sign_in, authority, settings, user)
-                auth = (("authorization", f"Bearer {token}"),)
-                print(f"\n{user} signed in (token for the Original API; not shown)")
-                # The client app's own span: the trace of this call is printed at the end.
-                with tracer.start_as_current_span(f"client app: {user} GetProfile") as span:
-                    profile = await stub.GetProfile(
-                        demo_pb2.ProfileRequest(record_id="42"), metadata=auth
-                    )
-                if traced is None:
-                    traced = span.get_span_context().trace_id
-                print(f"  unary-unary    Original saw   {who(profile.seen_by_original)}")
-                print(f"                 Downstream saw {who(profile.record.seen_by_downstream)}")
-                request = demo_pb2.ListRequest(count=3)
-                streamed = [p async for p in stub.ListProfiles(request, metadata=auth)]
-                saw = streamed[0].record.seen_by_downstream.oid
-                print(f"  unary-stream   {len(streamed)} records, Downstream saw oid={saw}")
-                summary = await stub.UploadRecords(records(5), metadata=auth)
-                saw = summary.seen_by_downstream.oid
-                print(f"  stream-unary   {summary.stored} stored, Downstream saw oid={saw}")
-                synced = [p async for p in stub.SyncProfiles(records(2), metadata=auth)]
-                saw = synced[0].record.seen_by_downstream.oid
-                print(f"  stream-stream  {len(synced)} synced, Downstream saw oid={saw}")
+async def iter_async(*items: common_pb2.Document) -> AsyncIterator[common_pb2.Document]:
+    for item in items:
+        yield item
 
-                # Zero Trust: the Original API's token is not accepted by the Downstream API.
-                async with grpc.aio.insecure_channel(downstream_address) as direct:
-                    try:
-                        await demo_pb2_grpc.DownstreamStub(direct).GetRecord(
-                            demo_pb2.RecordRequest(id="42"), metadata=auth
-                        )
-                        print("  UNEXPECTED: Downstream accepted a token for another API")
-                        return 1
-                    except grpc.aio.AioRpcError as error:
-                        challenge = dict(error.trailing_metadata() or ()).get("www-authenticate")
-                        print(f"  forwarding the token instead: {error.code().name} ({challenge})")
-        print(
-            f"\nauthority served {authority.requests.count(grant='password')} sign-ins and "
-            f"{authority.requests.count(grant='obo')} On-Behalf-Of exchanges for "
-            "8 downstream calls (one exchange per user: the rest came from the cache)"
+
+async def documents(*items: tuple[str, str]) -> AsyncIterator[common_pb2.Document]:
+    for document_id, body in items:
+        yield common_pb2.Document(id=document_id, body=body)
+
+
+class Narrator:
+    def __init__(self, chain: ChainProcesses, channel: grpc.aio.Channel) -> None:
+        self.chain = chain
+        self.settings: Settings = chain.settings
+        self.workspace = workspace_pb2_grpc.WorkspaceStub(channel)
+        self.tokens: dict[str, str] = {}
+        self.app_names = {
+            self.settings.app(name)["client_id"]: label for name, label in APPS.items()
+        }
+
+    async def sign_in(self, user: str, *, claims: str | None = None) -> str:
+        token = await asyncio.to_thread(sign_in, self.settings, user, claims=claims)
+        self.tokens[user] = token
+        return token
+
+    def who(self, user: str) -> str:
+        found = self.settings.user(user)
+        tenant = next(
+            t["name"] for t in self.settings.document["tenants"] if t["id"] == found["tenant_id"]
         )
-        if traced is not None:
-            print(f"\ntrace {traced:032x} of alice's first call (exchange: cache miss):")
-            for line in tracing.tree(memory.get_finished_spans(), traced):
-                print(f"  {line}")
-            if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-                print(f"exported over OTLP: look up trace {traced:032x} in Jaeger")
+        return f"{user} ({tenant.capitalize()})"
+
+    def trail(self, trail: Sequence[common_pb2.Seen], indent: str = "    ") -> None:
+        for seen in reversed(trail):  # the order the call took: workspace, store, vault
+            app = self.app_names.get(seen.client_id, seen.client_id)
+            print(
+                f"{indent}{seen.service:<9} saw oid={seen.oid} tid={seen.tid} "
+                f"azp={seen.client_id} ({app}) scp={' '.join(seen.scopes)}"
+            )
+
+    def exchanges(self, user: str) -> tuple[int, int]:
+        """The On-Behalf-Of exchanges served for `user`: (by the Workspace, by the store)."""
+        return (
+            self.chain.authority.count(grant="obo", user=user, client="original", ok=True),
+            self.chain.authority.count(grant="obo", user=user, client="downstream", ok=True),
+        )
+
+    def check_trail(self, user: str, trail: Sequence[common_pb2.Seen]) -> None:
+        found = self.settings.user(user)
+        expected = [
+            ("vault", self.settings.app("downstream")["client_id"]),
+            ("store", self.settings.app("original")["client_id"]),
+            ("workspace", self.settings.app("client")["client_id"]),
+        ]
+        got = [(s.service, s.client_id) for s in trail]
+        if got != expected or any(
+            (s.oid, s.tid) != (found["oid"], found["tenant_id"]) for s in trail
+        ):
+            raise Unexpected(f"{user}'s identity did not reach every hop intact: {trail}")
+
+    async def watch(self, md: tuple[tuple[str, str], ...]) -> list[common_pb2.Document]:
+        """Watch (unary request: a refusal arrives intact, see grpc issue 36066 in the README)."""
+        return [
+            d
+            async for d in self.workspace.WatchDocuments(
+                common_pb2.WatchRequest(limit=1), metadata=md, timeout=CALL_TIMEOUT
+            )
+        ]
+
+    # -- the story ---------------------------------------------------------------------
+
+    async def through_the_chain(self, user: str, traced: list[str]) -> None:
+        token = await self.sign_in(user)
+        print(
+            f"\n{self.who(user)} signs in: the client app holds a token for the Workspace "
+            "(not shown)"
+        )
+        md = auth(token)
+        tracer = trace.get_tracer("examples.demo")
+        with tracer.start_as_current_span(f"client app: {user} UploadDocuments") as span:
+            summary = await self.workspace.UploadDocuments(
+                documents(("plan", f"{user}'s plan"), ("notes", f"{user}'s notes")),
+                metadata=md,
+                timeout=CALL_TIMEOUT,
+            )
+        if not traced:
+            traced.append(f"{span.get_span_context().trace_id:032x}")
+        self.check_trail(user, summary.trail)
+        print(f"  UploadDocuments (client streaming): {summary.stored} stored; each hop saw:")
+        self.trail(summary.trail)
+        first = self.exchanges(user)
+        document = await self.workspace.GetDocument(
+            common_pb2.GetDocumentRequest(id="plan"), metadata=md, timeout=CALL_TIMEOUT
+        )
+        watched = [
+            d
+            async for d in self.workspace.WatchDocuments(
+                common_pb2.WatchRequest(limit=2), metadata=md, timeout=CALL_TIMEOUT
+            )
+        ]
+        edited = common_pb2.Document(id="plan", body=f"{user}'s plan, v2", revision=1)
+        synced = [
+            d
+            async for d in self.workspace.SyncDocuments(
+                iter_async(edited), metadata=md, timeout=CALL_TIMEOUT
+            )
+        ]
+        for result in (document, *watched, *synced):
+            self.check_trail(user, result.trail)
+        print(
+            f"  GetDocument (unary) {document.id!r} revision {document.revision}, sealed with key "
+            f"{document.key_id}; WatchDocuments (server streaming) {[d.id for d in watched]}; "
+            f"SyncDocuments (bidi) {synced[0].id!r} revision 1 -> {synced[0].revision}"
+        )
+        after = self.exchanges(user)
+        print(
+            f"  exchanges for {user}: first call Workspace {first[0]} + store {first[1]} "
+            f"(cache miss at each hop), next 3 calls +{after[0] - first[0]} +{after[1] - first[1]}"
+            " (cache hits)"
+        )
+        if first != (1, 1) or after != first:
+            raise Unexpected(
+                f"exchanges for {user}: {first} then {after}, not (1, 1) then the same"
+            )
+
+    async def wrong_audience(self) -> None:
+        async with grpc.aio.insecure_channel(self.chain.store) as direct:
+            error = await refused(
+                store_pb2_grpc.DocumentStoreStub(direct).GetDocument(
+                    common_pb2.GetDocumentRequest(id="plan"),
+                    metadata=auth(self.tokens["alice"]),
+                    timeout=CALL_TIMEOUT,
+                ),
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the Workspace's token sent straight to the store",
+            )
+        print(
+            "  alice's Workspace token sent straight to the store (wrong audience): "
+            f"{error.code().name}, {trailer(error, 'www-authenticate')}"
+        )
+
+    async def app_token_on_a_user_operation(self) -> None:
+        daemon = self.settings.app("daemon")
+        client = grpc_obo.ConfidentialClient(
+            client_id=daemon["client_id"],
+            tenant_id=self.settings.tenant_id,
+            credential=grpc_obo.ClientCredential.secret(daemon["secrets"][0]),
+            authority_host=self.settings.authority_host,
+            ca_file=self.settings.ca_file,
+        )
+        scope = f"{self.settings.app('downstream')['app_id_uri']}/.default"
+        async with (
+            grpc_obo.AppOnly(client) as app_only,
+            app_only.channel(self.chain.store, scopes=[scope]) as channel,
+        ):
+            error = await refused(
+                store_pb2_grpc.DocumentStoreStub(channel).GetDocument(
+                    common_pb2.GetDocumentRequest(id="plan"), timeout=CALL_TIMEOUT
+                ),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "an app-only token on a user operation",
+            )
+        print(
+            "  the daemon's app-only token (client credentials, role Data.Read.All) on the "
+            f"store's GetDocument, a user operation: {error.code().name} ({error.details()})"
+        )
+
+    async def bob_asks_for_alices_document(self) -> None:
+        md = auth(await self.sign_in("bob"))
+        alice = self.settings.user("alice")
+        error = await refused(
+            self.workspace.GetDocument(
+                common_pb2.GetDocumentRequest(id="plan"), metadata=md, timeout=CALL_TIMEOUT
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "bob asking for document 'plan'",
+        )
+        print(
+            f"  bob asks for 'plan' (alice has one): {error.code().name}: the store looks in bob's "
+            "own documents, keyed by his token's tid + oid"
+        )
+        error = await refused(
+            self.workspace.GetDocument(
+                common_pb2.GetDocumentRequest(
+                    id="plan", owner=f"{alice['tenant_id']}/{alice['oid']}"
+                ),
+                metadata=md,
+                timeout=CALL_TIMEOUT,
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "bob naming alice as the owner",
+        )
+        print(
+            f"  bob names alice as the owner in the request: {error.code().name} "
+            f"({error.details()})"
+        )
+
+    async def mfa(self) -> None:
+        md = auth(await self.sign_in("dave"))
+        request = common_pb2.GetDocumentRequest(id="plan")
+        error = await refused(self.watch(md), grpc.StatusCode.UNAUTHENTICATED, "dave without MFA")
+        claims = challenge_claims(error)
+        if claims is None:
+            raise Unexpected(
+                f"dave's refusal carried no claims challenge: {trailer(error, 'www-authenticate')}"
+            )
+        print(
+            "  dave signs in with a password and watches his documents; the vault's conditional "
+            "access needs MFA: the store's exchange for the vault gets a claims challenge, "
+            "relayed by the store and the Workspace to the client app: "
+            f'{error.code().name}, error="insufficient_claims", claims={claims}'
+        )
+        md = auth(await self.sign_in("dave", claims=claims))
+        summary = await self.workspace.UploadDocuments(
+            documents(("plan", "dave's plan")), metadata=md, timeout=CALL_TIMEOUT
+        )
+        document = await self.workspace.GetDocument(request, metadata=md, timeout=CALL_TIMEOUT)
+        self.check_trail("dave", document.trail)
+        print(
+            f"  dave signs in again, answering the challenge (MFA): {summary.stored} stored, "
+            f"GetDocument 'plan' -> revision {document.revision}"
+        )
+
+    async def missing_consent(self) -> None:
+        authority = self.chain.authority
+        authority.control(op="consent", client="downstream", resource="vault", grant=False)
+        md = auth(self.tokens["bob"])
+        try:
+            error = await refused(
+                self.watch(md),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the store without consent for the vault",
+            )
+        finally:
+            authority.control(
+                op="consent",
+                client="downstream",
+                resource="vault",
+                grant=True,
+                scopes=["Keys.Read"],
+            )
+        print(
+            "  an administrator withdraws the store's consent (Keys.Read on the vault); bob's "
+            f"first call that needs his key: {error.code().name}, "
+            f"{trailer(error, 'www-authenticate')}"
+        )
+        summary = await self.workspace.UploadDocuments(
+            documents(("plan", "bob's plan")), metadata=md, timeout=CALL_TIMEOUT
+        )
+        print(f"  consent granted again: bob's upload stores {summary.stored}")
+
+
+async def narrate(chain: ChainProcesses, workdir: Path) -> int:
+    provider = tracing.setup(
+        os.environ.get("OTEL_SERVICE_NAME") or "grpc-obo-demo",
+        {**os.environ, "SPANS_FILE": str(workdir / "client.spans.jsonl")},
+    )
+    traced: list[str] = []
+    try:
+        async with grpc.aio.insecure_channel(chain.workspace) as channel:
+            story = Narrator(chain, channel)
+            print("\n== Through the chain, as the signed-in user ==")
+            for user in ("alice", "carol"):
+                await story.through_the_chain(user, traced)
+            print("\n== Refusals ==")
+            await story.wrong_audience()
+            await story.app_token_on_a_user_operation()
+            await story.bob_asks_for_alices_document()
+            await story.mfa()
+            await story.missing_consent()
+    except Unexpected as error:
+        print(f"\nUNEXPECTED: {error}")
+        return 1
     finally:
-        await chain.stop()
-    return 0
+        provider.shutdown()  # the client app's spans, written and exported
+    codes = await asyncio.to_thread(chain.stop_services)
+    print(f"\nAPIs stopped (SIGTERM, calls in flight finished): exit codes {codes}")
+    if traced:
+        spans = tracing.read_spans([*chain.spans_files, workdir / "client.spans.jsonl"])
+        print(f"\ntrace {traced[0]} of alice's first call (exchanges: cache misses):")
+        for line in tracing.tree(spans, traced[0]):
+            print(f"  {line}")
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            print(f"exported over OTLP by every process: look up trace {traced[0]} in Jaeger")
+    return 0 if all(code == 0 for code in codes.values()) else 1
 
 
 def main() -> int:
-    print("grpc_obo demo: client -> Original API -> (On-Behalf-Of) -> Downstream API")
-    with DevAuthority().running_in_thread() as authority:
-        print(f"dev authority (Entra-compatible) at {authority.authority_url}")
-        return asyncio.run(run_chain(authority))
+    print(
+        "grpc_obo demo: client app -> Workspace -> (On-Behalf-Of) -> DocumentStore "
+        "-> (On-Behalf-Of) -> KeyVault"
+    )
+    prefix = os.environ.get("OTEL_SERVICE_NAME") or "grpc-obo-demo"
+    with tempfile.TemporaryDirectory(prefix="grpc-obo-demo-") as workdir:
+        try:
+            with running_chain(Path(workdir), service_name_prefix=prefix) as chain:
+                pids = ", ".join(
+                    f"{name} {address} (pid {chain.services[name].process.pid})"
+                    for name, address in chain.addresses.items()
+                )
+                print(
+                    f"dev authority at {chain.settings.authority_host} "
+                    f"(pid {chain.authority.process.pid}); {pids}"
+                )
+                return asyncio.run(narrate(chain, Path(workdir)))
+        except StartError as error:
+            print(f"could not start the chain: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted: every process the demo started is stopped", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -1,19 +1,30 @@
-"""What the example services need to know about the authority, read from one JSON document.
+"""What the examples need to know about the authority, read from one JSON document.
 
-`grpc-obo authority --write-env authority.json` writes it; `DevAuthority.summary()` returns the
-same document in-process. Against real Entra ID you would fill the same fields from your app
-registrations (and take the credential from `ConfidentialClient.from_env()`).
+`python -m examples.authority --write-env authority.json` (or `grpc-obo authority --write-env`)
+writes it; `DevAuthority.summary()` returns the same document in-process. `service_env()` turns
+it into the environment an example API process reads (examples/config.py): against real Entra ID
+you would set the same variables from your app registrations instead.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc_obo
+from examples.world import STORE_SCOPES, VAULT_SCOPES
+
+# Which registration each example API runs as, and the next hop it calls (prefix, registration,
+# scopes).
+REGISTRATIONS = {"workspace": "original", "store": "downstream", "vault": "vault"}
+NEXT_HOPS = {
+    "workspace": ("STORE", "downstream", STORE_SCOPES),
+    "store": ("VAULT", "vault", VAULT_SCOPES),
+}
 
 
 @dataclass(frozen=True)
@@ -33,12 +44,20 @@ class Settings:
         return str(self.document["tenant_id"])
 
     @property
+    def tenants(self) -> list[str]:
+        return [str(t["id"]) for t in self.document["tenants"]]
+
+    @property
     def ca_file(self) -> str:
         return str(self.document["ca_file"])
 
     def app(self, name: str) -> dict[str, Any]:
         app: dict[str, Any] = self.document["apps"][name]
         return app
+
+    def user(self, name: str) -> dict[str, Any]:
+        user: dict[str, Any] = self.document["users"][name]
+        return user
 
     def scope(self, api: str, name: str) -> str:
         return f"{self.app(api)['app_id_uri']}/{name}"
@@ -49,7 +68,7 @@ class Settings:
         return grpc_obo.ValidatorOptions(
             # Multi-tenant API: the demo world has a second tenant; accept exactly these two.
             tenant="organizations",
-            allowed_tenants=frozenset(t["id"] for t in self.document["tenants"]),
+            allowed_tenants=frozenset(self.tenants),
             audiences=frozenset({app["client_id"], app["app_id_uri"]}),
             authority_host=self.authority_host,
             v1_issuer_host=self.authority_host,
@@ -57,7 +76,7 @@ class Settings:
         )
 
     def confidential_client(self, api: str) -> grpc_obo.ConfidentialClient:
-        """The middle tier's own credential (here its client secret) for On-Behalf-Of."""
+        """A middle tier's own credential (here its client secret) for On-Behalf-Of."""
         app = self.app(api)
         return grpc_obo.ConfidentialClient(
             client_id=app["client_id"],
@@ -66,3 +85,37 @@ class Settings:
             authority_host=self.authority_host,
             ca_file=self.ca_file,
         )
+
+    def service_env(
+        self,
+        service: str,
+        *,
+        listen: str,
+        next_address: str | None = None,
+        tls: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """The variables `python -m examples.<service>` reads, for this authority's world.
+
+        `tls` gives TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE (a certificate for the API's
+        host, and the CA that signed every API's). Without it, plaintext on loopback
+        (PLAINTEXT_LOOPBACK=1): the dev authority cannot issue certificates for the APIs yet.
+        """
+        app = self.app(REGISTRATIONS[service])
+        env = {
+            "AZURE_TENANT_ID": self.tenant_id,
+            "AZURE_CLIENT_ID": app["client_id"],
+            "AZURE_AUTHORITY_HOST": self.authority_host,
+            "AUTHORITY_CA_FILE": self.ca_file,
+            "API_APP_ID_URI": app["app_id_uri"],
+            "ALLOWED_TENANTS": " ".join(self.tenants),
+            "LISTEN_ADDRESS": listen,
+            **(dict(tls) if tls else {"PLAINTEXT_LOOPBACK": "1"}),
+        }
+        if service in NEXT_HOPS:
+            prefix, registration, scopes = NEXT_HOPS[service]
+            if next_address is None:
+                raise ValueError(f"{service} calls {registration}: give next_address")
+            env["AZURE_CLIENT_SECRET"] = app["secrets"][0]
+            env[f"{prefix}_ADDRESS"] = next_address
+            env[f"{prefix}_SCOPES"] = " ".join(self.scope(registration, s) for s in scopes)
+        return env

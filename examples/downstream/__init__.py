@@ -1,1 +1,1 @@
-"""The Downstream API example."""
+"""The DocumentStore example API (`python -m examples.downstream`)."""

@@ -1,1 +1,1 @@
-"""The Original API example."""
+"""The Workspace example API (`python -m examples.original`)."""

@@ -1,0 +1,1 @@
+"""The KeyVault example API (`python -m examples.vault`)."""
