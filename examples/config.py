@@ -1,20 +1,21 @@
 """How an example API process is configured: environment variables, read once at start.
 
-The identity variables are azure-identity's (what `grpc_obo.ConfidentialClient.from_env()` reads):
+The identity variables are azure-identity's, read by `grpc_obo.ValidatorOptions.from_env()` and
+(middle tiers) `grpc_obo.ConfidentialClient.from_env()`:
 
     AZURE_TENANT_ID           the registration's home tenant (GUID)
-    AZURE_CLIENT_ID           this API's app registration: the audience of the tokens it accepts,
-                              and (middle tiers) who exchanges tokens On-Behalf-Of
+    AZURE_CLIENT_ID           this API's app registration: the audience of the tokens it accepts
+                              (with api://CLIENT_ID), and who exchanges tokens On-Behalf-Of
     AZURE_CLIENT_SECRET       middle tiers: a client secret, or
-    AZURE_CLIENT_CERTIFICATE_PATH   a PEM file with the private key and the certificate
+    AZURE_CLIENT_CERTIFICATE_PATH   a PEM or PKCS12 file with the key and the certificate
     AZURE_AUTHORITY_HOST      https://login.microsoftonline.com unless set (the dev authority's URL)
+    GRPC_OBO_CA_FILE          trust exactly this CA for the authority (the dev authority's)
+    GRPC_OBO_AUDIENCES        this API's identifiers, if not AZURE_CLIENT_ID and api://<it>
+    GRPC_OBO_ALLOWED_TENANTS  tenant GUIDs whose users are served (then validated as a
+                              multi-tenant API); without it, only AZURE_TENANT_ID's
 
 and the examples' own:
 
-    AUTHORITY_CA_FILE         trust exactly this CA for the authority (the dev authority's)
-    API_APP_ID_URI            this API's App ID URI, also accepted as audience (api://CLIENT_ID)
-    ALLOWED_TENANTS           tenant GUIDs whose users are served (space separated); without it,
-                              only AZURE_TENANT_ID's
     LISTEN_ADDRESS            host:port to serve on (port 0 picks a free one)
     TLS_CERT_FILE, TLS_KEY_FILE   the server's certificate chain and key (PEM)
     TLS_CA_FILE               the CA that signed the next hop's certificate (middle tiers)
@@ -29,8 +30,6 @@ Every problem is a `grpc_obo.ConfigurationError` with a one-line message naming 
 from __future__ import annotations
 
 import ipaddress
-import logging
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,6 @@ from pathlib import Path
 import grpc
 
 import grpc_obo
-
-_LOG = logging.getLogger("examples.config")
-ENTRA = "https://login.microsoftonline.com"
 
 
 @dataclass(frozen=True)
@@ -81,20 +77,13 @@ class ServiceConfig:
                 raise grpc_obo.ConfigurationError(f"{variable} is not set")
             return value
 
-        tenant, client_id = need("AZURE_TENANT_ID"), need("AZURE_CLIENT_ID")
-        authority_host = env.get("AZURE_AUTHORITY_HOST", "").strip() or ENTRA
-        ca_file = env.get("AUTHORITY_CA_FILE", "").strip() or None
-        ssl_context = _authority_ssl(ca_file)
-        allowed = env.get("ALLOWED_TENANTS", "").replace(",", " ").split()
-        audiences = {client_id, env.get("API_APP_ID_URI", "").strip() or f"api://{client_id}"}
-        validator = grpc_obo.ValidatorOptions(
-            tenant="organizations" if allowed else tenant,
-            allowed_tenants=frozenset(allowed) if allowed else None,
-            audiences=frozenset(audiences),
-            authority_host=authority_host,
-            # Only Entra's v1 issuer is sts.windows.net; another authority issues both versions.
-            v1_issuer_host="https://sts.windows.net" if authority_host == ENTRA else authority_host,
-            ssl_context=ssl_context,
+        for variable in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID"):  # said first, and plainly
+            need(variable)
+        # An API serving several tenants validates as multi-tenant, while its registration's
+        # home tenant stays AZURE_TENANT_ID (the middle tier's credential needs it).
+        several = bool(env.get("GRPC_OBO_ALLOWED_TENANTS", "").strip())
+        validator = grpc_obo.ValidatorOptions.from_env(
+            env, **({"tenant": "organizations"} if several else {})
         )
 
         plaintext = env.get("PLAINTEXT_LOOPBACK", "").strip() == "1"
@@ -107,7 +96,7 @@ class ServiceConfig:
 
         client = downstream = None
         if next_hop is not None:
-            client = grpc_obo.ConfidentialClient.from_env(env, ca_file=ca_file)
+            client = grpc_obo.ConfidentialClient.from_env(env)
             address = need(f"{next_hop}_ADDRESS")
             scopes = tuple(need(f"{next_hop}_SCOPES").split())
             if plaintext:
@@ -126,17 +115,6 @@ class ServiceConfig:
             client=client,
             downstream=downstream,
         )
-
-
-def _authority_ssl(ca_file: str | None) -> ssl.SSLContext | None:
-    if ca_file is None:
-        return None
-    try:
-        return ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError):
-        raise grpc_obo.ConfigurationError(
-            f"AUTHORITY_CA_FILE ({ca_file}) is not a readable PEM CA certificate"
-        ) from None
 
 
 def _read(env: Mapping[str, str], variable: str) -> bytes:

@@ -105,9 +105,9 @@ class Settings:
             "AZURE_TENANT_ID": self.tenant_id,
             "AZURE_CLIENT_ID": app["client_id"],
             "AZURE_AUTHORITY_HOST": self.authority_host,
-            "AUTHORITY_CA_FILE": self.ca_file,
-            "API_APP_ID_URI": app["app_id_uri"],
-            "ALLOWED_TENANTS": " ".join(self.tenants),
+            "GRPC_OBO_CA_FILE": self.ca_file,
+            "GRPC_OBO_AUDIENCES": f"{app['client_id']} {app['app_id_uri']}",
+            "GRPC_OBO_ALLOWED_TENANTS": " ".join(self.tenants),
             "LISTEN_ADDRESS": listen,
             **(dict(tls) if tls else {"PLAINTEXT_LOOPBACK": "1"}),
         }
