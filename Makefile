@@ -16,6 +16,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m examples.demo
 
+# The Python code for protos/ (committed: nothing generates at test or demo time).
+# tests/examples/test_protos.py fails when it is stale; `make protos-check` says the same.
+.PHONY: protos protos-check
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+protos-check: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
+
 # Tests need a redis-server binary (the suite starts one on a free port unless REDIS_URL is
 # set); install Debian's package when it is missing so Redis tests never skip silently.
 redis-server:
