@@ -70,3 +70,81 @@ def test_faults_do_not_leak_between_tests(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+WORLD = """
+[tenants.contoso]
+[apps.web]
+public_client = true
+api_permissions = { orders = ["Orders.Read"] }
+[apps.orders]
+scopes = ["Orders.Read"]
+[[users]]
+username = "alice@contoso.example"
+"""
+
+
+def test_the_world_ini_option_serves_a_world_file(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("config")
+    (pytester.path / "config" / "world.toml").write_text(WORLD, encoding="utf-8")
+    pytester.makeini(
+        "[pytest]\ngrpc_obo_world = config/world.toml\n"
+        "asyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(
+        """
+        import jwt
+
+        def test_session_world(grpc_obo_authority, grpc_obo_world, grpc_obo_user_token):
+            assert grpc_obo_authority.world is grpc_obo_world
+            assert [a.name for a in grpc_obo_world.apps] == ["web", "orders"]
+            grpc_obo_world.add_user("zed@contoso.example")  # changes stay in the session world
+            token = grpc_obo_user_token("alice", audience="orders", client="web")
+            claims = jwt.decode(token, options={"verify_signature": False})
+            assert claims["scp"] == "Orders.Read"
+            assert claims["aud"] == grpc_obo_world.app("orders").client_id
+
+        def test_private_world_is_a_fresh_copy(grpc_obo_private_authority, grpc_obo_world):
+            private = grpc_obo_private_authority.world
+            assert private is not grpc_obo_world
+            assert private.app("orders").client_id == grpc_obo_world.app("orders").client_id
+            assert private.find_user("zed") is None
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def test_a_broken_world_file_fails_naming_the_field(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", world=WORLD.replace("scopes =", "scope ="))
+    pytester.makeini(
+        "[pytest]\ngrpc_obo_world = world.toml\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile("def test_uses_it(grpc_obo_authority):\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*world.toml: apps.orders.scope: unknown field*scopes*"])
+
+
+def test_the_world_fixture_can_be_overridden(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+        from grpc_obo.devauthority import default_world
+
+        @pytest.fixture(scope="session")
+        def grpc_obo_world():
+            world = default_world()
+            world.add_user("dana@contoso.example", password="dana-pw")
+            return world
+        """
+    )
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        """
+        def test_dana(grpc_obo_authority):
+            assert grpc_obo_authority.world.user("dana").password == "dana-pw"
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

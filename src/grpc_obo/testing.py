@@ -2,22 +2,30 @@
 
 Fixtures:
 
-- `grpc_obo_authority`: the dev authority (HTTPS on 127.0.0.1, demo world), started once per
+- `grpc_obo_world` (session): the registrations the authorities serve. The demo world
+  (`default_world()`), or the world file named by the `grpc_obo_world` ini option (TOML or
+  JSON, relative to the ini file: `grpc_obo_world = tests/world.toml`). Override this fixture
+  in a `conftest.py` to build a world in code.
+- `grpc_obo_authority`: the dev authority (HTTPS on 127.0.0.1, that world), started once per
   session in its own thread so sync code (MSAL) and any event loop can use it; faults and the
   request log are cleared after each test.
-- `grpc_obo_private_authority`: a fresh authority for one test (for key rotation or changed
-  registrations that must not leak into other tests).
+- `grpc_obo_private_authority`: a fresh authority for one test, on a fresh copy of the world as
+  it was before any test changed it (for key rotation or changed registrations that must not
+  leak into other tests).
 - `grpc_obo_user_token(user="alice", audience="original", ...)`: mint a delegated access token.
 - `grpc_obo_app_token(client="daemon", audience="downstream", ...)`: mint an app-only token.
+  (The defaults name the demo world's apps and users: with a world of your own, name yours.)
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from grpc_obo.devauthority import DevAuthority
+from grpc_obo.devauthority import DevAuthority, World, default_world, load_world
 
 __all__ = [
     "grpc_obo_app_token",
@@ -25,13 +33,50 @@ __all__ = [
     "grpc_obo_authority_session",
     "grpc_obo_private_authority",
     "grpc_obo_user_token",
+    "grpc_obo_world",
 ]
+
+WORLD_INI = "grpc_obo_world"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        WORLD_INI,
+        "world file (TOML or JSON) for the grpc_obo dev authority fixtures, relative to the ini "
+        "file; default: the demo world",
+        default="",
+    )
+
+
+def _configured_world(config: pytest.Config) -> World:
+    value = str(config.getini(WORLD_INI) or "").strip()
+    if not value:
+        return default_world()
+    path = Path(value)
+    if not path.is_absolute():
+        base = config.inipath.parent if config.inipath is not None else config.rootpath
+        path = base / path
+    return load_world(path)
 
 
 @pytest.fixture(scope="session")
-def grpc_obo_authority_session() -> Iterator[DevAuthority]:
+def grpc_obo_world(pytestconfig: pytest.Config) -> World:
+    """The world the dev authority fixtures serve: the ini option's file, or the demo world."""
+    return _configured_world(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def _grpc_obo_pristine_world(grpc_obo_world: World) -> World:
+    # Taken before the session authority serves (and tests change) the world.
+    return copy.deepcopy(grpc_obo_world)
+
+
+@pytest.fixture(scope="session")
+def grpc_obo_authority_session(
+    _grpc_obo_pristine_world: World, grpc_obo_world: World
+) -> Iterator[DevAuthority]:
     """One dev authority for the whole session (prefer `grpc_obo_authority` in tests)."""
-    with DevAuthority().running_in_thread() as authority:
+    with DevAuthority(world=grpc_obo_world).running_in_thread() as authority:
         yield authority
 
 
@@ -46,9 +91,10 @@ def grpc_obo_authority(grpc_obo_authority_session: DevAuthority) -> Iterator[Dev
 
 
 @pytest.fixture
-def grpc_obo_private_authority() -> Iterator[DevAuthority]:
+def grpc_obo_private_authority(_grpc_obo_pristine_world: World) -> Iterator[DevAuthority]:
     """A dev authority of this test's own: rotate keys or change registrations freely."""
-    with DevAuthority().running_in_thread() as authority:
+    world = copy.deepcopy(_grpc_obo_pristine_world)
+    with DevAuthority(world=world).running_in_thread() as authority:
         yield authority
 
 

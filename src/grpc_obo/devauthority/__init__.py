@@ -27,6 +27,7 @@ from grpc_obo.devauthority._world import (
     World,
     default_world,
 )
+from grpc_obo.devauthority._worldfile import WorldFileError, load_world, world_from_dict
 
 __all__ = [
     "CONTOSO",
@@ -44,7 +45,10 @@ __all__ = [
     "Tenant",
     "User",
     "World",
+    "WorldFileError",
     "client_ssl_context",
     "default_world",
+    "load_world",
     "msal_http_client",
+    "world_from_dict",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import ssl
 import tempfile
@@ -34,6 +35,7 @@ from grpc_obo.devauthority._tls import (
 )
 from grpc_obo.devauthority._tokens import TokenMinter
 from grpc_obo.devauthority._world import App, World, default_world
+from grpc_obo.devauthority._worldfile import load_world
 
 
 class DevAuthority:
@@ -53,14 +55,21 @@ class DevAuthority:
     def __init__(
         self,
         *,
-        world: World | None = None,
+        world: World | str | os.PathLike[str] | None = None,
         port: int = 0,
         token_lifetime: int = 3600,
         key_size: int = 2048,
         clock: Callable[[], float] = time.time,
         state_dir: str | Path | None = None,
     ) -> None:
-        self.world = world or default_world()
+        # A path is a world file (TOML or JSON, see `load_world`).
+        self.world = (
+            default_world()
+            if world is None
+            else world
+            if isinstance(world, World)
+            else load_world(world)
+        )
         self.keys = KeyRing(key_size)
         self.faults = Faults()
         self.requests = RequestLog()

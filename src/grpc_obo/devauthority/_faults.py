@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -244,7 +245,11 @@ class LoggedRequest:
 
 @dataclass
 class RequestLog:
-    """Every request the authority answered, for tests to count and inspect."""
+    """Every request the authority answered, for tests to count and inspect.
+
+    Iterating (`for entry in authority.requests`, `list(...)`, `len(...)`) reads a snapshot:
+    requests answered meanwhile are not seen by a loop already running.
+    """
 
     _entries: list[LoggedRequest] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -258,11 +263,18 @@ class RequestLog:
         with self._lock:
             return list(self._entries)
 
+    def __iter__(self) -> Iterator[LoggedRequest]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
 
-    def count(
+    def matching(
         self,
         *,
         endpoint: Endpoint | None = None,
@@ -271,8 +283,8 @@ class RequestLog:
         user: str | None = None,
         status: int | None = None,
         ok: bool | None = None,
-    ) -> int:
-        """How many logged requests match every given filter (`user`: oid or username)."""
+    ) -> list[LoggedRequest]:
+        """The logged requests that match every given filter (`user`: oid or username)."""
         wanted_user = user.lower() if user else None
 
         def keep(e: LoggedRequest) -> bool:
@@ -294,7 +306,29 @@ class RequestLog:
                     return False
             return True
 
-        return sum(1 for e in self.entries if keep(e))
+        return [e for e in self.entries if keep(e)]
+
+    def count(
+        self,
+        *,
+        endpoint: Endpoint | None = None,
+        grant: str | None = None,
+        client_id: str | None = None,
+        user: str | None = None,
+        status: int | None = None,
+        ok: bool | None = None,
+    ) -> int:
+        """How many logged requests match every given filter (`user`: oid or username)."""
+        return len(
+            self.matching(
+                endpoint=endpoint,
+                grant=grant,
+                client_id=client_id,
+                user=user,
+                status=status,
+                ok=ok,
+            )
+        )
 
     def by_grant(self) -> Counter[str]:
         return Counter(e.grant for e in self.entries if e.grant)

@@ -3,9 +3,10 @@
 An `App` mirrors what an Entra app registration holds that matters for tokens: client id,
 credentials (secrets, certificates), its App ID URI, the delegated scopes and app roles it exposes,
 which client apps it pre-authorizes, and which permissions it has on other APIs (consented).
-`default_world()` is the demo world the examples use. A `World` changes at run time through
-`add_app`, `remove_app`, `grant_consent`, `revoke_consent` and `without_consent`; a running
-authority sees each change on its next request.
+`default_world()` is the demo world the examples use; `load_world()` (`_worldfile.py`) reads
+one from a TOML or JSON file. A `World` changes at run time through `add_app`, `remove_app`,
+`add_user`, `grant_consent`, `revoke_consent` and `without_consent`; a running authority sees
+each change on its next request.
 """
 
 from __future__ import annotations
@@ -164,6 +165,17 @@ class World:
     def tenant(self, tenant_id: str) -> Tenant | None:
         return next((t for t in self.tenants if t.id == tenant_id.lower()), None)
 
+    def find_tenant(self, name_or_id: str) -> Tenant | None:
+        """The tenant with this GUID or name (case-insensitive)."""
+        key = name_or_id.lower()
+        return next((t for t in self.tenants if key in (t.id, t.name.lower())), None)
+
+    def tenant_for_username(self, username: str) -> Tenant:
+        """The tenant named like the first label of the username's domain
+        (`carol@fabrikam.example` -> `fabrikam`), else the home tenant."""
+        label = username.rsplit("@", 1)[-1].split(".", 1)[0].lower()
+        return next((t for t in self.tenants if t.name.lower() == label), self.home_tenant)
+
     def app(self, name_or_client_id: str) -> App:
         found = self.find_app(name_or_client_id)
         if found is None:
@@ -319,19 +331,83 @@ class World:
                 else:
                     grants[key] = before
 
+    def add_user(
+        self,
+        username: str,
+        *,
+        tenant: str | None = None,
+        password: str | None = None,
+        oid: str | None = None,
+        display_name: str | None = None,
+        app_roles: Mapping[str, Iterable[str]] | None = None,
+    ) -> User:
+        """Register a user and return it (password and oid generated unless given).
+
+        `username` is a full `name@domain`; `tenant` (name or GUID) defaults to the tenant
+        named like the domain's first label, else the home tenant. `app_roles`: API (name or
+        client id) -> app roles of that API assigned to the user. Raises `ValueError` for a
+        taken username or oid, a role the API does not define; `KeyError` for an unknown tenant
+        or app.
+        """
+        if not isinstance(username, str) or username.count("@") != 1 or username[0] == "@":
+            raise ValueError("a username is a full name@domain")
+        if username.endswith("@") or any(
+            u.username.lower() == username.lower() for u in self.users
+        ):
+            raise ValueError(f"username {username!r} is incomplete or taken")
+        if tenant is None:
+            home = self.tenant_for_username(username)
+        else:
+            found = self.find_tenant(tenant)
+            if found is None:
+                raise KeyError(f"no tenant named {tenant!r}")
+            home = found
+        new_oid = (oid or new_guid()).lower()
+        if not _GUID.match(new_oid) or self.find_user(new_oid) is not None:
+            raise ValueError(f"oid {oid!r} is not a GUID or is taken")
+        user = User(
+            username=username,
+            oid=new_oid,
+            tenant_id=home.id,
+            display_name=display_name or username.split("@", 1)[0].capitalize(),
+        )
+        if password is not None:
+            if not password:
+                raise ValueError("a password must not be empty")
+            user.password = password
+        for api, roles in (app_roles or {}).items():
+            resource = self.app(api)
+            user.app_roles[resource.client_id] = _exposed(resource, roles, "role")
+        self.users.append(user)
+        return user
+
     def user(self, name_or_oid: str) -> User:
-        found = self.find_user(name_or_oid)
-        if found is None:
-            raise KeyError(f"no user registered as {name_or_oid!r}")
-        return found
+        """The user with this full username or oid, or this name before the `@` when exactly
+        one user has it; `KeyError` otherwise (naming the candidates when it is ambiguous)."""
+        found = self._users_matching(name_or_oid)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(sorted(u.username for u in found))
+            raise KeyError(f"{name_or_oid!r} is ambiguous ({names}): use the full username")
+        raise KeyError(f"no user registered as {name_or_oid!r}")
 
     def find_user(self, name_or_oid: str) -> User | None:
+        """Like `user()`, but None for an unknown or ambiguous name."""
+        found = self._users_matching(name_or_oid)
+        return found[0] if len(found) == 1 else None
+
+    def _users_matching(self, name_or_oid: str) -> list[User]:
         key = name_or_oid.lower()
-        for user in self.users:
-            local = user.username.split("@", 1)[0].lower()
-            if key in (user.username.lower(), user.oid, local):
-                return user
-        return None
+        exact = [u for u in self.users if key in (u.username.lower(), u.oid)]
+        if exact or "@" in key:
+            return exact[:1]
+        return [u for u in self.users if u.username.split("@", 1)[0].lower() == key]
+
+    def _short_name(self, user: User) -> str:
+        """The name before the `@` when it is unambiguous, else the full username."""
+        local = user.username.split("@", 1)[0]
+        return local if self.find_user(local) is user else user.username
 
     def summary(self, *, include_secrets: bool) -> dict[str, Any]:
         """JSON-ready description, for the CLI's `--write-env` and for test set-up."""
@@ -356,7 +432,7 @@ class World:
                 for a in self.apps
             },
             "users": {
-                u.username.split("@", 1)[0]: {
+                self._short_name(u): {
                     "username": u.username,
                     "password": secret(u.password),
                     "oid": u.oid,
