@@ -1,8 +1,10 @@
-"""Fixtures for the exchange tests: a real Redis, a private key namespace per test."""
+"""Fixtures for the exchange tests: a real Redis, a private key namespace per test, stores."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -13,14 +15,19 @@ import pytest_asyncio
 import redis
 
 from grpc_obo import (
+    CachedToken,
     ClientCredential,
     ConfidentialClient,
     Identity,
+    RedisTokenStore,
     RetryPolicy,
+    SecretToken,
     TokenCache,
+    TokenSealer,
     TokenValidator,
     ValidatorOptions,
 )
+from grpc_obo._exchange import obo_cache_key
 from grpc_obo._exchange._exchanger import OboExchanger
 from grpc_obo.devauthority import DevAuthority
 from tests.redis_server import redis_server
@@ -210,3 +217,81 @@ def verified_claims(authority: DevAuthority, token: str, *, audience: str) -> di
         token, key.key, algorithms=["RS256"], audience=audience, options={"verify_iss": False}
     )
     return claims
+
+
+# -- shared stores on the session's Redis: replicas in one event loop ------------------------
+
+SEALING_KEY = bytes(range(32))
+
+
+@pytest.fixture
+async def redis_stores(
+    redis_url: str, redis_namespace: str
+) -> AsyncIterator[Callable[..., RedisTokenStore]]:
+    """`make(url=None, *, key=SEALING_KEY, **options)`: a store ("a replica"), closed after."""
+    opened: list[RedisTokenStore] = []
+
+    def make(
+        url: str | None = None, *, key: bytes = SEALING_KEY, **options: Any
+    ) -> RedisTokenStore:
+        options.setdefault("namespace", redis_namespace)
+        store = RedisTokenStore.from_url(url or redis_url, sealer=TokenSealer(key), **options)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+
+
+def cache_key_for(label: str) -> str:
+    """A real On-Behalf-Of cache key (a SHA-256 digest) for a made-up user."""
+    return obo_cache_key(
+        assertion=SecretToken(f"assertion-of-{label}"),
+        client_id="client",
+        authority="https://authority.test/tenant",
+        scopes=["api://downstream/.default"],
+    )
+
+
+class Exchanges:
+    """A fetch that counts its calls, takes `delay` seconds and labels tokens with `label`."""
+
+    def __init__(
+        self,
+        minted: Minted,
+        label: str = "",
+        *,
+        delay: float = 0.0,
+        lifetime: float = 3600,
+        refresh_after: float | None = None,
+    ) -> None:
+        self.minted, self.label, self.delay = minted, label, delay
+        self.lifetime = lifetime
+        self.refresh_after = refresh_after if refresh_after is not None else lifetime / 2
+        self.calls = 0
+        self.fail_with: BaseException | None = None
+        self.issued: list[str] = []
+
+    async def __call__(self) -> CachedToken:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.fail_with is not None:
+            raise self.fail_with
+        token = self.minted.token(self.label)
+        self.issued.append(token)
+        now = time.time()
+        return CachedToken(
+            access_token=SecretToken(token),
+            expires_on=now + self.lifetime,
+            refresh_on=now + self.refresh_after,
+        )
+
+
+async def eventually(condition: Callable[[], bool], *, within: float = 2.0) -> None:
+    """Wait (polling every 10 ms) until `condition()` holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)

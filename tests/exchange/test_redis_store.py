@@ -60,7 +60,8 @@ async def test_round_trip_with_ttl_from_the_caller(
     token = fresh(minted)
     await store.set(cache_key(1), token, ttl=120.5)
     assert await store.get(cache_key(1)) == token
-    ttl_ms = redis_client.pttl(f"{redis_namespace}:{cache_key(1)}")
+    assert await make_store().get(cache_key(1)) == token  # another replica: from Redis
+    ttl_ms = redis_client.pttl(store.redis_keys(cache_key(1))[0])
     assert 119_000 < ttl_ms <= 120_500
 
 
@@ -103,9 +104,9 @@ async def test_tampered_value_is_a_logged_miss(
     minted: Minted,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    await make_store().set(cache_key(1), fresh(minted), ttl=300)
     store = make_store()
-    await store.set(cache_key(1), fresh(minted), ttl=300)
-    redis_key = f"{redis_namespace}:{cache_key(1)}"
+    redis_key = store.redis_keys(cache_key(1))[0]
     blob = bytearray(redis_client.get(redis_key) or b"")
     blob[-1] ^= 0x01
     redis_client.set(redis_key, bytes(blob))
@@ -116,9 +117,10 @@ async def test_tampered_value_is_a_logged_miss(
 async def test_value_moved_to_another_key_is_a_miss(
     make_store: StoreFactory, redis_client: redis.Redis, redis_namespace: str, minted: Minted
 ) -> None:
+    await make_store().set(cache_key(1), fresh(minted), ttl=300)
     store = make_store()
-    await store.set(cache_key(1), fresh(minted), ttl=300)
-    redis_client.copy(f"{redis_namespace}:{cache_key(1)}", f"{redis_namespace}:{cache_key(2)}")
+    first, second = store.redis_keys(cache_key(1))[0], store.redis_keys(cache_key(2))[0]
+    redis_client.copy(first, second)
     assert await store.get(cache_key(2)) is None
     assert await store.get(cache_key(1)) is not None
 

@@ -11,10 +11,11 @@ never reaches another key.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
-__all__ = ["SingleFlight"]
+__all__ = ["Patience", "SingleFlight"]
 
 T = TypeVar("T")
 
@@ -56,3 +57,42 @@ class SingleFlight(Generic[T]):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Patience:
+    """How long a shared production may wait on other replicas before doing the work itself.
+
+    A production is shared by every local caller of its key, each with its own deadline. It
+    waits on another replica's exchange only until the earliest of those callers' patience
+    ends (`until`, event-loop time; None: no caller has a deadline), so that the caller still
+    has time to exchange here if the other replica died or is slow. A caller joining with an
+    earlier deadline shortens it: `scope()` blocks already running are rescheduled.
+    """
+
+    __slots__ = ("_scopes", "until")
+
+    def __init__(self, until: float | None = None) -> None:
+        self.until = until
+        self._scopes: list[asyncio.Timeout] = []
+
+    def shorten(self, until: float | None) -> None:
+        if until is None or (self.until is not None and self.until <= until):
+            return
+        self.until = until
+        for scope in self._scopes:
+            scope.reschedule(until)
+
+    def remaining(self) -> float | None:
+        if self.until is None:
+            return None
+        return self.until - asyncio.get_running_loop().time()
+
+    @contextlib.asynccontextmanager
+    async def scope(self) -> AsyncIterator[asyncio.Timeout]:
+        """An `asyncio.timeout_at(until)` block that a later `shorten` reaches too."""
+        async with asyncio.timeout_at(self.until) as scope:
+            self._scopes.append(scope)
+            try:
+                yield scope
+            finally:
+                self._scopes.remove(scope)

@@ -1,17 +1,26 @@
 """`TokenStore`: the small interface `TokenCache` needs from a storage backend.
 
-Implementations (`MemoryTokenStore`, `RedisTokenStore`) sit on aiocache backends. A store is a
-best-effort cache: `get` answers None for anything it cannot return safely (missing, expired,
+Implementations: the bounded in-process `MemoryTokenStore` (on aiocache's `BaseCache`) and the
+shared `RedisTokenStore` (an in-process level in front of Redis). A store is a best-effort
+cache: `get` answers None for anything it cannot return safely (missing, expired,
 undecryptable, backend down) and never raises for those; the caller then fetches a fresh token.
+
+A store shared by replicas may also implement `SharedTokenStore`: then `TokenCache` lets it
+decide, on a miss, whether this replica exchanges or waits for another one's exchange.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from grpc_obo._exchange._singleflight import Patience
 from grpc_obo._exchange._token import CachedToken
 
-__all__ = ["TokenStore"]
+__all__ = ["Produce", "SharedTokenStore", "TokenStore", "shared_store"]
+
+Produce = Callable[[], Awaitable[tuple[CachedToken, float]]]
+"""Runs the exchange: the token and how many seconds it may be cached (<= 0: not at all)."""
 
 
 class TokenStore(Protocol):
@@ -26,3 +35,38 @@ class TokenStore(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class SharedTokenStore(TokenStore, Protocol):
+    """A store that replicas share, with a level in this process in front of it."""
+
+    def get_nowait(self, key: str) -> CachedToken | None:
+        """The in-process entry, if it needs no check with the shared level (no I/O)."""
+        ...
+
+    def get_local(self, key: str) -> CachedToken | None:
+        """The in-process entry, also past its recheck time while the shared level is down."""
+        ...
+
+    async def coordinate(
+        self,
+        key: str,
+        produce: Produce,
+        *,
+        accept: Callable[[CachedToken], bool],
+        patience: Patience,
+    ) -> CachedToken:
+        """A token for `key` that `accept` takes: stored by any replica, or from `produce`.
+
+        At most one replica runs `produce` for a key at a time while the shared level works;
+        waiting on another replica ends at `patience`, then this one produces. Errors of
+        `produce` propagate; the shared level's own failures never do.
+        """
+        ...
+
+
+def shared_store(store: TokenStore) -> SharedTokenStore | None:
+    """`store` if it implements `SharedTokenStore`, else None."""
+    if all(callable(getattr(store, name, None)) for name in ("get_local", "coordinate")):
+        return store  # type: ignore[return-value]  # checked structurally just above
+    return None
