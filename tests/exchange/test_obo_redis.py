@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 
 import pytest
@@ -128,3 +129,29 @@ async def test_concurrent_first_calls_on_two_replicas_exchange_at_most_once_each
     # Afterwards both replicas serve from Redis: no more exchanges.
     await asyncio.gather(*(call(replicas[i % 2]) for i in range(100)))
     assert sum(r.exchanges for r in replicas) == authority.requests.count(grant="obo")
+
+
+async def test_a_stuck_lease_costs_a_caller_half_its_deadline_not_all_of_it(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    redis_url: str,
+    redis_namespace: str,
+    redis_client: redis.Redis,
+) -> None:
+    """Another replica took the lease and hangs: the call's deadline reaches the cache, which
+    stops waiting at half of it and exchanges here (one exchange, within the deadline)."""
+    exchanger = replica(make_exchanger, redis_url, redis_namespace, TokenSealer.generate_key())
+    identity = await users.identity("alice")
+    key = exchanger.cache_key([downstream_scope], identity=identity)
+    store = exchanger.cache.store
+    assert isinstance(store, RedisTokenStore)
+    redis_client.set(store.redis_keys(key)[1], b"a-hung-replica", px=60_000)
+    started = time.monotonic()
+    with use_identity(identity):
+        token = await exchanger.acquire([downstream_scope], timeout=2.0)
+    assert time.monotonic() - started < 1.9
+    assert store.stats.impatient == 1
+    assert authority.requests.count(grant="obo", user="alice") == 1
+    assert token.reveal()

@@ -283,7 +283,11 @@ class OboExchanger:
 
         with self._observer.acquisition("on_behalf_of", wanted) as note:
             try:
-                token = await _bounded(self.cache.get_or_fetch(key, fetch, note=note), timeout)
+                # `timeout=` also to the cache: waiting on another replica's exchange (Redis
+                # store) stops early enough to exchange here within the deadline.
+                token = await _bounded(
+                    self.cache.get_or_fetch(key, fetch, note=note, timeout=timeout), timeout
+                )
             except ConsentRequiredError as missing:
                 # Name what lacks consent: the client app's user or admin must grant exactly
                 # this (scope names are configuration, never secrets).
