@@ -222,6 +222,7 @@ class RedisNode:
 @contextlib.contextmanager
 def redis_cluster(workdir: Path, *, nodes: int = 3) -> Iterator[list[RedisNode]]:
     """A Redis Cluster of `nodes` primaries on loopback, slots spread by redis-cli."""
+    # NOTE: the cluster bus port defaults to port + 10000, past 65535 for many free ports.
     members = [
         RedisNode(
             workdir / f"node{n}",
@@ -232,6 +233,8 @@ def redis_cluster(workdir: Path, *, nodes: int = 3) -> Iterator[list[RedisNode]]
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "1000",
+                "--cluster-port",
+                str(_free_port()),
             ],
         )
         for n in range(nodes)
@@ -263,7 +266,7 @@ def redis_cluster(workdir: Path, *, nodes: int = 3) -> Iterator[list[RedisNode]]
                     states.append(client.execute_command("CLUSTER INFO"))
                 finally:
                     client.close()
-            if all(b"cluster_state:ok" in _bytes(s) for s in states):
+            if all(_cluster_ok(state) for state in states):
                 break
             time.sleep(0.05)
         else:
@@ -274,7 +277,9 @@ def redis_cluster(workdir: Path, *, nodes: int = 3) -> Iterator[list[RedisNode]]
             member.stop()
 
 
-def _bytes(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return str(value).encode()
+def _cluster_ok(info: object) -> bool:
+    # redis-py parses CLUSTER INFO into a dict (older versions: the raw text).
+    if isinstance(info, dict):
+        return str(info.get("cluster_state")) == "ok"
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text

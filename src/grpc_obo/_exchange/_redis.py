@@ -75,6 +75,7 @@ from grpc_obo._exchange._redis_link import (
     Outage,
     RedisUnavailable,
     build_client,
+    close_client,
 )
 from grpc_obo._exchange._singleflight import Patience, SingleFlight
 from grpc_obo._exchange._store import Produce
@@ -332,7 +333,7 @@ class RedisTokenStore:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self._client.aclose()
+        await close_client(self._client)
 
     # -- the cluster-wide single flight -------------------------------------------------
 
@@ -348,6 +349,7 @@ class RedisTokenStore:
         value_key, lease_key = self.redis_keys(key)
         owner = f"{self._origin}:{secrets.token_hex(8)}"
         mode = "get"
+        answered = False  # whether Redis said anything about the key
 
         def acquire() -> Awaitable[Any]:
             return self._client.eval(  # type: ignore[no-any-return]
@@ -360,6 +362,7 @@ class RedisTokenStore:
                     with self._events.watch(key) as woken:
                         seen = self._evictions
                         reply = await self._command(acquire)
+                        answered = True
                         state, value_ms, blob, lease_ms = (
                             int(reply[0]),
                             int(reply[1]),
@@ -388,16 +391,26 @@ class RedisTokenStore:
                         mode = "get"
         except TimeoutError:
             self.stats.impatient += 1
+            # A slow Redis that never answered is as good as a down one for our own entry;
+            # once Redis said the value is gone (evicted), the entry is not served again.
+            if not answered and (stale := self._stale(key, accept)) is not None:
+                return stale
             _log.debug("gave up waiting for another replica's exchange of %s", log_ref(key))
             return await self._produce_here(key, produce, owner)
         except RedisUnavailable:
             self.stats.unavailable += 1
-            stale = self._l1.get_local(key, stale_ok=True)
-            if stale is not None and accept(stale):
-                self.stats.stale += 1
+            if (stale := self._stale(key, accept)) is not None:
                 return stale
             return await self._produce_here(key, produce, owner)
         return await self._produce_leased(key, produce, owner, patience)
+
+    def _stale(self, key: str, accept: Callable[[CachedToken], bool]) -> CachedToken | None:
+        """Our L1 entry past its recheck time, while Redis cannot confirm it (still usable)."""
+        token = self._l1.get_local(key, stale_ok=True)
+        if token is None or not accept(token):
+            return None
+        self.stats.stale += 1
+        return token
 
     async def _produce_leased(
         self, key: str, produce: Produce, owner: str, patience: Patience

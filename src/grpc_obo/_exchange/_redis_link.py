@@ -38,6 +38,7 @@ __all__ = [
     "Outage",
     "RedisUnavailable",
     "build_client",
+    "close_client",
 ]
 
 _log = logging.getLogger("grpc_obo.exchange.cache")
@@ -155,6 +156,17 @@ def build_client(
         **pool_options,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+async def close_client(client: Any) -> None:
+    await client.aclose()
+    manager = getattr(client, "nodes_manager", None)
+    if manager is not None:
+        # NOTE: redis-py's RedisCluster.aclose() does nothing once a connection error has
+        # flagged the client for re-initialization (redis-py 8.1), leaking every socket.
+        for nodes in ("nodes_cache", "startup_nodes"):
+            with contextlib.suppress(Exception):
+                await manager.aclose(nodes)
 
 
 def _tls_connection_class(ca_file: str | None) -> type[Any]:
