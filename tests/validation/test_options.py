@@ -274,3 +274,15 @@ async def test_key_source_unavailable_names_the_url_but_callers_get_the_fixed_me
     assert error.message == "signing keys are unavailable"  # what a refused caller is told
     with pytest.raises(grpc_obo.KeySourceUnavailableError, match="HTTP 503"):
         await validator.validate(mint(v2_claims()))
+
+
+def test_from_env_allowed_tenants_make_a_guid_tenant_multi_tenant() -> None:
+    """AZURE_TENANT_ID stays the API's home tenant (ConfidentialClient.from_env reads it too);
+    an allow-list of tenants makes the validator multi-tenant."""
+    env = {**ENV, "GRPC_OBO_ALLOWED_TENANTS": f"{TENANT},{OTHER_TENANT}"}
+    options = ValidatorOptions.from_env(env)
+    assert options.tenant == "organizations"
+    assert options.allowed_tenants == {TENANT, OTHER_TENANT}
+    with pytest.raises(grpc_obo.ConfigurationError) as caught:
+        ValidatorOptions.from_env({**env, "GRPC_OBO_ALLOWED_TENANTS": "contoso"})
+    assert str(caught.value).startswith("GRPC_OBO_ALLOWED_TENANTS:")

@@ -340,7 +340,8 @@ class ValidatorOptions:
           means https;
         - `GRPC_OBO_AUDIENCES`: `audiences` instead (comma or space separated);
         - `GRPC_OBO_TOKEN_VERSIONS`: `versions`, `2.0` (default), `1.0` or `1.0,2.0`;
-        - `GRPC_OBO_ALLOWED_TENANTS`: `allowed_tenants` (multi-tenant), tenant GUIDs;
+        - `GRPC_OBO_ALLOWED_TENANTS`: tenant GUIDs: a multi-tenant API (`tenant` becomes
+          `organizations` unless it is `common`) accepting exactly these tenants;
         - `GRPC_OBO_CA_FILE`: `ca_file`, as for `ConfidentialClient.from_env()`;
         - `GRPC_OBO_V1_ISSUER_HOST`: `v1_issuer_host` (v1 tokens of a non-Microsoft authority).
 
@@ -377,12 +378,16 @@ class ValidatorOptions:
             value = get(variable)
             if value is not None:
                 values[option], read[option] = value, variable
-        for variable, option in (
-            ("GRPC_OBO_TOKEN_VERSIONS", "versions"),
-            ("GRPC_OBO_ALLOWED_TENANTS", "allowed_tenants"),
-        ):
-            if get(variable) is not None:
-                values[option], read[option] = frozenset(items(variable)), variable
+        if get("GRPC_OBO_TOKEN_VERSIONS") is not None:
+            values["versions"] = frozenset(items("GRPC_OBO_TOKEN_VERSIONS"))
+            read["versions"] = "GRPC_OBO_TOKEN_VERSIONS"
+        if get("GRPC_OBO_ALLOWED_TENANTS") is not None:
+            values["allowed_tenants"] = frozenset(items("GRPC_OBO_ALLOWED_TENANTS"))
+            read["allowed_tenants"] = "GRPC_OBO_ALLOWED_TENANTS"
+            # NOTE: an allow-list only means something to a multi-tenant API; AZURE_TENANT_ID
+            # stays the API's home tenant, as ConfidentialClient.from_env() reads it.
+            if str(values.get("tenant", "")).lower() not in MULTI_TENANTS:
+                values["tenant"], read["tenant"] = "organizations", "GRPC_OBO_ALLOWED_TENANTS"
         for option in overrides:
             read.pop(option, None)
         values.update(overrides)

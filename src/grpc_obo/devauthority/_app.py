@@ -1,6 +1,7 @@
 """The dev authority's HTTP surface: Entra-shaped routes on aiohttp, faults, errors and the log.
 
-Every answer is JSON. Bad input of any kind (wrong content type, malformed or oversized form,
+Every answer is JSON except the device code sign-in page (`/devicelogin`, small HTML, every
+reflected value escaped). Bad input of any kind (wrong content type, malformed or oversized form,
 duplicated parameters, unknown routes, unexpected exceptions) gets an Entra-shaped error body
 with the right status: never a stack trace, never a hang.
 """
@@ -12,6 +13,7 @@ import base64
 import binascii
 import contextvars
 import datetime
+import html
 import logging
 import urllib.parse
 import uuid
@@ -81,6 +83,9 @@ class AuthorityApp:
         app.router.add_get("/{tenant}/discovery/keys", self.jwks)
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self.token)
         app.router.add_get("/common/userrealm/{username}", self.userrealm)
+        app.router.add_post("/{tenant}/oauth2/v2.0/devicecode", self.devicecode)
+        app.router.add_get("/devicelogin", self.devicelogin_page)
+        app.router.add_post("/devicelogin", self.devicelogin)
         return app
 
     # -- middleware: latency, unexpected errors, the log ---------------------------------
@@ -351,6 +356,84 @@ class AuthorityApp:
         # scale to justify a thread hop, and staying on the loop keeps faults deterministic.
         return web.json_response(self.grants.handle(token_request), headers=_NO_STORE)
 
+    async def devicecode(self, request: web.Request) -> web.Response:
+        """The device authorization endpoint (MSAL's `initiate_device_flow`)."""
+        tenant = request.match_info["tenant"]
+        form = await _read_form(request)
+        token_request = TokenRequest(
+            tenant=tenant,
+            form=form,
+            token_url=f"{self._base_url()}/{tenant}/oauth2/v2.0/token",
+            basic_auth=_basic_auth(request),
+        )
+        client_id = (form.get("client_id") or "").lower() or None
+        _state.get().scopes = tuple((form.get("scope") or "").split())[:20]
+        await self._apply_faults(request, RequestInfo(endpoint="devicecode", client_id=client_id))
+        body = self.grants.start_device_flow(token_request, f"{self._base_url()}/devicelogin")
+        return web.json_response(body, headers=_NO_STORE)
+
+    async def devicelogin_page(self, request: web.Request) -> web.Response:
+        """The sign-in page a device code's user opens (Entra: microsoft.com/devicelogin)."""
+        await self._apply_faults(request, RequestInfo(endpoint="devicelogin"))
+        return _page(_SIGN_IN_FORM.format(code=html.escape(request.query.get("code", "")[:16])))
+
+    async def devicelogin(self, request: web.Request) -> web.Response:
+        form = await _read_form(request)
+        username = form.get("username", "")
+        found = self.world.find_user(username)
+        info = RequestInfo(
+            endpoint="devicelogin",
+            user_oid=found.oid if found else None,
+            username=found.username if found else None,
+        )
+        await self._apply_faults(request, info)
+        try:
+            user = self.grants.approve_device_flow(
+                form.get("code", ""), username, form.get("password", "")
+            )
+        except OAuthError as exc:
+            again = _SIGN_IN_FORM.format(code=html.escape(form.get("code", "")[:16]))
+            return _page(f"<p class=error>{html.escape(exc.description)}</p>{again}", status=400)
+        return _page(
+            f"<h2>You have signed in as {html.escape(user.username)}</h2>"
+            "<p>You can close this window and return to the application.</p>"
+        )
+
+
+def _page(body: str, *, status: int = 200) -> web.Response:
+    return web.Response(
+        text=_PAGE.format(body=body),
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            **_NO_STORE,
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+            "form-action 'self'; frame-ancestors 'none'",
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in: grpc_obo dev authority</title>
+<style>body{{font-family:sans-serif;max-width:28em;margin:3em auto}}
+label{{display:block;margin:.8em 0 .2em}}input{{width:100%;padding:.4em}}
+button{{margin-top:1em;padding:.5em 2em}}.error{{color:#a00}}</style></head>
+<body><h1>grpc_obo dev authority</h1>
+<p><small>A local stand-in for Entra ID's device code sign-in. Not Microsoft.</small></p>
+{body}</body></html>
+"""
+
+_SIGN_IN_FORM = """<form method="post" action="/devicelogin">
+<label for="code">Code</label><input id="code" name="code" value="{code}" autocomplete="off">
+<label for="username">Username</label><input id="username" name="username" autocomplete="username">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password">
+<button type="submit">Sign in</button></form>
+"""
+
 
 _CLAIMS_SUPPORTED = [
     *("sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name"),
@@ -370,6 +453,10 @@ def _endpoint_of(path: str) -> Endpoint:
         return "jwks"
     if "/userrealm/" in path:
         return "userrealm"
+    if path.endswith("/devicecode"):
+        return "devicecode"
+    if path == "/devicelogin":
+        return "devicelogin"
     return "other"
 
 

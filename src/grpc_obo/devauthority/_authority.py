@@ -2,7 +2,11 @@
 
 It owns the TLS files, the key ring, the registrations, faults and request log, and serves them on
 127.0.0.1 over HTTPS. Tokens can also be minted directly (no HTTP) for tests that need a valid or
-deliberately broken token fast.
+deliberately broken token fast. `summary()` and `azure_env()` describe it for other processes.
+
+Files: without `state_dir`, a temporary directory (CA, client certificates) removed at stop. With
+`state_dir`, the CA is kept there across restarts (`ca.pem`, `ca-key.pem`), and each start writes
+its apps' client certificates as `<app>-<thumbprint>.pem` (0600), removed at stop.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from grpc_obo.devauthority._faults import Faults, RequestLog
 from grpc_obo.devauthority._grants import Grants
 from grpc_obo.devauthority._keys import KeyRing
 from grpc_obo.devauthority._tls import (
-    TlsFiles,
     client_ssl_context,
     msal_http_client,
     server_ssl_context,
+    server_ssl_context_from,
+    state_ca,
     write_tls_files,
 )
 from grpc_obo.devauthority._tokens import TokenMinter
@@ -75,10 +80,12 @@ class DevAuthority:
         self.requests = RequestLog()
         self._port = port
         self._bound_port: int | None = None
-        self._state_dir = Path(state_dir) if state_dir else None
+        # Absolute: its paths are handed to processes that may run elsewhere.
+        self._state_dir = Path(state_dir).absolute() if state_dir else None
         self._own_dir: str | None = None
-        self._tls: TlsFiles | None = None
+        self._ca_file: Path | None = None
         self._credential_files: dict[str, str] = {}
+        self._written: list[Path] = []  # files of this run in the state dir, removed at stop
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
@@ -96,7 +103,11 @@ class DevAuthority:
         if directory is None:
             self._own_dir = tempfile.mkdtemp(prefix="grpc-obo-authority-")
             directory = Path(self._own_dir)
-        self._tls = write_tls_files(directory)
+            tls = write_tls_files(directory)
+            self._ca_file, context = tls.ca_file, server_ssl_context(tls)
+        else:
+            ca = state_ca(directory)
+            self._ca_file, context = ca.ca_file, server_ssl_context_from(ca)
         self._credential_files = self._write_client_certificates(directory)
         app = AuthorityApp(
             base_url=lambda: self.base_url,
@@ -108,24 +119,26 @@ class DevAuthority:
         ).build()
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(
-            runner, "127.0.0.1", self._port, ssl_context=server_ssl_context(self._tls)
-        )
+        site = web.TCPSite(runner, "127.0.0.1", self._port, ssl_context=context)
         await site.start()
         self._runner = runner
         self._bound_port = runner.addresses[0][1]
         return self
 
     def _write_client_certificates(self, directory: Path) -> dict[str, str]:
-        """Write each app's generated certificate + key (PEM) so shell users can use them."""
+        """Write each app's certificate + key (PEM, 0600) so other processes can use them."""
         written: dict[str, str] = {}
         for app in self.world.apps:
-            for index, cert in enumerate(app.certificates):
+            for cert in app.certificates:
                 if cert.private_key_pem is None:
                     continue
-                path = directory / f"{app.name}-{index}.pem"
-                path.touch(mode=0o600)
-                path.write_bytes(cert.private_key_pem + cert.certificate_pem)
+                # NOTE: named by thumbprint: authorities sharing a state dir never overwrite
+                # each other's files.
+                path = directory / f"{app.name}-{cert.thumbprint_hex[:12].lower()}.pem"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(cert.private_key_pem + cert.certificate_pem)
+                self._written.append(path)
                 written.setdefault(app.name, str(path))
         return written
 
@@ -150,7 +163,12 @@ class DevAuthority:
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)
             self._own_dir = None
-            self._tls = None
+            self._ca_file = None
+        for path in self._written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self._written.clear()
+        self._credential_files = {}
 
     async def __aenter__(self) -> DevAuthority:
         return await self.start()
@@ -233,9 +251,9 @@ class DevAuthority:
     @property
     def ca_file(self) -> Path:
         """The PEM CA certificate that clients must trust to talk to this authority."""
-        if self._tls is None:
+        if self._ca_file is None:
             raise RuntimeError("the dev authority is not running")
-        return self._tls.ca_file
+        return self._ca_file
 
     def client_ssl_context(self) -> ssl.SSLContext:
         """An SSL context trusting this authority's CA (for aiohttp, the validator's key fetch)."""
@@ -321,6 +339,39 @@ class DevAuthority:
         return issued.token
 
     # -- description ----------------------------------------------------------------------
+
+    def azure_env(self, app: str, *, include_secrets: bool = True) -> dict[str, str]:
+        """What `app` needs in its environment to use this authority, under azure-identity's
+        names where they exist: `ConfidentialClient.from_env()` and `ValidatorOptions.from_env()`
+        read it with nothing else.
+
+        `AZURE_TENANT_ID` (the app's tenant), `AZURE_CLIENT_ID`, `AZURE_AUTHORITY_HOST`,
+        `GRPC_OBO_CA_FILE`, `GRPC_OBO_V1_ISSUER_HOST`; a confidential app's credential
+        (`AZURE_CLIENT_SECRET`, or `AZURE_CLIENT_CERTIFICATE_PATH` when it has no secret); for an
+        API, `GRPC_OBO_AUDIENCES` and `GRPC_OBO_TOKEN_VERSIONS`, and with several tenants
+        `GRPC_OBO_ALLOWED_TENANTS` (every tenant of the world: a multi-tenant API).
+        """
+        found = self.world.app(app)
+        env = {
+            "AZURE_TENANT_ID": found.tenant_id,
+            "AZURE_CLIENT_ID": found.client_id,
+            "AZURE_AUTHORITY_HOST": self.base_url,
+            "GRPC_OBO_CA_FILE": str(self.ca_file),
+            "GRPC_OBO_V1_ISSUER_HOST": self.base_url,
+        }
+        if found.secrets:
+            env["AZURE_CLIENT_SECRET"] = found.secrets[0] if include_secrets else "**********"
+        elif found.name in self._credential_files:
+            env["AZURE_CLIENT_CERTIFICATE_PATH"] = self._credential_files[found.name]
+        if found.scopes or found.app_roles:
+            audiences = [found.client_id]
+            if found.app_id_uri:
+                audiences.append(found.app_id_uri)
+            env["GRPC_OBO_AUDIENCES"] = ",".join(audiences)
+            env["GRPC_OBO_TOKEN_VERSIONS"] = f"{found.access_token_version}.0"
+            if len(self.world.tenants) > 1:
+                env["GRPC_OBO_ALLOWED_TENANTS"] = ",".join(t.id for t in self.world.tenants)
+        return env
 
     def summary(self, *, include_secrets: bool = True) -> dict[str, Any]:
         """What a client needs: URLs, tenant, CA file, apps and users (secrets on request)."""

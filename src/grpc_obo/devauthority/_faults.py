@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-Endpoint = Literal["token", "discovery", "jwks", "userrealm", "other", "any"]
+Endpoint = Literal[
+    "token", "discovery", "jwks", "userrealm", "devicecode", "devicelogin", "other", "any"
+]
 FaultKind = Literal["status", "drop"]
 
 

@@ -1,4 +1,5 @@
-"""The token endpoint's decisions: client authentication, scopes and consent, and the four grants.
+"""The token endpoint's decisions: client authentication, scopes and consent, and the grants
+(password, client credentials, refresh token, On-Behalf-Of, device code).
 
 Pure logic over the registrations and the key ring: it takes a parsed form and returns the JSON
 body of a token response, or raises `OAuthError` carrying Entra's error shape. The HTTP layer
@@ -29,6 +30,12 @@ GRANT_PASSWORD = "password"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_REFRESH_TOKEN = "refresh_token"
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GRANT_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_CODE_LIFETIME = 900
+"""Seconds a device code waits for its sign-in (Entra: 15 minutes)."""
+DEVICE_CODE_INTERVAL = 1
+"""Seconds between polls the authority asks for (Entra asks 5; 1 keeps tests quick)."""
+_USER_CODE_LETTERS = "BCDFGHJKLMNPQRSTVWXZ23456789"  # no vowels, no look-alikes
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -95,6 +102,20 @@ class _RefreshGrant:
     amr: tuple[str, ...]
 
 
+@dataclass
+class _DeviceFlow:
+    """A device code waiting for (or given) its user's sign-in on the sign-in page."""
+
+    user_code: str
+    client_id: str
+    tenant: str | None
+    scope: str
+    claims: str | None
+    expires_at: float
+    user_oid: str | None = None
+    """Set when the user signed in on the page and approved the code."""
+
+
 @dataclass(frozen=True)
 class _ScopeRequest:
     resource: App | None
@@ -112,6 +133,8 @@ class Grants:
     minter: TokenMinter
     faults: Faults
     _refresh_tokens: dict[str, _RefreshGrant] = field(default_factory=dict)
+    _device_flows: dict[str, _DeviceFlow] = field(default_factory=dict)
+    """SHA-256 of the device code -> its flow."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- entry points -------------------------------------------------------------------
@@ -140,6 +163,10 @@ class Grants:
             with self._lock:
                 held = self._refresh_tokens.get(_hash(request.get("refresh_token") or ""))
             user_oid = held.user_oid if held else None
+        elif grant == GRANT_DEVICE_CODE:
+            with self._lock:
+                flow = self._device_flows.get(_hash(request.get("device_code") or ""))
+            user_oid = flow.user_oid if flow else None
         if user_oid and not username:
             found = self.world.find_user(user_oid)
             username = found.username if found else None
@@ -159,6 +186,7 @@ class Grants:
             GRANT_CLIENT_CREDENTIALS,
             GRANT_REFRESH_TOKEN,
             GRANT_JWT_BEARER,
+            GRANT_DEVICE_CODE,
         ):
             raise OAuthError(
                 "unsupported_grant_type",
@@ -173,7 +201,116 @@ class Grants:
             return self._client_credentials(request, tenant, client, client_auth)
         if grant == GRANT_REFRESH_TOKEN:
             return self._refresh(request, tenant, client, client_auth)
+        if grant == GRANT_DEVICE_CODE:
+            return self._device_code(request, tenant, client, client_auth)
         return self._on_behalf_of(request, tenant, client, client_auth)
+
+    # -- the device code grant: start, sign in on the page, redeem -----------------------------
+
+    def start_device_flow(self, request: TokenRequest, verification_uri: str) -> dict[str, Any]:
+        """The device authorization endpoint: a device code for the client, a user code for
+        the person, who signs in at `verification_uri` and types it."""
+        tenant = self._path_tenant(request.tenant)
+        client, _ = self._authenticate_client(request, tenant)
+        raw_scope = request.require("scope")
+        self._parse_scopes(raw_scope)  # an unknown resource is refused now, as Entra does
+        claims = request.get("claims")
+        _capabilities(claims)
+        device_code = "DAQABAAEAAAD." + secrets.token_urlsafe(48)
+        user_code = "".join(secrets.choice(_USER_CODE_LETTERS) for _ in range(9))
+        now = self.minter.clock()
+        with self._lock:
+            self._device_flows = {
+                key: flow for key, flow in self._device_flows.items() if flow.expires_at > now
+            }
+            self._device_flows[_hash(device_code)] = _DeviceFlow(
+                user_code=user_code,
+                client_id=client.client_id,
+                tenant=tenant,
+                scope=raw_scope,
+                claims=claims,
+                expires_at=now + DEVICE_CODE_LIFETIME,
+            )
+        return {
+            "user_code": user_code,
+            "device_code": device_code,
+            "verification_uri": verification_uri,
+            "expires_in": DEVICE_CODE_LIFETIME,
+            "interval": DEVICE_CODE_INTERVAL,
+            "message": (
+                f"To sign in, use a web browser to open the page {verification_uri} and enter "
+                f"the code {user_code} to authenticate."
+            ),
+        }
+
+    def approve_device_flow(self, user_code: str, username: str, password: str) -> User:
+        """The sign-in page: `username` proves `password` and approves the code.
+
+        Raises `OAuthError` (shown on the page, never naming which of the three was wrong
+        beyond an expired code).
+        """
+        wanted = user_code.strip().upper().replace("-", "")
+        now = self.minter.clock()
+        with self._lock:
+            flow = next(
+                (
+                    f
+                    for f in self._device_flows.values()
+                    if f.user_code == wanted and not f.user_oid
+                ),
+                None,
+            )
+        if flow is None or flow.expires_at <= now:
+            raise OAuthError(
+                "expired_token", 70019, "That code is unknown, used already or expired."
+            )
+        user = self.world.find_user(username)
+        if (
+            user is None
+            or "@" not in username
+            or not hmac.compare_digest(password.encode(), user.password.encode())
+            or (flow.tenant is not None and user.tenant_id != flow.tenant)
+        ):
+            raise OAuthError(
+                "invalid_grant",
+                50126,
+                "Error validating credentials due to invalid username or password.",
+            )
+        with self._lock:
+            flow.user_oid = user.oid
+        return user
+
+    def _device_code(
+        self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
+    ) -> dict[str, Any]:
+        presented = request.require("device_code")
+        key = _hash(presented)
+        with self._lock:
+            flow = self._device_flows.get(key)
+            if flow is not None and flow.client_id != client.client_id:
+                flow = None  # another client's code: as if unknown, and not consumed
+            expired = flow is not None and flow.expires_at <= self.minter.clock()
+            if flow is not None and (flow.user_oid is not None or expired):
+                del self._device_flows[key]  # redeemed once, or gone
+        if flow is None or expired:
+            raise OAuthError(
+                "expired_token",
+                70019,
+                "Verification code expired or unknown. Start a new device flow.",
+            )
+        if flow.user_oid is None:
+            raise OAuthError(
+                "authorization_pending",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+            )
+        user = self._user_in(self.world.find_user(flow.user_oid), flow.tenant, flow.user_oid)
+        scopes = self._parse_scopes(flow.scope)
+        granted = self._delegated_grant(client, scopes)
+        amr = self._sign_in_amr(user, ("pwd",), request.get("claims") or flow.claims)
+        return self._user_tokens(
+            request, user, client, client_auth, scopes, granted, amr, id_token=True
+        )
 
     # -- tenants and clients -------------------------------------------------------------
 
@@ -669,9 +806,12 @@ class Grants:
 
 
 def _grant_name(grant: str | None, requested_token_use: str | None) -> str | None:
-    """Short names for the log: `obo` for the On-Behalf-Of flavour of jwt-bearer."""
+    """Short names for the log: `obo` for the On-Behalf-Of flavour of jwt-bearer,
+    `device_code` for the device code grant."""
     if grant == GRANT_JWT_BEARER:
         return "obo" if requested_token_use == "on_behalf_of" else "jwt_bearer"
+    if grant == GRANT_DEVICE_CODE:
+        return "device_code"
     return grant
 
 

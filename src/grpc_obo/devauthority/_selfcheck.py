@@ -1,5 +1,5 @@
-"""A self-check of the dev authority with unmodified MSAL: what `grpc-obo demo` runs until the
-examples exist, and what `grpc-obo authority --check` runs before serving.
+"""A self-check of the dev authority with unmodified MSAL: what `grpc-obo authority --check` runs
+before serving (on the demo world's apps and users).
 
 It signs alice in (ROPC), exchanges her token On-Behalf-Of the Original API for the Downstream
 API (by secret and by certificate), gets an app-only token by client credentials, and verifies

@@ -1,17 +1,25 @@
 """A throw-away certificate authority and server certificate for the dev authority's HTTPS.
 
-MSAL refuses an `http://` authority, so the dev authority speaks TLS with a CA it makes at start
-and writes to a file that clients trust explicitly. Keys are ECDSA P-256: fast to generate and
-accepted by every TLS stack we talk to.
+MSAL refuses an `http://` authority, so the dev authority speaks TLS with a CA that clients trust
+explicitly. Without a state directory the CA is new at every start and lives in a temporary
+directory removed at stop; with one (`state_ca`), the CA (`ca.pem`, key `ca-key.pem` 0600) is kept
+there and reused while it has more than a day left, so a CA file another process was told about
+stays valid across restarts, and authorities sharing the directory share the CA. Server
+certificates are new at every start and never left on disk. Keys are ECDSA P-256: fast to
+generate and accepted by every TLS stack we talk to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import os
 import ssl
+import tempfile
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +48,20 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def write_tls_files(directory: Path, *, days: int = 7) -> TlsFiles:
-    """Create a CA and a server certificate for 127.0.0.1/::1/localhost in `directory`."""
-    now = datetime.datetime.now(datetime.UTC)
-    not_before = now - datetime.timedelta(minutes=5)
-    not_after = now + datetime.timedelta(days=days)
+_CA_NAME = "grpc_obo dev authority CA"
 
+
+def _make_ca(days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("grpc_obo dev authority CA"))
-        .issuer_name(_name("grpc_obo dev authority CA"))
+        .subject_name(_name(_CA_NAME))
+        .issuer_name(_name(_CA_NAME))
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -75,15 +82,24 @@ def write_tls_files(directory: Path, *, days: int = 7) -> TlsFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_cert, ca_key
 
+
+def _make_server(
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, days: int
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    now = datetime.datetime.now(datetime.UTC)
     server_key = ec.generate_private_key(ec.SECP256R1())
+    not_after = min(
+        now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc
+    )  # never past the CA
     server_cert = (
         x509.CertificateBuilder()
         .subject_name(_name("127.0.0.1"))
         .issuer_name(ca_cert.subject)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(not_after)
         .add_extension(
             x509.SubjectAlternativeName(
@@ -103,7 +119,35 @@ def write_tls_files(directory: Path, *, days: int = 7) -> TlsFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return server_cert, server_key
 
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, readable by the owner only."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def write_tls_files(directory: Path, *, days: int = 7) -> TlsFiles:
+    """Create a CA and a server certificate for 127.0.0.1/::1/localhost in `directory`."""
+    ca_cert, ca_key = _make_ca(days)
+    server_cert, server_key = _make_server(ca_cert, ca_key, days)
     directory.mkdir(parents=True, exist_ok=True)
     files = TlsFiles(
         ca_file=directory / "ca.pem",
@@ -112,15 +156,83 @@ def write_tls_files(directory: Path, *, days: int = 7) -> TlsFiles:
     )
     files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    files.key_file.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    files.key_file.chmod(0o600)
+    _write_private(files.key_file, _key_pem(server_key))
     return files
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` between processes (none where fcntl does not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: one authority per state dir
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@dataclass(frozen=True)
+class StateCa:
+    """The CA kept in a state directory: `ca_file` is what clients trust."""
+
+    ca_file: Path
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+
+
+def state_ca(directory: Path, *, days: int = 30) -> StateCa:
+    """The CA kept in `directory`: reused while it has more than a day left, else made anew.
+
+    `ca.pem` (certificate) and `ca-key.pem` (key, 0600) are written atomically under a lock, so
+    authorities starting together in one directory agree on one CA.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_file, key_file = directory / "ca.pem", directory / "ca-key.pem"
+    with _locked(directory / ".ca.lock"):
+        found = _load_ca(ca_file, key_file)
+        if found is not None:
+            return StateCa(ca_file, *found)
+        cert, key = _make_ca(days)
+        _write_private(key_file, _key_pem(key))
+        # The certificate is public, but a world-readable file in a private directory helps no
+        # one; clients run as the same user.
+        _write_private(ca_file, cert.public_bytes(serialization.Encoding.PEM))
+        return StateCa(ca_file, cert, key)
+
+
+def _load_ca(
+    ca_file: Path, key_file: Path
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    try:
+        cert = x509.load_pem_x509_certificate(ca_file.read_bytes())
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return None
+    if cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        return None
+    left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    return (cert, key) if left > datetime.timedelta(days=1) else None
+
+
+def server_ssl_context_from(ca: StateCa, *, days: int = 7) -> ssl.SSLContext:
+    """A server context with a new certificate signed by `ca`; nothing of it stays on disk."""
+    cert, key = _make_server(ca.certificate, ca.key, days)
+    with tempfile.TemporaryDirectory(prefix="grpc-obo-tls-") as scratch:
+        files = TlsFiles(ca.ca_file, Path(scratch) / "server.pem", Path(scratch) / "server-key.pem")
+        files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(files.key_file, _key_pem(key))
+        return server_ssl_context(files)
 
 
 def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:

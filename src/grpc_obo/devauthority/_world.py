@@ -428,6 +428,7 @@ class World:
                     "secrets": [secret(s) for s in a.secrets],
                     "certificate_thumbprints": [c.thumbprint_hex for c in a.certificates],
                     "api_permissions": {k: sorted(v) for k, v in a.api_permissions.items()},
+                    "access_token_version": a.access_token_version,
                 }
                 for a in self.apps
             },
