@@ -61,7 +61,9 @@ def test_files_are_private_and_stdout_masks_secrets(tmp_path: Path) -> None:
     orders = (tmp_path / "env" / "orders.env").read_text()
     assert f"AZURE_CLIENT_SECRET={written['apps']['orders']['secrets'][0]}" in orders
     assert f"GRPC_OBO_CA_FILE={tmp_path / 'state' / 'ca.pem'}" in orders
-    assert "AZURE_CLIENT_SECRET" not in (tmp_path / "env" / "web.env").read_text()  # public
+    web = (tmp_path / "env" / "web.env").read_text()
+    assert "AZURE_CLIENT_SECRET" not in web  # a public client
+    assert f"GRPC_OBO_SCOPES_ORDERS={written['apps']['orders']['app_id_uri']}/Orders.Read" in web
     # Paths are absolute: the files serve processes started anywhere.
     assert Path(written["ca_file"]).is_absolute()
 
@@ -143,7 +145,7 @@ def test_token_lifetime_sets_the_tokens_lifetime(cli_authority: CliAuthority) ->
 
 CHILD = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, os, sys
     import grpc_obo
 
     async def main():
@@ -153,10 +155,10 @@ CHILD = textwrap.dedent(
         async with grpc_obo.TokenValidator(options) as validator:
             me = await validator.validate(token)
         print("validated", me.principal, sorted(me.scopes))
-        scope = sys.argv[1]
+        scope, = os.environ["GRPC_OBO_SCOPES_INVENTORY"].split()
         async with grpc_obo.OnBehalfOf(grpc_obo.ConfidentialClient.from_env()) as obo:
             exchanged = await obo.acquire([scope], identity=me)
-        inventory = grpc_obo.ValidatorOptions.from_env(dict(a.split("=", 1) for a in sys.argv[2:]))
+        inventory = grpc_obo.ValidatorOptions.from_env(dict(a.split("=", 1) for a in sys.argv[1:]))
         async with grpc_obo.TokenValidator(inventory) as validator:
             them = await validator.validate(exchanged.reveal())
         print("exchanged", them.principal, sorted(them.scopes), them.client_id)
@@ -176,12 +178,13 @@ def test_a_dotenv_file_configures_both_sides_in_another_process(
         "token", "--dev-authority", "dev.json", "--user", "carol", "--scope", "orders/Orders.Read"
     ).stdout.strip()
     scope = f"{cli_authority.app('inventory')['app_id_uri']}/Stock.Read"
+    assert cli_authority.dotenv("orders")["GRPC_OBO_SCOPES_INVENTORY"] == scope
     inventory_env = [f"{k}={v}" for k, v in cli_authority.dotenv("inventory").items()]
     script = cli_authority.directory / "child.py"
     script.write_text(CHILD)
     command = 'set -a; . ./env/orders.env; set +a; exec "$0" child.py "$@"'
     result = subprocess.run(
-        ["/bin/sh", "-c", command, sys.executable, scope, *inventory_env],
+        ["/bin/sh", "-c", command, sys.executable, *inventory_env],
         input=token,
         capture_output=True,
         text=True,

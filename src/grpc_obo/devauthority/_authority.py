@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import ssl
 import tempfile
@@ -349,7 +350,9 @@ class DevAuthority:
         `GRPC_OBO_CA_FILE`, `GRPC_OBO_V1_ISSUER_HOST`; a confidential app's credential
         (`AZURE_CLIENT_SECRET`, or `AZURE_CLIENT_CERTIFICATE_PATH` when it has no secret); for an
         API, `GRPC_OBO_AUDIENCES` and `GRPC_OBO_TOKEN_VERSIONS`, and with several tenants
-        `GRPC_OBO_ALLOWED_TENANTS` (every tenant of the world: a multi-tenant API).
+        `GRPC_OBO_ALLOWED_TENANTS` (every tenant of the world: a multi-tenant API); for each API
+        it holds delegated permissions on, `GRPC_OBO_SCOPES_<API NAME>` (the full scopes, space
+        separated: what a client app signs in for, what a middle tier exchanges for).
         """
         found = self.world.app(app)
         env = {
@@ -371,6 +374,12 @@ class DevAuthority:
             env["GRPC_OBO_TOKEN_VERSIONS"] = f"{found.access_token_version}.0"
             if len(self.world.tenants) > 1:
                 env["GRPC_OBO_ALLOWED_TENANTS"] = ",".join(t.id for t in self.world.tenants)
+        for resource_id, scopes in found.api_permissions.items():
+            resource = self.world.find_app(resource_id)
+            if resource is not None:
+                prefix = resource.app_id_uri or resource.client_id
+                name = re.sub(r"[^A-Z0-9]+", "_", resource.name.upper()).strip("_")
+                env[f"GRPC_OBO_SCOPES_{name}"] = " ".join(f"{prefix}/{s}" for s in sorted(scopes))
         return env
 
     def summary(self, *, include_secrets: bool = True) -> dict[str, Any]:
