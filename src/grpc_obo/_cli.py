@@ -31,6 +31,7 @@ import shlex
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.parse
 import warnings
@@ -590,7 +591,7 @@ def _parser() -> argparse.ArgumentParser:
     authority = commands.add_parser(
         "authority",
         help="run the dev authority (HTTPS on 127.0.0.1)",
-        description=(
+        description=_wrap(
             "Run the dev authority on 127.0.0.1 over HTTPS until Ctrl-C / SIGTERM. Prints a JSON "
             "description (URLs, tenant, CA file, apps, users; secrets and passwords masked unless "
             "--print-secrets) on stdout."
@@ -653,7 +654,7 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser(
         "token",
         help="get an access token for a user and scope",
-        description=(
+        description=_wrap(
             "Get an access token for a user and print it (or --env / --json). Against the dev "
             "authority (--dev-authority FILE from `authority --write-env`): signs the user in "
             "with the password from FILE, or through the device code sign-in page with "
@@ -733,7 +734,7 @@ def _parser() -> argparse.ArgumentParser:
     decode = commands.add_parser(
         "decode",
         help="show a token's header and claims (UNVERIFIED)",
-        description=(
+        description=_wrap(
             "Show a JWT's header and claims, clearly marked UNVERIFIED, with exp/nbf/iat/"
             "auth_time as dates. The signature is neither checked nor printed."
         ),
@@ -750,7 +751,7 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="verify a token as an API would",
-        description=(
+        description=_wrap(
             "Verify a token with grpc_obo's TokenValidator (signature from the authority's keys, "
             "issuer, audience, times, version) and print the resulting Identity, or the refusal: "
             "its class, reason and the gRPC status an API would answer. Exit 0 accepted, 1 "
@@ -812,6 +813,11 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the identity or the refusal as JSON"
     )
     return parser
+
+
+def _wrap(text: str) -> str:
+    # RawDescriptionHelpFormatter keeps the exit-code table's lines; paragraphs are wrapped here.
+    return textwrap.fill(text, width=88)
 
 
 def _variable_name(value: str) -> str:
