@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from grpc_obo import AuthorityUnavailableError, use_identity
+from grpc_obo import AuthorityUnavailableError, RedisTokenStore, TokenCache, use_identity
 from grpc_obo._exchange import _cache
 from grpc_obo._exchange._exchanger import OboExchanger
 from grpc_obo.devauthority import DevAuthority
@@ -98,3 +98,29 @@ async def test_a_token_due_for_refresh_takes_the_full_path(
         monkeypatch.setattr(_cache.CachedToken, "due_for_refresh", lambda self, now: True)
         await exchanger.acquire([downstream_scope])
         assert len(slow) == 1
+
+
+async def test_a_hit_on_the_redis_stores_memory_level_is_the_same_dict_read(
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    redis_stores: Callable[..., RedisTokenStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several replicas (Redis store): a hit in this process's level needs no Redis, no task,
+    no timer, and a spent deadline does not matter, exactly as with the memory store."""
+    store = redis_stores()
+    exchanger = make_exchanger(cache=TokenCache(store=store))
+    with use_identity(await users.identity("alice")):
+        first = await exchanger.acquire([downstream_scope])
+        tasks = len(asyncio.all_tasks())
+
+        def forbidden(*args: object, **kwargs: object) -> None:
+            raise AssertionError("Redis or wait_for on a cache hit")
+
+        monkeypatch.setattr(asyncio, "wait_for", forbidden)
+        monkeypatch.setattr(store._client, "eval", forbidden)
+        for _ in range(100):
+            assert await exchanger.acquire([downstream_scope], timeout=1e-9) == first
+        assert len(asyncio.all_tasks()) == tasks
+    assert exchanger.exchanges == 1

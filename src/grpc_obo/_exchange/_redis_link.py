@@ -125,6 +125,11 @@ def build_client(
             raise ConfigurationError("Redis Cluster has only database 0")
         from redis.asyncio.cluster import RedisCluster
 
+        if not hasattr(RedisCluster, "pubsub"):
+            raise ConfigurationError(
+                "the Redis token store on Redis Cluster needs redis-py >= 8.0 "
+                "(asyncio cluster pub/sub)"
+            )
         options: dict[str, Any] = {}
         if tls:
             # NOTE: redis-py's cluster client builds its own TLS context: the CA given is
