@@ -98,7 +98,7 @@ async def test_a_dead_replicas_lease_ends_and_a_waiter_takes_over_within_its_ttl
     elapsed = time.monotonic() - started
     assert exchange.calls == 1
     assert token.access_token.reveal() == exchange.issued[0]
-    assert 0.3 < elapsed < 1.0
+    assert 0.3 < elapsed < 2.0
 
 
 async def test_a_short_deadline_stops_waiting_at_half_and_exchanges_here(
@@ -110,10 +110,10 @@ async def test_a_short_deadline_stops_waiting_at_half_and_exchanges_here(
     redis_client.set(lease, b"a-stuck-replica", px=30_000)
     exchange = Exchanges(minted, "dave", delay=0.05)
     started = time.monotonic()
-    token = await cache.get_or_fetch(key, exchange, timeout=0.6)
+    token = await cache.get_or_fetch(key, exchange, timeout=2.0)
     elapsed = time.monotonic() - started
     assert token.access_token.reveal() == exchange.issued[0]
-    assert 0.25 < elapsed < 0.55  # waited ~0.3 s (half the deadline), then exchanged
+    assert 0.9 < elapsed < 1.9  # waited ~1 s (half the deadline), then exchanged
     assert stats(cache).impatient == 1  # type: ignore[attr-defined]
     # The token is shared all the same: another replica finds it without exchanging.
     other = TokenCache(store=redis_stores())
@@ -133,8 +133,8 @@ async def test_a_caller_joining_with_a_shorter_deadline_hurries_the_wait(
     patient = asyncio.create_task(cache.get_or_fetch(key, exchange))  # no deadline at all
     await asyncio.sleep(0.05)
     started = time.monotonic()
-    hurried = await cache.get_or_fetch(key, exchange, timeout=0.4)
-    assert time.monotonic() - started < 0.35
+    hurried = await cache.get_or_fetch(key, exchange, timeout=2.0)
+    assert time.monotonic() - started < 1.9
     assert await patient == hurried
     assert exchange.calls == 1
 
@@ -142,9 +142,9 @@ async def test_a_caller_joining_with_a_shorter_deadline_hurries_the_wait(
 async def test_a_long_exchange_keeps_its_lease_alive(redis_stores: Stores, minted: Minted) -> None:
     """The holder renews its lease while it exchanges: a lease shorter than the exchange
     does not let a second replica start its own."""
-    first, second = replicas(redis_stores, 2, lease_ttl=0.3)
+    first, second = replicas(redis_stores, 2, lease_ttl=0.6)
     key = cache_key_for("frank")
-    exchange = Exchanges(minted, "frank", delay=1.0)
+    exchange = Exchanges(minted, "frank", delay=1.5)
     holder = asyncio.create_task(first.get_or_fetch(key, exchange))
     await asyncio.sleep(0.05)
     waiter = await second.get_or_fetch(key, exchange)

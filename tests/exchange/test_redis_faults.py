@@ -35,7 +35,7 @@ async def open_cache() -> AsyncIterator[Opened]:
     opened: list[TokenCache] = []
 
     def open_(url: str, **options: object) -> TokenCache:
-        options.setdefault("timeout", 0.3)
+        options.setdefault("timeout", 1.0)
         store = RedisTokenStore.from_url(url, sealer=TokenSealer(SEALING_KEY), **options)  # type: ignore[arg-type]
         cache = TokenCache(store=store)
         opened.append(cache)
@@ -118,14 +118,14 @@ async def test_redis_killed_then_restarted(
 async def test_a_hung_redis_never_holds_a_call_past_its_deadline(
     node: RedisNode, open_cache: Opened, minted: Minted, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = open_cache(node.url)  # commands time out after 0.3 s
+    cache = open_cache(node.url)  # commands time out after 1 s
     store = redis_store(cache)
     await cache.get_or_fetch(cache_key_for("warm"), Exchanges(minted), timeout=1.0)
     node.pause()
     try:
         started = time.monotonic()
-        await cache.get_or_fetch(cache_key_for("alice"), Exchanges(minted), timeout=0.4)
-        assert time.monotonic() - started < 0.4  # ~0.2 s of patience, then exchanged here
+        await cache.get_or_fetch(cache_key_for("alice"), Exchanges(minted), timeout=1.0)
+        assert time.monotonic() - started < 1.0  # ~0.5 s of patience, then exchanged here
         await eventually(lambda: not store.available)  # the write behind it timed out
         started = time.monotonic()
         await asyncio.gather(
@@ -134,8 +134,8 @@ async def test_a_hung_redis_never_holds_a_call_past_its_deadline(
                 for n in range(20)
             )
         )
-        # The breaker is open: no wait at all (neither a command's 0.3 s nor 1 s of patience).
-        assert time.monotonic() - started < 0.25
+        # The breaker is open: no wait at all (neither a command's 1 s nor 1 s of patience).
+        assert time.monotonic() - started < 0.28
         assert outage_lines(caplog) == (1, 0)
     finally:
         node.resume()
@@ -192,7 +192,7 @@ async def test_an_eviction_during_an_outage_reaches_redis_when_it_returns(
     try:
         started = time.monotonic()
         await first.invalidate(key)  # a claims challenge while Redis hangs
-        assert time.monotonic() - started < 0.05  # never waits on Redis
+        assert time.monotonic() - started < 0.2  # never waits on Redis (commands: 1 s)
         assert first.peek(key) is None
         await eventually(lambda: not redis_store(first).available)
     finally:

@@ -28,8 +28,9 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisNo
 
 
 def store(url: str, ca_file: Path, **options: object) -> RedisTokenStore:
+    options.setdefault("timeout", 5.0)
     return RedisTokenStore.from_url(
-        url, sealer=TokenSealer(SEALING_KEY), ssl_ca_file=str(ca_file), timeout=0.5, **options
+        url, sealer=TokenSealer(SEALING_KEY), ssl_ca_file=str(ca_file), **options
     )  # type: ignore[arg-type]
 
 

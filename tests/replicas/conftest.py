@@ -107,6 +107,8 @@ async def spawn_replicas(
             "namespace": namespaces[-1],
             "sealing_key": TokenSealer.generate_key().hex(),
             "lease_ttl": lease_ttl,
+            # Generous: a loaded test machine must not trip the breaker (1 s by default).
+            "redis_timeout": 3.0,
         }
         batch = []
         for n in range(count):

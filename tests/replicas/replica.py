@@ -97,6 +97,7 @@ async def main() -> None:
         sealer=TokenSealer(bytes.fromhex(config["sealing_key"])),
         namespace=config["namespace"],
         lease_ttl=config["lease_ttl"],
+        timeout=config["redis_timeout"],
     )
     exchanger = OboExchanger(
         client,

@@ -72,7 +72,7 @@ async def test_a_lease_holder_killed_mid_exchange_costs_the_others_only_its_leas
     assert len({d for a in answers for d in a["digests"]}) == 1
     assert sum(a["exchanges"] for a in answers) == 1  # one of them took over
     recovered = max(a["finished"] for a in answers) - killed
-    assert recovered < lease_ttl + 0.5, f"took {recovered:.2f} s after the kill"
+    assert recovered < lease_ttl + 1.0, f"took {recovered:.2f} s after the kill"
     # The dead holder's request was still sleeping in the authority: let it end here (it
     # fails writing to a closed socket), not in the next test's request log.
     for _ in range(60):

@@ -7,7 +7,7 @@
 
 Redis holds nothing usable without the sealing key: keys are SHA-256 digests and values are
 AES-256-GCM ciphertexts bound to the full Redis key (`TokenSealer`). Keys, per cache key `k`
-(`namespace:grpc_obo:obo:v1:<sha256>` as built by `obo_cache_key`):
+(`grpc_obo:obo:v1:<sha256>` as built by `obo_cache_key`):
 
     <namespace>:{k}            the sealed token, PX = expires_on - now - margin
     <namespace>:{k}:lease      the exchange lease: a random owner id, PX = lease_ttl, renewed by
@@ -35,11 +35,13 @@ Across replicas:
   delay, and within `l1_ttl` even if the message is lost.
 - **Redis faults.** Every command is bounded by `timeout` and by the caller's patience. The
   first failure logs one WARNING and, until Redis answers again (one probe per backoff, 0.5 s
-  doubling to 30 s), no call waits on Redis: L1 entries are served until their L2 TTL would
-  have ended (no replica can change L2 meanwhile), misses exchange here (single-flighted in
-  this process). Deletions that could not reach Redis are replayed when it answers again.
-  Nothing fails open: a value that does not open is a miss; a store never serves a token
-  under any key but its own.
+  doubling to 30 s; one more line then), no call waits on Redis: L1 entries are served until
+  their L2 TTL would have ended (no replica can change L2 meanwhile; also when the patience
+  ran out before Redis said anything), misses exchange here (single-flighted in this
+  process). An eviction never waits on Redis: L1 forgets at once, the value Redis still
+  holds is ignored here, and the deletion is sent in the background, replayed after an
+  outage. Nothing fails open: a value that does not open is a miss; a store never serves a
+  token under any key but its own, nor an L1 entry past the token's expiry minus the margin.
 
 TLS (`rediss://`): with `ssl_ca_file`, exactly that CA is trusted, and the host name is checked.
 Redis Cluster (`cluster=True`): redis-py's cluster client; its TLS trusts `ssl_ca_file` in
@@ -287,7 +289,7 @@ class RedisTokenStore:
         token = self._l1.get_nowait(key)
         if token is not None:
             return token
-        self._events.start()
+        await self._events.started(self._timeout)
         seen = self._evictions
         value_key, _ = self.redis_keys(key)
         try:
@@ -304,8 +306,8 @@ class RedisTokenStore:
     async def set(self, key: str, token: CachedToken, ttl: float) -> None:
         if ttl <= 0:
             return
+        await self._events.started(self._timeout)
         self._l1.put(key, token, ttl)
-        self._events.start()
         await self._write(key, token, ttl, owner="")
 
     async def delete(self, key: str) -> None:
@@ -345,7 +347,6 @@ class RedisTokenStore:
         accept: Callable[[CachedToken], bool],
         patience: Patience,
     ) -> CachedToken:
-        self._events.start()
         value_key, lease_key = self.redis_keys(key)
         owner = f"{self._origin}:{secrets.token_hex(8)}"
         mode = "get"
@@ -358,6 +359,7 @@ class RedisTokenStore:
 
         try:
             async with patience.scope():
+                await self._events.started(self._timeout)
                 while True:
                     with self._events.watch(key) as woken:
                         seen = self._evictions

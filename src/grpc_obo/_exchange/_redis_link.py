@@ -10,9 +10,10 @@
 - `Notifications`: one subscription per store to the namespace's event channel; messages carry
   an event, the publishing store's random id and a cache key (a SHA-256 digest), never a token.
   They evict other replicas' in-process entries and wake the replicas waiting on an exchange.
-  A subscription that was interrupted (redis-py resubscribes on its own, or we reconnect) may
-  have missed messages, so every in-process entry is rechecked against Redis afterwards
-  (logged at INFO: a Redis outage is reported once, by `Outage`).
+  Until a subscription is confirmed (at start, or after an interruption: redis-py resubscribes
+  on its own, or we reconnect), messages may have been missed, so every in-process entry is
+  rechecked against Redis at each confirmation (interruptions are logged at INFO: a Redis
+  outage is reported once, by `Outage`).
 """
 
 from __future__ import annotations
@@ -309,6 +310,7 @@ class Notifications:
         self._on_gap = on_gap
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._first_attempt = asyncio.Event()
         self._closed = False
         self.live = False
         """Whether the subscription is confirmed and connected."""
@@ -319,6 +321,15 @@ class Notifications:
     def start(self) -> None:
         if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def started(self, timeout: float) -> None:
+        """Start, and on first use wait (at most `timeout`) until the subscription is confirmed
+        or has failed once: entries filled before it could miss messages."""
+        self.start()
+        if not self._first_attempt.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._first_attempt.wait()
 
     def poll_interval(self) -> float:
         return POLL_LIVE if self.live else POLL_WITHOUT_NOTIFICATIONS
@@ -360,7 +371,7 @@ class Notifications:
 
     async def _listen(self) -> None:
         delay = _RECONNECT_MIN
-        subscribed_before = interrupted = False
+        interrupted = False
         while not self._closed:
             pubsub = self._client.pubsub()
             try:
@@ -371,12 +382,11 @@ class Notifications:
                         continue
                     kind = message.get("type")
                     if kind in ("subscribe", b"subscribe"):
-                        # A second confirmation is redis-py's silent reconnection: whatever
-                        # was published in between is lost.
-                        if subscribed_before:
-                            self._on_gap()
-                        subscribed_before = True
+                        # Whatever was published before this confirmation (the store's first
+                        # entries, or during redis-py's silent reconnection) never came here.
+                        self._on_gap()
                         self.live = True
+                        self._first_attempt.set()
                         delay = _RECONNECT_MIN
                         if interrupted:
                             _log.info("redis token cache notifications resumed")
@@ -386,6 +396,7 @@ class Notifications:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._first_attempt.set()
                 # NOTE: not an outage of the commands (they have their own connections and
                 # say so in the one WARNING per outage); entries recheck once resubscribed.
                 if not interrupted:
