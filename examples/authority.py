@@ -2,7 +2,12 @@
 
 Like `grpc-obo authority`, it serves on 127.0.0.1 over HTTPS and writes (mode 0600) the JSON
 document the examples read (`--write-env`), but its world also has the KeyVault registration, the
-consents the three-hop chain needs, and dave's MFA policy (examples/world.py).
+consents the three-hop chain needs, and dave's MFA policy (examples/world.py). It also issues
+each example API a TLS server certificate for 127.0.0.1, localhost and ::1, signed by its CA
+(`DevAuthority.issue_server_certificate`): `<api>.pem` and `<api>-key.pem` (0600) in
+`--server-certs DIR`, by default a private temporary directory removed when it stops. The
+document lists them under `server_certificates` (paths only), and `examples.settings` turns them
+into each API's TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE.
 
 Stdin is its control line, for the demo and the end-to-end tests (one JSON object per line, one
 JSON answer per line on stdout; the first stdout line says it is ready):
@@ -26,10 +31,12 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from examples.settings import REGISTRATIONS
 from examples.world import apply_policies, example_world
 from grpc_obo.devauthority import DevAuthority
 
@@ -115,11 +122,34 @@ def _read_control(control: Control, loop: asyncio.AbstractEventLoop, stop: async
         loop.call_soon_threadsafe(stop.set)  # our parent closed stdin, or went away
 
 
+def _server_certificates(authority: DevAuthority, directory: Path) -> dict[str, dict[str, str]]:
+    """One certificate per example API, named after it; the document gets the paths only."""
+    issued = {}
+    for service in REGISTRATIONS:
+        found = authority.issue_server_certificate(directory, name=service)
+        issued[service] = {
+            "cert_file": str(found.cert_file),
+            "key_file": str(found.key_file),
+            "ca_file": str(found.ca_file),
+        }
+    return issued
+
+
 async def _run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as cleanup:
+        certs = args.server_certs or cleanup.enter_context(
+            tempfile.TemporaryDirectory(prefix="grpc-obo-example-tls-")
+        )
+        return await _serve(args, Path(certs))
+
+
+async def _serve(args: argparse.Namespace, certs: Path) -> int:
     authority = DevAuthority(world=example_world(), port=args.port, state_dir=args.state_dir)
     async with authority:
         apply_policies(authority)
-        document = json.dumps(authority.summary(include_secrets=True), indent=2)
+        summary = authority.summary(include_secrets=True)
+        summary["server_certificates"] = _server_certificates(authority, certs)
+        document = json.dumps(summary, indent=2)
         _write_private(Path(args.write_env), document + "\n")
         print(
             json.dumps(
@@ -145,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="TCP port (0 picks a free one)")
     parser.add_argument("--write-env", required=True, metavar="PATH", help="the JSON document")
     parser.add_argument("--state-dir", metavar="DIR", help="where to write the CA and keys")
+    parser.add_argument(
+        "--server-certs",
+        metavar="DIR",
+        help="where to write each API's TLS certificate and key (default: a temporary directory "
+        "removed at exit)",
+    )
     args = parser.parse_args(argv)
     return asyncio.run(_run(args))
 

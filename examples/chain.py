@@ -3,13 +3,18 @@
     client app ──▶ Workspace ──(On-Behalf-Of)──▶ DocumentStore ──(On-Behalf-Of)──▶ KeyVault
 
 The same servers `python -m examples.<api>` runs, built from a `Settings` document instead of
-the environment, plaintext on loopback. The tests use it; `make demo` runs separate processes
-(`examples.processes`).
+the environment. With `certificates` (one per API, from `DevAuthority.issue_server_certificate`)
+every hop is TLS and a client app connects with `RunningChain.channel()`; without, plaintext on
+loopback, which in-process tests may choose. `make demo` runs separate processes, always TLS
+unless told otherwise (`examples.processes`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import grpc
 
 import grpc_obo
 from examples import serving
@@ -19,6 +24,9 @@ from examples.original.app import API as WORKSPACE
 from examples.settings import Settings
 from examples.vault.app import API as VAULT
 from examples.world import STORE_SCOPES, VAULT_SCOPES
+from grpc_obo.devauthority import ServerCertificate
+
+SERVICES = ("workspace", "store", "vault")
 
 
 @dataclass
@@ -31,6 +39,16 @@ class RunningChain:
     store_obo: grpc_obo.OnBehalfOf
     _running: list[serving.Running] = field(repr=False)
     _validators: list[grpc_obo.TokenValidator] = field(repr=False)
+    credentials: grpc.ChannelCredentials | None = field(default=None, repr=False)
+    """What a client app connects with (trust in the CA of the APIs' certificates); None when
+    the chain runs plaintext."""
+
+    def channel(self, address: str | None = None) -> grpc.aio.Channel:
+        """A client app's channel to the Workspace (or to `address`), TLS when the chain is."""
+        target = address or self.workspace
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(target)
+        return grpc.aio.secure_channel(target, self.credentials)
 
     async def stop_service(self, name: str) -> None:
         """Take one API down ("workspace", "store" or "vault"), as an outage would."""
@@ -44,12 +62,32 @@ class RunningChain:
             await validator.close()
 
 
+def _server_credentials(issued: ServerCertificate | None) -> grpc.ServerCredentials | None:
+    if issued is None:
+        return None
+    pair = (issued.key_file.read_bytes(), issued.cert_file.read_bytes())
+    return grpc.ssl_server_credentials([pair])
+
+
+def _channel_credentials(issued: ServerCertificate | None) -> grpc.ChannelCredentials | None:
+    return None if issued is None else grpc.ssl_channel_credentials(issued.ca_file.read_bytes())
+
+
 async def start_chain(
     settings: Settings,
     *,
     cache: grpc_obo.TokenCache | None = None,
     retry: grpc_obo.RetryPolicy | None = None,
+    certificates: Mapping[str, ServerCertificate] | None = None,
 ) -> RunningChain:
+    """Start the vault, the store, then the Workspace on free loopback ports.
+
+    `certificates` maps "workspace", "store" and "vault" to the certificate each serves (each
+    hop trusts the CA of the next one's); without it, every hop is plaintext on loopback.
+    """
+    if certificates is not None and set(certificates) != set(SERVICES):
+        raise ValueError(f"certificates: give one for each of {', '.join(SERVICES)}")
+    tls = dict(certificates or {})
     validators = {
         name: grpc_obo.TokenValidator(settings.validator_options(name))
         for name in ("vault", "downstream", "original")
@@ -61,17 +99,22 @@ async def start_chain(
     started: list[serving.Running] = []
     try:
         vault = await serving.start(
-            VAULT, validator=validators["vault"], listen="127.0.0.1:0", server_credentials=None
+            VAULT,
+            validator=validators["vault"],
+            listen="127.0.0.1:0",
+            server_credentials=_server_credentials(tls.get("vault")),
         )
         started.append(vault)
         store = await serving.start(
             STORE,
             validator=validators["downstream"],
             listen="127.0.0.1:0",
-            server_credentials=None,
+            server_credentials=_server_credentials(tls.get("store")),
             obo=store_obo,
             downstream=Downstream(
-                vault.address, tuple(settings.scope("vault", s) for s in VAULT_SCOPES), None
+                vault.address,
+                tuple(settings.scope("vault", s) for s in VAULT_SCOPES),
+                _channel_credentials(tls.get("vault")),
             ),
         )
         started.append(store)
@@ -79,10 +122,12 @@ async def start_chain(
             WORKSPACE,
             validator=validators["original"],
             listen="127.0.0.1:0",
-            server_credentials=None,
+            server_credentials=_server_credentials(tls.get("workspace")),
             obo=workspace_obo,
             downstream=Downstream(
-                store.address, tuple(settings.scope("downstream", s) for s in STORE_SCOPES), None
+                store.address,
+                tuple(settings.scope("downstream", s) for s in STORE_SCOPES),
+                _channel_credentials(tls.get("store")),
             ),
         )
         started.append(workspace)
@@ -103,4 +148,5 @@ async def start_chain(
         store_obo=store_obo,
         _running=[workspace, store, vault],
         _validators=list(validators.values()),
+        credentials=_channel_credentials(tls.get("workspace")),
     )

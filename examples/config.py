@@ -17,9 +17,13 @@ The identity variables are azure-identity's, read by `grpc_obo.ValidatorOptions.
 and the examples' own:
 
     LISTEN_ADDRESS            host:port to serve on (port 0 picks a free one)
-    TLS_CERT_FILE, TLS_KEY_FILE   the server's certificate chain and key (PEM)
-    TLS_CA_FILE               the CA that signed the next hop's certificate (middle tiers)
-    PLAINTEXT_LOOPBACK=1      no TLS at all, only on loopback addresses (logs a WARNING)
+    TLS_CERT_FILE, TLS_KEY_FILE   the server's certificate chain and key (PEM): required unless
+                              PLAINTEXT_LOOPBACK=1 (`python -m examples.authority` issues
+                              each API one from the dev authority's CA)
+    TLS_CA_FILE               the CA that signed the next hop's certificate (middle tiers;
+                              without it, the system's CAs)
+    PLAINTEXT_LOOPBACK=1      the explicit opt-out: no TLS at all, only on loopback addresses
+                              (logs a WARNING)
     <NEXT>_ADDRESS, <NEXT>_SCOPES   middle tiers: the next hop (STORE_*, VAULT_*) and the
                               delegated scopes to ask for it (space separated)
     SPANS_FILE                append finished spans here as JSON lines (see examples/tracing.py)

@@ -3,10 +3,12 @@
     client app ──▶ Workspace ──(On-Behalf-Of)──▶ DocumentStore ──(On-Behalf-Of)──▶ KeyVault
 
 It starts a local Entra-compatible authority (HTTPS on 127.0.0.1) and the three example APIs as
-separate processes on free ports, then, as a client app, signs users of two tenants in with MSAL
-and narrates: what each hop saw of the user (oid, tid, the calling app; never a token), the
-exchanges (a miss, then cache hits), and the refusals Zero Trust is about. Last, the trace of the
-first chained call, read back from the spans each process wrote (and exported over OTLP too when
+separate processes on free ports, every hop over TLS with a certificate the authority issued each
+API (`PLAINTEXT_LOOPBACK=1 make demo` opts out, with a warning). Then, as a client app that
+trusts the authority's CA, it signs users of two tenants in with MSAL and narrates: what each
+hop saw of the user (oid, tid, the calling app; never a token), the exchanges (a miss, then
+cache hits), and the refusals Zero Trust is about. Last, the trace of the first chained call,
+read back from the spans each process wrote (and exported over OTLP too when
 `OTEL_EXPORTER_OTLP_ENDPOINT` is set). It exits 0 when every outcome was the expected one, and
 stops every process it started, also on Ctrl-C.
 """
@@ -194,7 +196,7 @@ class Narrator:
             )
 
     async def wrong_audience(self) -> None:
-        async with grpc.aio.insecure_channel(self.chain.store) as direct:
+        async with self.chain.channel(self.chain.store) as direct:
             error = await refused(
                 store_pb2_grpc.DocumentStoreStub(direct).GetDocument(
                     common_pb2.GetDocumentRequest(id="plan"),
@@ -221,7 +223,9 @@ class Narrator:
         scope = f"{self.settings.app('downstream')['app_id_uri']}/.default"
         async with (
             grpc_obo.AppOnly(client) as app_only,
-            app_only.channel(self.chain.store, scopes=[scope]) as channel,
+            app_only.channel(
+                self.chain.store, scopes=[scope], credentials=self.chain.channel_credentials()
+            ) as channel,
         ):
             error = await refused(
                 store_pb2_grpc.DocumentStoreStub(channel).GetDocument(
@@ -327,7 +331,7 @@ async def narrate(chain: ChainProcesses, workdir: Path) -> int:
     )
     traced: list[str] = []
     try:
-        async with grpc.aio.insecure_channel(chain.workspace) as channel:
+        async with chain.channel(chain.workspace) as channel:
             story = Narrator(chain, channel)
             print("\n== Through the chain, as the signed-in user ==")
             for user in ("alice", "carol"):
@@ -361,9 +365,12 @@ def main() -> int:
         "-> (On-Behalf-Of) -> KeyVault"
     )
     prefix = os.environ.get("OTEL_SERVICE_NAME") or "grpc-obo-demo"
+    plaintext = os.environ.get("PLAINTEXT_LOOPBACK", "").strip() == "1"
     with tempfile.TemporaryDirectory(prefix="grpc-obo-demo-") as workdir:
         try:
-            with running_chain(Path(workdir), service_name_prefix=prefix) as chain:
+            with running_chain(
+                Path(workdir), service_name_prefix=prefix, plaintext_loopback=plaintext
+            ) as chain:
                 pids = ", ".join(
                     f"{name} {address} (pid {chain.services[name].process.pid})"
                     for name, address in chain.addresses.items()
@@ -372,6 +379,16 @@ def main() -> int:
                     f"dev authority at {chain.settings.authority_host} "
                     f"(pid {chain.authority.process.pid}); {pids}"
                 )
+                if plaintext:
+                    print(
+                        "WARNING: PLAINTEXT_LOOPBACK=1: every hop without TLS; bearer tokens "
+                        "cross loopback unencrypted"
+                    )
+                else:
+                    print(
+                        "every hop over TLS: each API serves a certificate from the dev "
+                        "authority's CA, which the client app and the middle tiers trust"
+                    )
                 return asyncio.run(narrate(chain, Path(workdir)))
         except StartError as error:
             print(f"could not start the chain: {error}", file=sys.stderr)

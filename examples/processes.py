@@ -4,6 +4,10 @@
 demo alone, which then stops the processes in order: Workspace, store, vault, authority) and a
 stdin pipe it exits on when closed, so none outlives its parent, even a killed one. Every wait
 is bounded; a process that fails to start is reported with what it printed.
+
+Every hop is TLS: each API serves the certificate the authority issued it and trusts the
+authority's CA for the next hop, and so does a client app (`ChainProcesses.channel`).
+`plaintext_loopback=True` is the explicit opt-out (each API then logs a warning).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from examples.settings import Settings
 
 START_TIMEOUT = 30.0
@@ -35,7 +41,9 @@ MODULES = {
     "store": "examples.downstream",
     "workspace": "examples.original",
 }
-_SERVING = re.compile(r"^\w+: serving on (\S+)")
+_SERVING = re.compile(r"^\w+: serving on (\S+) \((.+)\)")
+# Inherited from whoever runs the demo, these would change how the APIs serve: never passed on.
+_TRANSPORT_VARIABLES = ("PLAINTEXT_LOOPBACK", "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")
 
 
 class StartError(RuntimeError):
@@ -143,6 +151,22 @@ class ChainProcesses:
     services: dict[str, Child]
     addresses: dict[str, str]
     spans_files: list[Path]
+    tls: bool = True
+    """Every API serves TLS with a certificate from the authority (False: PLAINTEXT_LOOPBACK)."""
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """What a client app of the chain connects with: trust in the authority's CA (which
+        signed every API's certificate), or None for plaintext."""
+        if not self.tls:
+            return None
+        return grpc.ssl_channel_credentials(Path(self.settings.ca_file).read_bytes())
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A client app's channel to one of the APIs (`self.workspace`, `self.store`)."""
+        credentials = self.channel_credentials()
+        if credentials is None:
+            return grpc.aio.insecure_channel(address)
+        return grpc.aio.secure_channel(address, credentials)
 
     @property
     def workspace(self) -> str:
@@ -179,16 +203,18 @@ def running_chain(
     *,
     environ: Mapping[str, str] | None = None,
     service_name_prefix: str = "grpc-obo",
-    tls: Mapping[str, str] | None = None,
+    plaintext_loopback: bool = False,
 ) -> Iterator[ChainProcesses]:
     """The authority and the three APIs as processes on free loopback ports, stopped on exit.
 
     `workdir` receives the authority's JSON document and each process's spans (JSON lines).
-    `tls` (TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE) makes every API serve and call over TLS;
-    without it they speak plaintext on loopback.
+    Every API serves and calls over TLS with the certificate the authority issued it (written
+    in the authority's private temporary directory, gone when it stops);
+    `plaintext_loopback=True` runs them without TLS instead (PLAINTEXT_LOOPBACK=1).
     """
     root = Path(__file__).resolve().parent.parent
-    base = _python_env(os.environ if environ is None else environ, root)
+    inherited = os.environ if environ is None else environ
+    base = _python_env({k: v for k, v in inherited.items() if k not in _TRANSPORT_VARIABLES}, root)
     started: list[Child] = []
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -212,7 +238,10 @@ def running_chain(
             env = {
                 **base,
                 **settings.service_env(
-                    name, listen=addresses[name], next_address=previous, tls=tls
+                    name,
+                    listen=addresses[name],
+                    next_address=previous,
+                    plaintext_loopback=plaintext_loopback,
                 ),
                 "SPANS_FILE": str(workdir / f"{name}.spans.jsonl"),
                 "OTEL_SERVICE_NAME": f"{service_name_prefix}-{name}",
@@ -223,11 +252,16 @@ def running_chain(
             started.append(child)
             services[name] = child
             previous = addresses[name]
+        expected = "plaintext, loopback only" if plaintext_loopback else "TLS"
         for name, child in services.items():
-            serving = child.next_line(_SERVING, START_TIMEOUT).group(1)
+            serving, transport = child.next_line(_SERVING, START_TIMEOUT).groups()
             if serving != addresses[name]:
                 raise StartError(f"{name} serves on {serving}, not {addresses[name]}")
-        yield ChainProcesses(settings, authority, services, addresses, spans)
+            if transport != expected:
+                raise StartError(f"{name} serves {transport}, not {expected}")
+        yield ChainProcesses(
+            settings, authority, services, addresses, spans, tls=not plaintext_loopback
+        )
     finally:
         for child in reversed(started):
             child.stop()

@@ -3,7 +3,8 @@
 `python -m examples.authority --write-env authority.json` (or `grpc-obo authority --write-env`)
 writes it; `DevAuthority.summary()` returns the same document in-process. `service_env()` turns
 it into the environment an example API process reads (examples/config.py): against real Entra ID
-you would set the same variables from your app registrations instead.
+you would set the same variables from your app registrations instead, and TLS_* from your own
+certificates.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ class Settings:
         user: dict[str, Any] = self.document["users"][name]
         return user
 
+    def server_certificate(self, service: str) -> dict[str, str] | None:
+        """The TLS certificate `python -m examples.authority` issued `service` (PEM paths:
+        cert_file, key_file, ca_file), or None when the document has none."""
+        found: dict[str, str] | None = self.document.get("server_certificates", {}).get(service)
+        return found
+
     def scope(self, api: str, name: str) -> str:
         return f"{self.app(api)['app_id_uri']}/{name}"
 
@@ -93,14 +100,36 @@ class Settings:
         listen: str,
         next_address: str | None = None,
         tls: Mapping[str, str] | None = None,
+        plaintext_loopback: bool = False,
     ) -> dict[str, str]:
         """The variables `python -m examples.<service>` reads, for this authority's world.
 
-        `tls` gives TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE (a certificate for the API's
-        host, and the CA that signed every API's). Without it, plaintext on loopback
-        (PLAINTEXT_LOOPBACK=1): the dev authority cannot issue certificates for the APIs yet.
+        TLS by default: TLS_CERT_FILE and TLS_KEY_FILE are the certificate the authority issued
+        `service` (`server_certificate`), and for a middle tier TLS_CA_FILE is the authority's
+        CA, which signed every API's certificate. `tls` gives those variables yourself.
+        `plaintext_loopback=True` is the explicit opt-out (PLAINTEXT_LOOPBACK=1: loopback only,
+        and the API logs a warning).
         """
         app = self.app(REGISTRATIONS[service])
+        if plaintext_loopback:
+            if tls is not None:
+                raise ValueError("give tls or plaintext_loopback=True, not both")
+            transport = {"PLAINTEXT_LOOPBACK": "1"}
+        elif tls is not None:
+            transport = dict(tls)
+        else:
+            issued = self.server_certificate(service)
+            if issued is None:
+                raise ValueError(
+                    f"the authority's document has no certificate for {service} (see "
+                    "examples/authority.py): give tls, or plaintext_loopback=True"
+                )
+            transport = {
+                "TLS_CERT_FILE": issued["cert_file"],
+                "TLS_KEY_FILE": issued["key_file"],
+            }
+            if service in NEXT_HOPS:  # whom the next hop's certificate must be signed by
+                transport["TLS_CA_FILE"] = issued["ca_file"]
         env = {
             "AZURE_TENANT_ID": self.tenant_id,
             "AZURE_CLIENT_ID": app["client_id"],
@@ -109,7 +138,7 @@ class Settings:
             "GRPC_OBO_AUDIENCES": f"{app['client_id']} {app['app_id_uri']}",
             "GRPC_OBO_ALLOWED_TENANTS": " ".join(self.tenants),
             "LISTEN_ADDRESS": listen,
-            **(dict(tls) if tls else {"PLAINTEXT_LOOPBACK": "1"}),
+            **transport,
         }
         if service in NEXT_HOPS:
             prefix, registration, scopes = NEXT_HOPS[service]

@@ -249,6 +249,18 @@ async def _serve(authority: DevAuthority, args: argparse.Namespace, state_dir: P
         if not all(step.ok for step in steps):
             return EXIT_REFUSED
     files: dict[str, Any] = {"state_dir": str(state_dir)}
+    if args.server_cert:
+        try:
+            issued = authority.issue_server_certificate(Path(args.server_cert))
+        except OSError as exc:
+            raise CliError(f"--server-cert {args.server_cert}: {exc.strerror}") from None
+        files["server_certificate"] = {
+            "cert_file": str(issued.cert_file),
+            "key_file": str(issued.key_file),  # the path only, never the key
+            "ca_file": str(issued.ca_file),
+            "hosts": list(issued.hosts),
+            "not_valid_after": issued.not_valid_after.isoformat(),
+        }
     if args.write_dotenv:
         directory = Path(args.write_dotenv)
         env_files = {}
@@ -624,6 +636,13 @@ def _parser() -> argparse.ArgumentParser:
         "(AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST, ...) and "
         "GRPC_OBO_CA_FILE, GRPC_OBO_AUDIENCES, ...: ConfidentialClient.from_env() and "
         "ValidatorOptions.from_env() work from it",
+    )
+    authority.add_argument(
+        "--server-cert",
+        metavar="DIR",
+        help="also write DIR/server.pem and DIR/server-key.pem (0600): a TLS server certificate "
+        "for 127.0.0.1, localhost and ::1 signed by the authority's CA, valid 24 hours, for your "
+        "own servers (clients trust the CA file)",
     )
     authority.add_argument(
         "--print-secrets",

@@ -1,7 +1,8 @@
 """`make demo` end to end, as a new user runs it: a separate process that starts the authority
-and three APIs as processes of their own, narrates the chain and its refusals, prints the trace
-tree of one chained call read back from every process's spans, exits 0, leaves no process
-behind, and prints no token."""
+and three APIs as processes of their own, every hop over TLS with certificates from the
+authority's CA, narrates the chain and its refusals, prints the trace tree of one chained call
+read back from every process's spans, exits 0, leaves no process behind, and prints no token and
+no private key. `PLAINTEXT_LOOPBACK=1` is the explicit opt-out, and says so."""
 
 from __future__ import annotations
 
@@ -25,8 +26,23 @@ def _pids(out: str) -> list[int]:
     return [int(part.split(")")[0]) for part in out.split("(pid ")[1:]]
 
 
+TLS = (
+    "every hop over TLS: each API serves a certificate from the dev authority's CA, which the "
+    "client app and the middle tiers trust"
+)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OTEL_") and k != "PLAINTEXT_LOOPBACK"
+    }
+    return {**env, **extra}
+
+
 def test_the_demo_narrates_the_chain_and_prints_its_trace() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env = _env()
     done = subprocess.run(
         [sys.executable, "-m", "examples.demo"],
         cwd=ROOT,
@@ -39,6 +55,9 @@ def test_the_demo_narrates_the_chain_and_prints_its_trace() -> None:
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     narrative = out[: out.index("\ntrace ")]
+    # TLS on every hop: examples.processes checks each API said "(TLS)" before the demo says so.
+    assert TLS in narrative.splitlines()[2], out
+    assert "PLAINTEXT" not in out
     for expected in (
         # sign-in, and what each hop saw of each user: the same oid/tid, azp the previous hop
         "alice (Contoso) signs in",
@@ -87,12 +106,34 @@ def test_the_demo_narrates_the_chain_and_prints_its_trace() -> None:
             not Path(f"/proc/{pid}").exists()
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
         ), pid
-    # Tokens are JWTs: base64url JSON headers start with "eyJ".
+    # Tokens are JWTs: base64url JSON headers start with "eyJ". Keys are PEM.
+    assert "eyJ" not in out
+    assert "PRIVATE KEY" not in out
+
+
+def test_plaintext_loopback_is_the_demos_explicit_opt_out() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.demo"],
+        cwd=ROOT,
+        env=_env(PLAINTEXT_LOOPBACK="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert (
+        "WARNING: PLAINTEXT_LOOPBACK=1: every hop without TLS; bearer tokens cross loopback "
+        "unencrypted"
+    ) in out.splitlines()[2], out
+    assert TLS not in out
+    assert "consent granted again: bob's upload stores 1" in out
     assert "eyJ" not in out
 
 
 def test_ctrl_c_stops_every_process_the_demo_started() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env = _env()
     demo = subprocess.Popen(
         [sys.executable, "-m", "examples.demo"],
         cwd=ROOT,

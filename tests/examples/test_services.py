@@ -1,18 +1,21 @@
 """The example APIs as the processes `make demo` runs: `python -m examples.{original,downstream,
 vault}` configured from the environment, the dev authority as `python -m examples.authority`.
 
-One set of processes serves the whole module (plaintext on loopback, as the demo runs them);
-the TLS test starts its own. Every process is stopped at the end, also when a test fails, and
-every wait is bounded.
+One set of processes serves the whole module, over TLS as the demo runs them: each API serves
+the certificate the authority issued it, and clients here trust the authority's CA. A plaintext
+client gets nowhere; PLAINTEXT_LOOPBACK=1 is an explicit opt-out that warns. Every process is
+stopped at the end, also when a test fails, and every wait is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -24,10 +27,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import grpc_obo
+from examples.chain import start_chain
 from examples.gen.workspace.v1 import common_pb2, store_pb2_grpc, workspace_pb2_grpc
 from examples.processes import SERVICES, ChainProcesses, Child, running_chain
+from examples.settings import Settings
 from examples.signin import sign_in
-from examples.world import MFA_CLAIMS
+from examples.world import MFA_CLAIMS, apply_policies, example_world
+from grpc_obo.devauthority import DevAuthority
 
 pytestmark = pytest.mark.slow
 
@@ -65,9 +71,49 @@ async def watch(stub: workspace_pb2_grpc.WorkspaceStub, token: str) -> list[comm
     return [d async for d in stub.WatchDocuments(request, metadata=auth(token), timeout=TIMEOUT)]
 
 
+def _key_body(path: str | Path) -> list[str]:
+    """The base64 lines of a PEM private key: what no output may contain."""
+    return [line for line in Path(path).read_text().splitlines() if "-----" not in line and line]
+
+
+async def _health(channel: grpc.aio.Channel) -> grpc.StatusCode:
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=TIMEOUT
+        )
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_the_apis_serve_tls_with_the_certificates_the_authority_issued(
+    processes: ChainProcesses,
+) -> None:
+    assert processes.tls
+    for name, child in processes.services.items():
+        assert any(line.endswith("(TLS)") for line in child.lines), child.output()
+        assert not any("PLAINTEXT" in line for line in child.lines), child.output()
+        issued = processes.settings.server_certificate(name)
+        assert issued is not None and issued["ca_file"] == processes.settings.ca_file
+        assert stat.S_IMODE(Path(issued["key_file"]).stat().st_mode) == 0o600
+
+
+async def test_a_plaintext_client_cannot_talk_to_any_api(processes: ChainProcesses) -> None:
+    for name in SERVICES:
+        async with grpc.aio.insecure_channel(processes.addresses[name]) as plaintext:
+            assert await _health(plaintext) == grpc.StatusCode.UNAVAILABLE, name
+        # Nor a TLS client that trusts only the system's CAs, not the authority's.
+        async with grpc.aio.secure_channel(
+            processes.addresses[name], grpc.ssl_channel_credentials()
+        ) as untrusting:
+            assert await _health(untrusting) == grpc.StatusCode.UNAVAILABLE, name
+        async with processes.channel(processes.addresses[name]) as trusting:
+            assert await _health(trusting) == grpc.StatusCode.OK, name
+
+
 async def test_every_api_is_healthy_and_reflects_its_service(processes: ChainProcesses) -> None:
     for name in SERVICES:
-        async with grpc.aio.insecure_channel(processes.addresses[name]) as channel:
+        async with processes.channel(processes.addresses[name]) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for service in ("", SERVICE_NAMES[name]):
                 answer = await health.Check(
@@ -91,7 +137,7 @@ async def test_a_signed_in_user_reaches_every_hop_with_one_exchange_per_hop(
     settings = processes.settings
     carol = settings.user("carol")  # the second tenant
     token = await asyncio.to_thread(sign_in, settings, "carol")
-    async with grpc.aio.insecure_channel(processes.workspace) as channel:
+    async with processes.channel(processes.workspace) as channel:
         stub = workspace_pb2_grpc.WorkspaceStub(channel)
         summary = await stub.UploadDocuments(
             documents("a", "b"), metadata=auth(token), timeout=TIMEOUT
@@ -117,8 +163,8 @@ async def test_refusals_across_processes(processes: ChainProcesses) -> None:
     alice_token = await asyncio.to_thread(sign_in, settings, "alice")
     bob_token = await asyncio.to_thread(sign_in, settings, "bob")
     async with (
-        grpc.aio.insecure_channel(processes.workspace) as channel,
-        grpc.aio.insecure_channel(processes.store) as direct,
+        processes.channel(processes.workspace) as channel,
+        processes.channel(processes.store) as direct,
     ):
         stub = workspace_pb2_grpc.WorkspaceStub(channel)
         await stub.UploadDocuments(documents("plan"), metadata=auth(alice_token), timeout=TIMEOUT)
@@ -197,7 +243,9 @@ async def test_an_app_only_token_is_refused_on_a_user_operation(processes: Chain
     scope = f"{settings.app('downstream')['app_id_uri']}/.default"
     async with (
         grpc_obo.AppOnly(client) as app_only,
-        app_only.channel(processes.store, scopes=[scope]) as channel,
+        app_only.channel(
+            processes.store, scopes=[scope], credentials=processes.channel_credentials()
+        ) as channel,
     ):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await store_pb2_grpc.DocumentStoreStub(channel).GetDocument(
@@ -226,12 +274,21 @@ def test_sigterm_stops_an_api_cleanly(processes: ChainProcesses, tmp_path: Path)
 def test_misconfiguration_is_one_line_and_a_nonzero_exit(processes: ChainProcesses) -> None:
     settings = processes.settings
     good = settings.service_env("store", listen="127.0.0.1:0", next_address="127.0.0.1:1")
+    plaintext = settings.service_env(
+        "store", listen="127.0.0.1:0", next_address="127.0.0.1:1", plaintext_loopback=True
+    )
+    no_tls = {k: v for k, v in good.items() if not k.startswith("TLS_")}
     cases = {
         "missing variable": ({**good, "AZURE_CLIENT_ID": ""}, 2, "AZURE_CLIENT_ID is not set"),
         "no credential": ({**good, "AZURE_CLIENT_SECRET": ""}, 2, "AZURE_CLIENT_SECRET"),
-        "no TLS": ({**good, "PLAINTEXT_LOOPBACK": ""}, 2, "TLS_CERT_FILE is not set"),
+        "no TLS": (no_tls, 2, "TLS_CERT_FILE is not set (or set PLAINTEXT_LOOPBACK=1"),
+        "unreadable key": (
+            {**good, "TLS_KEY_FILE": "/nonexistent/key.pem"},
+            2,
+            "TLS_KEY_FILE (/nonexistent/key.pem) cannot be read",
+        ),
         "plaintext off loopback": (
-            {**good, "LISTEN_ADDRESS": "0.0.0.0:0"},
+            {**plaintext, "LISTEN_ADDRESS": "0.0.0.0:0"},
             2,
             "loopback addresses only",
         ),
@@ -242,52 +299,88 @@ def test_misconfiguration_is_one_line_and_a_nonzero_exit(processes: ChainProcess
         ),
     }
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OTEL_"))}
-    runs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "examples.downstream"],
-            cwd=ROOT,
-            env={**base, "PYTHONPATH": str(ROOT), **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, (env, _, _) in cases.items()
-    }
-    for name, run in runs.items():
-        try:
-            out, err = run.communicate(timeout=60)
-        finally:
-            run.kill()
-        _, code, says = cases[name]
-        assert run.returncode == code, (name, out, err)
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert len(lines) == 1 and says in lines[0], (name, err)
-        assert "Traceback" not in out + err
-
-
-async def test_the_chain_over_tls(tmp_path: Path) -> None:
-    # NOTE: the dev authority has no public API for service certificates (yet); its own helper
-    # makes a CA and a certificate for 127.0.0.1 that every API here can serve.
-    from grpc_obo.devauthority._tls import write_tls_files
-
-    files = write_tls_files(tmp_path / "tls")
-    tls = {
-        "TLS_CERT_FILE": str(files.cert_file),
-        "TLS_KEY_FILE": str(files.key_file),
-        "TLS_CA_FILE": str(files.ca_file),
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    with running_chain(tmp_path / "chain", environ=env, tls=tls) as chain:
-        assert not any("PLAINTEXT" in line for c in chain.services.values() for line in c.lines)
-        token = await asyncio.to_thread(sign_in, chain.settings, "alice")
-        credentials = grpc.ssl_channel_credentials(files.ca_file.read_bytes())
-        async with grpc.aio.secure_channel(chain.workspace, credentials) as channel:
-            summary = await workspace_pb2_grpc.WorkspaceStub(channel).UploadDocuments(
-                documents("x"), metadata=auth(token), timeout=TIMEOUT
-            )
-        assert [s.service for s in summary.trail] == ["vault", "store", "workspace"]
-        async with grpc.aio.insecure_channel(chain.workspace) as plaintext:
-            with pytest.raises(grpc.aio.AioRpcError):
-                await health_pb2_grpc.HealthStub(plaintext).Check(
-                    health_pb2.HealthCheckRequest(), timeout=5
+    with contextlib.ExitStack() as stack:  # every process reaped and its pipes closed
+        runs = {
+            name: stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-m", "examples.downstream"],
+                    cwd=ROOT,
+                    env={**base, "PYTHONPATH": str(ROOT), **env},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
                 )
+            )
+            for name, (env, _, _) in cases.items()
+        }
+        stack.callback(lambda: [run.kill() for run in runs.values()])  # first, on a failure
+        for name, run in runs.items():
+            out, err = run.communicate(timeout=90)
+            _, code, says = cases[name]
+            assert run.returncode == code, (name, out, err)
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert len(lines) == 1 and says in lines[0], (name, err)
+            assert "Traceback" not in out + err
+
+
+async def test_plaintext_loopback_is_an_explicit_opt_out_that_warns(
+    processes: ChainProcesses,
+) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        **processes.settings.service_env("vault", listen="127.0.0.1:0", plaintext_loopback=True),
+    }
+    assert not any(k.startswith("TLS_") for k in env)
+    vault = Child.start("vault", [sys.executable, "-m", "examples.vault"], env, ROOT)
+    try:
+        serving = re.compile(r"serving on (\S+) \(plaintext, loopback only\)")
+        address = (await asyncio.to_thread(vault.next_line, serving, 30)).group(1)
+        async with grpc.aio.insecure_channel(address) as plaintext:
+            assert await _health(plaintext) == grpc.StatusCode.OK
+    finally:
+        await asyncio.to_thread(vault.stop)
+    warning = [line for line in vault.lines if "WARNING" in line]
+    assert len(warning) == 1 and "PLAINTEXT_LOOPBACK=1: serving" in warning[0], vault.output()
+    assert "without TLS" in warning[0]
+
+
+async def test_the_in_process_chain_serves_tls_with_certificates_from_the_api(
+    tmp_path: Path,
+) -> None:
+    """examples.chain with `certificates=`: the same servers, every hop TLS, in one process."""
+    with DevAuthority(world=example_world()).running_in_thread() as authority:
+        apply_policies(authority)
+        certificates = {
+            name: authority.issue_server_certificate(tmp_path, name=name) for name in SERVICES
+        }
+        running = await start_chain(Settings(authority.summary()), certificates=certificates)
+        try:
+            token = authority.mint_user_token(
+                "alice", audience="original", client="client", scopes=["access_as_user"]
+            )
+            async with running.channel() as channel:
+                summary = await workspace_pb2_grpc.WorkspaceStub(channel).UploadDocuments(
+                    documents("x"), metadata=auth(token), timeout=TIMEOUT
+                )
+            assert [s.service for s in summary.trail] == ["vault", "store", "workspace"]
+            for address in (running.workspace, running.store, running.vault):
+                async with grpc.aio.insecure_channel(address) as plaintext:
+                    assert await _health(plaintext) == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await running.stop()
+
+
+def test_no_private_key_or_token_in_any_output(processes: ChainProcesses) -> None:
+    """Last in the module: every process's output so far, searched for every key it serves."""
+    keys = []
+    for name in SERVICES:
+        issued = processes.settings.server_certificate(name)
+        assert issued is not None
+        keys += _key_body(issued["key_file"])
+    assert keys
+    for child in [processes.authority, *processes.services.values()]:
+        output = "\n".join(child.lines)
+        assert "PRIVATE KEY" not in output, child.name
+        assert not any(line in output for line in keys), child.name
+        assert "eyJ" not in output, child.name  # JWTs: base64url JSON headers

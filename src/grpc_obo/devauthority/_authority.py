@@ -4,15 +4,18 @@ It owns the TLS files, the key ring, the registrations, faults and request log, 
 127.0.0.1 over HTTPS. Tokens can also be minted directly (no HTTP) for tests that need a valid or
 deliberately broken token fast. `summary()` and `azure_env()` describe it for other processes.
 
-Files: without `state_dir`, a temporary directory (CA, client certificates) removed at stop. With
-`state_dir`, the CA is kept there across restarts (`ca.pem`, `ca-key.pem`), and each start writes
-its apps' client certificates as `<app>-<thumbprint>.pem` (0600), removed at stop.
+Files: without `state_dir`, a temporary directory (CA certificate, client certificates) removed
+at stop; the CA's key is never written. With `state_dir`, the CA is kept there across restarts
+(`ca.pem`, `ca-key.pem`), and each start writes its apps' client certificates as
+`<app>-<thumbprint>.pem` (0600), removed at stop. `issue_server_certificate` writes where it is
+told and leaves its files alone at stop (they stay valid while the CA does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import re
 import shutil
@@ -32,12 +35,14 @@ from grpc_obo.devauthority._faults import Faults, RequestLog
 from grpc_obo.devauthority._grants import Grants
 from grpc_obo.devauthority._keys import KeyRing
 from grpc_obo.devauthority._tls import (
+    ServerCertificate,
+    StateCa,
     client_ssl_context,
+    issue_server_certificate,
+    memory_ca,
     msal_http_client,
-    server_ssl_context,
     server_ssl_context_from,
     state_ca,
-    write_tls_files,
 )
 from grpc_obo.devauthority._tokens import TokenMinter
 from grpc_obo.devauthority._world import App, World, default_world
@@ -84,7 +89,7 @@ class DevAuthority:
         # Absolute: its paths are handed to processes that may run elsewhere.
         self._state_dir = Path(state_dir).absolute() if state_dir else None
         self._own_dir: str | None = None
-        self._ca_file: Path | None = None
+        self._ca: StateCa | None = None
         self._credential_files: dict[str, str] = {}
         self._written: list[Path] = []  # files of this run in the state dir, removed at stop
         self._runner: web.AppRunner | None = None
@@ -104,11 +109,10 @@ class DevAuthority:
         if directory is None:
             self._own_dir = tempfile.mkdtemp(prefix="grpc-obo-authority-")
             directory = Path(self._own_dir)
-            tls = write_tls_files(directory)
-            self._ca_file, context = tls.ca_file, server_ssl_context(tls)
+            ca = memory_ca(directory)
         else:
             ca = state_ca(directory)
-            self._ca_file, context = ca.ca_file, server_ssl_context_from(ca)
+        context = server_ssl_context_from(ca)
         self._credential_files = self._write_client_certificates(directory)
         app = AuthorityApp(
             base_url=lambda: self.base_url,
@@ -122,6 +126,7 @@ class DevAuthority:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self._port, ssl_context=context)
         await site.start()
+        self._ca = ca
         self._runner = runner
         self._bound_port = runner.addresses[0][1]
         return self
@@ -164,7 +169,7 @@ class DevAuthority:
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)
             self._own_dir = None
-            self._ca_file = None
+        self._ca = None
         for path in self._written:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -252,9 +257,46 @@ class DevAuthority:
     @property
     def ca_file(self) -> Path:
         """The PEM CA certificate that clients must trust to talk to this authority."""
-        if self._ca_file is None:
+        if self._ca is None:
             raise RuntimeError("the dev authority is not running")
-        return self._ca_file
+        return self._ca.ca_file
+
+    def issue_server_certificate(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        hosts: str | Iterable[str] = ("127.0.0.1", "localhost", "::1"),
+        name: str = "server",
+        valid_for: datetime.timedelta = datetime.timedelta(hours=24),
+    ) -> ServerCertificate:
+        """A TLS server certificate for `hosts`, signed by this authority's CA, as PEM files.
+
+        Writes `<directory>/<name>.pem` (the certificate) and `<directory>/<name>-key.pem` (its
+        new ECDSA P-256 key, mode 0600), each atomically; the directory is created (0700) if
+        missing. Addresses become IP address names, anything else DNS names. The certificate is
+        for TLS servers only (extended key usage serverAuth, not a CA), valid for `valid_for`
+        (24 hours; never past the CA, which lives 7 days, or 30 in a `state_dir`). Clients trust
+        `ca_file`: the same CA file as the authority's own HTTPS, so a process configured for
+        the authority (GRPC_OBO_CA_FILE) already has it.
+
+        ```
+        served = authority.issue_server_certificate(tmp_path, name="store")
+        key, chain = served.key_file.read_bytes(), served.cert_file.read_bytes()
+        server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, chain)]))
+        channel = grpc.aio.secure_channel(
+            address, grpc.ssl_channel_credentials(served.ca_file.read_bytes()))
+        ```
+
+        The files are the caller's: they stay at stop. Without `state_dir` the CA is new at
+        every start, so certificates from an earlier run are not trusted by a later one.
+        ValueError for a bad host, name (letters, digits, `.`, `_`, `-`) or validity;
+        RuntimeError when the authority is not running.
+        """
+        if self._ca is None:
+            raise RuntimeError("the dev authority is not running")
+        return issue_server_certificate(
+            self._ca, directory, hosts=hosts, name=name, valid_for=valid_for
+        )
 
     def client_ssl_context(self) -> ssl.SSLContext:
         """An SSL context trusting this authority's CA (for aiohttp, the validator's key fetch)."""

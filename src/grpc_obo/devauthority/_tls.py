@@ -4,9 +4,11 @@ MSAL refuses an `http://` authority, so the dev authority speaks TLS with a CA t
 explicitly. Without a state directory the CA is new at every start and lives in a temporary
 directory removed at stop; with one (`state_ca`), the CA (`ca.pem`, key `ca-key.pem` 0600) is kept
 there and reused while it has more than a day left, so a CA file another process was told about
-stays valid across restarts, and authorities sharing the directory share the CA. Server
-certificates are new at every start and never left on disk. Keys are ECDSA P-256: fast to
-generate and accepted by every TLS stack we talk to.
+stays valid across restarts, and authorities sharing the directory share the CA. Without one, the
+CA's key lives in memory only. The authority's own server certificate is new at every start and
+never left on disk. `issue_server_certificate` signs certificates for other servers (the example
+APIs' gRPC TLS) with the same CA, so whoever trusts the authority's CA file trusts them too. Keys
+are ECDSA P-256: fast to generate and accepted by every TLS stack we talk to.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import re
 import ssl
 import tempfile
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,31 +91,56 @@ def _make_ca(days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 def _make_server(
     ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, days: int
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The authority's own HTTPS certificate: 127.0.0.1, ::1 and localhost."""
+    now = datetime.datetime.now(datetime.UTC)
+    return _sign_server(
+        ca_cert,
+        ca_key,
+        common_name="127.0.0.1",
+        names=[_san("127.0.0.1"), _san("::1"), _san("localhost")],
+        not_after=now + datetime.timedelta(days=days),
+    )
+
+
+def _sign_server(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    *,
+    common_name: str,
+    names: list[x509.GeneralName],
+    not_after: datetime.datetime,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new key and a TLS server certificate for `names`, signed by the CA (never past it)."""
     now = datetime.datetime.now(datetime.UTC)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    not_after = min(
-        now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc
-    )  # never past the CA
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
+        .subject_name(_name(common_name))
         .issuer_name(ca_cert.subject)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                    x509.DNSName("localhost"),
-                ]
-            ),
-            critical=False,
-        )
+        .not_valid_after(min(not_after, ca_cert.not_valid_after_utc))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -120,6 +148,25 @@ def _make_server(
         .sign(ca_key, hashes.SHA256())
     )
     return server_cert, server_key
+
+
+# A DNS name: labels of letters, digits and inner hyphens, optionally a leading `*.` wildcard.
+_DNS_NAME = re.compile(
+    r"(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*",
+    re.IGNORECASE,
+)
+
+
+def _san(host: str) -> x509.GeneralName:
+    """An IP address SAN for an address (`::1`, `[::1]`, `10.0.0.7`), else a DNS name SAN."""
+    text = host.strip()
+    try:
+        return x509.IPAddress(ipaddress.ip_address(text[1:-1] if text[:1] == "[" else text))
+    except ValueError:
+        pass
+    if len(text) > 253 or not _DNS_NAME.fullmatch(text):
+        raise ValueError(f"not an IP address or a DNS name: {host!r}")
+    return x509.DNSName(text.lower())
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -203,6 +250,84 @@ def state_ca(directory: Path, *, days: int = 30) -> StateCa:
         # one; clients run as the same user.
         _write_private(ca_file, cert.public_bytes(serialization.Encoding.PEM))
         return StateCa(ca_file, cert, key)
+
+
+def memory_ca(directory: Path, *, days: int = 7) -> StateCa:
+    """A new CA whose key stays in memory; only its certificate is written (`ca.pem`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = _make_ca(days)
+    ca_file = directory / "ca.pem"
+    _write_private(ca_file, cert.public_bytes(serialization.Encoding.PEM))
+    return StateCa(ca_file, cert, key)
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    """A TLS server certificate the dev authority issued: three PEM files.
+
+    `cert_file` is the certificate (for `grpc.ssl_server_credentials`, `ssl.load_cert_chain`),
+    `key_file` its private key (PKCS#8, unencrypted, mode 0600), `ca_file` the authority's CA
+    certificate, which signed it: what the server's clients trust. Only paths: the key is never
+    held, printed or logged here.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    hosts: tuple[str, ...]
+    """What the certificate names (its subject alternative names), as given."""
+    not_valid_after: datetime.datetime
+    """When it expires (UTC)."""
+
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_RESERVED_NAMES = frozenset({"ca", "ca-key"})  # the CA's own files in a state directory
+
+
+def issue_server_certificate(
+    ca: StateCa,
+    directory: str | os.PathLike[str],
+    *,
+    hosts: str | Iterable[str],
+    name: str,
+    valid_for: datetime.timedelta,
+) -> ServerCertificate:
+    """Sign a new server certificate for `hosts` with `ca`; write `<name>.pem`, `<name>-key.pem`.
+
+    Each file is written atomically (a temporary file renamed into place) and readable by the
+    owner only; the key first, so a certificate on disk never names a key not yet written.
+    """
+    if not _FILE_NAME.fullmatch(name) or name.lower() in _RESERVED_NAMES:
+        raise ValueError(
+            f"name {name!r}: use letters, digits, '.', '_' or '-' (not 'ca' or 'ca-key', the "
+            "CA's files)"
+        )
+    wanted = (hosts,) if isinstance(hosts, str) else tuple(hosts)
+    unique = tuple(dict.fromkeys(h.strip() for h in wanted))
+    if not unique or "" in unique:
+        raise ValueError("hosts: name at least one host, and no empty one")
+    names = [_san(host) for host in unique]  # ValueError naming a bad host
+    if valid_for <= datetime.timedelta(0):
+        raise ValueError(f"valid_for must be positive, not {valid_for}")
+    cert, key = _sign_server(
+        ca.certificate,
+        ca.key,
+        common_name=name,
+        names=names,
+        not_after=datetime.datetime.now(datetime.UTC) + valid_for,
+    )
+    where = Path(directory).absolute()  # handed to other processes
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    issued = ServerCertificate(
+        cert_file=where / f"{name}.pem",
+        key_file=where / f"{name}-key.pem",
+        ca_file=ca.ca_file,
+        hosts=unique,
+        not_valid_after=cert.not_valid_after_utc,
+    )
+    _write_private(issued.key_file, _key_pem(key))
+    _write_private(issued.cert_file, cert.public_bytes(serialization.Encoding.PEM))
+    return issued
 
 
 def _load_ca(
