@@ -100,6 +100,7 @@ h2load:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
 
 bench: $(STAMP) redis-server h2load
+	@$(PY) -c 'import matplotlib, azure.identity' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/run.py
 
 clean:

@@ -7,13 +7,16 @@ Reports, against baselines measured in the same run:
   - the stampede count: N concurrent first calls for one user -> number of fetches.
 
 Redis: REDIS_URL when set, else a private redis-server on a free port (tests/redis_server.py).
-Run: .venv/bin/python benchmarks/cache_bench.py
+Run: .venv/bin/python benchmarks/cache_bench.py [--quick] [--json out.json]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
+import json
+import os
 import random
 import sys
 import time
@@ -119,7 +122,7 @@ async def memory_per_entry(users: int) -> tuple[float, float]:
     tracemalloc.stop()
     per_entry = (after - before) / users
     token_bytes = sys.getsizeof("x" * TOKEN_CHARS)
-    await cache.close()
+    await close(cache)
     return per_entry, per_entry - token_bytes
 
 
@@ -137,23 +140,39 @@ async def stampede(cache: TokenCache, callers: int) -> int:
     return fetches
 
 
-async def main() -> None:
+HUNG_CLOSES: list[str] = []
+
+
+async def close(cache: TokenCache) -> None:
+    """Close, bounded: a close that hangs is reported (and counted in the JSON), not waited on."""
+    # NOTE: not asyncio.wait_for: on timeout it waits for the cancelled close to finish.
+    task = asyncio.ensure_future(cache.close())
+    done, _ = await asyncio.wait({task}, timeout=10)
+    if not done:
+        HUNG_CLOSES.append(type(cache.store).__name__)
+        print(f"WARNING: {type(cache.store).__name__}.close() did not return within 10 s")
+
+
+async def run(quick: bool = False) -> dict[str, object]:
     random.seed(4)
+    sizes = (1, 1_000) if quick else (1, 1_000, 100_000)
     rows: list[tuple[str, str, float]] = []
     base_await = await await_baseline(LOOKUPS)
+    key_us = key_cost(LOOKUPS)
     print(
         f"baselines: plain dict lookup (per size below), `await` of a no-op coroutine "
-        f"{base_await:.3f} µs, obo_cache_key() {key_cost(LOOKUPS):.2f} µs"
+        f"{base_await:.3f} µs, obo_cache_key() {key_us:.2f} µs"
     )
 
     baselines = {}
-    for users in (1, 1_000, 100_000):
+    for users in sizes:
         baselines[users] = dict_baseline(users, LOOKUPS)
         cache = TokenCache(store=MemoryTokenStore(max_entries=100_000))
         keys = await fill(cache, users)
         rows.append(("memory", f"{users:,}", await hit_cost(cache, keys, LOOKUPS)))
-        await cache.close()
+        await close(cache)
 
+    result: dict[str, object] = {"await_noop_us": base_await, "obo_cache_key_us": key_us}
     with redis_server() as url:
         sealer = TokenSealer(TokenSealer.generate_key())
         for users in (1, 1_000):
@@ -163,7 +182,7 @@ async def main() -> None:
             rows.append(("redis", f"{users:,}", await hit_cost(cache, keys, REDIS_LOOKUPS)))
             for key in keys:
                 await store.delete(key)
-            await cache.close()
+            await close(cache)
 
         print()
         print(f"{'store':<8}{'cached users':>14}{'µs/hit':>10}{'× dict':>10}{'× await':>10}")
@@ -178,16 +197,26 @@ async def main() -> None:
             + ", ".join(f"{u:,}: {b:.3f} µs" for u, b in baselines.items())
             + ")"
         )
+        result["hits"] = [
+            {"store": name, "users": int(users.replace(",", "")), "hit_us": micros}
+            for name, users, micros in rows
+        ]
 
-        per_entry, overhead = await memory_per_entry(100_000)
+        entries = sizes[-1]
+        per_entry, overhead = await memory_per_entry(entries)
         print()
         print(
-            f"memory at 100,000 entries ({TOKEN_CHARS}-char tokens): "
-            f"{per_entry:,.0f} bytes/entry, {per_entry * 100_000 / 2**20:,.1f} MiB total; "
+            f"memory at {entries:,} entries ({TOKEN_CHARS}-char tokens): "
+            f"{per_entry:,.0f} bytes/entry, {per_entry * entries / 2**20:,.1f} MiB total; "
             f"overhead beyond the token string: {overhead:,.0f} bytes/entry"
         )
+        result["memory"] = {
+            "entries": entries, "token_chars": TOKEN_CHARS, "bytes_per_entry": per_entry,
+            "overhead_bytes": overhead,
+        }  # fmt: skip
 
         print()
+        stampedes = []
         for name, make in (
             ("memory", lambda: TokenCache()),
             (
@@ -200,11 +229,35 @@ async def main() -> None:
             for callers in (1_000, 10_000):
                 cache = make()
                 fetches = await stampede(cache, callers)
-                await cache.close()
+                await close(cache)
+                stampedes.append({"store": name, "callers": callers, "fetches": fetches})
                 print(
                     f"stampede {name:<7}{callers:>7,} concurrent first calls -> {fetches} fetch(es)"
                 )
+        result["stampede"] = stampedes
+    result["hung_closes"] = HUNG_CLOSES
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="without the 100,000-entry tier")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    async def main_async() -> None:
+        result = await run(args.quick)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"cache": result}, indent=2) + "\n")
+        if HUNG_CLOSES:
+            # asyncio.run would wait forever for the hung close at its teardown.
+            sys.stdout.flush()
+            os._exit(0)
+
+    asyncio.run(main_async())
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    raise SystemExit(main())

@@ -1,78 +1,57 @@
-"""Validated vs bare grpc.aio server throughput (a script, not a test; two to four minutes).
+"""Server throughput: grpc_obo beside the alternatives and the floors, in one run.
 
-Each variant's server runs in its own child process, all started first and kept up, warm:
+Every variant's server runs in its own process pinned to CPU 0, all started first and kept up
+(warm); the Go load generator (benchmarks/loadgen, grpc-go) runs pinned to CPU 1 with 128 unary
+echo calls in flight over 4 connections, so the server is the bottleneck: RPC/s is the server's
+throughput. Every variant runs once per round for a fixed time, rounds in rotated order, and
+ratios are taken within a round (median and range over rounds), so the shared machine's drift
+hits every variant alike. Server CPU per call comes from the server itself (the echo handler
+answers "cpu" with its process time and the calls it served, which also proves every call was
+accepted).
 
-  bare                no interceptor
-  noop                an interceptor that only calls the continuation
-  floor               the least an interceptor with grpc_obo's contract can do: return the
-                      method's handler rebuilt once, whose wrapper sets a contextvar for the
-                      handler's run and resets it after (no token work at all)
-  floor+token         floor, plus taking the bearer token out of the metadata as bytes
-  floor+sha256        floor+token, plus its SHA-256: the least a verified-token cache keyed by
-                      SHA-256 can cost (the dict lookup itself is left out)
-  interceptor-only    grpc_obo with a validator that checks nothing
-  validated           grpc_obo validating the token, verified-token cache on
-  validated-no-cache  the same, cache off (an RSA verify per call)
+  bare                 no interceptor (one user's token in the header)
+  bare, 1k tokens      no interceptor, 1,000 users' tokens rotating: each header is a new
+                       1.2 KB literal (HPACK cannot index them): the floor for "1k" variants
+  no-op interceptor    an interceptor that only calls the continuation
+  floor ...            the least an interceptor with grpc_obo's contract can do (see Floor;
+                       floor+sha256, a SHA-256-keyed cache's floor, runs only when named)
+  grpc_obo, checks nothing   grpc_obo's interceptor with a validator that checks nothing
+  naive PyJWT          per-call `jwt.decode` (RSA verify every call), claims in a contextvar
+  grpc_obo             grpc_obo validating, verified-token cache on (one token / 1,000 users)
+  otel instrumentation opentelemetry-instrumentation-grpc's aio server interceptor alone, SDK
+                       tracer provider with a batch processor and a no-op exporter
+  otel + grpc_obo      the instrumentation first, grpc_obo last; grpc_obo's telemetry on the same
+                       SDK providers (metrics: SDK meter provider, in-memory reader) / off (no-op
+                       providers: no grpc_obo span or metric; the caller's attributes still go
+                       on the instrumentation's span, which grpc_obo does not own)
+  otel + floor         the instrumentation, then the floor interceptor with the token lookup
+  100k tokens          (full runs) 100,000 distinct tokens rotating: bare, grpc_obo with its
+                       default verified-token cache (10,000) and with verified_cache_size=200,000
 
-The load is unary echo calls with a fixed number in flight, several rounds in rotated order,
-ratios to bare taken within each round (median over rounds), so the shared machine's drift hits
-every variant alike. Two load generators:
-
-  --load h2load (the default when `h2load` is installed: Debian package nghttp2-client)
-      the server is pinned to one CPU and h2load, a C client, to another, so the server is the
-      bottleneck: RPC/s is the server's throughput.
-  --load python
-      a grpc.aio client in this process; client and server share the CPUs, so the server's
-      CPU time per call is the number to read.
-
-Both report the server's CPU time per call (the handler answers "cpu" with its process time and
-the number of calls it served, which also proves every call was accepted). Target: validated
->= 0.95 of bare.
-
-Run: .venv/bin/python benchmarks/server_bench.py [--load h2load|python] [--rounds 10]
+Run: .venv/bin/python benchmarks/server_bench.py [--quick] [--rounds N] [--duration S]
+     [--variants name,name] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import contextvars
 import hashlib
-import json
-import multiprocessing
-import os
-import re
-import shutil
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _harness as h
 import grpc
 
 import grpc_obo
-from grpc_obo.devauthority import DevAuthority
-from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
 
-ECHO_METHOD = "/grpc_obo.testing.v1.Echo/UnaryUnary"
-SERVER_CPU, LOAD_CPU = 0, 1  # h2load mode: one CPU each
-
-
-class Echo(echo_pb2_grpc.EchoServicer):
-    served = 0
-
-    async def UnaryUnary(self, request: Any, context: Any) -> Any:
-        if request.text == "cpu":  # the driver reads CPU time and calls served around a run
-            return echo_pb2.EchoResponse(text=f"{time.process_time()!r} {Echo.served}")
-        Echo.served += 1
-        # Reads the identity like a real handler, but answers the same bytes in every variant:
-        # the comparison is the interceptor's cost, not a longer response.
-        grpc_obo.current_identity()
-        return echo_pb2.EchoResponse(text=request.text)
+# -- the variants ---------------------------------------------------------------------------
 
 
 class NoOp(grpc.aio.ServerInterceptor):
@@ -88,26 +67,30 @@ _FLOOR_VAR: contextvars.ContextVar[object] = contextvars.ContextVar("floor", def
 class Floor(grpc.aio.ServerInterceptor):
     """grpc_obo's shape without its work: a handler rebuilt once that scopes a contextvar.
 
-    With `token`, also takes the token out of the metadata as bytes; with `sha256`, hashes it
-    too: what a SHA-256-keyed cache lookup needs before the dict lookup itself.
+    `work`: "token" also takes the bearer token out of the metadata; "sha256" hashes it too
+    (what a cache keyed by the token's SHA-256 needs before its lookup); "lookup" looks it up in
+    a dict keyed by the token string itself (a cache keyed by the token: Python hashes the
+    string, a new object on every call, and compares it on a hit).
     """
 
-    def __init__(self, *, token: bool = False, sha256: bool = False) -> None:
-        self._token = token or sha256
-        self._sha256 = sha256
+    def __init__(self, work: str = "") -> None:
+        self._work = work
         self._rebuilt: dict[str, Any] = {}
+        self._seen: dict[str, object] = {}
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
         rebuilt = self._rebuilt.get(details.method)
         if rebuilt is None:
             rebuilt = self._rebuilt[details.method] = self._rebuild(handler)
-        if self._token:
+        if self._work:
             for key, value in details.invocation_metadata:
                 if key == "authorization":
-                    token = value.partition(" ")[2].encode()
-                    if self._sha256:
-                        hashlib.sha256(token).digest()  # as the validator does
+                    token = value.partition(" ")[2]
+                    if self._work == "sha256":
+                        hashlib.sha256(token.encode()).digest()
+                    elif self._work == "lookup" and self._seen.get(token) is None:
+                        self._seen[token] = rebuilt
         return rebuilt
 
     @staticmethod
@@ -126,256 +109,300 @@ class Floor(grpc.aio.ServerInterceptor):
         )
 
 
-class FixedIdentity:
-    """A validator that checks nothing: isolates the interceptor's own cost from the token's."""
+def _checks_nothing(config: dict[str, Any]) -> grpc_obo.TokenValidator:
+    """A validator that checks nothing: isolates the interceptor's own cost from the token's.
+
+    NOTE: a TokenValidator whose synchronous `cached` lookup (what the interceptor tries first
+    for its own validator) answers a fixed identity for any token, without hashing or looking
+    anything up. A validator of another class would go through `await validate()` and the
+    telemetry of a validation that did work on every call: not the interceptor's floor.
+    """
 
     identity = grpc_obo.Identity(
-        tid="7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001",
+        tid=config["tenant"],
         oid="a11ce000-0000-4000-8000-00000000a11c",
         sub="s",
         kind=grpc_obo.IdentityKind.USER,
         token=grpc_obo.SecretToken("x"),
     )
 
-    async def validate(self, token: str) -> grpc_obo.Identity:
-        return self.identity
+    class ChecksNothing(grpc_obo.TokenValidator):
+        def cached(self, token: str) -> grpc_obo.Identity | None:
+            return identity
+
+    return ChecksNothing(h.validator_options(config, "original"))
 
 
-VARIANTS = [
-    "bare",
-    "noop",
-    "floor",
-    "floor+token",
-    "floor+sha256",
-    "interceptor-only",
-    "validated",
-    "validated-no-cache",
-]
+def _sdk() -> tuple[Any, Any]:
+    """An SDK tracer provider exporting to nowhere (batch processor, as deployed) and an SDK
+    meter provider with an in-memory reader (instruments record as deployed; nothing exports)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+    return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
 
 
-def _interceptors(variant: str, config: dict[str, Any]) -> list[Any]:
-    if variant == "bare":
+def _interceptors(kind: str, config: dict[str, Any]) -> list[Any]:
+    if kind == "bare":
         return []
-    if variant == "noop":
+    if kind == "noop":
         return [NoOp()]
-    if variant in ("floor", "floor+token", "floor+sha256"):
-        return [Floor(token=variant == "floor+token", sha256=variant == "floor+sha256")]
-    if variant == "interceptor-only":
-        return [grpc_obo.server_interceptor(FixedIdentity())]
-    if variant not in ("validated", "validated-no-cache"):
-        raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    validator = grpc_obo.TokenValidator(
-        grpc_obo.ValidatorOptions(
-            tenant=config["tenant"],
-            audiences=frozenset(config["audiences"]),
-            authority_host=config["authority_host"],
-            jwks=config["jwks"],
-            verified_cache_size=10_000 if variant == "validated" else 0,
+    if kind in ("floor", "floor+token", "floor+sha256", "floor+lookup"):
+        return [Floor(kind.partition("+")[2])]
+    if kind == "interceptor-only":
+        return [grpc_obo.server_interceptor(_checks_nothing(config))]
+    if kind == "pyjwt":
+        return [h.NaiveJwt(config["jwks"], config["original"]["audiences"], config["issuers"])]
+
+    def validator(**extra: Any) -> grpc_obo.TokenValidator:
+        return grpc_obo.TokenValidator(h.validator_options(config, "original", **extra))
+
+    if kind == "grpc_obo":
+        return [grpc_obo.server_interceptor(validator())]
+    if kind == "grpc_obo-bigcache":
+        return [grpc_obo.server_interceptor(validator(verified_cache_size=200_000))]
+    if kind == "grpc_obo-nocache":
+        return [grpc_obo.server_interceptor(validator(verified_cache_size=0))]
+    from opentelemetry import metrics, trace
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    tracer_provider, meter_provider = _sdk()
+    instrumentation = aio_server_interceptor(tracer_provider=tracer_provider)
+    if kind == "otel":
+        return [instrumentation]
+    if kind == "otel+floor":
+        return [instrumentation, Floor("lookup")]
+    if kind == "otel+grpc_obo":
+        telemetry = grpc_obo.Telemetry(
+            tracer_provider=tracer_provider, meter_provider=meter_provider
         )
-    )
-    return [grpc_obo.server_interceptor(validator)]
+    elif kind == "otel+grpc_obo-off":
+        telemetry = grpc_obo.Telemetry(
+            tracer_provider=trace.NoOpTracerProvider(), meter_provider=metrics.NoOpMeterProvider()
+        )
+    else:
+        raise SystemExit(f"unknown server kind {kind!r}")
+    return [instrumentation, grpc_obo.server_interceptor(validator(), telemetry=telemetry)]
 
 
-async def _serve(variant: str, config: dict[str, Any], ports: Any, stop: Any) -> None:
-    server = grpc.aio.server(interceptors=_interceptors(variant, config))
-    echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    ports.put(port)
-    await asyncio.to_thread(stop.wait)
-    await server.stop(grace=0.5)
+def serve(kind: str, config: dict[str, Any], cpu: int | None, queue: Any, stop: Any) -> None:
+    def build() -> grpc.aio.Server:
+        server = grpc.aio.server(interceptors=_interceptors(kind, config))
+        h.echo_pb2_grpc.add_EchoServicer_to_server(h.Echo(), server)
+        return server
+
+    h.serve_forever(build, cpu, queue, stop)
 
 
-def serve(variant: str, config: dict[str, Any], ports: Any, stop: Any, cpu: int | None) -> None:
-    if cpu is not None:  # before grpc starts its threads: they inherit the mask
-        os.sched_setaffinity(0, {cpu})
-    asyncio.run(_serve(variant, config, ports, stop))
+# name, server kind, token set, the ratio's own baseline, description; group for the tables
+VARIANTS: list[dict[str, Any]] = [
+    {"name": "bare", "kind": "bare", "tokens": "one", "group": "server",
+     "label": "bare grpc.aio (no interceptor)"},
+    {"name": "bare@1k", "kind": "bare", "tokens": "1k", "group": "server",
+     "label": "bare, 1,000 users' tokens rotating"},
+    {"name": "noop", "kind": "noop", "tokens": "one", "group": "server",
+     "label": "no-op interceptor"},
+    {"name": "pyjwt", "kind": "pyjwt", "tokens": "one", "group": "server",
+     "label": "naive PyJWT interceptor (RSA verify per call)"},
+    {"name": "grpc_obo", "kind": "grpc_obo", "tokens": "one", "group": "server",
+     "label": "grpc_obo, one token"},
+    {"name": "grpc_obo@1k", "kind": "grpc_obo", "tokens": "1k", "group": "server",
+     "baseline": "bare@1k", "label": "grpc_obo, 1,000 users' tokens rotating"},
+    {"name": "floor", "kind": "floor", "tokens": "one", "group": "floor",
+     "label": "floor: handler rebuilt once, contextvar set around its run"},
+    {"name": "floor+token", "kind": "floor+token", "tokens": "one", "group": "floor",
+     "label": "floor + bearer token taken out of the metadata"},
+    {"name": "floor+sha256", "kind": "floor+sha256", "tokens": "one", "group": "floor",
+     "extra": True, "label": "floor + token + its SHA-256"},
+    {"name": "floor+lookup", "kind": "floor+lookup", "tokens": "one", "group": "floor",
+     "label": "floor + token looked up in a dict keyed by the token string"},
+    {"name": "interceptor-only", "kind": "interceptor-only", "tokens": "one", "group": "floor",
+     "label": "grpc_obo interceptor, validator that checks nothing"},
+    {"name": "otel", "kind": "otel", "tokens": "one", "group": "telemetry",
+     "label": "otel instrumentation alone (SDK, no-op exporter)"},
+    {"name": "otel+grpc_obo", "kind": "otel+grpc_obo", "tokens": "one", "group": "telemetry",
+     "baseline": "otel", "label": "otel instrumentation + grpc_obo, grpc_obo telemetry on"},
+    {"name": "otel+floor", "kind": "otel+floor", "tokens": "one", "group": "telemetry",
+     "baseline": "otel",
+     "label": "otel instrumentation + floor (handler rebuilt, contextvar, token looked up)"},
+    {"name": "otel+grpc_obo-off", "kind": "otel+grpc_obo-off", "tokens": "one",
+     "group": "telemetry", "baseline": "otel",
+     "label": "otel instrumentation + grpc_obo, grpc_obo telemetry off (no-op providers)"},
+    {"name": "bare@100k", "kind": "bare", "tokens": "100k", "group": "scale", "full": True,
+     "label": "bare, 100,000 distinct tokens rotating"},
+    {"name": "grpc_obo@100k", "kind": "grpc_obo", "tokens": "100k", "group": "scale",
+     "full": True, "baseline": "bare@100k",
+     "label": "grpc_obo, 100,000 tokens, default verified-token cache (10,000)"},
+    {"name": "grpc_obo@100k-sized", "kind": "grpc_obo-bigcache", "tokens": "100k",
+     "group": "scale", "full": True, "baseline": "bare@100k",
+     "label": "grpc_obo, 100,000 tokens, verified_cache_size=200,000"},
+]  # fmt: skip
+BY_NAME = {v["name"]: v for v in VARIANTS}
+# Many short rounds rather than a few long ones: on a shared machine the noise comes in bursts
+# of seconds, and a median over 14 within-round ratios shrugs off a burst that hits a few.
+FULL = {"rounds": 14, "duration": 1.2}
+QUICK = {"rounds": 3, "duration": 0.6}
 
 
-async def server_state(stub: Any, metadata: Any) -> tuple[float, int]:
-    """(the server process's CPU seconds so far, echo calls it has served)."""
-    reply = await stub.UnaryUnary(echo_pb2.EchoRequest(text="cpu"), metadata=metadata)
-    cpu, served = reply.text.split()
-    return float(cpu), int(served)
+def _ratios(
+    results: dict[str, list[tuple[float, float]]], name: str, base: str
+) -> dict[str, dict[str, float]]:
+    pairs = list(zip(results[base], results[name], strict=True))
+    return {
+        "rps": h.spread([v[0] / b[0] for b, v in pairs]),
+        "cpu": h.spread([b[1] / v[1] for b, v in pairs]),  # CPU per call: base / variant
+        "rps_rounds": [round(v[0] / b[0], 4) for b, v in pairs],  # type: ignore[dict-item]
+    }
 
 
-class PythonLoad:
-    """A grpc.aio client in this process, `inflight` calls at a time."""
+async def run(
+    bench: h.Bench,
+    *,
+    names: list[str] | None = None,
+    rounds: int = 14,
+    duration: float = 1.2,
+    inflight: int = 128,
+    conns: int = 4,
+) -> dict[str, Any]:
+    chosen = [
+        v for v in VARIANTS
+        if (names is None and not v.get("extra") and (not v.get("full") or not bench.quick))
+        or (names is not None and v["name"] in names)
+    ]  # fmt: skip
+    if "bare" not in [v["name"] for v in chosen]:
+        chosen.insert(0, BY_NAME["bare"])
+    for variant in chosen:  # baselines always run
+        base = variant.get("baseline")
+        if base and base not in [v["name"] for v in chosen]:
+            chosen.append(BY_NAME[base])
+    token_files = {v["tokens"]: bench.tokens(v["tokens"]) for v in chosen}
+    token_counts = {name: sum(1 for _ in path.open()) for name, path in token_files.items()}
+    probe = token_files["one"].read_text().split()[0]  # for the "cpu" calls
+    pinned = h.can_pin() and bench.load.kind == "go"
+    config = bench.config
+    h.log(f"server bench: {len(chosen)} variants, {rounds} rounds of {duration} s each")
+    results: dict[str, list[tuple[float, float]]] = {v["name"]: [] for v in chosen}
+    with h.Processes() as processes, contextlib.ExitStack() as stack:
+        ports = {
+            v["name"]: processes.start(serve, v["kind"], config, h.SERVER_CPU if pinned else None)
+            for v in chosen
+        }
+        stack.enter_context(h.driver_pinned(pinned))  # driver and loader stay off CPU 0
+        offsets = dict.fromkeys(ports, 0)
 
-    def __init__(self, inflight: int) -> None:
-        self.inflight = inflight
-
-    async def run(self, stub: Any, port: int, metadata: Any, calls: int) -> float:
-        request = echo_pb2.EchoRequest(text="x")
-        remaining = calls
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await stub.UnaryUnary(request, metadata=metadata)
+        async def drive(name: str, *, seconds: float | None, calls: int | None = None) -> None:
+            variant = BY_NAME[name]
+            port = ports[name]
+            cpu, served = await h.server_state(port, probe)
+            result = await bench.load.run(
+                port,
+                tokens=token_files[variant["tokens"]],
+                duration=seconds,
+                calls=calls,
+                inflight=inflight,
+                conns=conns,
+                start=offsets[name],
+            )
+            cpu_after, served_after = await h.server_state(port, probe)
+            offsets[name] += result["calls"]
+            if result["ok"] != result["calls"] or served_after - served != result["ok"]:
+                raise RuntimeError(
+                    f"{name}: {result['ok']} of {result['calls']} calls ok ({result['codes']}), "
+                    f"handler served {served_after - served}"
+                )
+            if seconds is not None:
+                results[name].append((result["rps"], (cpu_after - cpu) / result["ok"] * 1e6))
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(self.inflight)))
-        return calls / (time.perf_counter() - started)
-
-
-class H2Load:
-    """h2load (nghttp2's C load generator) speaking gRPC: raw HTTP/2 POSTs of one framed message."""
-
-    def __init__(self, inflight: int, token: str, workdir: str) -> None:
-        self.connections = 4
-        self.streams = max(1, inflight // self.connections)
-        self.token = token
-        body = echo_pb2.EchoRequest(text="x").SerializeToString()
-        self.body = str(Path(workdir) / "request.bin")
-        # A gRPC message on the wire: no compression flag, 4-byte big-endian length, payload.
-        Path(self.body).write_bytes(b"\0" + len(body).to_bytes(4, "big") + body)
-
-    async def run(self, stub: Any, port: int, metadata: Any, calls: int) -> float:
-        # NOTE: the token is on h2load's command line: a dev-authority token minted for this
-        # run, good only against this run's servers; h2load's output never echoes headers.
-        command = [
-            "h2load", "-n", str(calls), "-c", str(self.connections), "-m", str(self.streams),
-            "-t", "1", "-d", self.body,
-            "-H", "content-type: application/grpc", "-H", "te: trailers",
-            "-H", f"authorization: Bearer {self.token}",
-            f"http://127.0.0.1:{port}{ECHO_METHOD}",
-        ]  # fmt: skip
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        out = (await process.communicate())[0].decode(errors="replace")
-        rate = re.search(r"finished in \S+, ([\d.]+) req/s", out)
-        if rate is None or f"{calls} succeeded" not in out:
-            raise RuntimeError(f"h2load did not finish every call:\n{out[-1500:]}")
-        return float(rate.group(1))
-
-
-async def drive(load: Any, stub: Any, port: int, metadata: Any, calls: int) -> tuple[float, float]:
-    """(RPC/s, server CPU µs per call) for `calls` echo calls, each checked as served."""
-    cpu, served = await server_state(stub, metadata)
-    rate = await load.run(stub, port, metadata, calls)
-    cpu_after, served_after = await server_state(stub, metadata)
-    if served_after - served != calls:  # h2load sees HTTP 200 even for a refused gRPC call
-        raise RuntimeError(f"the handler served {served_after - served} of {calls} calls")
-    return rate, (cpu_after - cpu) / calls * 1e6
-
-
-async def run_rounds(
-    load: Any, ports: dict[str, int], token: str, calls: int, rounds: int
-) -> dict[str, list[tuple[float, float]]]:
-    """Every variant once per round, on servers that stay up (warm) for the whole run."""
-    metadata = (("authorization", f"Bearer {token}"),)
-    variants = list(ports)
-    results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
-    channels = {v: grpc.aio.insecure_channel(f"127.0.0.1:{ports[v]}") for v in variants}
-    try:
-        stubs = {v: echo_pb2_grpc.EchoStub(channels[v]) for v in variants}
-        for variant in variants:  # warm-up: connections, caches, key set, code paths
-            await drive(load, stubs[variant], ports[variant], metadata, max(1000, calls // 4))
+        for variant in chosen:  # warm-up: connections, caches (every token once), code paths
+            tokens = token_counts[variant["tokens"]]
+            cached = variant["kind"].startswith(("grpc_obo", "otel+grpc_obo"))
+            capacity = 200_000 if variant["kind"] == "grpc_obo-bigcache" else 10_000
+            warm = tokens + 2_000 if cached and tokens <= capacity else 3_000
+            if tokens > 10_000:
+                h.log(f"  warming {variant['name']} with {warm:,} calls ...")
+            await drive(variant["name"], seconds=None, calls=warm)
+        h.log(f"  warm-up {time.perf_counter() - started:.0f} s")
+        names_in_order = [v["name"] for v in chosen]
         for round_ in range(rounds):
-            # NOTE: each round starts one variant later, so slow drifts of the shared machine
-            # do not always land on the same variant; ratios are then taken within a round.
-            shift = round_ % len(variants)
-            for variant in variants[shift:] + variants[:shift]:
-                results[variant].append(
-                    await drive(load, stubs[variant], ports[variant], metadata, calls)
-                )
-    finally:
-        for channel in channels.values():
-            await channel.close()
-    return results
+            for name in h.rotated(names_in_order, round_):
+                await drive(name, seconds=duration)
+            h.log(f"  round {round_ + 1}/{rounds} done")
+
+    out: list[dict[str, Any]] = []
+    for variant in chosen:
+        name = variant["name"]
+        entry: dict[str, Any] = {
+            "name": name,
+            "label": variant["label"],
+            "group": variant["group"],
+            "tokens": token_counts[variant["tokens"]],
+            "rps": h.spread([r[0] for r in results[name]]),
+            "cpu_us": h.spread([r[1] for r in results[name]]),
+            "vs_bare": _ratios(results, name, "bare"),
+            "raw": [[round(r[0], 1), round(r[1], 2)] for r in results[name]],  # per round
+        }
+        if variant.get("baseline"):
+            entry["baseline"] = variant["baseline"]
+            entry["vs_baseline"] = _ratios(results, name, variant["baseline"])
+        out.append(entry)
+    return {
+        "load": bench.load.kind,
+        "pinned": pinned,
+        "rounds": rounds,
+        "duration_s": duration,
+        "inflight": inflight,
+        "connections": conns,
+        "variants": out,
+    }
 
 
-def start_servers(
-    variants: list[str], config: dict[str, Any], cpu: int | None = None
-) -> tuple[dict[str, int], list[Any], Any]:
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    ports: dict[str, int] = {}
-    processes = []
-    for variant in variants:
-        queue = context.Queue()
-        process = context.Process(
-            target=serve, args=(variant, config, queue, stop, cpu), daemon=True
+def table(section: dict[str, Any], groups: tuple[str, ...]) -> str:
+    """Markdown: RPS ratio to bare (and to the variant's own baseline), server CPU per call."""
+    lines = [
+        "| server | RPS vs bare, median (range) | vs own baseline | server CPU µs/call | RPS |",
+        "|---|---|---|---|---|",
+    ]
+    for v in section["variants"]:
+        if v["group"] not in groups:
+            continue
+        own = (
+            f"{h.fmt_spread(v['vs_baseline']['rps'])} vs {v['baseline']}"
+            if "vs_baseline" in v
+            else ""
         )
-        process.start()
-        processes.append(process)
-        ports[variant] = int(queue.get(timeout=60))
-    return ports, processes, stop
+        lines.append(
+            f"| {v['label']} | {h.fmt_spread(v['vs_bare']['rps'])} | {own} | "
+            f"{v['cpu_us']['median']:.0f} | {v['rps']['median']:,.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    can_pin = hasattr(os, "sched_setaffinity") and {SERVER_CPU, LOAD_CPU} <= os.sched_getaffinity(0)
-    default_load = "h2load" if shutil.which("h2load") and can_pin else "python"
-    parser.add_argument("--load", choices=["h2load", "python"], default=default_load)
-    parser.add_argument("--calls", type=int, help="per run (h2load 20000, python 4000)")
-    parser.add_argument("--inflight", type=int, help="h2load 128, python 64")
-    parser.add_argument("--rounds", type=int, help="h2load 8, python 12")
-    parser.add_argument(
-        "--variants",
-        default=",".join(VARIANTS),
-        help="comma-separated; 'bare' is the baseline and always runs",
-    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer, shorter rounds")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--duration", type=float, help="seconds per variant per round")
+    parser.add_argument("--variants", help="comma-separated names (bare always runs)")
+    parser.add_argument("--load", choices=["go", "python"], default="go")
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    h2 = args.load == "h2load"
-    if h2 and not (shutil.which("h2load") and can_pin):
-        raise SystemExit("--load h2load needs h2load (nghttp2-client) and CPUs 0 and 1")
-    calls = args.calls or (20_000 if h2 else 4_000)
-    inflight = args.inflight or (128 if h2 else 64)
-    rounds = args.rounds or (8 if h2 else 12)
-
-    with DevAuthority().running_in_thread() as authority:
-        original = authority.world.app("original")
-        config = {
-            "tenant": authority.tenant_id,
-            "audiences": [original.client_id],
-            "authority_host": authority.base_url,
-            "jwks": authority.jwks(),
-        }
-        token = authority.mint_user_token("alice")
-    json.dumps(config)  # the child gets it pickled; keep it plain data
-
-    variants = ["bare", *(v for v in args.variants.split(",") if v and v != "bare")]
-    ports, processes, stop = start_servers(variants, config, SERVER_CPU if h2 else None)
-    try:
-        with tempfile.TemporaryDirectory() as workdir:
-            if h2:
-                os.sched_setaffinity(0, {LOAD_CPU})  # this driver and h2load stay off the server's
-            load = H2Load(inflight, token, workdir) if h2 else PythonLoad(inflight)
-            results = asyncio.run(run_rounds(load, ports, token, calls, rounds))
-    finally:
-        stop.set()
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-
-    def ratio(variant: str, index: int) -> float:
-        pairs = zip(results["bare"], results[variant], strict=True)
-        if index == 0:  # RPC/s: variant / bare
-            return statistics.median(v[0] / b[0] for b, v in pairs)
-        return statistics.median(b[1] / v[1] for b, v in pairs)  # CPU per call: bare / variant
-
-    where = (
-        f"h2load on CPU {LOAD_CPU}, each server pinned to CPU {SERVER_CPU}: RPC/s is the server's"
-        " throughput"
-        if h2
-        else "grpc.aio client sharing the CPUs with the server: read server CPU per call"
-    )
-    print(f"unary echo, {calls} calls per run, {inflight} in flight, {rounds} rounds; {where}")
-    print("ratios: medians of per-round ratios to bare. Target: validated >= 0.95.")
-    print(f"{'variant':<20}{'RPC/s':>9}{'x bare':>8}{'server CPU µs/call':>20}", end="")
-    print(f"{'bare/variant':>14}")
-    for variant in variants:
-        rate = statistics.median(r[0] for r in results[variant])
-        cpu = statistics.median(r[1] for r in results[variant])
-        print(
-            f"{variant:<20}{rate:>9,.0f}{ratio(variant, 0):>8.3f}"
-            f"{cpu:>20.1f}{ratio(variant, 1):>14.3f}"
-        )
+    rounds = args.rounds or (QUICK if args.quick else FULL)["rounds"]
+    duration = args.duration or (QUICK if args.quick else FULL)["duration"]
+    names = args.variants.split(",") if args.variants else None
+    with h.bench_context(quick=args.quick, load=args.load) as bench:
+        section = asyncio.run(run(bench, names=names, rounds=rounds, duration=duration))
+    print(table(section, ("server", "floor", "telemetry", "scale")))
+    if args.json:
+        h.write_json(args.json, {"machine": h.machine(), "server": section})
     return 0
 
 
