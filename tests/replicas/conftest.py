@@ -5,15 +5,9 @@ own event loop, and they share one real Redis and the session's dev authority (o
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import jwt
 import pytest
@@ -22,6 +16,7 @@ import redis
 from grpc_obo import TokenSealer
 from grpc_obo.devauthority import DevAuthority
 from tests.redis_server import redis_server
+from tests.replicas.process import Replica, start_process
 
 ROOT = Path(__file__).resolve().parents[2]
 _READY_TIMEOUT = 60.0
@@ -40,45 +35,6 @@ def replicas_redis(replicas_redis_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
-
-
-class Replica:
-    """One replica process: send it commands, read its JSON answers, kill it."""
-
-    def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.process = process
-        self.log = log
-
-    async def send(self, message: dict[str, Any]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write((json.dumps(message) + "\n").encode())
-        await self.process.stdin.drain()
-
-    async def answer(self, timeout: float = 30.0) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        if not line:
-            raise AssertionError(f"replica exited; its stderr:\n{self.tail()}")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def kill(self) -> None:
-        """SIGKILL: no finally block, no lease released, no goodbye to Redis."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGKILL)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.send({"cmd": "exit"})
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.kill()
-                await self.process.wait()
 
 
 Spawn = Callable[..., Awaitable[list[Replica]]]
@@ -113,20 +69,8 @@ async def spawn_replicas(
         batch = []
         for n in range(count):
             log = tmp_path / f"replica{len(started) + n}.log"
-            with log.open("wb") as stderr:  # the child keeps its own copy of the descriptor
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "tests.replicas.replica",
-                    cwd=ROOT,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=stderr,
-                )
-            batch.append(Replica(process, log))
-        started.extend(batch)
-        for replica in batch:
-            await replica.send(config)
+            batch.append(await start_process("tests.replicas.replica", config, log))
+            started.append(batch[-1])
         for replica in batch:
             ready = await replica.answer(_READY_TIMEOUT)
             assert ready == {"ready": True}, replica.tail()
