@@ -257,6 +257,57 @@ def rotated(items: Sequence[Any], round_: int) -> list[Any]:
     return list(items[shift:]) + list(items[:shift])
 
 
+async def anchored_rounds(
+    names: Sequence[str],
+    anchor: str,
+    rounds: int,
+    measure: Callable[[str], Any],
+    *,
+    keys: Sequence[str],
+    every: int = 3,
+    on_round: Callable[[int], None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run every variant once per round, in rotated order, with the baseline (`anchor`) run
+    first and again after every `every` others: each run is compared with the mean of the
+    anchor runs just before and after it (under a minute apart), not with one anchor run half
+    a round away. The noise of a shared machine drifts in bursts of seconds to minutes.
+
+    `measure(name)` is awaited for one run and returns a dict of numbers; each run of another
+    variant gets `anchor_<key>` for each of `keys` (the neighbouring anchors' mean). The
+    anchor's own entry per round is the mean of its runs in that round.
+    """
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    others = [name for name in names if name != anchor]
+    for round_ in range(rounds):
+        runs: list[tuple[str, dict[str, Any]]] = [(anchor, await measure(anchor))]
+        order = rotated(others, round_) if others else []
+        for index, name in enumerate(order):
+            runs.append((name, await measure(name)))
+            if (index + 1) % every == 0 or index == len(order) - 1:
+                runs.append((anchor, await measure(anchor)))
+        at = [i for i, (name, _) in enumerate(runs) if name == anchor]
+        for i, (name, values) in enumerate(runs):
+            if name == anchor:
+                continue
+            before = runs[max(p for p in at if p < i)][1]
+            after = runs[min(p for p in at if p > i)][1]
+            for key in keys:
+                values[f"anchor_{key}"] = (before[key] + after[key]) / 2
+            results[name].append(values)
+        own = [runs[p][1] for p in at]
+        mean = {
+            key: statistics.fmean(v[key] for v in own)
+            for key, value in own[0].items()
+            if isinstance(value, int | float)
+        }
+        for key in keys:
+            mean[f"anchor_{key}"] = mean[key]
+        results[anchor].append(mean)
+        if on_round is not None:
+            on_round(round_)
+    return results
+
+
 # -- the machine ------------------------------------------------------------------------------
 
 

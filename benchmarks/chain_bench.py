@@ -20,8 +20,9 @@ Variants (the same echo handlers; only authentication and the token for the down
 Layout: the Original (the bottleneck: it serves and calls) is pinned to CPU 0; the Downstream,
 the dev authority (a thread of this driver) and the Go load generator share CPU 1. Reported per
 variant: RPS and its ratio to the no-auth chain with the same tokens (median and range over
-rotated rounds), CPU per call of each tier and of the authority, and the On-Behalf-Of exchanges
-the authority counted. Then:
+rotated rounds; every run compared through the no-auth runs just before and after it), CPU per
+call of each tier and of the authority, and the On-Behalf-Of exchanges the authority counted.
+Then:
 
   stampede   1,000 concurrent first calls with one fresh user token (never seen by any tier),
              the authority answering in 20 ms: how many exchanges each variant makes
@@ -263,7 +264,7 @@ CHAINS = {  # variant: (Original kind, Downstream kind, label)
 async def run(
     bench: h.Bench,
     *,
-    rounds: int = 10,
+    rounds: int = 9,
     duration: float = 1.2,
     inflight: int = 64,
     conns: int = 4,
@@ -290,7 +291,6 @@ async def run(
     def exchanges() -> int:
         return authority.requests.count(grant="obo")
 
-    results: dict[tuple[str, str], list[dict[str, float]]] = {c: [] for c in combos}
     warm_exchanges: dict[tuple[str, str], int] = {}
     with h.Processes() as processes, contextlib.ExitStack() as stack:
         ports: dict[str, tuple[int, int]] = {}
@@ -362,10 +362,14 @@ async def run(
             await drive(combo, calls=warm)
             warm_exchanges[combo] = exchanges() - before
         h.log(f"  warm-up {time.perf_counter() - started:.0f} s")
-        for round_ in range(rounds):
-            for combo in h.rotated(combos, round_):
-                results[combo].append(await drive(combo, seconds=duration))
-            h.log(f"  round {round_ + 1}/{rounds} done")
+        results = await h.anchored_rounds(
+            combos,
+            combos[0],
+            rounds,
+            lambda combo: drive(combo, seconds=duration),
+            keys=("rps",),
+            on_round=lambda r: h.log(f"  round {r + 1}/{rounds} done"),
+        )
 
         # -- stampede: 1,000 concurrent first calls with one fresh token ----------------------
         stampedes = []
@@ -425,7 +429,12 @@ async def run(
             "label": CHAINS[combo[0]][2],
             "users": 1 if combo[1] == "one" else h.USERS,
             "rps": h.spread([r["rps"] for r in runs]),
-            "vs_none": h.spread([r["rps"] / b["rps"] for r, b in zip(runs, base, strict=True)]),
+            "vs_none": h.spread(
+                [
+                    (r["rps"] / r["anchor_rps"]) / (b["rps"] / b["anchor_rps"])
+                    for r, b in zip(runs, base, strict=True)
+                ]
+            ),
             "original_cpu_us": h.spread([r["original_cpu_us"] for r in runs]),
             "downstream_cpu_us": h.spread([r["downstream_cpu_us"] for r in runs]),
             "authority_cpu_us": h.spread([r["authority_cpu_us"] for r in runs]),
@@ -433,7 +442,8 @@ async def run(
             "exchanges": sum(r["exchanges"] for r in runs),
             "exchanges_per_call": sum(r["exchanges"] for r in runs) / calls,
             "warmup_exchanges": warm_exchanges[combo],
-            "raw_rps": [round(r["rps"], 1) for r in runs],
+            # per round: RPS, and that of the no-auth runs around it (one user's token)
+            "raw_rps": [[round(r["rps"], 1), round(r["anchor_rps"], 1)] for r in runs],
         })  # fmt: skip
     return {
         "layout": "Original on CPU 0; Downstream, dev authority (driver thread) and load on CPU 1"
@@ -526,7 +536,7 @@ def settings(
     if quick:
         return {"rounds": rounds or 3, "duration": duration or 0.6, "latency_seconds": 1.5,
                 "first_calls": 24, "stampede": 1_000}  # fmt: skip
-    return {"rounds": rounds or 10, "duration": duration or 1.2}
+    return {"rounds": rounds or 9, "duration": duration or 1.2}
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Nothing here is asserted; targets are reported as met or missed.
 Writes benchmarks/results/bench-<time>.{json,png,md} and copies them to latest.{json,png,md}.
 Run: .venv/bin/python benchmarks/run.py [--quick] [--skip chain,scale,...] [--instructions]
      .venv/bin/python benchmarks/run.py --render benchmarks/results/latest.json  (redraw only)
-(or `make bench`, `make bench BENCH_ARGS=--quick`). A full run takes about 11 minutes on a
+(or `make bench`, `make bench BENCH_ARGS=--quick`). A full run takes about 13 minutes on a
 2-core machine; --quick about 3.
 """
 
@@ -55,12 +55,22 @@ def _by_name(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in items}
 
 
+def _normalized(row: list[float]) -> float:
+    """A run's RPS relative to the baseline runs around it ([rps, cpu, base rps, base cpu]);
+    results written before anchored rounds hold [rps, cpu]: the RPS itself."""
+    return row[0] / row[2] if len(row) >= 3 else row[0]
+
+
+def _chain_normalized(row: float | list[float]) -> float:
+    return row[0] / row[1] if isinstance(row, list) else row
+
+
 def _pair(server: dict[str, dict[str, Any]], name: str, base: str) -> dict[str, float] | None:
+    """`name` against `base`, round by round (each through the bare runs next to it)."""
     if name not in server or base not in server:
         return None
-    return h.spread(
-        [v[0] / b[0] for v, b in zip(server[name]["raw"], server[base]["raw"], strict=True)]
-    )
+    rows = zip(server[name]["raw"], server[base]["raw"], strict=True)
+    return h.spread([_normalized(v) / _normalized(b) for v, b in rows])
 
 
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -120,7 +130,12 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 ]
                 base = c.get(f"none@{suffix}")
                 measured = (
-                    h.spread([v / b for v, b in zip(entry["raw_rps"], base["raw_rps"], strict=1)])
+                    h.spread(
+                        [
+                            _chain_normalized(v) / _chain_normalized(b)
+                            for v, b in zip(entry["raw_rps"], base["raw_rps"], strict=True)
+                        ]
+                    )
                     if base and "raw_rps" in entry
                     else entry["vs_none"]
                 )
@@ -155,8 +170,9 @@ def markdown(data: dict[str, Any]) -> str:
         + (" + uncommitted changes in src/" if meta["git"].get("dirty_src") else "")
         + ".",
         "",
-        "Ratios: median (min–max) over rotated rounds of one run, each round's ratio taken "
-        "within that round; targets also with the interquartile range (IQR).",
+        "Ratios: median (min–max) over the rotated rounds of one run; every run is compared "
+        "with the baseline runs just before and after it (bare, or the no-auth chain, runs "
+        "again after every three variants). Targets also with the interquartile range (IQR).",
         "",
         "| target | measured | met | floor / context |",
         "|---|---|---|---|",

@@ -3,11 +3,11 @@
 Every variant's server runs in its own process pinned to CPU 0, all started first and kept up
 (warm); the Go load generator (benchmarks/loadgen, grpc-go) runs pinned to CPU 1 with 128 unary
 echo calls in flight over 4 connections, so the server is the bottleneck: RPC/s is the server's
-throughput. Every variant runs once per round for a fixed time, rounds in rotated order, and
-ratios are taken within a round (median and range over rounds), so the shared machine's drift
-hits every variant alike. Server CPU per call comes from the server itself (the echo handler
-answers "cpu" with its process time and the calls it served, which also proves every call was
-accepted).
+throughput. Every variant runs once per round for a fixed time, rounds in rotated order, bare
+again after every three variants; each run is compared with the bare runs just before and after
+it (median and range over rounds), so the shared machine's drift hits both sides alike. Server
+CPU per call comes from the server itself (the echo handler answers "cpu" with its process time
+and the calls it served, which also proves every call was accepted).
 
   bare                 no interceptor (one user's token in the header)
   bare, 1k tokens      no interceptor, 1,000 users' tokens rotating: each header is a new
@@ -246,20 +246,27 @@ VARIANTS: list[dict[str, Any]] = [
      "label": "grpc_obo, 100,000 tokens, verified_cache_size=200,000"},
 ]  # fmt: skip
 BY_NAME = {v["name"]: v for v in VARIANTS}
-# Many short rounds rather than a few long ones: on a shared machine the noise comes in bursts
-# of seconds, and a median over 14 within-round ratios shrugs off a burst that hits a few.
-FULL = {"rounds": 14, "duration": 1.2}
+# Many short rounds rather than a few long ones, bare between every three variants (see
+# h.anchored_rounds): on a shared machine the noise comes in bursts, and a median over a dozen
+# ratios to neighbouring bare runs shrugs off a burst that hits a few.
+FULL = {"rounds": 12, "duration": 1.2}
 QUICK = {"rounds": 3, "duration": 0.6}
 
 
+def _normalized(entry: dict[str, Any]) -> tuple[float, float]:
+    """(RPS, bare-CPU-per-call / CPU-per-call) of one run relative to its neighbouring bare runs."""
+    return entry["rps"] / entry["anchor_rps"], entry["anchor_cpu_us"] / entry["cpu_us"]
+
+
 def _ratios(
-    results: dict[str, list[tuple[float, float]]], name: str, base: str
+    results: dict[str, list[dict[str, Any]]], name: str, base: str
 ) -> dict[str, dict[str, float]]:
-    pairs = list(zip(results[base], results[name], strict=True))
+    pairs = [
+        (_normalized(v), _normalized(b)) for v, b in zip(results[name], results[base], strict=True)
+    ]
     return {
-        "rps": h.spread([v[0] / b[0] for b, v in pairs]),
-        "cpu": h.spread([b[1] / v[1] for b, v in pairs]),  # CPU per call: base / variant
-        "rps_rounds": [round(v[0] / b[0], 4) for b, v in pairs],  # type: ignore[dict-item]
+        "rps": h.spread([v[0] / b[0] for v, b in pairs]),
+        "cpu": h.spread([v[1] / b[1] for v, b in pairs]),  # CPU per call: base / variant
     }
 
 
@@ -267,7 +274,7 @@ async def run(
     bench: h.Bench,
     *,
     names: list[str] | None = None,
-    rounds: int = 14,
+    rounds: int = 12,
     duration: float = 1.2,
     inflight: int = 128,
     conns: int = 4,
@@ -289,7 +296,6 @@ async def run(
     pinned = h.can_pin() and bench.load.kind == "go"
     config = bench.config
     h.log(f"server bench: {len(chosen)} variants, {rounds} rounds of {duration} s each")
-    results: dict[str, list[tuple[float, float]]] = {v["name"]: [] for v in chosen}
     with h.Processes() as processes, contextlib.ExitStack() as stack:
         ports = {
             v["name"]: processes.start(serve, v["kind"], config, h.SERVER_CPU if pinned else None)
@@ -298,7 +304,9 @@ async def run(
         stack.enter_context(h.driver_pinned(pinned))  # driver and loader stay off CPU 0
         offsets = dict.fromkeys(ports, 0)
 
-        async def drive(name: str, *, seconds: float | None, calls: int | None = None) -> None:
+        async def drive(
+            name: str, *, seconds: float | None, calls: int | None = None
+        ) -> dict[str, float]:
             variant = BY_NAME[name]
             port = ports[name]
             cpu, served = await h.server_state(port, probe)
@@ -318,8 +326,7 @@ async def run(
                     f"{name}: {result['ok']} of {result['calls']} calls ok ({result['codes']}), "
                     f"handler served {served_after - served}"
                 )
-            if seconds is not None:
-                results[name].append((result["rps"], (cpu_after - cpu) / result["ok"] * 1e6))
+            return {"rps": result["rps"], "cpu_us": (cpu_after - cpu) / result["ok"] * 1e6}
 
         started = time.perf_counter()
         for variant in chosen:  # warm-up: connections, caches (every token once), code paths
@@ -331,11 +338,14 @@ async def run(
                 h.log(f"  warming {variant['name']} with {warm:,} calls ...")
             await drive(variant["name"], seconds=None, calls=warm)
         h.log(f"  warm-up {time.perf_counter() - started:.0f} s")
-        names_in_order = [v["name"] for v in chosen]
-        for round_ in range(rounds):
-            for name in h.rotated(names_in_order, round_):
-                await drive(name, seconds=duration)
-            h.log(f"  round {round_ + 1}/{rounds} done")
+        results = await h.anchored_rounds(
+            [v["name"] for v in chosen],
+            "bare",
+            rounds,
+            lambda name: drive(name, seconds=duration),
+            keys=("rps", "cpu_us"),
+            on_round=lambda r: h.log(f"  round {r + 1}/{rounds} done"),
+        )
 
     out: list[dict[str, Any]] = []
     for variant in chosen:
@@ -345,10 +355,14 @@ async def run(
             "label": variant["label"],
             "group": variant["group"],
             "tokens": token_counts[variant["tokens"]],
-            "rps": h.spread([r[0] for r in results[name]]),
-            "cpu_us": h.spread([r[1] for r in results[name]]),
+            "rps": h.spread([r["rps"] for r in results[name]]),
+            "cpu_us": h.spread([r["cpu_us"] for r in results[name]]),
             "vs_bare": _ratios(results, name, "bare"),
-            "raw": [[round(r[0], 1), round(r[1], 2)] for r in results[name]],  # per round
+            # per round: RPS, CPU µs/call, and the same for the bare runs around it
+            "raw": [
+                [round(r[k], 2) for k in ("rps", "cpu_us", "anchor_rps", "anchor_cpu_us")]
+                for r in results[name]
+            ],
         }
         if variant.get("baseline"):
             entry["baseline"] = variant["baseline"]
