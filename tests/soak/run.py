@@ -6,10 +6,11 @@
 
 All on 127.0.0.1: plaintext gRPC, the authority over HTTPS. 50 users of two tenants (alice, bob,
 carol and 47 added with `world.add_user` while the authority runs, 12 of them at the start of
-the redis, 503 and 429 phases). At most `workers` (16) calls in flight, started at `rate` (60)
-per second, cycling through the users, the four RPC kinds drawn at random (half unary-unary),
-each with a 5 s deadline. Every second one user's client signs in again (a new token: a new
-cache key), as token renewals do in any deployment. About 3,500 calls, a minute of load.
+the redis, 503 and 429 phases). At most `workers` (14) calls in flight (20 with the streams
+held across the kill), started at `rate` (60) per second, cycling through the users, the four
+RPC kinds drawn at random (half unary-unary), each with a 5 s deadline. Every second one
+user's client signs in again (a new token: a new cache key), as token renewals do in any
+deployment. About 3,500 calls, a minute of load.
 
 The phases, one after the other; a phase's window includes its recovery (`scale` multiplies
 the waits):
@@ -85,6 +86,7 @@ import itertools
 import json
 import math
 import random
+import re
 import tempfile
 import time
 import uuid
@@ -139,8 +141,9 @@ class SoakConfig:
     users_per_fault: int = 4
     """Users added at the start of the redis, 503 and 429 phases (first calls under the fault)."""
     replicas: int = 3
-    workers: int = 16
-    """At most this many calls in flight."""
+    workers: int = 14
+    """At most this many calls in flight (plus the 2 × replicas streams held across the kill:
+    20 in all)."""
     rate: float = 60.0
     """Calls started per second (fewer if the calls take longer than workers / rate)."""
     deadline: float = 5.0
@@ -287,7 +290,7 @@ class SoakResult:
             "wall_seconds": round(self.wall, 1),
             "setup_seconds": round(self.setup, 1),
             "calls": len(self.calls),
-            "max_in_flight": self.config.workers,
+            "max_in_flight": self.config.workers + 2 * self.config.replicas,
             "users": len(self.users),
             "tokens": len(tokens),
             "exchanges": total,
@@ -371,13 +374,25 @@ class SoakResult:
                     f"{', token cached' if c.cached_before else ', token new'}: {c.detail}"
                 )
         if self.warnings:
-            lines.append(f"WARNING lines in the services' logs ({len(self.warnings)}):")
-            lines.extend(f"  {w}" for w in self.warnings[:20])
+            lines.append(
+                f"WARNING and ERROR lines in the services' logs ({len(self.warnings)}), alike "
+                "ones counted (times, ports, ids and numbers masked):"
+            )
+            alike = Counter(_masked(line) for line in self.warnings)
+            lines.extend(f"  {n} × {line}" for line, n in sorted(alike.items()))
         lines.append("")
         for check in self.checks:
             mark = "ok  " if check.passed else "FAIL"
             lines.append(f"{mark} {check.name}{f': {check.detail}' if check.detail else ''}")
         return "\n".join(lines)
+
+
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(\.\d+)?")
+
+
+def _masked(line: str) -> str:
+    return _VARYING.sub("#", _TIMESTAMP.sub("", line))
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
