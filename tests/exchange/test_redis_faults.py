@@ -211,3 +211,28 @@ async def test_an_eviction_during_an_outage_reaches_redis_when_it_returns(
         assert blob is None or redis_store(second)._open(key, value_key, blob) != token
     finally:
         admin.close()
+
+
+async def test_a_replica_whose_calls_all_hit_memory_notices_redis_is_back(
+    node: RedisNode, open_cache: Opened, minted: Minted, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stale hits probe Redis in the background (one per backoff): with no miss at all, the
+    store still learns that Redis answers again, logs it and goes back to rechecking."""
+    cache = open_cache(node.url, l1_ttl=0.2)
+    store = redis_store(cache)
+    alice = Exchanges(minted, "alice")
+    before = await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0)
+    node.kill()
+    await asyncio.sleep(0.25)
+    assert await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0) == before
+    assert not store.available
+
+    node.start()  # same address
+    deadline = time.monotonic() + 5.0
+    while not store.available and time.monotonic() < deadline:
+        # Only alice's cached token: every call is served from memory.
+        assert await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0) == before
+        await asyncio.sleep(0.05)
+    assert store.available
+    assert outage_lines(caplog) == (1, 1)
+    assert alice.calls == 1

@@ -283,7 +283,16 @@ class RedisTokenStore:
         token = self._l1.get_local(key, stale_ok=stale_ok)
         if stale_ok and token is not None:
             self.stats.stale += 1
+            # NOTE: calls served from memory send Redis nothing; without this probe a replica
+            # whose traffic is all hits would never notice Redis is back (no recheck, no
+            # replayed deletes). One probe per backoff, in the background, never awaited.
+            if self._outage.probe_due() and not self._closed:
+                self._spawn(self._probe())
         return token
+
+    async def _probe(self) -> None:
+        with contextlib.suppress(RedisUnavailable):
+            await self._command(self._client.ping)
 
     async def get(self, key: str) -> CachedToken | None:
         token = self._l1.get_nowait(key)

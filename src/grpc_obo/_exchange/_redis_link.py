@@ -222,6 +222,10 @@ class Outage:
     def down(self) -> bool:
         return self._since is not None
 
+    def probe_due(self) -> bool:
+        """Down, no probe running and its backoff over: a probe would be sent now."""
+        return self._since is not None and not self._probing and self._clock() >= self._retry_at
+
     def may_try(self) -> bool:
         """Whether to send a command now: always when up; one probe per backoff when down."""
         if self._since is None:
