@@ -99,9 +99,10 @@ h2load:
 	  echo "h2load not found: installing Debian's nghttp2-client package"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
 
-bench: $(STAMP) redis-server h2load
+bench: $(STAMP) redis-server
 	@$(PY) -c 'import matplotlib, azure.identity' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/run.py
+	$(PY) -m tests.soak --report --json benchmarks/results/soak.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

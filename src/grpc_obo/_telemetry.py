@@ -109,6 +109,7 @@ class Telemetry:
         self._key = identity_key
         self._hashed: dict[str, str] = {}
         self.tracer = trace.get_tracer("grpc_obo", __version__, tracer_provider=tracer_provider)
+        self._silent = isinstance(tracer_provider, trace.NoOpTracerProvider)
         meter = metrics.get_meter("grpc_obo", __version__, meter_provider=meter_provider)
         self._validation = meter.create_histogram(
             METRIC_VALIDATION,
@@ -173,7 +174,13 @@ class Telemetry:
     def annotate_caller(
         self, *, oid: str | None, tid: str, client_id: str | None, kind: str
     ) -> None:
-        """The caller's attributes on the current span; costs nothing when it is not recorded."""
+        """The caller's attributes on the current span; costs nothing when it is not recorded.
+
+        Not when grpc_obo's own telemetry is switched off (a no-op tracer provider given): the
+        identities then stay off every span, the instrumentation's included.
+        """
+        if self._silent:
+            return
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(
@@ -182,6 +189,8 @@ class Telemetry:
 
     def annotate_current(self, attributes: Mapping[str, str]) -> None:
         """Put the caller's attributes on the current span (the RPC's server span)."""
+        if self._silent:
+            return
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(attributes)

@@ -217,3 +217,22 @@ async def test_the_leak_search_finds_a_secret_wherever_it_is_exported(
         "planted in span 'status' status description",
     ]
     assert find_leaks({"absent": "not-there"}, recorder.spans()) == []
+
+
+def test_switched_off_telemetry_puts_no_identity_on_anyone_s_span() -> None:
+    """A no-op tracer provider for grpc_obo means none of its attributes, on its own spans or
+    on the instrumentation's (the caller's span stays as the instrumentation made it)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import grpc_obo
+
+    recording = TracerProvider().get_tracer("test")
+    silent = grpc_obo.Telemetry(tracer_provider=trace.NoOpTracerProvider())
+    loud = grpc_obo.Telemetry(tracer_provider=TracerProvider())
+    oid, tid = "a11ce000-0000-4000-8000-00000000a11c", "7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001"
+    with recording.start_as_current_span("rpc") as span:
+        silent.annotate_caller(oid=oid, tid=tid, client_id=None, kind="user")
+        assert "grpc_obo.user.oid" not in (span.attributes or {})  # type: ignore[attr-defined]
+        loud.annotate_caller(oid=oid, tid=tid, client_id=None, kind="user")
+        assert span.attributes["grpc_obo.user.oid"] == oid  # type: ignore[attr-defined]
