@@ -77,6 +77,23 @@ def tls_files(directory: Path, *, ca_name: str = "grpc_obo test Redis CA") -> Tl
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        # Python 3.13's default context sets VERIFY_X509_STRICT: a CA needs key usage and a
+        # subject key id, a leaf an authority key id.
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -95,6 +112,10 @@ def tls_files(directory: Path, *, ca_name: str = "grpc_obo test Redis CA") -> Tl
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
     files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
@@ -165,7 +186,11 @@ class RedisNode:
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
         )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # never leave a server behind a failed start
+            raise
         return self
 
     def wait_ready(self) -> None:
