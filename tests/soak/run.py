@@ -335,12 +335,12 @@ class SoakResult:
             "away):"
         )
         lines.append("")
-        lines.append("| phase | shared | leased | waited | impatient | unavailable | stale |")
+        lines.append("| phase | from redis | leased | waited | impatient | unavailable | stale |")
         lines.append("|---|---|---|---|---|---|---|")
         for phase in self.phases:
             st = phase.store
             lines.append(
-                f"| {phase.name} | {st['shared']} | {st['leased']} | {st['waited']} "
+                f"| {phase.name} | {st['from_redis']} | {st['leased']} | {st['waited']} "
                 f"| {st['impatient']} | {st['unavailable']} | {st['stale']} |"
             )
         lines.append("")
@@ -1030,10 +1030,10 @@ def checks(result: SoakResult) -> list[Check]:
         Check(
             "the restarted replica served calls with tokens other replicas had exchanged",
             bool(restarted)
-            and all(s["calls"] > 0 and s["store"].get("shared", 0) > 0 for s in restarted),
+            and all(s["calls"] > 0 and s["store"].get("from_redis", 0) > 0 for s in restarted),
             "; ".join(
                 f"calls {s['calls']}, exchanges {s['exchanges']}, "
-                f"read from Redis {s['store'].get('shared')}"
+                f"read from Redis {s['store'].get('from_redis')}"
                 for s in restarted
             ),
         )

@@ -99,7 +99,7 @@ _VALUE, _ACQUIRED, _HELD = 0, 1, 2
 class RedisStoreStats:
     """What one store did on misses (for tests and metrics; counts only, no keys)."""
 
-    shared: int = 0
+    from_redis: int = 0
     """Tokens found in Redis (stored by any replica)."""
     leased: int = 0
     """Exchanges run here under the key's lease."""
@@ -385,7 +385,7 @@ class RedisTokenStore:
                             if state == _ACQUIRED:  # taken needlessly: let it go at once
                                 self._spawn(self._release(key, owner))
                             if self._keep(key, token, value_ms / 1000, seen):
-                                self.stats.shared += 1
+                                self.stats.from_redis += 1
                                 return token
                             mode = "get"  # evicted while we read: look again
                             continue
