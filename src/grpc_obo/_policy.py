@@ -39,6 +39,7 @@ __all__ = [
     "MethodPolicy",
     "Policy",
     "declared_policy",
+    "explain_uncertain",
     "requires",
     "resolve_declared",
 ]
@@ -398,6 +399,43 @@ def resolve_declared(behavior: object, method: str) -> tuple[MethodPolicy | None
     keeps the handler out of sight, a hand-written handler named otherwise) is uncertain, and
     the caller must fail closed: a hidden rule may be stricter than any the policy gives.
     """
+    found, reached_servicer = _walk(behavior, method)
+    if len(found) == 1:
+        return found[0], True
+    if found:  # two different declared rules behind one handler: which one is meant?
+        return None, False
+    return None, reached_servicer or not _DECLARED_NAMES
+
+
+def explain_uncertain(behavior: object, method: str) -> str:
+    """Why `resolve_declared` is uncertain about `method`, and the fix that applies (a log line)."""
+    found, _ = _walk(behavior, method)
+    if len(found) > 1:
+        return (
+            "its handler carries several different grpc_obo.requires rules (the servicer "
+            "method's and a wrapper's, say); declare the rule once, on the servicer method"
+        )
+    short_name = method.rsplit("/", 1)[-1]
+    if short_name in _DECLARED_NAMES:
+        # NOTE: a function of that name is marked: the handler most likely has its rule
+        # already, hidden behind the wrapper. Adding `requires` again would not help.
+        return (
+            "its handler is wrapped by another interceptor in a way grpc_obo cannot see "
+            f"through, hiding the rule a function named {short_name!r} declares with "
+            "grpc_obo.requires. Put grpc_obo's interceptor last in the server's interceptor "
+            "list, or have the wrapping interceptor use functools.wraps"
+        )
+    return (
+        "its handler is wrapped by another interceptor in a way grpc_obo cannot see through "
+        "(or is a hand-written handler not named like the method), so a rule declared with "
+        "grpc_obo.requires cannot be established. Put grpc_obo's interceptor last in the "
+        "server's interceptor list, have the wrapping interceptor use functools.wraps, or mark "
+        "the handler itself with grpc_obo.requires(...)"
+    )
+
+
+def _walk(behavior: object, method: str) -> tuple[list[MethodPolicy], bool]:
+    """(the different rules declared behind `behavior`, whether the servicer method was reached)."""
     seen: set[int] = set()
     found: list[MethodPolicy] = []
     reached_servicer = False
@@ -414,11 +452,7 @@ def resolve_declared(behavior: object, method: str) -> tuple[MethodPolicy | None
         if getattr(item, "__name__", None) == short_name:
             reached_servicer = True
         queue.extend(_wrapped_by(item))
-    if len(found) == 1:
-        return found[0], True
-    if found:  # two different declared rules behind one handler: which one is meant?
-        return None, False
-    return None, reached_servicer or not _DECLARED_NAMES
+    return found, reached_servicer
 
 
 def _wrapped_by(item: object) -> list[object]:
