@@ -11,6 +11,7 @@ for a gate alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -210,11 +211,24 @@ class Gate:
             self._log_relayed(relayed, error)
             await self.fail(context, downstream_error(relayed))
 
-    def sync_relay(self, context: Any, error: Exception, failures: Failures) -> bool:
-        """`relay` for a sync handler: sets the status on `context`; True when it did."""
+    def sync_relay(
+        self,
+        context: Any,
+        error: Exception,
+        failures: Failures,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> bool:
+        """`relay` for a sync handler (in grpc's thread pool): sets the status on `context`;
+        True when it did. `loop` is the server's, where the On-Behalf-Of calls ran."""
         if isinstance(error, grpc.aio.AbortError):
             return False
         relayed = relayed_for(error, failures)
+        if (relayed is None or relayed is UNHANDLED) and loop is not None and loop.is_running():
+            # One round trip through the loop: a done callback that records the failure and
+            # was scheduled before has run after it.
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(timeout=1.0)
+            relayed = relayed_for(error, failures)
         if relayed is None:
             return False
         self._log_relayed(relayed, error)

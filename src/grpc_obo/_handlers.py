@@ -10,6 +10,7 @@ the relay). A refused call gets a handler of the same kind that only ends it.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -181,11 +182,12 @@ class _SyncCall:
     touching the thread's own.
     """
 
-    __slots__ = ("_context", "failures", "gate")
+    __slots__ = ("_context", "_loop", "failures", "gate")
 
     def __init__(self, gate: Gate, identity: Identity | None) -> None:
         self.gate = gate
         self.failures = Failures()
+        self._loop = asyncio.get_running_loop()  # built in intercept_service, on the server's
         self._context = contextvars.copy_context()
         self._context.run(_current.set, identity)
         self._context.run(collect, self.failures)
@@ -201,7 +203,7 @@ class _SyncCall:
         non-OK code ends cleanly with that status and the trailing metadata.
         """
         if not isinstance(exc, GrpcOboError):
-            return self.gate.sync_relay(context, exc, self.failures)
+            return self.gate.sync_relay(context, exc, self.failures, self._loop)
         code, details, trailing = self.gate.refusal(exc)
         context.set_trailing_metadata(trailing)
         context.set_code(code)

@@ -8,9 +8,12 @@ error, all four RPC kinds, each handler shape, among other interceptors before o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -280,3 +283,65 @@ async def test_relayed_in_every_order_and_shape(
         assert error.code() is grpc.StatusCode.UNAUTHENTICATED, (kind, error.details())
         assert "evil.example" not in (_challenge(error) or "") and _challenge(error), kind
         _clean(error)
+
+
+class SyncMiddle(echo_pb2_grpc.EchoServicer):
+    """A sync handler (grpc's thread pool) driving an On-Behalf-Of call on the server's loop."""
+
+    def __init__(self, obo: echo_pb2_grpc.EchoStub, loop: asyncio.AbstractEventLoop) -> None:
+        self._obo, self._loop = obo, loop
+
+    async def _call(self, text: str) -> Any:
+        return await self._obo.UnaryUnary(EchoRequest(text=text), timeout=5)
+
+    def UnaryUnary(self, request, context):
+        # The coroutine runs in a copy of this thread's context: the call's identity and its
+        # failure list (grpc_obo runs each step of a sync handler in the call's own context).
+        return asyncio.run_coroutine_threadsafe(self._call(request.text), self._loop).result()
+
+
+@pytest.mark.parametrize("order", ["alone", "rebuilder-before", "rebuilder-after"])
+async def test_relayed_from_a_sync_handler(grpc_obo_authority: DevAuthority, order: str) -> None:
+    settings = Settings(grpc_obo_authority.summary())
+    async with contextlib.AsyncExitStack() as stack:
+        down_validator = grpc_obo.TokenValidator(settings.validator_options("downstream"))
+        mid_validator = grpc_obo.TokenValidator(settings.validator_options("original"))
+        obo = grpc_obo.OnBehalfOf(settings.confidential_client("original"), retry=FAST_RETRY)
+        for closer in (down_validator, mid_validator, obo):
+            stack.push_async_callback(closer.close)
+        downstream = grpc.aio.server(interceptors=[grpc_obo.server_interceptor(down_validator)])
+        echo_pb2_grpc.add_EchoServicer_to_server(Downstream(), downstream)
+        port = downstream.add_insecure_port("127.0.0.1:0")
+        await downstream.start()
+        stack.push_async_callback(downstream.stop, 1.0)
+        obo_channel = obo.channel(
+            f"127.0.0.1:{port}", scopes=[settings.scope("downstream", "Data.Read")]
+        )
+        stack.push_async_callback(obo_channel.close)
+        pool = ThreadPoolExecutor(max_workers=2)
+        stack.callback(pool.shutdown, wait=True)
+        before, after = ORDERS[order]()
+        middle = grpc.aio.server(
+            migration_thread_pool=pool,
+            interceptors=[*before, grpc_obo.server_interceptor(mid_validator), *after],
+        )
+        servicer = SyncMiddle(echo_pb2_grpc.EchoStub(obo_channel), asyncio.get_running_loop())
+        echo_pb2_grpc.add_EchoServicer_to_server(servicer, middle)
+        middle_port = middle.add_insecure_port("127.0.0.1:0")
+        await middle.start()
+        stack.push_async_callback(middle.stop, 1.0)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{middle_port}")
+        stack.push_async_callback(channel.close)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        token = grpc_obo_authority.mint_user_token(
+            "alice", audience="original", client="client", scopes=["access_as_user"]
+        )
+        reply = await _call(stub, "unary_unary", "ok", token)
+        assert reply.principal
+        for _ in range(5):
+            error = await _failure(_call(stub, "unary_unary", "code:NOT_FOUND", token))
+            assert (error.code(), error.details()) == _expected(grpc.StatusCode.NOT_FOUND)
+            _clean(error)
+            error = await _failure(_call(stub, "unary_unary", "evil", token))
+            assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "evil.example" not in (_challenge(error) or "") and _challenge(error)
