@@ -296,16 +296,10 @@ class Gate:
 
 def relayed_for(error: BaseException, failures: Failures) -> Relayed | None:
     """How `_relay` ends the call for `error`, or None when it is not the relay's business."""
-    if not failures:
-        return None
     rpc = _rpc_error_in(error)
-    if rpc is not None:
-        found = failures.relayed(code_of(rpc.code()), challenge_values(rpc.trailing_metadata()))
-        if found is not None:
-            return found
-    # Something else after an On-Behalf-Of failure (the handler wrapped the downstream's error,
-    # or failed in its own way): its text may quote the downstream, so the caller gets none.
-    return UNHANDLED
+    return failures.settle(
+        None if rpc is None else (code_of(rpc.code()), challenge_values(rpc.trailing_metadata()))
+    )
 
 
 def downstream_error(relayed: Relayed) -> DownstreamError:

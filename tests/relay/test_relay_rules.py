@@ -11,6 +11,7 @@ import pytest
 
 from grpc_obo import Identity, IdentityKind, SecretToken
 from grpc_obo._relay import (
+    UNHANDLED,
     ClaimsMemory,
     Code,
     Failures,
@@ -205,6 +206,15 @@ class TestStatus:
         assert relayed is not None and relayed.code is Code.UNAUTHENTICATED
         assert relayed.challenge == rebuild_challenge(choose_challenge([ENTRA_CAE]))
         assert failures.relayed(Code.PERMISSION_DENIED, again) is None
+
+    def test_an_uncaught_exception_is_settled_only_after_an_on_behalf_of_failure(self) -> None:
+        failures = Failures()
+        assert failures.settle(None) is None  # nothing failed: the handler's own business
+        failures.record(Code.NOT_FOUND, None)
+        settled = failures.settle((Code.NOT_FOUND, []))
+        assert settled is not None and settled.code is Code.NOT_FOUND
+        assert failures.settle(None) is UNHANDLED  # raised otherwise, after the failure
+        assert failures.settle((Code.DATA_LOSS, [])) is UNHANDLED  # not one it recorded
 
     def test_challenges_only_with_authentication_codes(self) -> None:
         assert relayed_status(Code.NOT_FOUND, choose_challenge([ENTRA_CAE])).challenge is None

@@ -224,6 +224,22 @@ class Failures:
             return None
         return relayed_status(code, challenge)
 
+    def settle(self, downstream: tuple[Code, Iterable[str | bytes]] | None) -> Relayed | None:
+        """How to end the incoming call for an exception its handler did not catch, or None
+        (no On-Behalf-Of call failed meanwhile: the exception is the handler's own business).
+
+        `downstream` is the (code, `WWW-Authenticate` values) of the downstream error the
+        exception is, or was raised from; None when there is none. Anything else raised after
+        such a failure may quote the downstream: `UNHANDLED`, a fixed INTERNAL.
+        """
+        if not self._seen:
+            return None
+        if downstream is not None:
+            found = self.relayed(*downstream)
+            if found is not None:
+                return found
+        return UNHANDLED
+
 
 _recording: contextvars.ContextVar[Failures | None] = contextvars.ContextVar(
     "grpc_obo_outbound_failures", default=None
