@@ -74,7 +74,7 @@ class Authenticator:
         try:
             found: object = self._validator.cached(token)
         except Exception:  # a cache bug is not a refusal: validate() decides
-            _LOGGER.debug("the validator's cached() failed; validating", exc_info=False)
+            _LOGGER.debug("the validator's cached() failed; validating")
             return None
         return found if isinstance(found, Identity) else None
 

@@ -38,7 +38,8 @@ CAE_RELAYED = (
 )
 DENIED_RELAYED = (
     'Bearer error="insufficient_scope", '
-    'error_description="a downstream API needs a permission the user\'s token lacks", scope="x"'
+    "error_description=\"a downstream API needs a permission the user's token lacks "
+    '(a scope, or consent to it)", scope="x"'
 )
 # What a chatty or compromised downstream writes: inner host names and a JWT-shaped string.
 LEAK = "db1.internal.contoso.example:5432 eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2ln"

@@ -133,7 +133,11 @@ def choose_challenge(values: Iterable[str | bytes]) -> Challenge | None:
 # The only `error` codes a rebuilt challenge carries, each with a fixed description.
 _DESCRIPTIONS = {
     "invalid_token": "a downstream API refused the user's token",
-    "insufficient_scope": "a downstream API needs a permission the user's token lacks",
+    # NOTE: at a hop behind, grpc_obo says insufficient_scope for a missing scope and for
+    # missing consent alike (ConsentRequiredError): the fixed sentence names both.
+    "insufficient_scope": (
+        "a downstream API needs a permission the user's token lacks (a scope, or consent to it)"
+    ),
     "insufficient_claims": (
         "a downstream API needs more claims: sign in again with the claims in this challenge"
     ),
