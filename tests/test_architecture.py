@@ -22,6 +22,7 @@ ROOMS = {
     "grpc_obo._errors": "errors",
     "grpc_obo._validation": "validation",
     "grpc_obo._policy": "validation",  # per-method policy decisions: pure, like validation
+    "grpc_obo._declared": "validation",  # rules declared on servicer methods (requires)
     "grpc_obo._exchange": "exchange",
     "grpc_obo._server": "server",
     "grpc_obo._gate": "server",

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from grpc_obo._declared import explain_uncertain, resolve_declared
 from grpc_obo._errors import ConfigurationError, GrpcOboError
 from grpc_obo._gate import Authenticator, Gate, Note, TokenValidatorLike, deny_uncertain
 from grpc_obo._handlers import behavior_of, guarded, handoff, rebuild, refusing, sync_call
 from grpc_obo._identity import Identity
-from grpc_obo._policy import Policy, explain_uncertain, resolve_declared
+from grpc_obo._policy import Policy
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation._bearer import bearer_token
 

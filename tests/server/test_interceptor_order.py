@@ -303,7 +303,7 @@ class TestPublicByExactName:
 
 
 def test_the_fail_closed_fix_fits_the_cause() -> None:
-    from grpc_obo._policy import explain_uncertain, resolve_declared
+    from grpc_obo._declared import explain_uncertain, resolve_declared
 
     @requires(scopes=WRITE)
     async def Marked(request: Any, context: Any) -> None:
@@ -329,7 +329,7 @@ def test_the_fail_closed_fix_fits_the_cause() -> None:
 
 
 def test_functools_wraps_keeps_a_declared_rule_visible() -> None:
-    from grpc_obo._policy import resolve_declared
+    from grpc_obo._declared import resolve_declared
 
     @requires(scopes=WRITE)
     async def UnaryUnary(request: Any, context: Any) -> None:
