@@ -7,10 +7,12 @@ ends it with `context.abort`, the code from `status_for` and a `www-authenticate
 the trailing metadata; its request is never deserialized. An accepted call gets the method's
 handler rebuilt once with the same serializers and kind (coroutine, async generator,
 `context.write` coroutine, or sync function run in grpc's thread pool), which sets
-`current_identity()` for exactly the original handler's execution.
-Decisions live in `_policy` and the validator; this module only adapts them to grpc.
-A grpc_obo error raised by the handler itself (its On-Behalf-Of exchange needing a claims
-challenge, the authority down) ends the call through the same table, so the client can act.
+`current_identity()` for exactly the original handler's execution (`_handlers`).
+Decisions live in `_policy`, `_declared`, the validator and `_relay`; this module and its
+`_gate` (refusals, relay, telemetry per method) only adapt them to grpc. A grpc_obo error raised
+by the handler itself (its On-Behalf-Of exchange needing a claims challenge, the authority
+down) ends the call through the same table, and an On-Behalf-Of call's failure it does not
+catch through the relay's, so the client can act and never reads what a downstream wrote.
 
 Public methods never look at `authorization`: a token sent to one is neither validated nor
 exposed (`current_identity()` is None there), so a stale token cannot break a health probe.
