@@ -50,7 +50,9 @@ nitpick_ignore_regex = [
 intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
 
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
+autodoc_typehints = "signature"
+autodoc_inherit_docstrings = False  # grpc's own docstrings (Google style) are not ours to show
+python_maximum_signature_line_length = 88  # long signatures one parameter per line
 autodoc_typehints_format = "short"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_preserve_defaults = True

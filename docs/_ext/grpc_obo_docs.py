@@ -115,10 +115,22 @@ def _table(headers: list[str], rows: list[list[nodes.Node]], widths: list[int]) 
         row = nodes.row()
         for cell in cells:
             entry = nodes.entry()
-            entry += cell if isinstance(cell, nodes.paragraph) else nodes.paragraph("", "", cell)
+            if isinstance(cell, nodes.paragraph | nodes.container):
+                entry += cell
+            else:
+                entry += nodes.paragraph("", "", cell)
             row += entry
         body += row
     return table
+
+
+def _inline_markdown(text: str) -> list[nodes.Node]:
+    """`code` spans of a one-line docstring as literals, the rest as text."""
+    out: list[nodes.Node] = []
+    for n, part in enumerate(text.split("`")):
+        if part:
+            out.append(nodes.literal(part, part) if n % 2 else nodes.Text(part))
+    return out
 
 
 def _code(text: str) -> nodes.Node:
@@ -139,22 +151,28 @@ class ErrorTable(SphinxDirective):
                 name += nodes.Text("\u2003" * (depth - 1) + "└─ ")
             name += _xref(self.env.docname, cls.__name__)
             if "code" in relayed:
-                status_cell: nodes.Node = nodes.Text("the downstream's status, relayed")
+                status_cell: nodes.Node = nodes.Text("the downstream's status")
             else:
                 status_cell = _code(status.name)
             if "challenge" in relayed:
                 challenge_cell: nodes.Node = nodes.Text("the downstream's challenge, relayed")
             else:
                 shown = (challenge or "").replace(_MESSAGE, "…")
-                challenge_cell = _code(shown)
+                challenge_cell = _code(shown) if shown else nodes.Text("no challenge")
             reason = getattr(error, "reason", None)
             doc = (inspect.getdoc(cls) or "").split("\n", 1)[0]
-            rows.append([name, status_cell, challenge_cell, _code(reason or ""), nodes.Text(doc)])
+            meaning = _inline_markdown(doc)
+            if reason:
+                meaning += [nodes.Text(" Reason: "), nodes.literal(reason, reason), nodes.Text(".")]
+            answer = nodes.container()
+            answer += nodes.paragraph("", "", status_cell, classes=["grpc-obo-status"])
+            answer += nodes.paragraph("", "", challenge_cell, classes=["grpc-obo-challenge"])
+            rows.append([name, answer, nodes.paragraph("", "", *meaning)])
         return [
             _table(
-                ["class", "gRPC status", "www-authenticate", "reason", "what it means"],
+                ["class", "gRPC status and www-authenticate challenge", "what it means"],
                 rows,
-                [24, 14, 34, 14, 30],
+                [30, 40, 30],
             )
         ]
 
