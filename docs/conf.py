@@ -17,7 +17,7 @@ import grpc_obo  # noqa: E402
 
 project = "grpc_obo"
 author = "grpc_obo contributors"
-copyright = "grpc_obo contributors"  # noqa: A001
+copyright = "grpc_obo contributors"
 release = version = grpc_obo.__version__
 
 extensions = [
@@ -38,7 +38,10 @@ nitpicky = True
 nitpick_ignore_regex = [
     # Third-party and standard types that appear in signatures without an inventory here
     # (no network during the build: intersphinx has no inventories to fetch).
-    (r"py:.*", r"(grpc|msal|redis|opentelemetry|aiohttp|requests|ssl|_contextvars|cryptography)\..*"),
+    (
+        r"py:.*",
+        r"(grpc|msal|redis|opentelemetry|aiohttp|requests|ssl|_contextvars|cryptography)\..*",
+    ),
     (r"py:.*", r"(collections\.abc|typing|datetime|os|pathlib|asyncio|concurrent)\..*"),
     (r"py:.*", r"(grpc_obo\.|grpc_obo\.devauthority\.)_.*"),
     (r"py:.*", r"(enum|trace|metrics|_pytest|pytest)\..*"),

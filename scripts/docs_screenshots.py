@@ -47,7 +47,7 @@ def main(site: Path, out: Path) -> int:
                 continue
             target = (out / name).resolve()
             target.unlink(missing_ok=True)
-            subprocess.run(
+            subprocess.run(  # noqa: S603 (our own files, a fixed browser)
                 [
                     browser,
                     "--headless",

@@ -270,7 +270,9 @@ def markdown_docstring(lines: list[str]) -> list[str]:
     return out
 
 
-def _process_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+def _process_docstring(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
     lines[:] = markdown_docstring(lines)
 
 
