@@ -270,6 +270,26 @@ def markdown_docstring(lines: list[str]) -> list[str]:
     return out
 
 
+def _process_signature(
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: Any,
+    options: Any,
+    signature: str | None,
+    ret: str | None,
+) -> tuple[str | None, str | None] | None:
+    # A dataclass default like `clock=time.time` prints as `<built-in function time>`, and a
+    # default_factory as `<factory>`: the signature parser cannot read either (the whole
+    # signature would then show as raw text).
+    if signature and "<" in signature:
+        signature = signature.replace("<factory>", "...")
+        signature = re.sub(
+            r"<(?:built-in )?function ([\w.]+)(?: at 0x[0-9a-f]+)?>", r"\1", signature
+        )
+    return signature, ret
+
+
 def _process_docstring(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
@@ -280,4 +300,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("grpc-obo-errors", ErrorTable)
     app.add_directive("grpc-obo-cli", CliHelp)
     app.connect("autodoc-process-docstring", _process_docstring)
+    app.connect("autodoc-process-signature", _process_signature)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
