@@ -27,7 +27,16 @@ from grpc_obo._identity import SecretToken
 __all__ = ["ClientCredential", "ConfidentialClient"]
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,253}$")
+# A verified domain name (contoso.onmicrosoft.com, contoso.com): Entra takes one in place of
+# the tenant GUID in an authority URL. Every Entra domain has a dot; a bare word
+# ("northwind") is not a tenant Entra knows, and fails at start-up rather than at the first call.
+_TENANT_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+_TENANT_RULE = (
+    "tenant_id must be the tenant GUID, a verified domain name (contoso.onmicrosoft.com) or "
+    "'organizations'"
+)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -224,13 +233,19 @@ class ConfidentialClient:
     def __post_init__(self) -> None:
         if not _GUID.match(self.client_id):
             raise ConfigurationError("client_id must be the app registration's GUID")
-        if not (_GUID.match(self.tenant_id) or _TENANT_NAME.match(self.tenant_id)):
-            raise ConfigurationError("tenant_id must be a tenant GUID or domain name")
+        if not isinstance(self.tenant_id, str):
+            raise ConfigurationError(_TENANT_RULE)
         if self.tenant_id.lower() in ("common", "consumers"):
             raise ConfigurationError(
                 "On-Behalf-Of needs the middle tier's tenant (or 'organizations'), not "
                 f"{self.tenant_id!r}"
             )
+        if not (
+            _GUID.match(self.tenant_id)
+            or _TENANT_DOMAIN.match(self.tenant_id)
+            or self.tenant_id.lower() == "organizations"
+        ):
+            raise ConfigurationError(_TENANT_RULE)
         if not isinstance(self.authority_host, str) or not self.authority_host.strip():
             raise ConfigurationError("authority_host must be an https:// URL or a host name")
         host = _with_scheme(self.authority_host)
