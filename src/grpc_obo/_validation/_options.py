@@ -202,7 +202,8 @@ class ValidatorOptions:
     """If set, only these calling client apps (`azp` v2 / `appid` v1) are accepted."""
     accept_app_tokens_without_roles: bool = False
     """Accept app-only tokens that carry no `roles` (Entra issues them when a client has no app
-    role assignment). Off by default: a token with neither `scp` nor `roles` is refused."""
+    role assignment). Off by default: a token with neither `scp` nor `roles` is refused (an
+    app-only one with reason `app_token_without_roles`: it needs an app role of this API)."""
     clock: Callable[[], float] = time.time
     """Current time in epoch seconds; also drives key refresh timing. Replace it in tests."""
     max_token_bytes: int = 16 * 1024
