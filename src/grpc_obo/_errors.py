@@ -183,6 +183,22 @@ class InsufficientScopeError(AccessDeniedError):
 
     default_reason = "insufficient_scope"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        required_scopes: Sequence[str] = (),
+        required_roles: Sequence[str] = (),
+    ):
+        # Roles are assigned by an administrator, never requested by a client: their own
+        # reason, and (see www_authenticate_for) never in the challenge's `scope=`.
+        if reason is None and required_roles and not required_scopes:
+            reason = "insufficient_role"
+        super().__init__(
+            message, reason=reason, required_scopes=required_scopes, required_roles=required_roles
+        )
+
 
 class AppTokenNotAllowedError(AccessDeniedError):
     """An app-only token on a method that acts for a user."""
@@ -323,9 +339,8 @@ def www_authenticate_for(error: BaseException) -> str | None:
             'Bearer error="insufficient_scope"',
             f'error_description="{_quote(error.message)}"',
         ]
-        needed = error.required_scopes or error.required_roles
-        if needed:
-            parts.append(f'scope="{_quote(" ".join(needed))}"')
+        if error.required_scopes:  # scopes only: a role is not something a client can ask for
+            parts.append(f'scope="{_quote(" ".join(error.required_scopes))}"')
         return ", ".join(parts)
     if isinstance(error, DownstreamError):
         return error.challenge
