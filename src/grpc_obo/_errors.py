@@ -255,9 +255,14 @@ class TokenExchangeError(GrpcOboError):
         error_codes: Sequence[int] = (),
         correlation_id: str | None = None,
         claims: str | None = None,
+        hint: str | None = None,
     ):
-        super().__init__(message)
+        # NOTE: `str()` (logs, tracebacks, start-up) adds the hint naming the setting to fix;
+        # `message`, which a refused caller gets as the status details, stays the fixed sentence.
+        super().__init__(f"{message}: {hint}" if hint else message)
         self.message = message
+        self.hint = hint
+        """For the operator: which setting or variable to check (never a secret's value)."""
         self.error = error
         self.suberror = suberror
         self.error_codes = tuple(error_codes)
