@@ -7,7 +7,9 @@
                     on 429/5xx/network within a time budget, errors classified (`_retry.py`)
 
 MSAL is synchronous: it runs in a bounded thread pool owned by the exchanger, so a slow
-authority ties up those threads, never the event loop. No grpc import here.
+authority ties up those threads, never the event loop. `start()` proves the configuration at
+start-up (the home tenant's metadata and one client-credentials token); a refusal of this
+client's own configuration names the setting to fix (`explain_refusal`). No grpc import here.
 """
 
 from __future__ import annotations
@@ -394,16 +396,7 @@ class AppOnlyExchanger:
         return f"{type(self).__name__}(client_id={self.client.client_id!r})"
 
     async def start(self, *, scope: str | None = None) -> None:
-        """Check the configuration now, at start-up, instead of at the first call.
-
-        Fetches the home tenant's metadata (authority host, tenant, TLS and `ca_file`) and
-        requests one client-credentials token for `scope` (default: this app itself,
-        `<client_id>/.default`; any `<resource>/.default` the app may ask for works), which
-        proves the credential. Raises `ConfigurationError` for a `tenant_id` of
-        'organizations', `TokenExchangeError` whose `str()` names the setting or variable to
-        fix (AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_TENANT_ID, ...; the TLS
-        problem and GRPC_OBO_CA_FILE), or `AuthorityUnavailableError` once retries are spent.
-        """
+        """Check the configuration now, as `OboExchanger.start()` does."""
         await self._runner.check(scope)
 
     async def acquire(self, scopes: Sequence[str], *, timeout: float | None = None) -> SecretToken:
