@@ -32,6 +32,7 @@ from aiohttp import web
 
 from grpc_obo.devauthority._app import AuthorityApp
 from grpc_obo.devauthority._faults import Faults, RequestLog
+from grpc_obo.devauthority._federation import Federation
 from grpc_obo.devauthority._grants import Grants
 from grpc_obo.devauthority._keys import KeyRing
 from grpc_obo.devauthority._tls import (
@@ -98,7 +99,15 @@ class DevAuthority:
         self.minter = TokenMinter(
             base_url=lambda: self.base_url, keys=self.keys, clock=clock, lifetime=token_lifetime
         )
-        self.grants = Grants(world=self.world, minter=self.minter, faults=self.faults)
+        self.federation = Federation(
+            world=self.world,
+            base_url=lambda: self.base_url,
+            ssl_context=self.client_ssl_context,
+            clock=clock,
+        )
+        self.grants = Grants(
+            world=self.world, minter=self.minter, faults=self.faults, federation=self.federation
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
