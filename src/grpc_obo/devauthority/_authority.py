@@ -46,6 +46,7 @@ from grpc_obo.devauthority._tls import (
     state_ca,
 )
 from grpc_obo.devauthority._tokens import TokenMinter
+from grpc_obo.devauthority._workload import WorkloadIssuers
 from grpc_obo.devauthority._world import App, World, default_world
 from grpc_obo.devauthority._worldfile import load_world
 
@@ -108,6 +109,9 @@ class DevAuthority:
         self.grants = Grants(
             world=self.world, minter=self.minter, faults=self.faults, federation=self.federation
         )
+        self.workloads = WorkloadIssuers(base_url=lambda: self.base_url, clock=clock)
+        """Dev workload-identity issuers (`{base_url}/workload/<cluster>`), see `_workload.py`."""
+        self._workload_timer: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -131,6 +135,7 @@ class DevAuthority:
             faults=self.faults,
             log=self.requests,
         ).build()
+        self.workloads.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self._port, ssl_context=context)
@@ -138,6 +143,7 @@ class DevAuthority:
         self._ca = ca
         self._runner = runner
         self._bound_port = runner.addresses[0][1]
+        self._workload_timer = asyncio.get_running_loop().create_task(self.workloads.run())
         return self
 
     def _write_client_certificates(self, directory: Path) -> dict[str, str]:
@@ -158,6 +164,11 @@ class DevAuthority:
         return written
 
     async def stop(self) -> None:
+        timer, self._workload_timer = self._workload_timer, None
+        if timer is not None:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
         runner, self._runner = self._runner, None
         if runner is not None:
             server = runner.server
