@@ -37,7 +37,11 @@ def certificate_of(authority: DevAuthority, app: str = "original") -> ClientCert
 
 
 def client_assertion(
-    authority: DevAuthority, app: str = "original", *, certificate: ClientCertificate | None = None
+    authority: DevAuthority,
+    app: str = "original",
+    *,
+    certificate: ClientCertificate | None = None,
+    lifetime: int = 600,
 ) -> str:
     """A client assertion as a workload-identity token file or a key vault would supply it."""
     cert = certificate or certificate_of(authority, app)
@@ -50,7 +54,7 @@ def client_assertion(
             "aud": authority.token_url,
             "iss": client_id,
             "sub": client_id,
-            "exp": now + 600,
+            "exp": now + lifetime,
             "nbf": now,
             "jti": str(uuid.uuid4()),
         },
@@ -128,7 +132,7 @@ async def test_certificate_file_with_an_encrypted_key(
     assert claims["azpacr"] == "2"
 
 
-async def test_assertion_callback_is_called_for_each_request(
+async def test_an_assertion_from_the_callback_is_reused_until_shortly_before_it_expires(
     authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
 ) -> None:
     calls: list[str] = []
@@ -141,8 +145,24 @@ async def test_assertion_callback_is_called_for_each_request(
     claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
     assert claims["azpacr"] == "2"
     await exchange_as_alice(authority, users, exchanger, downstream_scope)  # a new user token
-    assert len(calls) == 2  # fresh assertions, never a stale one
+    assert len(calls) == 1  # 600 s left: reused, as Microsoft.Identity.Web caches assertions
     assert authority.requests.count(grant="obo", ok=True) == 2
+
+
+async def test_an_assertion_close_to_its_expiry_is_asked_for_again(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    calls: list[str] = []
+
+    def assertion() -> str:
+        # 200 s left: inside the 300 s margin, so never reused (but still sent: not expired).
+        calls.append(client_assertion(authority, lifetime=200))
+        return calls[-1]
+
+    exchanger = make_exchanger(client_for(authority, ClientCredential.assertion(assertion)))
+    await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert len(calls) == 2 and calls[0] != calls[1]
 
 
 # -- ConfidentialClient.from_env ------------------------------------------------------------

@@ -180,3 +180,44 @@ def raw_token_request(authority: DevAuthority, form: dict[str, str]) -> requests
     session.trust_env = False
     session.verify = str(authority.ca_file)
     return session.post(authority.token_url, data=form, timeout=TIMEOUT)
+
+
+def user_identity(authority: DevAuthority, app: App, user: str = "alice") -> Any:
+    """`user` signed in to `app` (the middle tier), as its server interceptor would see them."""
+    from grpc_obo import Identity, IdentityKind, SecretToken
+
+    token = authority.mint_user_token(user, audience=app.name, scopes=["access_as_user"])
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return Identity(
+        tid=claims["tid"],
+        oid=claims["oid"],
+        sub=claims["sub"],
+        kind=IdentityKind.USER,
+        scopes=frozenset(claims["scp"].split()),
+        audience=claims["aud"],
+        issuer=claims["iss"],
+        expires_at=claims["exp"],
+        token=SecretToken(token),
+    )
+
+
+def confidential_client(authority: DevAuthority, app: App, credential: Any) -> Any:
+    from grpc_obo import ConfidentialClient
+
+    return ConfidentialClient(
+        client_id=app.client_id,
+        tenant_id=authority.tenant_id,
+        credential=credential,
+        authority_host=authority.base_url,
+        ca_file=str(authority.ca_file),
+    )
+
+
+def verified(authority: DevAuthority, token: str, audience: str) -> dict[str, Any]:
+    keys = jwt.PyJWKSet.from_dict(authority.jwks())
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = next(k for k in keys.keys if k.key_id == kid)
+    claims: dict[str, Any] = jwt.decode(
+        token, key.key, algorithms=["RS256"], audience=audience, options={"verify_iss": False}
+    )
+    return claims

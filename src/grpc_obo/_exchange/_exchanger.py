@@ -16,7 +16,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,6 +35,7 @@ from grpc_obo._exchange._http import AuthorityHttpClient, DiscardingTokenCache, 
 from grpc_obo._exchange._keys import log_ref, obo_cache_key
 from grpc_obo._exchange._observe import ExchangeObserver, Observer
 from grpc_obo._exchange._retry import Outcome, RetryPolicy, classify, unavailable
+from grpc_obo._exchange._sources import CredentialChain, Resolved
 from grpc_obo._exchange._token import CachedToken
 from grpc_obo._identity import Identity, SecretToken, current_identity
 
@@ -75,9 +76,17 @@ class _MsalRunner:
             ca_file=client.ca_file, timeout=client.http_timeout, pool_size=max_workers
         )
         self._token_cache = token_cache
+        self._credentials = CredentialChain(
+            [
+                c.source(ca_file=client.ca_file, timeout=client.http_timeout, clock=time.time)
+                for c in client.credentials
+            ]
+        )
         # One MSAL app per tenant: On-Behalf-Of must go to the tenant that issued the user's
-        # token (a multi-tenant middle tier serves users of several tenants).
-        self._apps: dict[str, Any] = {}
+        # token (a multi-tenant middle tier serves users of several tenants). Each is kept with
+        # the version of the credential it was built with: a fallback or a rotated certificate
+        # builds a new one.
+        self._apps: dict[str, tuple[Hashable, Any]] = {}
         self._app_lock = asyncio.Lock()
 
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -89,11 +98,11 @@ class _MsalRunner:
             self._executor, lambda: context.run(func, *args, **kwargs)
         )
 
-    def _build(self, tenant: str) -> Any:
+    def _build(self, tenant: str, credential: Resolved) -> Any:
         # Constructing the app fetches the authority's discovery document (network I/O).
         return msal.ConfidentialClientApplication(
             self.client.client_id,
-            client_credential=self.client.credential.to_msal(),
+            client_credential=credential.credential,
             authority=self.client.authority_for(tenant),
             # Anything but Microsoft's own hosts would otherwise be checked against
             # login.microsoftonline.com's instance discovery.
@@ -105,21 +114,26 @@ class _MsalRunner:
         )
 
     async def _application(self, tenant: str) -> Any:
-        app = self._apps.get(tenant)
-        if app is None:
+        # The credential is resolved for every token request (a file read, a cached assertion;
+        # the managed identity's endpoint when its assertion is due), off the loop.
+        credential: Resolved = await self._run(self._credentials.resolve)
+        held = self._apps.get(tenant)
+        if held is None or held[0] != credential.version:
             async with self._app_lock:
-                app = self._apps.get(tenant)
-                if app is None:
-                    built = await self._with_retries(lambda: self._build_attempt(tenant), "set-up")
-                    app = self._apps[tenant] = built["app"]
-        return app
+                held = self._apps.get(tenant)
+                if held is None or held[0] != credential.version:
+                    built = await self._with_retries(
+                        lambda: self._build_attempt(tenant, credential), "set-up"
+                    )
+                    held = self._apps[tenant] = (credential.version, built["app"])
+        return held[1]
 
-    def _build_attempt(self, tenant: str) -> Outcome:
+    def _build_attempt(self, tenant: str, credential: Resolved) -> Outcome:
         # NOTE: facts are per worker thread and outlive a request: a status left from another
         # user's earlier request on this thread must not decide this attempt's outcome.
         self._http.facts.clear()
         try:
-            app = self._build(tenant)
+            app = self._build(tenant, credential)
         except Exception as exc:  # classified below; MSAL raises plain exceptions
             return classify(None, raised=exc, status=self._http.facts.status)
         return Outcome(result={"app": app})
@@ -165,6 +179,7 @@ class _MsalRunner:
         # http_timeout): once close() returns, this client sends nothing more.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self._http.close()
+        self._credentials.close()
 
 
 class OboExchanger:

@@ -35,6 +35,7 @@ from grpc_obo.devauthority._faults import Faults, RequestLog
 from grpc_obo.devauthority._federation import Federation
 from grpc_obo.devauthority._grants import Grants
 from grpc_obo.devauthority._keys import KeyRing
+from grpc_obo.devauthority._managed_identity import ManagedIdentities
 from grpc_obo.devauthority._tls import (
     ServerCertificate,
     StateCa,
@@ -112,6 +113,8 @@ class DevAuthority:
         self.workloads = WorkloadIssuers(base_url=lambda: self.base_url, clock=clock)
         """Dev workload-identity issuers (`{base_url}/workload/<cluster>`), see `_workload.py`."""
         self._workload_timer: asyncio.Task[None] | None = None
+        self.managed_identities = ManagedIdentities(world=self.world, minter=self.minter)
+        """User-assigned managed identities and their App Service-style endpoint."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -136,6 +139,7 @@ class DevAuthority:
             log=self.requests,
         ).build()
         self.workloads.add_routes(app)
+        self.managed_identities.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self._port, ssl_context=context)
