@@ -218,16 +218,18 @@ async def test_from_env_with_a_federated_token_file_rereads_it(
     downstream_scope: str,
     tmp_path: Path,
 ) -> None:
-    """Workload identity rotates the file's token: every request must read the current one."""
+    """Workload identity rotates the file's token: every request must read the current one.
+    What is not a JWT with an `exp` is never sent."""
     token_file = tmp_path / "azure-identity-token"
     token_file.write_text("not-a-jwt\n", encoding="utf-8")
     env = {**base_env(authority), "AZURE_FEDERATED_TOKEN_FILE": str(token_file)}
     client = ConfidentialClient.from_env(env, ca_file=str(authority.ca_file))
-    assert client.credential.kind == "assertion"
+    assert client.credential.kind == "federated_token_file"
     exchanger = make_exchanger(client)
     with pytest.raises(TokenExchangeError) as caught:
         await exchange_as_alice(authority, users, exchanger, downstream_scope)
-    assert caught.value.error == "invalid_client"
+    assert caught.value.error == "credential_unavailable"
+    assert authority.requests.count(grant="obo") == 0
     token_file.write_text(client_assertion(authority) + "\n", encoding="utf-8")
     claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
     assert claims["azpacr"] == "2"

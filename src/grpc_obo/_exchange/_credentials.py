@@ -376,12 +376,16 @@ class ConfidentialClient:
         client_capabilities: tuple[str, ...] = (),
         ca_file: str | None = None,
     ) -> ConfidentialClient:
-        """Read AZURE_TENANT_ID, AZURE_CLIENT_ID and one credential from the environment.
+        """Read AZURE_TENANT_ID, AZURE_CLIENT_ID and the credentials from the environment.
 
-        Credentials, first found wins, as in azure-identity's EnvironmentCredential:
-        AZURE_CLIENT_SECRET; AZURE_CLIENT_CERTIFICATE_PATH, a PEM or PKCS12 (.pfx/.p12) file (with
-        AZURE_CLIENT_CERTIFICATE_PASSWORD, AZURE_CLIENT_SEND_CERTIFICATE_CHAIN); or
-        AZURE_FEDERATED_TOKEN_FILE (workload identity: the file is re-read for every assertion).
+        Every credential that is set becomes a source, tried in this order for each token
+        request (the first that works is used; one WARNING when it falls back):
+        AZURE_FEDERATED_TOKEN_FILE (workload identity: re-read when it changes, never used past
+        its exp); GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID (a user-assigned managed identity's client
+        id: its token for api://AzureADTokenExchange, from MSAL's managed identity client, is the
+        assertion); AZURE_CLIENT_CERTIFICATE_PATH, a PEM or PKCS12 (.pfx/.p12) file (with
+        AZURE_CLIENT_CERTIFICATE_PASSWORD, AZURE_CLIENT_SEND_CERTIFICATE_CHAIN; re-read when it
+        changes); AZURE_CLIENT_SECRET.
         AZURE_AUTHORITY_HOST overrides the authority host (a bare host means https).
         GRPC_OBO_CA_FILE (unless `ca_file` is given) trusts exactly that CA, as
         `ValidatorOptions.from_env()` does. Errors name the variable, never its value.
@@ -402,32 +406,42 @@ class ConfidentialClient:
             return ConfigurationError(f"{variable}: {exc}")
 
         tenant_id, client_id = need("AZURE_TENANT_ID"), need("AZURE_CLIENT_ID")
-        credential: ClientCredential
-        if env.get("AZURE_CLIENT_SECRET"):
-            credential = ClientCredential.secret(env["AZURE_CLIENT_SECRET"])
-        elif get("AZURE_CLIENT_CERTIFICATE_PATH"):
+        # Secretless first, as the issue's order and Microsoft.Identity.Web's examples have it.
+        sources: list[ClientCredential] = []
+        if get("AZURE_FEDERATED_TOKEN_FILE"):
+            sources.append(
+                ClientCredential.federated_token_file(need("AZURE_FEDERATED_TOKEN_FILE"))
+            )
+        if get("GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID"):
+            try:
+                sources.append(
+                    ClientCredential.managed_identity(need("GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID"))
+                )
+            except ConfigurationError as exc:
+                raise named("GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID", exc) from None
+        if get("AZURE_CLIENT_CERTIFICATE_PATH"):
             password = env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD")
             try:
-                credential = ClientCredential.certificate_file(
-                    need("AZURE_CLIENT_CERTIFICATE_PATH"),
-                    passphrase=password.encode() if password else None,
-                    send_certificate_chain=env.get(
-                        "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", ""
-                    ).lower()
-                    in ("1", "true"),
+                sources.append(
+                    ClientCredential.certificate_file(
+                        need("AZURE_CLIENT_CERTIFICATE_PATH"),
+                        passphrase=password.encode() if password else None,
+                        send_certificate_chain=env.get(
+                            "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", ""
+                        ).lower()
+                        in ("1", "true"),
+                    )
                 )
             except ConfigurationError as exc:
                 raise named("AZURE_CLIENT_CERTIFICATE_PATH", exc) from None
-        elif get("AZURE_FEDERATED_TOKEN_FILE"):
-            token_file = Path(need("AZURE_FEDERATED_TOKEN_FILE"))
-            credential = ClientCredential.assertion(
-                lambda: token_file.read_text(encoding="utf-8").strip()
-            )
-        else:
+        if env.get("AZURE_CLIENT_SECRET"):
+            sources.append(ClientCredential.secret(env["AZURE_CLIENT_SECRET"]))
+        if not sources:
             raise ConfigurationError(
-                "set AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or "
-                "AZURE_FEDERATED_TOKEN_FILE"
+                "set AZURE_FEDERATED_TOKEN_FILE, GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID, "
+                "AZURE_CLIENT_CERTIFICATE_PATH or AZURE_CLIENT_SECRET"
             )
+        credential = sources[0] if len(sources) == 1 else tuple(sources)
         if ca_file is None:
             ca_file = get("GRPC_OBO_CA_FILE")
             if ca_file is not None and not os.path.exists(ca_file):
