@@ -213,7 +213,9 @@ class ClientCredential:
         IDENTITY_ENDPOINT and IDENTITY_HEADER, which MSAL reads; else IMDS). The app registration
         needs a federated credential for the identity (issuer: the tenant's
         `https://login.microsoftonline.com/<tenant>/v2.0`, subject: the identity's principal id).
-        `client_id` names a user-assigned identity; None means the system-assigned one."""
+        `client_id` names a user-assigned identity; None means the system-assigned one. MSAL
+        reads IDENTITY_ENDPOINT / IDENTITY_HEADER from the process environment itself (also when
+        `ConfidentialClient.from_env` was given a mapping)."""
         if client_id is not None and not _GUID.match(client_id):
             raise ConfigurationError("a managed identity's client_id must be a GUID")
         return cls("managed_identity", _identity=client_id)

@@ -116,7 +116,7 @@ class _MsalRunner:
     async def _application(self, tenant: str) -> Any:
         # The credential is resolved for every token request (a file read, a cached assertion;
         # the managed identity's endpoint when its assertion is due), off the loop.
-        credential: Resolved = await self._run(self._credentials.resolve)
+        credential = self._credentials.static or await self._run(self._credentials.resolve)
         held = self._apps.get(tenant)
         if held is None or held[0] != credential.version:
             async with self._app_lock:

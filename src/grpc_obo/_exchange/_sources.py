@@ -283,6 +283,10 @@ class CredentialChain:
         self.sources = tuple(sources)
         self._lock = threading.Lock()
         self._active: int | None = None
+        first = self.sources[0]
+        self.static: Resolved | None = first.resolve() if isinstance(first, Fixed) else None
+        """The credential when it can never change (a secret or certificate value first: it
+        never fails, so nothing after it is ever tried): no per-request work."""
 
     def resolve(self) -> Resolved:
         reasons: list[str] = []

@@ -84,7 +84,9 @@ class Federation:
         self._ssl_context = ssl_context
         self.clock = clock
         self._issuers: dict[str, _IssuerKeys] = {}
-        self._lock = asyncio.Lock()
+        # NOTE: one lock per event loop: an authority stopped and started again (or run from
+        # another thread) serves from a new loop, and an asyncio.Lock is bound to its first.
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     # -- which assertions are federated --------------------------------------------------
 
@@ -119,7 +121,12 @@ class Federation:
             kid = jwt.get_unverified_header(assertion).get("kid")
         except jwt.InvalidTokenError:
             return
-        async with self._lock:
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            self._locks = {k: v for k, v in self._locks.items() if not k.is_closed()}
+            lock = self._locks[loop] = asyncio.Lock()
+        async with lock:
             held = self._issuers.get(issuer)
             now = time.monotonic()
             stale = held is None or now - held.fetched_at > _REFETCH_AFTER
@@ -146,7 +153,7 @@ class Federation:
             for jwk in jwks.get("keys", []):
                 if isinstance(jwk, dict) and jwk.get("kty") == "RSA" and jwk.get("kid"):
                     keys[str(jwk["kid"])] = jwt.PyJWK(jwk, algorithm="RS256").key
-        except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWTError) as exc:
             logger.warning("federated issuer %s: keys not fetched (%s)", issuer, type(exc).__name__)
             if held is not None and held.keys:
                 return _IssuerKeys(held.keys, time.monotonic())  # keep the last good set

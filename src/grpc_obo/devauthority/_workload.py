@@ -175,29 +175,34 @@ class ProjectedToken:
     def write(self) -> None:
         """Write a new token now (atomically: a reader sees the old file or the new one)."""
         with self._lock:
-            token = self.issuer.token(
-                self.namespace, self.name, audience=self.audience, lifetime=self.lifetime
-            )
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".token-")
-            try:
-                with os.fdopen(fd, "w", encoding="ascii") as handle:
-                    handle.write(token)
-                os.replace(temporary, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
-            if self.issued_at:
-                self.rotations += 1
-            self.issued_at = self.issuer.clock()
+            self._write()
+
+    def _write(self) -> None:
+        # Called with self._lock held.
+        token = self.issuer.token(
+            self.namespace, self.name, audience=self.audience, lifetime=self.lifetime
+        )
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".token-")
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(token)
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        if self.issued_at:
+            self.rotations += 1
+        self.issued_at = self.issuer.clock()
 
     def rotate_due(self) -> bool:
         """Write a new token if 80% of the current one's lifetime has passed."""
-        if self.issuer.clock() < self.due_at:
-            return False
-        self.write()
-        return True
+        with self._lock:  # the timer and a test may both ask: one rotation
+            if self.issuer.clock() < self.due_at:
+                return False
+            self._write()
+            return True
 
 
 class WorkloadIssuers:
