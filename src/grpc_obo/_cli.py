@@ -264,7 +264,7 @@ async def _serve(authority: DevAuthority, args: argparse.Namespace, state_dir: P
         }
     if args.write_dotenv:
         directory = Path(args.write_dotenv)
-        env_files = {}
+        env_files, tokens = {}, {}
         for app in authority.world.apps:
             path = directory / f"{app.name}.env"
             header = (
@@ -277,9 +277,12 @@ async def _serve(authority: DevAuthority, args: argparse.Namespace, state_dir: P
             if pod is not None:  # a federated service account: a token file, no secret
                 header = header.replace("holds secrets (0600).", "workload identity: no secret.")
                 env = pod
+                tokens[app.name] = pod["AZURE_FEDERATED_TOKEN_FILE"]
             _write_private(path, _dotenv(env, header))
             env_files[app.name] = str(path)
         files["env_files"] = env_files
+        if tokens:  # projected service-account token files, rotated while it serves
+            files["workload_tokens"] = tokens
     if args.write_env:
         document = {**authority.summary(include_secrets=True), **files}
         _write_private(Path(args.write_env), json.dumps(document, indent=2) + "\n")

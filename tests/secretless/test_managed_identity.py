@@ -123,6 +123,30 @@ async def test_on_behalf_of_with_the_managed_identity_as_the_credential(
     assert authority.managed_identities.served == served + 1
 
 
+async def test_a_ca_bundle_in_the_environment_does_not_override_the_configured_ca(
+    authority: DevAuthority,
+    middle_tier: App,
+    identity: ManagedIdentity,
+    app_service: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """REQUESTS_CA_BUNDLE outranks a session's `verify` in requests (DESIGN.md): the managed
+    identity's HTTP client must still trust exactly the CA it was given."""
+    import certifi
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    monkeypatch.setenv("CURL_CA_BUNDLE", certifi.where())
+    client = confidential_client(
+        authority, middle_tier, ClientCredential.managed_identity(identity.client_id)
+    )
+    exchanger = OboExchanger(client)
+    try:
+        with use_identity(user_identity(authority, middle_tier)):
+            await exchanger.acquire([downstream_scope(authority)])
+    finally:
+        await exchanger.close()
+
+
 async def test_app_only_with_the_managed_identity_as_the_credential(
     authority: DevAuthority, middle_tier: App, identity: ManagedIdentity, app_service: None
 ) -> None:

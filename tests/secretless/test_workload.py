@@ -166,6 +166,7 @@ scopes = ["Legacy.Read"]
     )
     token_file = Path(orders["AZURE_FEDERATED_TOKEN_FILE"])
     assert token_file == tmp_path / "env" / "orders.token"
+    assert shown["workload_tokens"] == {"orders": str(token_file)}
     claims = jwt.decode(token_file.read_text(), options={"verify_signature": False})
     assert claims["sub"] == "system:serviceaccount:shop:orders"
     assert claims["iss"].endswith("/workload/shop-cluster")
