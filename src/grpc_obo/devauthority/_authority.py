@@ -1,8 +1,10 @@
 """`DevAuthority`: the local Entra-compatible authority as an async context manager or a thread.
 
 It owns the TLS files, the key ring, the registrations, faults and request log, and serves them on
-127.0.0.1 over HTTPS. Tokens can also be minted directly (no HTTP) for tests that need a valid or
-deliberately broken token fast. `summary()` and `azure_env()` describe it for other processes.
+127.0.0.1 over HTTPS, with the dev workload issuers (`/workload/<cluster>`, `workloads`) and the
+managed identity endpoint (`/managed-identity`, `managed_identities`) beside Entra's routes.
+Tokens can also be minted directly (no HTTP) for tests that need a valid or deliberately broken
+token fast. `summary()` and `azure_env()` describe it for other processes.
 
 Files: without `state_dir`, a temporary directory (CA certificate, client certificates) removed
 at stop; the CA's key is never written. With `state_dir`, the CA is kept there across restarts
