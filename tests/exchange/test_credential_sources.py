@@ -185,3 +185,66 @@ def test_a_list_is_kept_as_a_tuple(authority: DevAuthority) -> None:
     secret = ClientCredential.secret("x")
     client = client_for(authority, [secret])
     assert client.credential == (secret,) and client.credentials == (secret,)
+
+
+async def test_a_source_the_authority_refuses_falls_back_to_the_next(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """invalid_client for the first source (here an assertion signed with a certificate the
+    app does not have): the same request is asked again with the next source, and the refused
+    one is skipped for a while rather than refused again for every user."""
+    caplog.set_level(logging.INFO, logger=_WARNINGS)
+    token_file = tmp_path / "token"
+    stranger = ClientCertificate.generate("not-registered")
+    token_file.write_text(client_assertion(authority, certificate=stranger), encoding="utf-8")
+    secret = authority.world.app("original").secrets[0]
+    client = client_for(
+        authority,
+        [ClientCredential.federated_token_file(token_file), ClientCredential.secret(secret)],
+    )
+    exchanger = make_exchanger(client)
+    for _ in range(3):
+        claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
+        assert claims["azpacr"] == "1"
+    assert authority.requests.count(grant="obo", ok=False) == 1  # refused once, not per call
+    (warning,) = _warnings(caplog)
+    assert "was refused by the authority (AADSTS700027)" in warning
+    assert "falling back to client secret" in warning
+    assert token_file.read_text() not in caplog.text and secret not in caplog.text
+
+
+async def test_two_secrets_in_order_the_refused_first_one_gives_way(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+) -> None:
+    """A secret being rotated: the old value (already removed from the registration) first,
+    the new one second."""
+    secret = authority.world.app("original").secrets[0]
+    client = client_for(
+        authority,
+        [ClientCredential.secret("removed-secret-value"), ClientCredential.secret(secret)],
+    )
+    exchanger = make_exchanger(client)
+    claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert claims["azpacr"] == "1"
+    assert authority.requests.count(grant="obo", ok=False) == 1
+
+
+async def test_the_last_source_refused_is_the_error(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+) -> None:
+    exchanger = make_exchanger(client_for(authority, [ClientCredential.secret("wrong-value")]))
+    with pytest.raises(TokenExchangeError) as caught:
+        await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert caught.value.error_codes == (7000215,)
+    assert "wrong-value" not in caught.value.message

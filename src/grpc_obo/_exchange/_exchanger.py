@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -28,6 +29,7 @@ from grpc_obo._errors import (
     ConfigurationError,
     ConsentRequiredError,
     MissingIdentityError,
+    TokenExchangeError,
 )
 from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._credentials import ConfidentialClient
@@ -113,7 +115,7 @@ class _MsalRunner:
             client_capabilities=list(self.client.client_capabilities) or None,
         )
 
-    async def _application(self, tenant: str) -> Any:
+    async def _application(self, tenant: str) -> tuple[Resolved, Any]:
         # The credential is resolved for every token request (a file read, a cached assertion;
         # the managed identity's endpoint when its assertion is due), off the loop.
         credential = self._credentials.static or await self._run(self._credentials.resolve)
@@ -126,7 +128,7 @@ class _MsalRunner:
                         lambda: self._build_attempt(tenant, credential), "set-up"
                     )
                     held = self._apps[tenant] = (credential.version, built["app"])
-        return held[1]
+        return credential, held[1]
 
     def _build_attempt(self, tenant: str, credential: Resolved) -> Outcome:
         # NOTE: facts are per worker thread and outlive a request: a status left from another
@@ -170,9 +172,18 @@ class _MsalRunner:
         raise unavailable(f"{self.retry.max_attempts} attempts failed", last)
 
     async def acquire(self, tenant: str, call: Callable[[Any], Any]) -> CachedToken:
-        app = await self._application(tenant)
-        result = await self._with_retries(lambda: self._token_attempt(lambda: call(app)), "token")
-        return CachedToken.from_msal(result)
+        while True:  # at most once per credential source: each refusal skips one
+            credential, app = await self._application(tenant)
+            attempt = functools.partial(self._token_attempt, functools.partial(call, app))
+            try:
+                result = await self._with_retries(attempt, "token")
+            except TokenExchangeError as exc:
+                if exc.error == "invalid_client" and self._credentials.refused(
+                    credential.version, exc.error_codes
+                ):
+                    continue
+                raise
+            return CachedToken.from_msal(result)
 
     async def close(self) -> None:
         # Wait for the requests already running in the worker threads (each bounded by

@@ -12,8 +12,11 @@
 Assertion sources hand MSAL a callable that returns the assertion `resolve()` just made sure of;
 assertions are cached until shortly before their `exp` (as Microsoft.Identity.Web does for
 signed assertions). A source that stops working falls back to the next with one WARNING; a
-source that works again is taken back with one INFO. Nothing here logs or raises with a secret,
-key or assertion in it: reasons are fixed sentences naming files and source kinds.
+source that works again is taken back with one INFO. A source the authority refuses
+(invalid_client) is skipped for `REFUSED_FOR` seconds when a later one exists, and the refused
+request is asked again with the next (`refused()`), as Microsoft.Identity.Web does. Nothing
+here logs or raises with a secret, key or assertion in it: reasons are fixed sentences naming
+files and source kinds.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,8 @@ TOKEN_EXCHANGE_RESOURCE = "api://AzureADTokenExchange"
 REFRESH_MARGIN = 300.0
 """An assertion is replaced this many seconds before its `exp` (MSAL's own margin for tokens)."""
 _SKEW = 30.0  # an assertion closer than this to its exp is not sent at all
+REFUSED_FOR = 300.0
+"""Seconds a source the authority refused (invalid_client) is skipped when a later one exists."""
 _MAX_ASSERTION = 64 * 1024
 
 
@@ -221,7 +227,8 @@ class Fixed:
 
     def __init__(self, label: str, credential: Any, version: Hashable) -> None:
         self.label = label
-        self._resolved = Resolved(version, credential)
+        # Two secrets in one list are two sources: the version tells them apart.
+        self._resolved = Resolved((version, id(self)), credential)
 
     def resolve(self) -> Resolved:
         return self._resolved
@@ -283,25 +290,55 @@ class CredentialChain:
         self.sources = tuple(sources)
         self._lock = threading.Lock()
         self._active: int | None = None
+        self._index_of: dict[Hashable, int] = {}
+        self._refused: dict[int, tuple[float, str]] = {}
+        """Source index -> (skipped until, monotonic; why)."""
         first = self.sources[0]
         self.static: Resolved | None = first.resolve() if isinstance(first, Fixed) else None
+        if self.static is not None:
+            self._index_of[self.static.version] = 0
         """The credential when it can never change (a secret or certificate value first: it
         never fails, so nothing after it is ever tried): no per-request work."""
 
     def resolve(self) -> Resolved:
         reasons: list[str] = []
+        now = time.monotonic()
         for index, source in enumerate(self.sources):
+            refused = self._refused.get(index)
+            if refused is not None and refused[0] > now:
+                reasons.append(refused[1])
+                continue
             try:
                 resolved = source.resolve()
             except SourceUnavailable as exc:
                 reasons.append(str(exc))
                 continue
+            with self._lock:
+                self._index_of[resolved.version] = index
             self._note(index, reasons)
             return resolved
         raise TokenExchangeError(
             "no client credential source is available: " + "; ".join(reasons),
             error="credential_unavailable",
         )
+
+    def refused(self, version: Hashable, error_codes: Sequence[int]) -> bool:
+        """The authority refused the credential of `version` as the client's (invalid_client:
+        a secret or certificate it does not know, an assertion no federated credential
+        matches). When a later source exists, skip this one for `REFUSED_FOR` seconds and say
+        True: the caller asks again, and the next `resolve()` falls back (one WARNING), as
+        Microsoft.Identity.Web moves on to its next credential."""
+        codes = ",".join(f"AADSTS{code}" for code in error_codes) or "invalid_client"
+        with self._lock:
+            index = self._index_of.get(version)
+            if index is None or index + 1 >= len(self.sources):
+                return False
+            why = f"{self.sources[index].label} was refused by the authority ({codes})"
+            self._refused[index] = (time.monotonic() + REFUSED_FOR, why)
+            self.static = None  # a refused value: every request decides again
+            if self._active == index:
+                self._active = None  # the fallback that follows is logged
+        return True
 
     def _note(self, index: int, reasons: list[str]) -> None:
         with self._lock:
