@@ -43,7 +43,8 @@ _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,253}$")
 
 @dataclass(frozen=True, eq=False, repr=False)
 class ClientCredential:
-    """A client secret, a certificate or an assertion callback. Build with the class methods."""
+    """A client secret, a certificate (or certificate file), a federated token file, a managed
+    identity, or an assertion callback. Build with the class methods."""
 
     kind: str
     """`secret`, `certificate`, `assertion`, `federated_token_file` or `managed_identity`."""
