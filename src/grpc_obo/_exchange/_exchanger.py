@@ -127,7 +127,10 @@ class _MsalRunner:
                 held = self._apps.get(tenant)
                 if held is None or held[0] != credential.version:
                     built = await self._with_retries(
-                        lambda: self._build_attempt(tenant, credential), "set-up", tenant
+                        lambda: self._build_attempt(tenant, credential),
+                        "set-up",
+                        tenant,
+                        self._credentials.index_of(credential.version),
                     )
                     held = self._apps[tenant] = (credential.version, built["app"])
         return credential, held[1]
@@ -166,7 +169,7 @@ class _MsalRunner:
         return classify(result, status=facts.status, retry_after=facts.retry_after)
 
     async def _with_retries(
-        self, attempt: Callable[[], Outcome], what: str, tenant: str
+        self, attempt: Callable[[], Outcome], what: str, tenant: str, source: int = 0
     ) -> Mapping[str, Any]:
         started = time.monotonic()
         last: Outcome | None = None
@@ -175,7 +178,7 @@ class _MsalRunner:
                 outcome: Outcome = await self._run(attempt)
                 if outcome.error is not None:
                     note.fail(outcome.error)
-                    raise explain_refusal(self.client, outcome.error, tenant)
+                    raise explain_refusal(self.client, outcome.error, tenant, source)
                 if not outcome.retry and outcome.result is not None:
                     return outcome.result
                 note.fail(unavailable("transient failure", outcome), retry=True)
@@ -194,7 +197,8 @@ class _MsalRunner:
             credential, app = await self._application(tenant)
             attempt = functools.partial(self._token_attempt, functools.partial(call, app))
             try:
-                result = await self._with_retries(attempt, "token", tenant)
+                source = self._credentials.index_of(credential.version)
+                result = await self._with_retries(attempt, "token", tenant, source)
             except TokenExchangeError as exc:
                 if exc.error == "invalid_client" and self._credentials.refused(
                     credential.version, exc.error_codes
