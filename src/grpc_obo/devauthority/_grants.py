@@ -276,6 +276,9 @@ class Grants:
                 50126,
                 "Error validating credentials due to invalid username or password.",
             )
+        client = self.world.find_app(flow.client_id)
+        if client is not None:
+            self._tenancy(client, None, user)
         with self._lock:
             flow.user_oid = user.oid
         return user
@@ -304,7 +307,9 @@ class Grants:
                 70016,
                 "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
             )
-        user = self._user_in(self.world.find_user(flow.user_oid), flow.tenant, flow.user_oid)
+        user = self._user_in(
+            self.world.find_user(flow.user_oid), flow.tenant, flow.user_oid, client
+        )
         scopes = self._parse_scopes(flow.scope)
         granted = self._delegated_grant(client, scopes)
         amr = self._sign_in_amr(user, ("pwd",), request.get("claims") or flow.claims)
@@ -350,6 +355,7 @@ class Grants:
                 f"'{tenant or 'common'}'. This can happen if the application has not been "
                 "installed by the administrator of the tenant.",
             )
+        self._tenancy(client, tenant)
         assertion = request.get("client_assertion")
         if client.public_client:
             if secret or assertion:
@@ -520,8 +526,10 @@ class Grants:
 
     # -- grants -------------------------------------------------------------------------
 
-    def _user_in(self, user: User | None, tenant: str | None, shown: str) -> User:
+    def _user_in(self, user: User | None, tenant: str | None, shown: str, client: App) -> User:
         if user is None or (tenant is not None and user.tenant_id != tenant):
+            if user is not None and tenant == client.tenant_id:
+                self._tenancy(client, None, user)  # a stranger to the app's own tenant
             raise OAuthError(
                 "invalid_grant",
                 50034,
@@ -529,7 +537,35 @@ class Grants:
                 f"{tenant or 'organizations'} directory. To sign into this application, the "
                 "account must be added to the directory.",
             )
+        self._tenancy(client, None, user)
         return user
+
+    def _tenancy(self, client: App, tenant: str | None, user: User | None = None) -> None:
+        """The one tenancy check: a single-tenant app exists only in its own tenant (a path
+        naming another is AADSTS700016) and signs in only that tenant's users (AADSTS50020).
+        Multi-tenant apps are taken everywhere (their consent is modelled, not provisioning)."""
+        if client.multi_tenant:
+            return
+        if tenant is not None and tenant != client.tenant_id:
+            raise OAuthError(
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client.client_id}' was not found in the "
+                f"directory '{tenant}'. This can happen if the application has not been "
+                "installed by the administrator of the tenant or consented to by any user in "
+                "the tenant. You may have sent your authentication request to the wrong tenant.",
+            )
+        if user is not None and user.tenant_id != client.tenant_id:
+            home = self.world.tenant(client.tenant_id)
+            raise OAuthError(
+                "invalid_grant",
+                50020,
+                f"User account '{user.username[:100]}' from identity provider "
+                f"'{self.minter.issuer(user.tenant_id, 1)}' does not exist in tenant "
+                f"'{home.name if home else client.tenant_id}' and cannot access the application "
+                f"'{client.client_id}'({client.name[:64]}) in that tenant. The account needs to "
+                "be added as an external user in the tenant first.",
+            )
 
     def _password(
         self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
@@ -537,7 +573,7 @@ class Grants:
         username = request.require("username")
         password = request.require("password")
         scopes = self._parse_scopes(request.get("scope"))
-        user = self._user_in(self.world.find_user(username), tenant, username)
+        user = self._user_in(self.world.find_user(username), tenant, username, client)
         if "@" not in username or not hmac.compare_digest(
             password.encode(), user.password.encode()
         ):
@@ -591,7 +627,7 @@ class Grants:
                 9002313,
                 "Invalid request. Request is malformed or invalid.",
             )
-        user = self._user_in(self.world.find_user(held.user_oid), tenant, held.user_oid)
+        user = self._user_in(self.world.find_user(held.user_oid), tenant, held.user_oid, client)
         raw_scope = request.get("scope")
         scopes = self._parse_scopes(raw_scope) if raw_scope else None
         if scopes is None:
@@ -688,7 +724,7 @@ class Grants:
                 f"The user account {oid if isinstance(oid, str) else '(none)'} does not exist "
                 f"in the {tid if isinstance(tid, str) else 'given'} directory.",
             )
-        user = self._user_in(user, tenant, user.oid)
+        user = self._user_in(user, tenant, user.oid, client)
         granted = self._delegated_grant(client, scopes)
         amr = tuple(a for a in claims.get("amr", ()) if isinstance(a, str)) or ("pwd",)
         resource_id = scopes.resource.client_id if scopes.resource else ""

@@ -212,6 +212,7 @@ class World:
         app_id_uri: str | None = None,
         access_token_version: int = 2,
         tenant_id: str | None = None,
+        multi_tenant: bool = True,
     ) -> App:
         """Register an app (an API, a client or both) and return it; checked before it is added.
 
@@ -224,6 +225,8 @@ class World:
         - `pre_authorized`: client app (name or client id) -> scopes of *this* API that client
           may get without consent (`preAuthorizedApplications`).
         - `app_role_assignments`: API -> app roles of that API granted to this app.
+        - `multi_tenant`: False makes it single-tenant: the authority refuses it in any other
+          tenant (AADSTS700016) and to users of other tenants (AADSTS50020).
 
         To let an existing app call the new API, `grant_consent(existing, name, [...])`.
         Raises `ValueError` for a taken name or client id, a scope or role the API does not
@@ -255,6 +258,7 @@ class World:
             scopes=frozenset(scopes),
             app_roles=frozenset(app_roles),
             access_token_version=access_token_version,
+            multi_tenant=multi_tenant,
         )
         for api, wanted in (api_permissions or {}).items():
             resource = self.app(api)
