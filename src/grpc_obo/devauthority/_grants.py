@@ -24,7 +24,7 @@ from cryptography import x509
 
 from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
 from grpc_obo.devauthority._tokens import TokenMinter, client_info
-from grpc_obo.devauthority._world import App, User, World
+from grpc_obo.devauthority._world import GRAPH_APP_ID, GRAPH_APP_ID_URI, App, User, World
 
 GRANT_PASSWORD = "password"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
@@ -97,7 +97,8 @@ class _RefreshGrant:
     user_oid: str
     tenant_id: str
     client_id: str
-    resource_client_id: str | None
+    resource_client_id: str
+    resource_prefix: str
     scopes: frozenset[str]
     amr: tuple[str, ...]
 
@@ -118,8 +119,8 @@ class _DeviceFlow:
 
 @dataclass(frozen=True)
 class _ScopeRequest:
-    resource: App | None
-    """None means Microsoft Graph (scopes without a resource prefix)."""
+    resource: App
+    """The API the scopes belong to; Microsoft Graph for scopes without a resource prefix."""
     names: frozenset[str]
     reserved: frozenset[str]
     resource_prefix: str
@@ -462,6 +463,7 @@ class Grants:
         reserved = frozenset(s for s in requested if s in RESERVED_SCOPES)
         resource: App | None = None
         prefix = ""
+        graph = self.world.resource_app(GRAPH_APP_ID)
         names: set[str] = set()
         for scope in requested:
             if scope in RESERVED_SCOPES:
@@ -477,7 +479,13 @@ class Grants:
                         "the tenant.",
                     )
             else:
-                scope_prefix, name, app = "", scope, None
+                scope_prefix, name, app = "", scope, graph
+            if app is None:  # a world that removed Graph
+                raise OAuthError(
+                    "invalid_resource",
+                    500011,
+                    f"The resource principal named {GRAPH_APP_ID_URI} was not found in the tenant.",
+                )
             if names and (app is not resource):
                 raise OAuthError(
                     "invalid_scope",
@@ -487,17 +495,18 @@ class Grants:
                 )
             resource, prefix = app, scope_prefix
             names.add(name)
-        if not names:
+        if resource is None:
             # Entra answers an OpenID-only request with a Microsoft Graph token.
-            names = {"User.Read"}
+            if graph is None:
+                raise _missing("scope")
+            resource, names = graph, {"User.Read"}
         return _ScopeRequest(resource, frozenset(names), reserved, prefix)
 
     def _delegated_grant(self, client: App, scopes: _ScopeRequest) -> frozenset[str]:
         """The delegated scopes `client` may get on the resource, or a consent error."""
         resource = scopes.resource
-        if resource is None:
-            return scopes.names  # Graph's basic scopes need no consent here.
         consented = client.api_permissions.get(resource.client_id, frozenset())
+        consented |= resource.consent_free_scopes
         consented |= resource.pre_authorized.get(client.client_id, frozenset())
         if scopes.names == {".default"}:
             granted = consented & resource.scopes
@@ -631,9 +640,17 @@ class Grants:
         raw_scope = request.get("scope")
         scopes = self._parse_scopes(raw_scope) if raw_scope else None
         if scopes is None:
-            resource = self.world.find_app(held.resource_client_id or "")
-            prefix = resource.app_id_uri or resource.client_id if resource else ""
-            scopes = _ScopeRequest(resource, held.scopes, frozenset({"offline_access"}), prefix)
+            resource = self.world.resource_app(held.resource_client_id)
+            if resource is None:
+                raise OAuthError(
+                    "invalid_resource",
+                    500011,
+                    f"The resource principal named {held.resource_client_id} was not found in "
+                    "the tenant.",
+                )
+            scopes = _ScopeRequest(
+                resource, held.scopes, frozenset({"offline_access"}), held.resource_prefix
+            )
         granted = self._delegated_grant(client, scopes)
         amr = self._sign_in_amr(user, held.amr, request.get("claims"))
         return self._user_tokens(
@@ -670,11 +687,7 @@ class Grants:
             )
         scopes = self._parse_scopes(raw)
         resource = scopes.resource
-        roles = (
-            client.app_role_assignments.get(resource.client_id, frozenset())
-            if resource
-            else frozenset()
-        )
+        roles = client.app_role_assignments.get(resource.client_id, frozenset())
         issued = self.minter.access_token(
             client=client,
             resource=resource,
@@ -727,7 +740,7 @@ class Grants:
         user = self._user_in(user, tenant, user.oid, client)
         granted = self._delegated_grant(client, scopes)
         amr = tuple(a for a in claims.get("amr", ()) if isinstance(a, str)) or ("pwd",)
-        resource_id = scopes.resource.client_id if scopes.resource else ""
+        resource_id = scopes.resource.client_id
         challenge = self.faults.challenge_for(
             RequestInfo(endpoint="token", user_oid=user.oid, username=user.username), resource_id
         )
@@ -827,7 +840,8 @@ class Grants:
                     user_oid=user.oid,
                     tenant_id=user.tenant_id,
                     client_id=client.client_id,
-                    resource_client_id=scopes.resource.client_id if scopes.resource else None,
+                    resource_client_id=scopes.resource.client_id,
+                    resource_prefix=scopes.resource_prefix,
                     scopes=granted,
                     amr=amr,
                 )

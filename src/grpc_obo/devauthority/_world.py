@@ -29,6 +29,11 @@ from cryptography.x509.oid import NameOID
 
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 """Microsoft Graph's well-known application id: the audience of tokens asked without a resource."""
+GRAPH_APP_ID_URI = "https://graph.microsoft.com"
+"""Microsoft Graph's App ID URI: `https://graph.microsoft.com/User.Read` names the same scope
+as the unprefixed `User.Read`."""
+MICROSOFT_SERVICES_TENANT = "f8cdef31-a31e-4b4a-93e4-5f571e91255a"
+"""The tenant Microsoft's first-party apps (Graph among them) are registered in."""
 
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -122,6 +127,10 @@ class App:
     access_token_version: int = 2
     """`accessTokenAcceptedVersion`: the shape of access tokens issued for this API."""
     multi_tenant: bool = True
+    consent_free_scopes: frozenset[str] = frozenset()
+    """Delegated scopes every client gets without a consent grant (Graph's `User.Read`: in
+    Entra a user consents to it for themselves at first sign-in; the dev authority has no
+    consent prompt)."""
 
     def __post_init__(self) -> None:
         if self.app_id_uri is None and (self.scopes or self.app_roles):
@@ -150,13 +159,57 @@ class User:
     """Resource app id -> app roles assigned to this user (appear in `roles` of user tokens)."""
 
 
+# A representative part of Graph's permissions: delegated scopes and the app roles of the same
+# names that daemons get (`https://graph.microsoft.com/.default`).
+GRAPH_SCOPES = frozenset(
+    {
+        *("User.Read", "User.ReadBasic.All", "User.Read.All", "User.ReadWrite.All"),
+        *("Mail.Read", "Mail.ReadWrite", "Mail.Send", "Calendars.Read", "Calendars.ReadWrite"),
+        *("Files.Read", "Files.Read.All", "Files.ReadWrite", "Files.ReadWrite.All"),
+        *("Sites.Read.All", "Group.Read.All", "Group.ReadWrite.All", "People.Read"),
+        *("Directory.Read.All", "Directory.ReadWrite.All", "Contacts.Read", "Tasks.ReadWrite"),
+    }
+)
+GRAPH_APP_ROLES = frozenset(
+    {
+        *("User.Read.All", "User.ReadWrite.All", "Mail.Read", "Mail.Send", "Files.Read.All"),
+        *("Sites.Read.All", "Group.Read.All", "Directory.Read.All", "Directory.ReadWrite.All"),
+    }
+)
+
+
+def microsoft_graph() -> App:
+    """Microsoft Graph as a resource like any other: App ID URI `https://graph.microsoft.com`,
+    v1 access tokens, and only `User.Read` (besides openid, profile, email, offline_access) given
+    without consent; any other scope needs `grant_consent(client, "graph", [...])`."""
+    return App(
+        name="graph",
+        client_id=GRAPH_APP_ID,
+        tenant_id=MICROSOFT_SERVICES_TENANT,
+        app_id_uri=GRAPH_APP_ID_URI,
+        scopes=GRAPH_SCOPES,
+        app_roles=GRAPH_APP_ROLES,
+        access_token_version=1,
+        consent_free_scopes=frozenset({"User.Read"}),
+    )
+
+
 @dataclass
 class World:
-    """Everything the authority knows. Look-ups are by client id / username / oid."""
+    """Everything the authority knows. Look-ups are by client id / username / oid.
+
+    `apps` are the world's own registrations; `graph` is Microsoft Graph, which every tenant
+    has (as in Entra, it is not one of your app registrations, but `app("graph")`,
+    `grant_consent(client, "graph", ...)` and world files' `api_permissions` name it).
+    """
 
     tenants: list[Tenant]
     apps: list[App]
     users: list[User]
+    graph: App = field(default_factory=microsoft_graph)
+
+    def _all_apps(self) -> list[App]:
+        return [*self.apps, self.graph]
 
     @property
     def home_tenant(self) -> Tenant:
@@ -184,13 +237,17 @@ class World:
 
     def find_app(self, name_or_client_id: str) -> App | None:
         key = name_or_client_id.lower()
-        return next((a for a in self.apps if key in (a.client_id, a.name.lower())), None)
+        return next((a for a in self._all_apps() if key in (a.client_id, a.name.lower())), None)
 
     def resource_app(self, identifier: str) -> App | None:
         """The app a scope prefix or `resource` names (client id GUID or App ID URI)."""
         ident = identifier.rstrip("/")
         return next(
-            (a for a in self.apps if ident in a.identifiers() or ident.lower() == a.client_id),
+            (
+                a
+                for a in self._all_apps()
+                if ident in a.identifiers() or ident.lower() == a.client_id
+            ),
             None,
         )
 
@@ -275,6 +332,8 @@ class World:
         """Delete an app registration and every permission, pre-authorization and role
         assignment that names it. Tokens already issued stay valid until they expire."""
         app = self.app(name_or_client_id)
+        if app is self.graph:
+            raise ValueError("Microsoft Graph is not an app registration of this world")
         self.apps = [a for a in self.apps if a is not app]
         for other in self.apps:
             for grants in (other.api_permissions, other.pre_authorized, other.app_role_assignments):
