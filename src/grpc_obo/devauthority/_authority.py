@@ -81,6 +81,7 @@ class DevAuthority:
             if isinstance(world, World)
             else load_world(world)
         )
+        self.world.clock = lambda: self.minter.clock()
         self.keys = KeyRing(key_size)
         self.faults = Faults()
         self.requests = RequestLog()

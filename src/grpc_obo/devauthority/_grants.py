@@ -23,6 +23,9 @@ import jwt
 from cryptography import x509
 
 from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
+from grpc_obo.devauthority._oauth import OAuthError as OAuthError  # re-exported for _app
+from grpc_obo.devauthority._oauth import missing
+from grpc_obo.devauthority._refresh import RefreshTokens
 from grpc_obo.devauthority._tokens import TokenMinter, client_info
 from grpc_obo.devauthority._world import GRAPH_APP_ID, GRAPH_APP_ID_URI, App, User, World
 
@@ -42,36 +45,6 @@ GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 MAX_ASSERTION_BYTES = 16 * 1024
 
 
-class OAuthError(Exception):
-    """An error answer in Entra's shape. `description` never contains a secret or token."""
-
-    def __init__(
-        self,
-        error: str,
-        code: int,
-        description: str,
-        *,
-        status: int = 400,
-        suberror: str | None = None,
-        claims: str | None = None,
-    ) -> None:
-        super().__init__(f"AADSTS{code}: {description}")
-        self.error = error
-        self.code = code
-        self.description = description
-        self.status = status
-        self.suberror = suberror
-        self.claims = claims
-
-
-def _missing(name: str) -> OAuthError:
-    return OAuthError(
-        "invalid_request",
-        900144,
-        f"The request body must contain the following parameter: '{name}'.",
-    )
-
-
 @dataclass(frozen=True)
 class TokenRequest:
     """A token request after form parsing: single-valued fields only."""
@@ -88,19 +61,8 @@ class TokenRequest:
     def require(self, name: str) -> str:
         value = self.get(name)
         if value is None:
-            raise _missing(name)
+            raise missing(name)
         return value
-
-
-@dataclass
-class _RefreshGrant:
-    user_oid: str
-    tenant_id: str
-    client_id: str
-    resource_client_id: str
-    resource_prefix: str
-    scopes: frozenset[str]
-    amr: tuple[str, ...]
 
 
 @dataclass
@@ -133,10 +95,13 @@ class Grants:
     world: World
     minter: TokenMinter
     faults: Faults
-    _refresh_tokens: dict[str, _RefreshGrant] = field(default_factory=dict)
+    refresh_tokens: RefreshTokens = field(init=False)
     _device_flows: dict[str, _DeviceFlow] = field(default_factory=dict)
     """SHA-256 of the device code -> its flow."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.refresh_tokens = RefreshTokens(lambda: self.minter.clock())
 
     # -- entry points -------------------------------------------------------------------
 
@@ -161,9 +126,7 @@ class Grants:
             except (jwt.InvalidTokenError, ValueError, TypeError):
                 user_oid = None
         elif grant == GRANT_REFRESH_TOKEN:
-            with self._lock:
-                held = self._refresh_tokens.get(_hash(request.get("refresh_token") or ""))
-            user_oid = held.user_oid if held else None
+            user_oid = self.refresh_tokens.owner(request.get("refresh_token") or "")
         elif grant == GRANT_DEVICE_CODE:
             with self._lock:
                 flow = self._device_flows.get(_hash(request.get("device_code") or ""))
@@ -346,7 +309,7 @@ class Grants:
                 )
             client_id, secret = basic_id, basic_secret
         if client_id is None:
-            raise _missing("client_id")
+            raise missing("client_id")
         client = self.world.find_app(client_id)
         if client is None or not GUID.match(client_id.lower()):
             raise OAuthError(
@@ -458,7 +421,7 @@ class Grants:
 
     def _parse_scopes(self, raw: str | None) -> _ScopeRequest:
         if raw is None:
-            raise _missing("scope")
+            raise missing("scope")
         requested = [s for s in raw.split(" ") if s]
         reserved = frozenset(s for s in requested if s in RESERVED_SCOPES)
         resource: App | None = None
@@ -498,7 +461,7 @@ class Grants:
         if resource is None:
             # Entra answers an OpenID-only request with a Microsoft Graph token.
             if graph is None:
-                raise _missing("scope")
+                raise missing("scope")
             resource, names = graph, {"User.Read"}
         return _ScopeRequest(resource, frozenset(names), reserved, prefix)
 
@@ -624,18 +587,7 @@ class Grants:
         self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
     ) -> dict[str, Any]:
         presented = request.require("refresh_token")
-        with self._lock:
-            held = self._refresh_tokens.get(_hash(presented))
-            # Redeemed only by the client it was issued to: another client presenting it
-            # must not burn the owner's token.
-            if held is not None and held.client_id == client.client_id:
-                del self._refresh_tokens[_hash(presented)]
-        if held is None or held.client_id != client.client_id:
-            raise OAuthError(
-                "invalid_grant",
-                9002313,
-                "Invalid request. Request is malformed or invalid.",
-            )
+        held = self.refresh_tokens.redeem(presented, client.client_id, self.world.find_user)
         user = self._user_in(self.world.find_user(held.user_oid), tenant, held.user_oid, client)
         raw_scope = request.get("scope")
         scopes = self._parse_scopes(raw_scope) if raw_scope else None
@@ -650,6 +602,15 @@ class Grants:
                 )
             scopes = _ScopeRequest(
                 resource, held.scopes, frozenset({"offline_access"}), held.resource_prefix
+            )
+        elif "offline_access" not in scopes.reserved:
+            # Rotation: a redeemed refresh token is gone, so its successor comes back even when
+            # the request does not repeat offline_access (Entra does the same).
+            scopes = _ScopeRequest(
+                scopes.resource,
+                scopes.names,
+                scopes.reserved | {"offline_access"},
+                scopes.resource_prefix,
             )
         granted = self._delegated_grant(client, scopes)
         amr = self._sign_in_amr(user, held.amr, request.get("claims"))
@@ -834,18 +795,14 @@ class Grants:
         prefix = f"{scopes.resource_prefix}/" if scopes.resource_prefix else ""
         body["scope"] = " ".join(sorted(f"{prefix}{s}" for s in granted) + sorted(scopes.reserved))
         if "offline_access" in scopes.reserved:
-            refresh = "0.dev." + secrets.token_urlsafe(48)
-            with self._lock:
-                self._refresh_tokens[_hash(refresh)] = _RefreshGrant(
-                    user_oid=user.oid,
-                    tenant_id=user.tenant_id,
-                    client_id=client.client_id,
-                    resource_client_id=scopes.resource.client_id,
-                    resource_prefix=scopes.resource_prefix,
-                    scopes=granted,
-                    amr=amr,
-                )
-            body["refresh_token"] = refresh
+            body["refresh_token"] = self.refresh_tokens.issue(
+                user,
+                client_id=client.client_id,
+                resource_client_id=scopes.resource.client_id,
+                resource_prefix=scopes.resource_prefix,
+                scopes=granted,
+                amr=amr,
+            )
         if id_token and "openid" in scopes.reserved:
             body["id_token"] = self.minter.id_token(
                 user=user, client=client, tenant_id=user.tenant_id

@@ -5,8 +5,8 @@ credentials (secrets, certificates), its App ID URI, the delegated scopes and ap
 which client apps it pre-authorizes, and which permissions it has on other APIs (consented).
 `default_world()` is the demo world the examples use; `load_world()` (`_worldfile.py`) reads
 one from a TOML or JSON file. A `World` changes at run time through `add_app`, `remove_app`,
-`add_user`, `grant_consent`, `revoke_consent` and `without_consent`; a running authority sees
-each change on its next request.
+`add_user`, `grant_consent`, `revoke_consent`, `without_consent`, `revoke_sessions` and
+`set_password`; a running authority sees each change on its next request.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import datetime
 import hashlib
 import re
 import secrets
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +158,17 @@ class User:
     display_name: str = ""
     app_roles: dict[str, frozenset[str]] = field(default_factory=dict)
     """Resource app id -> app roles assigned to this user (appear in `roles` of user tokens)."""
+    tokens_valid_from: float = 0.0
+    """Entra's `TokensValidFrom` (Unix time): refresh tokens and sessions from before it are
+    void. Moved by `World.revoke_sessions` and `World.set_password`."""
+    revocations: int = field(default=0, repr=False)
+
+    @property
+    def credential_version(self) -> str:
+        """Changes whenever the password changes (however it is set) or sessions are revoked:
+        refresh tokens carry the version they were issued under. A digest, never the password."""
+        digest = hashlib.sha256(f"{self.revocations}:{self.password}".encode())
+        return digest.hexdigest()[:16]
 
 
 # A representative part of Graph's permissions: delegated scopes and the app roles of the same
@@ -207,6 +219,8 @@ class World:
     apps: list[App]
     users: list[User]
     graph: App = field(default_factory=microsoft_graph)
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    """What `revoke_sessions` and `set_password` stamp; a `DevAuthority` sets its own clock."""
 
     def _all_apps(self) -> list[App]:
         return [*self.apps, self.graph]
@@ -442,6 +456,25 @@ class World:
             resource = self.app(api)
             user.app_roles[resource.client_id] = _exposed(resource, roles, "role")
         self.users.append(user)
+        return user
+
+    def revoke_sessions(self, name_or_oid: str) -> User:
+        """Entra's "Revoke sessions" (`revokeSignInSessions`): every refresh token of the user
+        is void from now on (AADSTS50173 when redeemed) and `tokens_valid_from` moves to now,
+        so resources that evaluate continuous access can refuse older access tokens."""
+        user = self.user(name_or_oid)
+        user.revocations += 1
+        user.tokens_valid_from = self.clock()
+        return user
+
+    def set_password(self, name_or_oid: str, password: str) -> User:
+        """A password change or reset: refresh tokens issued before it stop working, as in
+        Entra (setting `User.password` directly voids them too)."""
+        if not isinstance(password, str) or not password:
+            raise ValueError("a password must not be empty")
+        user = self.user(name_or_oid)
+        user.password = password
+        user.tokens_valid_from = self.clock()
         return user
 
     def user(self, name_or_oid: str) -> User:
