@@ -375,7 +375,13 @@ class AuthorityApp:
     async def devicelogin_page(self, request: web.Request) -> web.Response:
         """The sign-in page a device code's user opens (Entra: microsoft.com/devicelogin)."""
         await self._apply_faults(request, RequestInfo(endpoint="devicelogin"))
-        return _page(_SIGN_IN_FORM.format(code=html.escape(request.query.get("code", "")[:16])))
+        code = request.query.get("code", "")[:16]
+        client = self.grants.device_flow_client(code) if code else None
+        return _page(
+            _SIGN_IN_FORM.format(
+                code=html.escape(code), app=_app_line(client.name if client else None)
+            )
+        )
 
     async def devicelogin(self, request: web.Request) -> web.Response:
         form = await _read_form(request)
@@ -387,14 +393,35 @@ class AuthorityApp:
             username=found.username if found else None,
         )
         await self._apply_faults(request, info)
+        code = form.get("code", "")[:16]
+        client = self.grants.device_flow_client(code)
         try:
-            user = self.grants.approve_device_flow(
-                form.get("code", ""), username, form.get("password", "")
-            )
+            if "mfa_ticket" in form:
+                user = self.grants.finish_device_mfa(code, form["mfa_ticket"])
+                ticket = None
+            else:
+                user, ticket = self.grants.approve_device_flow(
+                    code, username, form.get("password", "")
+                )
         except OAuthError as exc:
-            again = _SIGN_IN_FORM.format(code=html.escape(form.get("code", "")[:16]))
-            return _page(f"<p class=error>{html.escape(exc.description)}</p>{again}", status=400)
+            again = _SIGN_IN_FORM.format(
+                code=html.escape(code), app=_app_line(client.name if client else None)
+            )
+            return _page(
+                f"<p class=error>AADSTS{exc.code}: {html.escape(exc.description)}</p>{again}",
+                status=400,
+            )
+        if ticket is not None:
+            return _page(
+                _MFA_FORM.format(
+                    action="/devicelogin",
+                    user=html.escape(user.username),
+                    hidden=_hidden(code=code, mfa_ticket=ticket),
+                    app=_app_line(client.name if client else None),
+                )
+            )
         return _page(
+            f"{_app_line(client.name if client else None)}"
             f"<h2>You have signed in as {html.escape(user.username)}</h2>"
             "<p>You can close this window and return to the application.</p>"
         )
@@ -426,13 +453,32 @@ button{{margin-top:1em;padding:.5em 2em}}.error{{color:#a00}}</style></head>
 {body}</body></html>
 """
 
-_SIGN_IN_FORM = """<form method="post" action="/devicelogin">
+_SIGN_IN_FORM = """{app}<form method="post" action="/devicelogin">
 <label for="code">Code</label><input id="code" name="code" value="{code}" autocomplete="off">
 <label for="username">Username</label><input id="username" name="username" autocomplete="username">
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password">
 <button type="submit">Sign in</button></form>
 """
+
+_MFA_FORM = """{app}<h2>Approve sign-in request</h2>
+<p>Your organization requires multi-factor authentication for {user}. Approve the request
+(this page stands for your authenticator app).</p>
+<form method="post" action="{action}">{hidden}
+<button type="submit" id="approve">Approve</button></form>
+"""
+
+
+def _app_line(name: str | None) -> str:
+    """Which app asks for the sign-in, as Entra's page says it (escaped)."""
+    return f"<p class=app>Signing in to <b>{html.escape(name)}</b></p>" if name else ""
+
+
+def _hidden(**fields: str) -> str:
+    return "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in fields.items()
+    )
 
 
 _CLAIMS_SUPPORTED = [

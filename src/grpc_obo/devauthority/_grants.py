@@ -26,6 +26,7 @@ from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
 from grpc_obo.devauthority._oauth import OAuthError as OAuthError  # re-exported for _app
 from grpc_obo.devauthority._oauth import missing
 from grpc_obo.devauthority._refresh import RefreshTokens
+from grpc_obo.devauthority._signin import SignIns, bad_credentials
 from grpc_obo.devauthority._tokens import TokenMinter, client_info
 from grpc_obo.devauthority._world import GRAPH_APP_ID, GRAPH_APP_ID_URI, App, User, World
 
@@ -43,6 +44,14 @@ CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_ASSERTION_BYTES = 16 * 1024
+MAX_SCOPE_CHARS = 2048
+"""Longest `scope` parameter taken (hundreds of scopes; anything longer is not a real client)."""
+MAX_CLAIMS_CHARS = 4096
+"""Longest `claims` parameter taken (a challenge plus capabilities is well under 1 KiB)."""
+MAX_DEVICE_FLOWS_PER_CLIENT = 50
+"""Pending device flows one client may hold; more are refused with 429 until some end."""
+MAX_DEVICE_FLOWS = 1000
+"""Pending device flows in total (memory stays bounded whoever asks)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class _DeviceFlow:
     expires_at: float
     user_oid: str | None = None
     """Set when the user signed in on the page and approved the code."""
+    amr: tuple[str, ...] = ("pwd",)
+    """How the user signed in on the page (with `mfa` after the MFA step)."""
 
 
 @dataclass(frozen=True)
@@ -96,12 +107,17 @@ class Grants:
     minter: TokenMinter
     faults: Faults
     refresh_tokens: RefreshTokens = field(init=False)
+    signins: SignIns = field(init=False)
     _device_flows: dict[str, _DeviceFlow] = field(default_factory=dict)
     """SHA-256 of the device code -> its flow."""
+    _spent_device_codes: dict[str, float] = field(default_factory=dict)
+    """SHA-256 of a redeemed or expired device code -> when it would have expired (to tell
+    `expired_token` from `bad_verification_code` until then)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.refresh_tokens = RefreshTokens(lambda: self.minter.clock())
+        self.signins = SignIns(self.world, lambda: self.minter.clock())
 
     # -- entry points -------------------------------------------------------------------
 
@@ -144,6 +160,7 @@ class Grants:
         )
 
     def handle(self, request: TokenRequest) -> dict[str, Any]:
+        check_bounds(request)
         grant = request.require("grant_type")
         if grant not in (
             GRANT_PASSWORD,
@@ -174,6 +191,7 @@ class Grants:
     def start_device_flow(self, request: TokenRequest, verification_uri: str) -> dict[str, Any]:
         """The device authorization endpoint: a device code for the client, a user code for
         the person, who signs in at `verification_uri` and types it."""
+        check_bounds(request)
         tenant = self._path_tenant(request.tenant)
         client, _ = self._authenticate_client(request, tenant)
         raw_scope = request.require("scope")
@@ -184,9 +202,17 @@ class Grants:
         user_code = "".join(secrets.choice(_USER_CODE_LETTERS) for _ in range(9))
         now = self.minter.clock()
         with self._lock:
-            self._device_flows = {
-                key: flow for key, flow in self._device_flows.items() if flow.expires_at > now
-            }
+            self._prune_device_flows(now)
+            mine = sum(1 for f in self._device_flows.values() if f.client_id == client.client_id)
+            if mine >= MAX_DEVICE_FLOWS_PER_CLIENT or len(self._device_flows) >= MAX_DEVICE_FLOWS:
+                raise OAuthError(
+                    "temporarily_unavailable",
+                    50196,
+                    "Too many device code sign-ins are pending"
+                    + (" for this application" if mine >= MAX_DEVICE_FLOWS_PER_CLIENT else "")
+                    + ". Finish or let some expire, then retry.",
+                    status=429,
+                )
             self._device_flows[_hash(device_code)] = _DeviceFlow(
                 user_code=user_code,
                 client_id=client.client_id,
@@ -207,12 +233,56 @@ class Grants:
             ),
         }
 
-    def approve_device_flow(self, user_code: str, username: str, password: str) -> User:
-        """The sign-in page: `username` proves `password` and approves the code.
+    def device_flow_client(self, user_code: str) -> App | None:
+        """The app a pending user code signs in to (the page names it, as Entra's does)."""
+        try:
+            flow = self._pending_flow(user_code)
+        except OAuthError:
+            return None
+        return self.world.find_app(flow.client_id)
 
-        Raises `OAuthError` (shown on the page, never naming which of the three was wrong
-        beyond an expired code).
+    def approve_device_flow(
+        self, user_code: str, username: str, password: str
+    ) -> tuple[User, str | None]:
+        """The sign-in page: `username` proves `password` for the code's sign-in.
+
+        Returns the user and None when the code is approved, or the user and an MFA ticket
+        when the user's conditional access (or the claims the app sent) needs MFA: the page
+        then asks for the MFA step (`finish_device_mfa`). Raises `OAuthError` (shown on the
+        page, never naming which of code, username or password was wrong beyond an expired
+        code).
         """
+        flow = self._pending_flow(user_code)
+        user = self.signins.password(username, password)
+        if flow.tenant is not None and user.tenant_id != flow.tenant:
+            raise bad_credentials()
+        client = self.world.find_app(flow.client_id)
+        if client is None:
+            raise OAuthError("expired_token", 70019, _UNKNOWN_CODE)
+        self._tenancy(client, None, user)
+        resource = self._parse_scopes(flow.scope).resource
+        if self.mfa_challenge(user, resource.client_id, flow.claims) is not None:
+            return user, self.signins.start_mfa(user, f"device:{flow.user_code}")
+        self._approve(flow, user, ("pwd",))
+        return user, None
+
+    def finish_device_mfa(self, user_code: str, ticket: str) -> User:
+        """The MFA step of the page: approves the code with `amr` showing MFA."""
+        flow = self._pending_flow(user_code)
+        user = self.signins.finish_mfa(ticket, f"device:{flow.user_code}")
+        self._approve(flow, user, ("pwd", "mfa"))
+        return user
+
+    def _prune_device_flows(self, now: float) -> None:
+        """Forget expired flows and spent codes past their lifetime (the caller holds the lock)."""
+        for key in [k for k, f in self._device_flows.items() if f.expires_at <= now]:
+            self._spent_device_codes[key] = self._device_flows.pop(key).expires_at
+        for key in [k for k, until in self._spent_device_codes.items() if until <= now - 60]:
+            del self._spent_device_codes[key]
+        while len(self._spent_device_codes) > MAX_DEVICE_FLOWS:
+            del self._spent_device_codes[next(iter(self._spent_device_codes))]
+
+    def _pending_flow(self, user_code: str) -> _DeviceFlow:
         wanted = user_code.strip().upper().replace("-", "")
         now = self.minter.clock()
         with self._lock:
@@ -225,45 +295,43 @@ class Grants:
                 None,
             )
         if flow is None or flow.expires_at <= now:
-            raise OAuthError(
-                "expired_token", 70019, "That code is unknown, used already or expired."
-            )
-        user = self.world.find_user(username)
-        if (
-            user is None
-            or "@" not in username
-            or not hmac.compare_digest(password.encode(), user.password.encode())
-            or (flow.tenant is not None and user.tenant_id != flow.tenant)
-        ):
-            raise OAuthError(
-                "invalid_grant",
-                50126,
-                "Error validating credentials due to invalid username or password.",
-            )
-        client = self.world.find_app(flow.client_id)
-        if client is not None:
-            self._tenancy(client, None, user)
+            raise OAuthError("expired_token", 70019, _UNKNOWN_CODE)
+        return flow
+
+    def _approve(self, flow: _DeviceFlow, user: User, amr: tuple[str, ...]) -> None:
         with self._lock:
-            flow.user_oid = user.oid
-        return user
+            if flow.user_oid is not None:
+                raise OAuthError("expired_token", 70019, _UNKNOWN_CODE)
+            flow.user_oid, flow.amr = user.oid, amr
 
     def _device_code(
         self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
     ) -> dict[str, Any]:
         presented = request.require("device_code")
         key = _hash(presented)
+        now = self.minter.clock()
         with self._lock:
             flow = self._device_flows.get(key)
             if flow is not None and flow.client_id != client.client_id:
                 flow = None  # another client's code: as if unknown, and not consumed
-            expired = flow is not None and flow.expires_at <= self.minter.clock()
+            expired = flow is not None and flow.expires_at <= now
             if flow is not None and (flow.user_oid is not None or expired):
                 del self._device_flows[key]  # redeemed once, or gone
+                self._spent_device_codes[key] = flow.expires_at
+            spent = flow is None and key in self._spent_device_codes
+            self._prune_device_flows(now)
+        if flow is None and not spent:
+            raise OAuthError(
+                "bad_verification_code",
+                70000,
+                "The provided value for the input parameter 'device_code' is not valid: this "
+                "device code was not issued to this application.",
+            )
         if flow is None or expired:
             raise OAuthError(
                 "expired_token",
                 70019,
-                "Verification code expired or unknown. Start a new device flow.",
+                "Verification code expired or already used. Start a new device flow.",
             )
         if flow.user_oid is None:
             raise OAuthError(
@@ -276,9 +344,8 @@ class Grants:
         )
         scopes = self._parse_scopes(flow.scope)
         granted = self._delegated_grant(client, scopes)
-        amr = self._sign_in_amr(user, ("pwd",), request.get("claims") or flow.claims)
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, amr, id_token=True
+            request, user, client, client_auth, scopes, granted, flow.amr, id_token=True
         )
 
     # -- tenants and clients -------------------------------------------------------------
@@ -545,30 +612,33 @@ class Grants:
         username = request.require("username")
         password = request.require("password")
         scopes = self._parse_scopes(request.get("scope"))
-        user = self._user_in(self.world.find_user(username), tenant, username, client)
-        if "@" not in username or not hmac.compare_digest(
-            password.encode(), user.password.encode()
-        ):
-            raise OAuthError(
-                "invalid_grant",
-                50126,
-                "Error validating credentials due to invalid username or password.",
-            )
+        self._user_in(self.world.find_user(username), tenant, username, client)
+        user = self.signins.password(username, password)
         granted = self._delegated_grant(client, scopes)
-        amr = self._sign_in_amr(user, ("pwd",), request.get("claims"))
+        # A password is one factor: when the user's conditional access wants MFA for this
+        # resource, or the app brings a pending challenge's claims, Entra refuses ROPC (the
+        # user must sign in interactively: the device code or authorization code page).
+        challenge = self.mfa_challenge(user, scopes.resource.client_id, request.get("claims"))
+        if challenge is not None:
+            raise _mfa_required(challenge, scopes.resource.client_id, "invalid_grant")
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, amr, id_token=True
+            request, user, client, client_auth, scopes, granted, ("pwd",), id_token=True
         )
 
-    def _sign_in_amr(self, user: User, amr: tuple[str, ...], claims: str | None) -> tuple[str, ...]:
-        """A sign-in that carries a pending challenge's claims stands for the interactive MFA.
-
-        Any challenge of the user counts, whatever resource it is scoped to: the client signs in
-        to the first API with the claims a downstream API's challenge sent back up the chain.
-        """
-        if claims is None or self._requested_challenge(user, claims) is None:
-            return amr
-        return amr if "mfa" in amr else (*amr, "mfa")
+    def mfa_challenge(
+        self, user: User, resource_client_id: str, claims: str | None
+    ) -> ClaimsChallenge | None:
+        """What a sign-in of `user` for this resource must answer with MFA: a conditional
+        access policy covering the resource, or a pending challenge whose requirements the
+        request's `claims` carry (whatever resource that challenge came from: the client signs
+        in to the first API with the claims a downstream API's challenge sent up the chain)."""
+        found = self.faults.challenge_for(
+            RequestInfo(endpoint="token", user_oid=user.oid, username=user.username),
+            resource_client_id,
+        )
+        if found is None and claims is not None:
+            found = self._requested_challenge(user, claims)
+        return found
 
     def _requested_challenge(self, user: User, claims_json: str) -> ClaimsChallenge | None:
         """The user's pending challenge whose requirements `claims_json` carries, if any."""
@@ -613,9 +683,13 @@ class Grants:
                 scopes.resource_prefix,
             )
         granted = self._delegated_grant(client, scopes)
-        amr = self._sign_in_amr(user, held.amr, request.get("claims"))
+        if "mfa" not in held.amr:
+            # A refresh token keeps the factors of its sign-in; it cannot add one.
+            challenge = self.mfa_challenge(user, scopes.resource.client_id, request.get("claims"))
+            if challenge is not None:
+                raise _mfa_required(challenge, scopes.resource.client_id, "interaction_required")
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, amr, id_token=True
+            request, user, client, client_auth, scopes, granted, held.amr, id_token=True
         )
 
     def _client_credentials(
@@ -710,15 +784,7 @@ class Grants:
             # relayed): Entra issues it only if the user's sign-in already did.
             challenge = self._requested_challenge(user, requested_claims)
         if challenge is not None and "mfa" not in amr:
-            raise OAuthError(
-                "interaction_required",
-                50076,
-                "Due to a configuration change made by your administrator, or because you "
-                "moved to a new location, you must use multi-factor authentication to access "
-                f"'{resource_id}'.",
-                suberror="basic_action",
-                claims=challenge.claims,
-            )
+            raise _mfa_required(challenge, resource_id, "interaction_required")
         return self._user_tokens(
             request, user, client, client_auth, scopes, granted, amr, id_token=False
         )
@@ -812,6 +878,35 @@ class Grants:
         return body
 
 
+_UNKNOWN_CODE = "That code is unknown, used already or expired."
+
+
+def _mfa_required(challenge: ClaimsChallenge, resource_id: str, error: str) -> OAuthError:
+    """Entra's AADSTS50076 with the challenge's claims (`invalid_grant` for ROPC,
+    `interaction_required` for On-Behalf-Of and refresh)."""
+    return OAuthError(
+        error,
+        50076,
+        "Due to a configuration change made by your administrator, or because you moved to a "
+        "new location, you must use multi-factor authentication to access "
+        f"'{resource_id}'.",
+        suberror="basic_action",
+        claims=challenge.claims,
+    )
+
+
+def check_bounds(request: TokenRequest) -> None:
+    """Refuse a `scope` or `claims` parameter longer than any real client sends."""
+    if len(request.form.get("scope") or "") > MAX_SCOPE_CHARS:
+        raise OAuthError(
+            "invalid_scope", 70011, f"The 'scope' parameter is longer than {MAX_SCOPE_CHARS}."
+        )
+    if len(request.form.get("claims") or "") > MAX_CLAIMS_CHARS:
+        raise OAuthError(
+            "invalid_request", 90014, f"The 'claims' parameter is longer than {MAX_CLAIMS_CHARS}."
+        )
+
+
 def _grant_name(grant: str | None, requested_token_use: str | None) -> str | None:
     """Short names for the log: `obo` for the On-Behalf-Of flavour of jwt-bearer,
     `device_code` for the device code grant."""
@@ -848,8 +943,17 @@ def _capabilities(claims_json: str | None) -> list[str]:
         ) from None
     if not isinstance(parsed, dict):
         raise OAuthError("invalid_request", 90014, "The 'claims' parameter must be an object.")
-    access = parsed.get("access_token")
-    values = access.get("xms_cc", {}).get("values") if isinstance(access, dict) else None
+    access = parsed.get("access_token", {})
+    if not isinstance(access, dict):
+        raise OAuthError(
+            "invalid_request", 90014, "The 'claims' parameter's 'access_token' must be an object."
+        )
+    wanted = access.get("xms_cc", {})
+    if not isinstance(wanted, dict):
+        raise OAuthError(
+            "invalid_request", 90014, "The 'claims' parameter's 'xms_cc' must be an object."
+        )
+    values = wanted.get("values")
     if not isinstance(values, list):
         return []
     return [v for v in values if isinstance(v, str) and v.isalnum() and len(v) <= 16]
