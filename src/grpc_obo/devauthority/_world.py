@@ -265,6 +265,20 @@ class World:
             None,
         )
 
+    def identifier_owner(self, app: App) -> App | None:
+        """Another app already named by one of `app`'s identifiers (its App ID URI, or
+        `api://<guid>` of another app's client id), compared as Entra does: case-insensitive,
+        without a trailing slash."""
+
+        def norm(values: Iterable[str]) -> set[str]:
+            return {v.rstrip("/").lower() for v in values}
+
+        mine = norm(app.identifiers())
+        return next(
+            (o for o in self._all_apps() if o is not app and mine & norm(o.identifiers())),
+            None,
+        )
+
     # -- registrations at run time ---------------------------------------------------------
 
     def add_app(
@@ -331,6 +345,9 @@ class World:
             access_token_version=access_token_version,
             multi_tenant=multi_tenant,
         )
+        taken = self.identifier_owner(app)
+        if taken is not None:
+            raise ValueError(f"App ID URI {app_id_uri!r} already names the app {taken.name!r}")
         for api, wanted in (api_permissions or {}).items():
             resource = self.app(api)
             app.api_permissions[resource.client_id] = _exposed(resource, wanted, "scope")
