@@ -16,6 +16,7 @@ from grpc_obo.devauthority._faults import (
     RequestLog,
 )
 from grpc_obo.devauthority._keys import KeyRing
+from grpc_obo.devauthority._private import StateDirError
 from grpc_obo.devauthority._tls import ServerCertificate, client_ssl_context, msal_http_client
 from grpc_obo.devauthority._world import (
     CONTOSO,
@@ -46,6 +47,7 @@ __all__ = [
     "LoggedRequest",
     "RequestLog",
     "ServerCertificate",
+    "StateDirError",
     "Tenant",
     "User",
     "World",
