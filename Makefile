@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit redis-server h2load bench clean
+.PHONY: demo test lint typecheck unit redis-server chromium h2load bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ redis-server:
 	  echo "redis-server not found: installing Debian's redis-server package"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# The sign-in page tests drive a real headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "chromium not found: installing Debian's chromium and chromium-driver packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 # The telemetry tests need a Jaeger 2 binary and no package ships one: scripts/jaeger.sh builds it
 # once from source with Go into ~/.cache/grpc_obo (minutes; JAEGER_BIN=/path/to/jaeger uses yours).
 # Without Go this fails, unless GRPC_OBO_SKIP_JAEGER=1: then the Jaeger tests are skipped, loudly.
@@ -52,7 +58,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 # pytest exits 5 when it collected nothing: that is a failure here, said out loud.
-unit: $(STAMP) redis-server jaeger
+unit: $(STAMP) redis-server chromium jaeger
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "FAIL: pytest collected no tests"; exit 1; fi; exit $$rc
 
@@ -64,7 +70,7 @@ test: lint typecheck unit
 # were found and which skipped; fails if any run fails or if none was found.
 SUPPORTED_PYTHONS ?= 3.11 3.12 3.13
 .PHONY: test-pythons
-test-pythons: redis-server jaeger
+test-pythons: redis-server chromium jaeger
 	@found=; skipped=; passed=; failed=; \
 	for v in $(SUPPORTED_PYTHONS); do \
 	  py=; \

@@ -250,10 +250,19 @@ class SignInPage:
         fields = {html.unescape(k): html.unescape(v) for k, v in fields.items()}
         fields.update(typed)
         url = urllib.parse.urljoin(
-            self.response.url if self.response else "", html.unescape(action.group(1))
+            self.response.url if self.response is not None else "", html.unescape(action.group(1))
         )
         self.response = self.session.post(url, data=fields, timeout=TIMEOUT, allow_redirects=False)
         return self.response
+
+    def form(self) -> tuple[str, dict[str, str]]:
+        """The page's form: its action and its hidden fields (what a browser would post)."""
+        action = re.search(r'<form method="post" action="([^"]*)"', self.text)
+        assert action is not None, self.text
+        fields = re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', self.text)
+        return html.unescape(action.group(1)), {
+            html.unescape(k): html.unescape(v) for k, v in fields
+        }
 
     def close(self) -> None:
         self.session.close()

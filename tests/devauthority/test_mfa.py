@@ -116,7 +116,7 @@ def test_an_mfa_ticket_serves_only_its_own_sign_in(authority: DevAuthority, http
         assert page.asks_for_mfa
         page.submit(code=codes[1])  # the first sign-in's ticket, another code
         assert page.response is not None and page.response.status_code == 400
-        assert "AADSTS50058" in page.text
+        assert "AADSTS50089" in page.text
     finally:
         page.close()
 

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Endpoint = Literal[
-    "token", "discovery", "jwks", "userrealm", "devicecode", "devicelogin", "other", "any"
+    "token",
+    "discovery",
+    "jwks",
+    "userrealm",
+    "devicecode",
+    "devicelogin",
+    "authorize",
+    "other",
+    "any",
 ]
 FaultKind = Literal["status", "drop"]
 

@@ -22,6 +22,15 @@ from typing import Any, TypeGuard
 import jwt
 from cryptography import x509
 
+from grpc_obo.devauthority._authorize import (
+    PROMPTS,
+    Authorizations,
+    Delivery,
+    PendingSignIn,
+    RedirectError,
+    check_pkce,
+    redirect_uri_registered,
+)
 from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
 from grpc_obo.devauthority._oauth import OAuthError as OAuthError  # re-exported for _app
 from grpc_obo.devauthority._oauth import missing
@@ -35,6 +44,7 @@ GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_REFRESH_TOKEN = "refresh_token"
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
+GRANT_AUTHORIZATION_CODE = "authorization_code"
 DEVICE_CODE_LIFETIME = 900
 """Seconds a device code waits for its sign-in (Entra: 15 minutes)."""
 DEVICE_CODE_INTERVAL = 1
@@ -107,6 +117,7 @@ class Grants:
     minter: TokenMinter
     faults: Faults
     refresh_tokens: RefreshTokens = field(init=False)
+    authorizations: Authorizations = field(init=False)
     signins: SignIns = field(init=False)
     _device_flows: dict[str, _DeviceFlow] = field(default_factory=dict)
     """SHA-256 of the device code -> its flow."""
@@ -117,6 +128,7 @@ class Grants:
 
     def __post_init__(self) -> None:
         self.refresh_tokens = RefreshTokens(lambda: self.minter.clock())
+        self.authorizations = Authorizations(lambda: self.minter.clock())
         self.signins = SignIns(self.world, lambda: self.minter.clock())
 
     # -- entry points -------------------------------------------------------------------
@@ -168,6 +180,7 @@ class Grants:
             GRANT_REFRESH_TOKEN,
             GRANT_JWT_BEARER,
             GRANT_DEVICE_CODE,
+            GRANT_AUTHORIZATION_CODE,
         ):
             raise OAuthError(
                 "unsupported_grant_type",
@@ -184,6 +197,8 @@ class Grants:
             return self._refresh(request, tenant, client, client_auth)
         if grant == GRANT_DEVICE_CODE:
             return self._device_code(request, tenant, client, client_auth)
+        if grant == GRANT_AUTHORIZATION_CODE:
+            return self._authorization_code(request, client, client_auth)
         return self._on_behalf_of(request, tenant, client, client_auth)
 
     # -- the device code grant: start, sign in on the page, redeem -----------------------------
@@ -346,6 +361,148 @@ class Grants:
         granted = self._delegated_grant(client, scopes)
         return self._user_tokens(
             request, user, client, client_auth, scopes, granted, flow.amr, id_token=True
+        )
+
+    # -- the authorization code grant: the endpoint, the page, the code ---------------------
+
+    def begin_authorization(self, tenant_segment: str, params: Mapping[str, str]) -> PendingSignIn:
+        """The authorization endpoint: check the request and remember it for the page.
+
+        `OAuthError` when the client or its redirect URI cannot be trusted (the page shows it:
+        nothing is sent to an unregistered address); `RedirectError` for everything else (sent
+        to the app with its `state`). `prompt=none` always needs interaction here: the page
+        keeps no sign-in session.
+        """
+        tenant = self._path_tenant(tenant_segment)
+        client_id = params.get("client_id") or ""
+        client = self.world.find_app(client_id) if GUID.match(client_id.lower()) else None
+        if client is None:
+            raise OAuthError(
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id[:64]}' was not found in the directory "
+                f"'{tenant or tenant_segment[:64]}'.",
+            )
+        self._tenancy(client, tenant)
+        redirect_uri = params.get("redirect_uri") or ""
+        if not redirect_uri_registered(redirect_uri, client.redirect_uris):
+            raise OAuthError(
+                "invalid_request",
+                50011,
+                f"The redirect URI '{redirect_uri[:200]}' specified in the request does not "
+                "match the redirect URIs configured for the application "
+                f"'{client.client_id}'.",
+            )
+        state = params.get("state")
+        form_post = params.get("response_mode") == "form_post"
+
+        def redirect(error: str, code: int, description: str) -> RedirectError:
+            return RedirectError(redirect_uri, error, code, description, state, form_post=form_post)
+
+        if params.get("response_type") != "code":
+            raise redirect(
+                "unsupported_response_type",
+                700054,
+                "The dev authority's authorization endpoint answers response_type=code only.",
+            )
+        if params.get("response_mode") not in (None, "query", "form_post"):
+            raise redirect("invalid_request", 900144, "response_mode must be query or form_post.")
+        prompt = params.get("prompt")
+        if prompt is not None and prompt not in PROMPTS:
+            raise redirect("invalid_request", 90023, f"Invalid prompt value '{prompt[:20]}'.")
+        if prompt == "none":
+            raise redirect(
+                "login_required",
+                50058,
+                "A silent sign-in request was sent but no user is signed in.",
+            )
+        challenge = check_pkce(
+            params.get("code_challenge_method"), params.get("code_challenge"), redirect
+        )
+        try:
+            check_bounds(TokenRequest(tenant_segment, params, ""))
+            scope = params.get("scope") or ""
+            if not scope:
+                raise missing("scope")
+            self._parse_scopes(scope)
+            _capabilities(params.get("claims"))
+        except OAuthError as exc:
+            raise redirect(exc.error, exc.code, exc.description) from None
+        return self.authorizations.remember(
+            tenant=tenant,
+            tenant_segment=tenant_segment.lower(),
+            client_id=client.client_id,
+            redirect_uri=redirect_uri,
+            scope=scope,
+            state=state,
+            nonce=params.get("nonce"),
+            code_challenge=challenge,
+            claims=params.get("claims"),
+            login_hint=params.get("login_hint"),
+            form_post=form_post,
+        )
+
+    def authorization_sign_in(
+        self, request_id: str, username: str, password: str
+    ) -> tuple[PendingSignIn, User, str | None]:
+        """The page's sign-in: the user and None when done, or an MFA ticket when the user's
+        conditional access (or the claims the app sent) needs the MFA step."""
+        pending = self.authorizations.pending(request_id)
+        user = self.signins.password(username, password)
+        client = self.world.find_app(pending.client_id)
+        if client is None or (pending.tenant is not None and user.tenant_id != pending.tenant):
+            raise bad_credentials()
+        self._tenancy(client, None, user)
+        resource = self._parse_scopes(pending.scope).resource
+        if self.mfa_challenge(user, resource.client_id, pending.claims) is not None:
+            return pending, user, self.signins.start_mfa(user, f"authorize:{pending.id}")
+        return pending, user, None
+
+    def authorization_mfa(self, request_id: str, ticket: str) -> tuple[PendingSignIn, User]:
+        """The page's MFA step, approved."""
+        pending = self.authorizations.pending(request_id)
+        return pending, self.signins.finish_mfa(ticket, f"authorize:{pending.id}")
+
+    def finish_authorization(
+        self, pending: PendingSignIn, user: User, amr: tuple[str, ...]
+    ) -> Delivery:
+        """What the browser brings to the redirect URI: a new code and the app's state."""
+        code = self.authorizations.issue(pending, user.oid, amr)
+        return Delivery(
+            pending.redirect_uri, {"code": code, "state": pending.state}, pending.form_post
+        )
+
+    def authorization_client(self, request_id: str) -> App | None:
+        try:
+            return self.world.find_app(self.authorizations.pending(request_id).client_id)
+        except OAuthError:
+            return None
+
+    def _authorization_code(
+        self, request: TokenRequest, client: App, client_auth: str
+    ) -> dict[str, Any]:
+        issued = self.authorizations.redeem(
+            request.require("code"),
+            client.client_id,
+            request.get("redirect_uri"),
+            request.get("code_verifier"),
+        )
+        user = self._user_in(
+            self.world.find_user(issued.user_oid), issued.tenant, issued.user_oid, client
+        )
+        # The scopes are those the user signed in for, whatever the token request repeats.
+        scopes = self._parse_scopes(issued.scope)
+        granted = self._delegated_grant(client, scopes)
+        return self._user_tokens(
+            request,
+            user,
+            client,
+            client_auth,
+            scopes,
+            granted,
+            issued.amr,
+            id_token=True,
+            nonce=issued.nonce,
         )
 
     # -- tenants and clients -------------------------------------------------------------
@@ -846,6 +1003,7 @@ class Grants:
         amr: tuple[str, ...],
         *,
         id_token: bool,
+        nonce: str | None = None,
     ) -> dict[str, Any]:
         issued = self.minter.access_token(
             client=client,
@@ -871,7 +1029,7 @@ class Grants:
             )
         if id_token and "openid" in scopes.reserved:
             body["id_token"] = self.minter.id_token(
-                user=user, client=client, tenant_id=user.tenant_id
+                user=user, client=client, tenant_id=user.tenant_id, nonce=nonce
             )
         if request.get("client_info") == "1":
             body["client_info"] = client_info(user, user.tenant_id)

@@ -108,7 +108,7 @@ class SignIns:
         if held is None or held.purpose != purpose or held.expires_at <= now or user is None:
             raise OAuthError(
                 "invalid_request",
-                50058,
+                50089,
                 "The multi-factor authentication step expired or does not belong to this "
                 "sign-in. Sign in again.",
             )

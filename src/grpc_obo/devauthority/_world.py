@@ -18,6 +18,7 @@ import hashlib
 import re
 import secrets
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -128,6 +129,9 @@ class App:
     access_token_version: int = 2
     """`accessTokenAcceptedVersion`: the shape of access tokens issued for this API."""
     multi_tenant: bool = True
+    redirect_uris: tuple[str, ...] = ()
+    """Where the authorization endpoint may send this client's codes (`http://localhost`
+    matches any port, as Entra does for loopback redirect URIs)."""
     consent_free_scopes: frozenset[str] = frozenset()
     """Delegated scopes every client gets without a consent grant (Graph's `User.Read`: in
     Entra a user consents to it for themselves at first sign-in; the dev authority has no
@@ -298,6 +302,7 @@ class World:
         access_token_version: int = 2,
         tenant_id: str | None = None,
         multi_tenant: bool = True,
+        redirect_uris: Iterable[str] = (),
     ) -> App:
         """Register an app (an API, a client or both) and return it; checked before it is added.
 
@@ -310,6 +315,8 @@ class World:
         - `pre_authorized`: client app (name or client id) -> scopes of *this* API that client
           may get without consent (`preAuthorizedApplications`).
         - `app_role_assignments`: API -> app roles of that API granted to this app.
+        - `redirect_uris`: where the authorization code flow may redirect (https, or http
+          on localhost / 127.0.0.1 only).
         - `multi_tenant`: False makes it single-tenant: the authority refuses it in any other
           tenant (AADSTS700016) and to users of other tenants (AADSTS50020).
 
@@ -344,6 +351,7 @@ class World:
             app_roles=frozenset(app_roles),
             access_token_version=access_token_version,
             multi_tenant=multi_tenant,
+            redirect_uris=tuple(check_redirect_uri(u) for u in redirect_uris),
         )
         taken = self.identifier_owner(app)
         if taken is not None:
@@ -558,6 +566,28 @@ class World:
         }
 
 
+def check_redirect_uri(uri: str) -> str:
+    """`uri` if it can be a registered redirect URI: https, or http on a loopback host
+    (Entra's rule), absolute, without a fragment; `ValueError` otherwise."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        raise ValueError(f"redirect URI {uri[:100]!r} is not a URL") from None
+    loopback = parts.hostname in ("localhost", "127.0.0.1")
+    if (
+        not isinstance(uri, str)
+        or len(uri) > 256
+        or parts.fragment
+        or not parts.hostname
+        or not (parts.scheme == "https" or (parts.scheme == "http" and loopback))
+    ):
+        raise ValueError(
+            f"redirect URI {uri[:100]!r} must be https (http only on localhost or 127.0.0.1), "
+            "absolute, at most 256 characters, without a fragment"
+        )
+    return uri
+
+
 def _exposed(api: App, names: Iterable[str], kind: str) -> frozenset[str]:
     """`names` as a set, each a delegated scope (kind "scope") or app role ("role") of `api`."""
     wanted = frozenset([names] if isinstance(names, str) else names)
@@ -588,7 +618,8 @@ FABRIKAM = "9b2d4e6f-8a11-4c3b-b2a0-0c0ffee00002"
 def default_world(*, with_certificates: bool = True) -> World:
     """The demo world: a public client, three APIs in a chain, a daemon, and users.
 
-    - `client` (public): signs users in; may call `original` (`access_as_user`).
+    - `client` (public): signs users in (redirect URI `http://localhost`, any port); may call
+      `original` (`access_as_user`).
     - `original` (confidential, secret + certificate): exposes `access_as_user`; holds the
       consented delegated permission `Data.Read` on `downstream` for On-Behalf-Of.
     - `downstream` (confidential): exposes `Data.Read` and `Data.Write`, defines app role
@@ -632,6 +663,7 @@ def default_world(*, with_certificates: bool = True) -> World:
         tenant_id=CONTOSO,
         public_client=True,
         api_permissions={original.client_id: frozenset({"access_as_user"})},
+        redirect_uris=("http://localhost",),  # a native app: any loopback port
     )
     daemon = App(
         name="daemon",

@@ -45,6 +45,7 @@ from grpc_obo.devauthority._world import (
     Tenant,
     User,
     World,
+    check_redirect_uri,
     new_guid,
     new_secret,
 )
@@ -71,6 +72,7 @@ _APP_FIELDS = (
     "app_role_assignments",
     "access_token_version",
     "multi_tenant",
+    "redirect_uris",
 )
 _USER_FIELDS = ("username", "tenant", "password", "oid", "display_name", "app_roles")
 
@@ -296,7 +298,17 @@ class _Loader:
             app_roles=frozenset(self.strings(spec.get("app_roles", []), f"{field}.app_roles")),
             access_token_version=version,
             multi_tenant=self.boolean(spec.get("multi_tenant", True), f"{field}.multi_tenant"),
+            redirect_uris=self.redirect_uris(spec.get("redirect_uris", []), field),
         )
+
+    def redirect_uris(self, value: object, field: str) -> tuple[str, ...]:
+        uris = self.strings(value, f"{field}.redirect_uris")
+        for index, uri in enumerate(uris):
+            try:
+                check_redirect_uri(uri)
+            except ValueError as exc:
+                raise self.error(f"{field}.redirect_uris[{index}]", str(exc)) from None
+        return tuple(uris)
 
     def certificate(self, path: str, field: str) -> ClientCertificate:
         file = Path(path) if os.path.isabs(path) else self.base_dir / path
