@@ -140,3 +140,42 @@ def test_the_device_code_endpoint_and_page_check_tenancy(
     )
     assert page.status_code == 400
     assert "AADSTS50020" in page.text or "does not exist in tenant" in page.text
+
+
+def test_the_authorization_endpoint_checks_tenancy(
+    authority: DevAuthority, http: Http, single: dict[str, App]
+) -> None:
+    import base64
+    import hashlib
+    import urllib.parse
+
+    from tests.devauthority.conftest import SignInPage
+
+    cli = single["cli"]
+    cli.redirect_uris = ("http://localhost",)
+    verifier = "v" * 43
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode()
+    query = {
+        "client_id": cli.client_id,
+        "response_type": "code",
+        "redirect_uri": "http://localhost:5000",
+        "scope": scope(authority, "original"),
+        "code_challenge": challenge.rstrip("="),
+        "code_challenge_method": "S256",
+    }
+
+    def url(tenant: str) -> str:
+        base = f"{authority.base_url}/{tenant}/oauth2/v2.0/authorize"
+        return f"{base}?{urllib.parse.urlencode(query)}"
+
+    elsewhere = http.get(url(FABRIKAM), allow_redirects=False)
+    assert elsewhere.status_code == 400 and "AADSTS700016" in elsewhere.text
+    page = SignInPage(authority)
+    try:
+        page.open(url("organizations"))
+        answer = page.submit(**page.credentials("carol"))
+        assert answer.status_code == 400 and "AADSTS50020" in answer.text
+        answer = page.submit(**page.credentials("alice"))
+        assert answer.status_code == 302 and "code=" in answer.headers["Location"]
+    finally:
+        page.close()
