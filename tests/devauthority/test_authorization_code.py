@@ -275,3 +275,36 @@ def test_a_wrong_password_stays_on_the_page(authority: DevAuthority) -> None:
         assert answer.status_code == 302 and "code=" in answer.headers["Location"]
     finally:
         page.close()
+
+
+def test_no_code_verifier_password_or_ticket_reaches_the_log(
+    authority: DevAuthority, http: Http, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    authority.faults.require_claims("alice")  # the MFA step too
+    verifier, challenge = _pkce()
+    with caplog.at_level(logging.DEBUG):
+        page = SignInPage(authority)
+        try:
+            page.open(
+                _authorize_url(authority, code_challenge=challenge, code_challenge_method="S256")
+            )
+            page.submit(**page.credentials("alice"))
+            ticket = page.form()[1]["mfa_ticket"]
+            answer = page.submit()
+        finally:
+            page.close()
+        code = _query(answer.headers["Location"])["code"]
+        body = _redeem(http, authority, code, verifier).json()
+    logged = caplog.text + "".join(repr(e) for e in authority.requests)
+    for secret in (
+        code,
+        verifier,
+        ticket,
+        authority.world.user("alice").password,
+        body["access_token"],
+        body["refresh_token"],
+    ):
+        assert secret not in logged
+    assert authority.requests.count(endpoint="authorize") == 3
