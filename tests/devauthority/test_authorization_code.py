@@ -308,3 +308,4 @@ def test_no_code_verifier_password_or_ticket_reaches_the_log(
     ):
         assert secret not in logged
     assert authority.requests.count(endpoint="authorize") == 3
+    assert authority.requests.count(grant="authorization_code", user="alice", ok=True) == 1

@@ -214,6 +214,12 @@ class Authorizations:
             )
         return code
 
+    def owner(self, code: str) -> str | None:
+        """The user oid a code was issued for (for the request log), without redeeming it."""
+        with self._lock:
+            issued = self._codes.get(_digest(code))
+        return issued.user_oid if issued else None
+
     def redeem(
         self, code: str, client_id: str, redirect_uri: str | None, verifier: str | None
     ) -> IssuedCode:

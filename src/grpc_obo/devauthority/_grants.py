@@ -155,6 +155,8 @@ class Grants:
                 user_oid = None
         elif grant == GRANT_REFRESH_TOKEN:
             user_oid = self.refresh_tokens.owner(request.get("refresh_token") or "")
+        elif grant == GRANT_AUTHORIZATION_CODE:
+            user_oid = self.authorizations.owner(request.get("code") or "")
         elif grant == GRANT_DEVICE_CODE:
             with self._lock:
                 flow = self._device_flows.get(_hash(request.get("device_code") or ""))
