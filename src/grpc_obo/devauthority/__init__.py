@@ -1,10 +1,12 @@
 """A local Entra-compatible authority for development and tests (never imported by the runtime).
 
-It speaks HTTPS on 127.0.0.1 with a CA it makes, serves Entra-shaped discovery, JWKS and token
-endpoints for a tenant GUID, and implements the password (ROPC), client-credentials,
-refresh-token and On-Behalf-Of grants with real checks, key rollover, fault injection and a
-request log. See `DevAuthority`; `DevAuthority.issue_server_certificate` signs TLS certificates
-for your own servers with the same CA (a `ServerCertificate`).
+It speaks HTTPS on 127.0.0.1 with a CA it makes, serves Entra-shaped discovery, JWKS, token,
+device-code and authorization endpoints for a tenant GUID, and implements the password (ROPC),
+client-credentials, refresh-token, On-Behalf-Of, device code and authorization code (PKCE)
+grants with real checks (tenancy, consent, MFA on its sign-in pages), key rollover, fault
+injection and a request log; docs/configuration.md says which Entra behaviours it models.
+See `DevAuthority`; `DevAuthority.issue_server_certificate` signs TLS certificates for your own
+servers with the same CA (a `ServerCertificate`).
 """
 
 from grpc_obo.devauthority._authority import DevAuthority
