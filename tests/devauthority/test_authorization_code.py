@@ -180,6 +180,9 @@ def test_an_unregistered_redirect_uri_or_client_is_shown_not_redirected(
     for params, code in (
         ({"redirect_uri": "https://evil.example/cb"}, "AADSTS50011"),
         ({"redirect_uri": "http://localhost:8080/other"}, "AADSTS50011"),  # another path
+        ({"redirect_uri": "http://evil.example@localhost:8080"}, "AADSTS50011"),
+        ({"redirect_uri": "http://localhost:port"}, "AADSTS50011"),
+        ({"redirect_uri": "http://localhost:8080\r\nSet-Cookie: x=1"}, "AADSTS50011"),
         ({"client_id": "00000000-0000-4000-8000-000000000000"}, "AADSTS700016"),
     ):
         url = _authorize_url(

@@ -119,8 +119,17 @@ def redirect_uri_registered(uri: str, registered: tuple[str, ...]) -> bool:
     does this for native apps, which listen on any free port)."""
     if uri in registered:
         return True
-    asked = urllib.parse.urlsplit(uri)
-    if asked.scheme != "http" or asked.hostname not in ("localhost", "127.0.0.1"):
+    try:
+        asked = urllib.parse.urlsplit(uri)
+        asked.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return False
+    if (
+        asked.scheme != "http"
+        or asked.hostname not in ("localhost", "127.0.0.1")
+        or asked.username is not None
+        or asked.fragment
+    ):
         return False
     for candidate in registered:
         known = urllib.parse.urlsplit(candidate)
