@@ -226,9 +226,9 @@ def test_pending_flows_are_capped_per_client_and_pruned(
         url = f"{authority.authority_url}/oauth2/v2.0/devicecode"
         for _ in range(MAX_DEVICE_FLOWS_PER_CLIENT):
             assert http.post(url, data=form).status_code == 200
-        assert_entra_error(
-            http.post(url, data=form), status=429, error="temporarily_unavailable", code=50196
-        )
+        refused = http.post(url, data=form)
+        assert_entra_error(refused, status=429, error="temporarily_unavailable", code=50196)
+        assert refused.headers["Retry-After"] == "5"
         # Other clients are not starved by this one.
         assert start(authority, http)["user_code"]
         # Expired flows are pruned: the client may start again.

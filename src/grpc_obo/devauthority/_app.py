@@ -198,6 +198,8 @@ class AuthorityApp:
             body["claims"] = error.claims
         headers = {"client-request-id": correlation_id}
         retry_after = _state.get().retry_after
+        if retry_after is None:
+            retry_after = error.retry_after
         if retry_after is not None:
             headers["Retry-After"] = str(max(0, round(retry_after)))
         return web.json_response(body, status=error.status, headers=headers)

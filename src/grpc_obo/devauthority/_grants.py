@@ -229,6 +229,7 @@ class Grants:
                     + (" for this application" if mine >= MAX_DEVICE_FLOWS_PER_CLIENT else "")
                     + ". Finish or let some expire, then retry.",
                     status=429,
+                    retry_after=DEVICE_CODE_INTERVAL * 5,
                 )
             self._device_flows[_hash(device_code)] = _DeviceFlow(
                 user_code=user_code,

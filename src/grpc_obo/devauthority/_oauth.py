@@ -17,6 +17,7 @@ class OAuthError(Exception):
         status: int = 400,
         suberror: str | None = None,
         claims: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(f"AADSTS{code}: {description}")
         self.error = error
@@ -25,6 +26,8 @@ class OAuthError(Exception):
         self.status = status
         self.suberror = suberror
         self.claims = claims
+        self.retry_after = retry_after
+        """Seconds for a `Retry-After` header (throttling answers)."""
 
 
 def missing(name: str) -> OAuthError:
