@@ -128,7 +128,8 @@ class TokenMinter:
             claims["xms_cc"] = caps
         claims.update(extra or {})
         # Graph access tokens carry a `nonce` header; validators must refuse them by audience.
-        headers = {"nonce": secrets.token_urlsafe(16)} if resource is None else None
+        graph = resource is None or resource.client_id == GRAPH_APP_ID
+        headers = {"nonce": secrets.token_urlsafe(16)} if graph else None
         return Issued(self.sign(claims, headers=headers), exp)
 
     def id_token(self, *, user: User, client: App, tenant_id: str, nonce: str | None = None) -> str:
