@@ -46,7 +46,10 @@ class TokenValidator:
             StaticKeySource(options.jwks) if options.jwks is not None else RemoteKeySource(options)
         )
         self._cache = VerifiedTokenCache(
-            options.verified_cache_size, leeway=options.leeway, has_key=self._keys.has_key
+            options.verified_cache_size,
+            max_bytes=options.verified_cache_bytes,
+            leeway=options.leeway,
+            has_key=self._keys.has_key,
         )
 
     @property
