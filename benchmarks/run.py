@@ -7,6 +7,8 @@
                  OBO on every call, azure-identity per request; exchanges counted at the
                  authority; 1,000 concurrent first calls; latency with the authority slowed
   scale_bench    in-process: cache hit cost and memory per entry at 1 / 1,000 / 100,000
+  replica_bench  a new replica receiving 1,000 users' first calls at once (one key fetch):
+                 failed calls, p50/p99, time to serve all vs a validator that checks nothing
   cold_bench     a never-seen token: validate() vs RSAPublicKey.verify vs PyJWT (CPU time)
   cache_bench    the On-Behalf-Of token cache alone: memory and Redis stores, stampedes
   server_instructions   (only with --instructions: five more minutes, needs valgrind)
@@ -44,10 +46,11 @@ sys.path.insert(0, str(HERE))
 import _harness as h
 import chain_bench
 import cold_bench
+import replica_bench
 import scale_bench
 import server_bench
 
-SECTIONS = ("server", "chain", "scale", "cold", "cache", "instructions")
+SECTIONS = ("server", "chain", "scale", "replica", "cold", "cache", "instructions")
 
 
 # -- targets ---------------------------------------------------------------------------------
@@ -227,6 +230,15 @@ def markdown(data: dict[str, Any]) -> str:
         ]
     if "scale" in data:
         out += ["", "## How cost grows (in-process)", "", scale_bench.tables(data["scale"])]
+    if data.get("replica"):
+        r = data["replica"]
+        out += [
+            "",
+            f"## A replica starting under load (benchmarks/replica_bench.py; {r['rounds']} rounds,"
+            " a new server process each)",
+            "",
+            replica_bench.table(r),
+        ]
     if data.get("cold"):
         out += [
             "",
@@ -379,6 +391,8 @@ async def in_process(bench: h.Bench, wanted: set[str], quick: bool) -> dict[str,
         data["chain"] = await chain_bench.run(bench, **chain_bench.settings(quick))
     if "scale" in wanted:
         data["scale"] = await scale_bench.run(bench, quick=quick)
+    if "replica" in wanted:
+        data["replica"] = await replica_bench.run(bench, rounds=2 if quick else 5)
     return data
 
 
