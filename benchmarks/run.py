@@ -9,6 +9,8 @@
   scale_bench    in-process: cache hit cost and memory per entry at 1 / 1,000 / 100,000
   replica_bench  a new replica receiving 1,000 users' first calls at once (one key fetch):
                  failed calls, p50/p99, time to serve all vs a validator that checks nothing
+  memory_bench   a middle tier on default settings while new users keep arriving: RSS over
+                 users (250,000; quick: 30,000), the plateau once both caches are full
   cold_bench     a never-seen token: validate() vs RSAPublicKey.verify vs PyJWT (CPU time)
   cache_bench    the On-Behalf-Of token cache alone: memory and Redis stores, stampedes
   server_instructions   (only with --instructions: five more minutes, needs valgrind)
@@ -46,11 +48,12 @@ sys.path.insert(0, str(HERE))
 import _harness as h
 import chain_bench
 import cold_bench
+import memory_bench
 import replica_bench
 import scale_bench
 import server_bench
 
-SECTIONS = ("server", "chain", "scale", "replica", "cold", "cache", "instructions")
+SECTIONS = ("server", "chain", "scale", "replica", "memory", "cold", "cache", "instructions")
 
 
 # -- targets ---------------------------------------------------------------------------------
@@ -239,6 +242,15 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             replica_bench.table(r),
         ]
+    if data.get("memory"):
+        m = data["memory"]
+        out += [
+            "",
+            f"## A middle tier's memory on default settings (benchmarks/memory_bench.py; "
+            f"{m['token_chars']:,}-character tokens in, {m['downstream_token_chars']:,} out)",
+            "",
+            memory_bench.table(m),
+        ]
     if data.get("cold"):
         out += [
             "",
@@ -393,6 +405,10 @@ async def in_process(bench: h.Bench, wanted: set[str], quick: bool) -> dict[str,
         data["scale"] = await scale_bench.run(bench, quick=quick)
     if "replica" in wanted:
         data["replica"] = await replica_bench.run(bench, rounds=2 if quick else 5)
+    if "memory" in wanted:
+        data["memory"] = await memory_bench.run(
+            bench, users=30_000 if quick else 250_000, step=5_000 if quick else 25_000
+        )
     return data
 
 
@@ -469,6 +485,10 @@ def main() -> int:
     text = markdown(data)
     base.with_suffix(".md").write_text(text)
     drew = chart(data, base.with_suffix(".png"))
+    if data.get("memory") and memory_bench.chart(
+        data["memory"], base.with_name(base.name + "-memory.png")
+    ):
+        shutil.copyfile(base.with_name(base.name + "-memory.png"), args.out / "latest-memory.png")
     for suffix in (".json", ".md", ".png"):
         if suffix == ".png" and not drew:
             continue
