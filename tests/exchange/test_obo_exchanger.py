@@ -515,3 +515,16 @@ async def test_the_memo_bound_follows_the_store(authority: DevAuthority) -> None
         client_for(authority), cache=TokenCache(store=MemoryTokenStore(max_entries=42))
     ) as exchanger:
         assert exchanger._max_keys == 42
+
+
+async def test_what_cached_users_share_is_held_once(
+    users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """Per cached user the exchanger keeps the tokens and the key; the scope set is shared."""
+    exchanger = make_exchanger()
+    for name in ("alice", "bob"):
+        # A new list each call, as a caller building its scopes per request would pass.
+        await exchanger.acquire([downstream_scope], identity=await users.identity(name))
+    first, second = (memo[1] for memo in exchanger._keys)
+    assert first == second == (downstream_scope,)
+    assert first is second

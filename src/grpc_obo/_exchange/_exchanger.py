@@ -203,7 +203,8 @@ class OboExchanger:
         # tokens the cache itself keeps here, so it holds no more tokens than the caches do.
         self._keys: OrderedDict[tuple[str, tuple[str, ...], str | None], str] = OrderedDict()
         self._max_keys = self.cache.max_entries or _MEMO_WITHOUT_BOUND
-        self._checked: set[tuple[str, ...]] = set()  # scope tuples already validated
+        # Scope tuples already validated, each to its one shared copy.
+        self._checked: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client_id={self.client.client_id!r})"
@@ -265,12 +266,16 @@ class OboExchanger:
         `timeout` bounds this caller's wait; the shared exchange may go on and fill the cache.
         """
         user = self._user(identity)
-        if type(scopes) is tuple and scopes in self._checked:
-            wanted: tuple[str, ...] = scopes
-        else:
+        checked = self._checked
+        wanted = checked.get(scopes) if type(scopes) is tuple else None
+        if wanted is None:
             wanted = _scope_tuple(scopes)
-            if len(self._checked) < 1024:
-                self._checked.add(wanted)
+            # One tuple per scope set, shared by every memo entry that names it.
+            known = checked.get(wanted)
+            if known is not None:
+                wanted = known
+            elif len(checked) < 1024:
+                checked[wanted] = wanted
         key = self._key_for(user, wanted, claims)
         # The hot path: a cached token needs no task, timer or coroutine of its own; the
         # deadline bounds the exchange below, not this lookup.
