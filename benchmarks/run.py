@@ -349,6 +349,15 @@ def chart(data: dict[str, Any], path: Path) -> bool:
             rows.append((f"{v['label']}, {v['users']:,} user(s)", v["vs_none"], target,
                          v["variant"] == "grpc_obo"))  # fmt: skip
         panels.append(("Chain (client -> Original -> Downstream) vs the no-auth chain", rows))
+    if data.get("cold"):
+        cold = data["cold"]["vs_rsa_verify"]
+        panels.append((
+            "A never-seen token: CPU time vs RSAPublicKey.verify alone (lower is better)",
+            [("grpc_obo validate(), every check", cold["grpc_obo"], 2.0, True),
+             ("PyJWT decode", cold["pyjwt"], None, False)],
+        ))  # fmt: skip
+    if not panels:
+        return False
     heights = [max(len(rows), 1) * 0.42 + 0.9 for _, rows in panels]
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(11, sum(heights)), gridspec_kw={"height_ratios": heights},
