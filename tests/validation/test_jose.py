@@ -310,3 +310,14 @@ async def test_remembered_headers_are_bounded(validator: TokenValidator) -> None
     for index in range(3 * _jose._MAX_HEADERS):
         await validator.validate(sign_segments(header(n=index), v2_claims()))
         assert len(_jose._HEADERS) <= _jose._MAX_HEADERS
+
+
+async def test_json_around_the_object_is_read_as_before(validator: TokenValidator) -> None:
+    """The scanner's fast path takes only a bare object; whitespace around it is still JSON
+    (accepted, as before), anything else after it is not."""
+    body = json.dumps(v2_claims()).encode()
+    assert await validator.validate(sign_segments(header(), b" \n" + body + b"\t "))
+    for bad in (body + b"x", body + b"{}", b"\x00" + body):
+        with pytest.raises(grpc_obo.MalformedTokenError) as caught:
+            await validator.validate(sign_segments(header(), bad))
+        assert caught.value.reason == "bad_json"

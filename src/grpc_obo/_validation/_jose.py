@@ -12,7 +12,7 @@ from __future__ import annotations
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -120,10 +120,21 @@ _STRICT_JSON = json.JSONDecoder(
 )
 
 
+# The scanner `JSONDecoder.decode` runs (C when available); not in typeshed's stubs.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _STRICT_JSON.scan_once  # type: ignore[attr-defined]
+
+
 def loads_strict(raw: bytes) -> Any:
     """Parse UTF-8 JSON, refusing duplicate object keys and NaN/Infinity. Raises ValueError."""
     try:
-        return _STRICT_JSON.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        # NOTE: the scanner alone, as `decode` calls it, without `decode`'s two whitespace
+        # regexes around it; text with anything around the value takes the full path.
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        return value if end == len(text) else _STRICT_JSON.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
