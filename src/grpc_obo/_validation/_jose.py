@@ -100,13 +100,11 @@ def _decode_alphabet_checked(segment: str) -> bytes | None:
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # NOTE: PyJWT (via json.loads) keeps the last duplicate; another parser may keep the
-            # first. Two readers seeing two different claims is how confusion attacks start.
-            raise ValueError("duplicate key")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        # NOTE: PyJWT (via json.loads) keeps the last duplicate; another parser may keep the
+        # first. Two readers seeing two different claims is how confusion attacks start.
+        raise ValueError("duplicate key")
     return result
 
 
