@@ -22,8 +22,12 @@ ROOMS = {
     "grpc_obo._errors": "errors",
     "grpc_obo._validation": "validation",
     "grpc_obo._policy": "validation",  # per-method policy decisions: pure, like validation
+    "grpc_obo._declared": "validation",  # rules declared on servicer methods (requires)
     "grpc_obo._exchange": "exchange",
     "grpc_obo._server": "server",
+    "grpc_obo._gate": "server",
+    "grpc_obo._handlers": "server",
+    "grpc_obo._relay": "relay",
     "grpc_obo._client": "client",
     "grpc_obo._telemetry": "telemetry",
     "grpc_obo._version": "telemetry",  # the version string, which telemetry reports
@@ -39,13 +43,23 @@ MAY_IMPORT = {
     "errors": {"identity"},
     "validation": {"identity", "errors"},
     "exchange": {"identity", "errors"},
-    "server": {"validation", "identity", "errors", "telemetry"},
-    "client": {"exchange", "identity", "errors", "telemetry"},
+    "server": {"validation", "relay", "identity", "errors", "telemetry"},
+    "client": {"exchange", "relay", "identity", "errors", "telemetry"},
+    "relay": {"identity", "errors"},
     "telemetry": set(),
     "devauthority": set(),  # a separate room: it needs nothing of the runtime
     "testing": {"devauthority", "api"},
     "cli": {"devauthority", "api", "testing"},
-    "api": {"identity", "errors", "validation", "exchange", "server", "client", "telemetry"},
+    "api": {
+        "identity",
+        "errors",
+        "validation",
+        "exchange",
+        "relay",
+        "server",
+        "client",
+        "telemetry",
+    },
 }
 
 # Third-party packages a room must never import.
@@ -54,6 +68,8 @@ NEVER = {
     "errors": {"jwt", "msal", "aiocache", "redis", "aiohttp"},
     "validation": {"grpc", "msal", "aiocache", "redis"},
     "exchange": {"grpc", "jwt", "aiohttp"},
+    # What a downstream says is judged here for every transport: no transport of its own.
+    "relay": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "httpx", "starlette"},
     "server": {"msal", "aiocache", "redis"},
     "client": {"jwt", "aiohttp"},
     "telemetry": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "cryptography"},
@@ -156,6 +172,10 @@ def test_the_checker_catches_what_it_guards() -> None:
     assert violations("grpc_obo.devauthority._x", "from grpc_obo._validation import V\n")
     assert violations("grpc_obo._client", "from opentelemetry.sdk.trace import TracerProvider\n")
     assert violations("grpc_obo._validation._x", "from .._exchange import _cache\n")
+    assert violations("grpc_obo._relay._x", "import grpc\n")
+    assert violations("grpc_obo._relay", "from grpc_obo._server import Gate\n")
+    assert violations("grpc_obo._identity", "from grpc_obo._relay import Failures\n")
+    assert not violations("grpc_obo._client", "from grpc_obo._relay import Failures\n")
     assert not violations("grpc_obo._server", "from grpc_obo._validation import TokenValidator\n")
     assert not violations("grpc_obo._exchange._x", "from ._cache import TokenCache\n")
     assert imports_of("from . import _keys\n", "grpc_obo._validation", is_package=True) >= {
