@@ -23,8 +23,8 @@ Nothing here is asserted; targets are reported as met or missed.
 Writes benchmarks/results/bench-<time>.{json,png,md} and copies them to latest.{json,png,md}.
 Run: .venv/bin/python benchmarks/run.py [--quick] [--skip chain,scale,...] [--instructions]
      .venv/bin/python benchmarks/run.py --render benchmarks/results/latest.json  (redraw only)
-(or `make bench`, `make bench BENCH_ARGS=--quick`). A full run takes about 13 minutes on a
-2-core machine; --quick about 3.
+(or `make bench`, `make bench BENCH_ARGS=--quick`). A full run takes about 22 minutes on a
+2-core machine (the memory plateau, 250,000 users, about 6 of them); --quick about 4.
 """
 
 # ruff: noqa: E402  (imports after sys.path is set up)
