@@ -1064,6 +1064,8 @@ def _check_federated_assertion(
         raise OAuthError(
             refusal.error, refusal.code, refusal.description, status=refusal.status
         ) from None
+
+
 _UNKNOWN_CODE = "That code is unknown, used already or expired."
 
 
