@@ -167,4 +167,5 @@ async def test_failure_with_every_waiter_cancelled_is_not_reported_unretrieved()
     waiter.cancel()
     gate.set()
     await eventually(lambda: len(flight) == 0)
-    await asyncio.sleep(0)  # the failed task's done callbacks run  # and filterwarnings=error / the loop's handler stay silent
+    await asyncio.sleep(0)  # its done callbacks ran: filterwarnings=error and the loop's
+    # exception handler stay silent

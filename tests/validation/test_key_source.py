@@ -22,7 +22,6 @@ import grpc_obo
 from grpc_obo import TokenValidator, ValidatorOptions
 from grpc_obo._validation._keys import RemoteKeySource
 from tests.validation.conftest import KeyServer
-from tests.waiting import eventually
 from tests.validation.tokens import (
     API_CLIENT_ID,
     TENANT,
@@ -35,6 +34,7 @@ from tests.validation.tokens import (
     record,
     v2_claims,
 )
+from tests.waiting import eventually
 
 MakeRemote = Callable[..., TokenValidator]
 
