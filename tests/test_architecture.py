@@ -25,6 +25,7 @@ ROOMS = {
     "grpc_obo._exchange": "exchange",
     "grpc_obo._server": "server",
     "grpc_obo._client": "client",
+    "grpc_obo._http_auth": "http",
     "grpc_obo._telemetry": "telemetry",
     "grpc_obo._version": "telemetry",  # the version string, which telemetry reports
     "grpc_obo.devauthority": "devauthority",
@@ -40,7 +41,9 @@ MAY_IMPORT = {
     "validation": {"identity", "errors"},
     "exchange": {"identity", "errors"},
     "server": {"validation", "identity", "errors", "telemetry"},
-    "client": {"exchange", "identity", "errors", "telemetry"},
+    # `OnBehalfOf.http_auth` builds the HTTP auth (a lazy import: httpx is an extra).
+    "client": {"exchange", "identity", "errors", "telemetry", "http"},
+    "http": {"exchange", "relay", "identity", "errors", "telemetry"},
     "telemetry": set(),
     "devauthority": set(),  # a separate room: it needs nothing of the runtime
     "testing": {"devauthority", "api"},
@@ -56,6 +59,7 @@ NEVER = {
     "exchange": {"grpc", "jwt", "aiohttp"},
     "server": {"msal", "aiocache", "redis"},
     "client": {"jwt", "aiohttp"},
+    "http": {"grpc", "jwt", "aiohttp", "starlette"},
     "telemetry": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "cryptography"},
 }
 
