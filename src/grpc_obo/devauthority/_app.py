@@ -25,6 +25,7 @@ from aiohttp import web
 
 from grpc_obo.devauthority._faults import Endpoint, Faults, LoggedRequest, RequestInfo, RequestLog
 from grpc_obo.devauthority._grants import Grants, OAuthError, TokenRequest
+from grpc_obo.devauthority._graph import GraphApi
 from grpc_obo.devauthority._keys import KeyRing
 from grpc_obo.devauthority._world import World
 
@@ -86,6 +87,9 @@ class AuthorityApp:
         app.router.add_post("/{tenant}/oauth2/v2.0/devicecode", self.devicecode)
         app.router.add_get("/devicelogin", self.devicelogin_page)
         app.router.add_post("/devicelogin", self.devicelogin)
+        GraphApi(world=self.world, minter=self.grants.minter, base_url=self._base_url).add_routes(
+            app
+        )
         return app
 
     # -- middleware: latency, unexpected errors, the log ---------------------------------

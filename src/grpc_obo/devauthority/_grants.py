@@ -9,6 +9,7 @@ body of a token response, or raises `OAuthError` carrying Entra's error shape. T
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -23,6 +24,7 @@ import jwt
 from cryptography import x509
 
 from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
+from grpc_obo.devauthority._graph import cae_claims
 from grpc_obo.devauthority._tokens import TokenMinter, client_info
 from grpc_obo.devauthority._world import App, User, World
 
@@ -689,6 +691,19 @@ class Grants:
                 f"in the {tid if isinstance(tid, str) else 'given'} directory.",
             )
         user = self._user_in(user, tenant, user.oid)
+        revoked = user.sessions_revoked_at
+        if revoked is not None and not (_is_number(claims.get("iat")) and claims["iat"] >= revoked):
+            # Entra refuses a grant issued before the user's sessions were revoked with
+            # AADSTS50173 (invalid_grant) and the claims a new sign-in must carry.
+            raise OAuthError(
+                "invalid_grant",
+                50173,
+                "The provided grant has expired due to it being revoked, a fresh auth token is "
+                "needed. The user might have changed or reset their password. The grant was "
+                f"issued on '{_iso(claims.get('iat'))}' and the TokensValidFrom date (before "
+                f"which tokens are not valid) for this user is '{_iso(revoked)}'.",
+                claims=cae_claims(revoked),
+            )
         granted = self._delegated_grant(client, scopes)
         amr = tuple(a for a in claims.get("amr", ()) if isinstance(a, str)) or ("pwd",)
         resource_id = scopes.resource.client_id if scopes.resource else ""
@@ -871,6 +886,12 @@ def _load_json(text: str) -> Any:
 def _is_number(value: object) -> TypeGuard[float]:
     # MSAL writes float timestamps in client assertions; JSON booleans are not times.
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _iso(value: object) -> str:
+    if not _is_number(value):
+        return "unknown"
+    return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _hash(value: str) -> str:

@@ -80,6 +80,11 @@ class TokenMinter:
         With `user` it is delegated (`scp`), without it app-only (`roles`, `idtyp=app`).
         """
         iat, exp = self._times(lifetime)
+        if user is not None and user.sessions_revoked_at is not None:
+            # Issued after a revocation stamped on the next whole second: carry that stamp, so
+            # the new session is not mistaken for one from before the revocation.
+            shift = max(0, user.sessions_revoked_at - iat)
+            iat, exp = iat + shift, exp + shift
         resource_id = resource.client_id if resource else GRAPH_APP_ID
         ver = version or (resource.access_token_version if resource else 1)
         claims: dict[str, Any] = {

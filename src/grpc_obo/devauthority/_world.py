@@ -15,8 +15,10 @@ import base64
 import contextlib
 import datetime
 import hashlib
+import math
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -148,6 +150,8 @@ class User:
     display_name: str = ""
     app_roles: dict[str, frozenset[str]] = field(default_factory=dict)
     """Resource app id -> app roles assigned to this user (appear in `roles` of user tokens)."""
+    sessions_revoked_at: int | None = None
+    """Unix time of the last `World.revoke_sessions`: tokens issued before it are revoked."""
 
 
 @dataclass
@@ -380,6 +384,18 @@ class World:
             user.app_roles[resource.client_id] = _exposed(resource, roles, "role")
         self.users.append(user)
         return user
+
+    def revoke_sessions(self, user: str, *, at: float | None = None) -> int:
+        """Revoke every session of `user` (Entra's "Revoke sessions"); returns the time stamped.
+
+        Tokens issued before it are refused by CAE-enabled resources (the Graph-like API) and
+        as On-Behalf-Of assertions (AADSTS50173), until the user signs in again. The time is
+        the next whole second: a token stamped in the same second (`iat` has second precision)
+        can never predate the revocation unnoticed; tokens issued after it carry that stamp.
+        """
+        found = self.user(user)
+        found.sessions_revoked_at = math.ceil(time.time() if at is None else at)
+        return found.sessions_revoked_at
 
     def user(self, name_or_oid: str) -> User:
         """The user with this full username or oid, or this name before the `@` when exactly
