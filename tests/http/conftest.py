@@ -4,6 +4,7 @@ users (tokens minted, then validated for real), its `OnBehalfOf`, and a REST dow
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest_asyncio
 
 import grpc_obo
 from grpc_obo import Identity, TokenValidator, ValidatorOptions
-from grpc_obo.devauthority import DevAuthority
+from grpc_obo.devauthority import DevAuthority, default_world
 from tests.http.downstream import Downstream
 
 FAST = grpc_obo.RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.05, budget=5.0)
@@ -112,3 +113,51 @@ def no_secrets_logged(caplog: pytest.LogCaptureFixture, users: Users) -> Iterato
     text = caplog.text + "".join(str(r.args) for r in caplog.records)
     for secret in users.secrets:
         assert secret not in text, "a token reached a log record"
+
+
+# -- an authority of one test's own, on a clock the test moves (revocations) --------------
+
+
+class SteppingClock:
+    """Real time plus an offset the test moves forward (no test waits for the wall clock)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture
+def clock() -> SteppingClock:
+    return SteppingClock()
+
+
+@pytest.fixture
+def authority(clock: SteppingClock) -> Iterator[DevAuthority]:
+    with DevAuthority(world=default_world(), clock=clock).running_in_thread() as running:
+        yield running
+
+
+@pytest.fixture
+async def validator(authority: DevAuthority) -> AsyncIterator[grpc_obo.TokenValidator]:
+    async with grpc_obo.TokenValidator(options_for(authority, "original")) as validator:
+        yield validator
+
+
+def confidential(
+    authority: DevAuthority, app: str = "original", **options: Any
+) -> grpc_obo.ConfidentialClient:
+    """`app`'s own credential (its client secret) for On-Behalf-Of."""
+    found = authority.world.app(app)
+    return grpc_obo.ConfidentialClient(
+        client_id=found.client_id,
+        tenant_id=authority.tenant_id,
+        credential=grpc_obo.ClientCredential.secret(found.secrets[0]),
+        authority_host=authority.base_url,
+        ca_file=str(authority.ca_file),
+        **options,
+    )

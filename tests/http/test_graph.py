@@ -11,58 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 import grpc_obo
-from grpc_obo.devauthority import GRAPH_APP_ID, DevAuthority, default_world
-from tests.http.conftest import FAST, options_for
-
-
-class SteppingClock:
-    """Real time plus an offset the test moves forward (no test waits for the wall clock)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-
-@pytest.fixture
-def clock() -> SteppingClock:
-    return SteppingClock()
-
-
-@pytest.fixture
-def authority(clock: SteppingClock) -> Iterator[DevAuthority]:
-    with DevAuthority(world=default_world(), clock=clock).running_in_thread() as running:
-        yield running
-
-
-@pytest.fixture
-async def validator(authority: DevAuthority) -> AsyncIterator[grpc_obo.TokenValidator]:
-    async with grpc_obo.TokenValidator(options_for(authority, "original")) as validator:
-        yield validator
-
-
-def confidential(authority: DevAuthority, **options: Any) -> grpc_obo.ConfidentialClient:
-    original = authority.world.app("original")
-    return grpc_obo.ConfidentialClient(
-        client_id=original.client_id,
-        tenant_id=authority.tenant_id,
-        credential=grpc_obo.ClientCredential.secret(original.secrets[0]),
-        authority_host=authority.base_url,
-        ca_file=str(authority.ca_file),
-        **options,
-    )
+from grpc_obo.devauthority import GRAPH_APP_ID, DevAuthority
+from tests.http.conftest import FAST, SteppingClock, confidential
 
 
 def signed_in(authority: DevAuthority, user: str = "alice") -> str:

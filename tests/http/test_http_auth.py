@@ -211,3 +211,27 @@ def test_a_sync_client_is_refused(obo: grpc_obo.OnBehalfOf, read: str) -> None:
         pytest.raises(ConfigurationError, match="AsyncClient"),
     ):
         sync.get("https://192.0.2.1/whoami")
+
+
+async def test_cp1_is_declared_by_default_and_can_be_turned_off(
+    client: grpc_obo.ConfidentialClient, users: Users, read: str, downstream: Downstream
+) -> None:
+    """grpc_obo answers claims challenges, so it asks for CAE tokens unless told not to."""
+    assert client.client_capabilities == ("cp1",)
+    alice = await users.identity("alice")
+    opted_out = grpc_obo.ConfidentialClient(
+        client_id=client.client_id,
+        tenant_id=client.tenant_id,
+        credential=client.credential,
+        authority_host=client.authority_host,
+        ca_file=client.ca_file,
+        client_capabilities=(),
+    )
+    for confidential in (client, opted_out):
+        async with (
+            grpc_obo.OnBehalfOf(confidential, retry=FAST) as obo,
+            httpx.AsyncClient(auth=obo.http_auth(scopes=[read])) as http,
+        ):
+            with grpc_obo.use_identity(alice):
+                await http.get(f"{downstream.url}/whoami")
+    assert [seen.claims["xms_cc"] for seen in downstream.seen] == [["cp1"], []]
