@@ -9,6 +9,7 @@ from grpc_obo._client import AppOnly, OnBehalfOf
 from grpc_obo._errors import (
     AccessDeniedError,
     AppTokenNotAllowedError,
+    AuthContextRequiredError,
     AuthorityUnavailableError,
     ClaimsChallengeError,
     ClientNotAllowedError,
@@ -65,6 +66,7 @@ __all__ = [
     "AccessDeniedError",
     "AppOnly",
     "AppTokenNotAllowedError",
+    "AuthContextRequiredError",
     "AuthServerInterceptor",
     "AuthorityUnavailableError",
     "CachedToken",

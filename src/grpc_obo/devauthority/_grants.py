@@ -714,6 +714,26 @@ class Grants:
             # The middle tier asks for a token meeting a challenge (say, one a downstream API
             # relayed): Entra issues it only if the user's sign-in already did.
             challenge = self._requested_challenge(user, requested_claims)
+        acrs = _string_claims(claims.get("acrs"))
+        wanted_acrs = _requested_acrs(requested_claims)
+        missing_acrs = sorted(wanted_acrs - set(acrs))
+        if missing_acrs:
+            # An authentication context (step-up) is met by the user's sign-in, never by the
+            # middle tier: the assertion must carry it already.
+            wanted: dict[str, Any] = {"essential": True}
+            if len(missing_acrs) == 1:
+                wanted["value"] = missing_acrs[0]
+            else:
+                wanted["values"] = missing_acrs
+            raise OAuthError(
+                "interaction_required",
+                50076,
+                "The user's sign-in does not satisfy the authentication context "
+                f"'{','.join(missing_acrs)}' required to access '{resource_id}'. Sign in "
+                "again with the claims.",
+                suberror="basic_action",
+                claims=json.dumps({"access_token": {"acrs": wanted}}, separators=(",", ":")),
+            )
         if challenge is not None and "mfa" not in amr:
             raise OAuthError(
                 "interaction_required",
@@ -725,7 +745,7 @@ class Grants:
                 claims=challenge.claims,
             )
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, amr, id_token=False
+            request, user, client, client_auth, scopes, granted, amr, id_token=False, acrs=acrs
         )
 
     def _read_assertion(self, assertion: str, client: App) -> dict[str, Any]:
@@ -785,7 +805,13 @@ class Grants:
         amr: tuple[str, ...],
         *,
         id_token: bool,
+        acrs: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
+        """`acrs`: the authentication contexts the token carries; by default those a sign-in's
+        `claims` asks for (it stands for the interactive step-up), On-Behalf-Of passes the
+        assertion's on."""
+        if acrs is None:
+            acrs = tuple(sorted(_requested_acrs(request.get("claims"))))
         issued = self.minter.access_token(
             client=client,
             resource=scopes.resource,
@@ -795,6 +821,7 @@ class Grants:
             client_auth=client_auth,
             capabilities=_capabilities(request.get("claims")),
             amr=amr,
+            extra={"acrs": list(acrs)} if acrs else None,
         )
         body = _token_body(issued.token, issued.expires_at, self.minter.clock())
         prefix = f"{scopes.resource_prefix}/" if scopes.resource_prefix else ""
@@ -873,6 +900,23 @@ def _access_token_claims(claims_json: str) -> dict[str, Any]:
     if not isinstance(access, dict):
         return {}
     return {name: value for name, value in access.items() if name != "xms_cc"}
+
+
+def _requested_acrs(claims_json: str | None) -> set[str]:
+    """The authentication contexts (`c1`...) a `claims` request asks for (`value`/`values`)."""
+    if not claims_json:
+        return set()
+    acrs = _access_token_claims(claims_json).get("acrs")
+    if not isinstance(acrs, dict):
+        return set()
+    values = acrs.get("values", [acrs.get("value")])
+    return set(_string_claims(values if isinstance(values, list) else [values]))
+
+
+def _string_claims(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str) and re.fullmatch(r"c[1-9][0-9]?", v))
 
 
 def _load_json(text: str) -> Any:
