@@ -26,6 +26,7 @@ ROOMS = {
     "grpc_obo._server": "server",
     "grpc_obo._client": "client",
     "grpc_obo._http_auth": "http",
+    "grpc_obo._asgi": "asgi",
     "grpc_obo._telemetry": "telemetry",
     "grpc_obo._version": "telemetry",  # the version string, which telemetry reports
     "grpc_obo.devauthority": "devauthority",
@@ -44,11 +45,22 @@ MAY_IMPORT = {
     # `OnBehalfOf.http_auth` builds the HTTP auth (a lazy import: httpx is an extra).
     "client": {"exchange", "identity", "errors", "telemetry", "http"},
     "http": {"exchange", "relay", "identity", "errors", "telemetry"},
+    # `validation` covers the policy module too (see ROOMS).
+    "asgi": {"validation", "relay", "identity", "errors", "telemetry"},
     "telemetry": set(),
     "devauthority": set(),  # a separate room: it needs nothing of the runtime
     "testing": {"devauthority", "api"},
     "cli": {"devauthority", "api", "testing"},
-    "api": {"identity", "errors", "validation", "exchange", "server", "client", "telemetry"},
+    "api": {
+        "identity",
+        "errors",
+        "validation",
+        "exchange",
+        "server",
+        "client",
+        "telemetry",
+        "asgi",
+    },
 }
 
 # Third-party packages a room must never import.
@@ -60,6 +72,7 @@ NEVER = {
     "server": {"msal", "aiocache", "redis"},
     "client": {"jwt", "aiohttp"},
     "http": {"grpc", "jwt", "aiohttp", "starlette"},
+    "asgi": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "httpx"},
     "telemetry": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "cryptography"},
 }
 
