@@ -18,6 +18,7 @@ supported (the exchange is async). httpx is imported here only: install `grpc-ob
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import logging
@@ -161,18 +162,23 @@ def _check_transport(url: httpx.URL) -> None:
     # A bearer token over plaintext is readable on the network: only loopback may use http.
     if url.scheme == "https":
         return
-    host = url.host.lower().rstrip(".")
-    local = host == "localhost"
-    if not local:
-        try:
-            local = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            local = False
-    if url.scheme != "http" or not local:
+    if url.scheme != "http" or not _is_loopback(url.host):
         raise ConfigurationError(
-            f"refusing to send a bearer token to {url.scheme}://{host}: use https "
+            f"refusing to send a bearer token to {url.scheme}://{url.host}: use https "
             "(plain http only to loopback)"
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _is_loopback(host: str) -> bool:
+    # NOTE: cached: parsing an address costs more than the rest of a cached call's auth flow.
+    name = host.lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _where(url: httpx.URL) -> str:
