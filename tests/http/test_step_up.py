@@ -134,3 +134,54 @@ async def test_the_authority_never_adds_a_context_the_sign_in_did_not_meet(
             await obo.acquire([data_read], claims=json.dumps(C1), timeout=TIMEOUT)
     assert json.loads(caught.value.claims or "") == C1
     assert caught.value.error == "interaction_required"
+
+
+class SensitiveStreams(echo_pb2_grpc.EchoServicer):
+    @grpc_obo.requires(auth_context="c1")
+    async def UnaryUnary(self, request: Any, context: Any) -> Any:
+        return echo_pb2.EchoResponse(text="ok")
+
+    @grpc_obo.requires(auth_context="c1")
+    async def UnaryStream(self, request: Any, context: Any) -> Any:
+        yield echo_pb2.EchoResponse(text="ok")
+
+
+@pytest.mark.parametrize("otel", ["before", "after"])
+async def test_the_step_up_holds_with_the_instrumentation_before_or_after(
+    original_validator: grpc_obo.TokenValidator, users: Users, otel: str
+) -> None:
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    ours = grpc_obo.server_interceptor(original_validator)
+    chain = (
+        [aio_server_interceptor(), ours] if otel == "before" else [ours, aio_server_interceptor()]
+    )
+    server = grpc.aio.server(interceptors=chain)
+    echo_pb2_grpc.add_EchoServicer_to_server(SensitiveStreams(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            plain = (("authorization", f"Bearer {users.token()}"),)
+            stepped = (("authorization", f"Bearer {users.token(claims={'acrs': ['c1']})}"),)
+            request = echo_pb2.EchoRequest(text="x")
+            calls = (
+                lambda md: stub.UnaryUnary(request, metadata=md, timeout=TIMEOUT),
+                lambda md: _first(stub.UnaryStream(request, metadata=md, timeout=TIMEOUT)),
+            )
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(plain)
+                assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+                trailing = dict(refused.value.trailing_metadata() or ())
+                assert claims_of(trailing["www-authenticate"]) == C1
+                assert (await call(stepped)).text == "ok"
+    finally:
+        await server.stop(None)
+
+
+async def _first(call: Any) -> Any:
+    async for item in call:
+        return item
+    raise AssertionError("no response")
