@@ -33,6 +33,12 @@ redis-server:
 	  echo "redis-server not found: installing Debian's redis-server package"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# The sign-in page tests drive a real headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "chromium not found: installing Debian's chromium and chromium-driver packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 # The telemetry tests need a Jaeger 2 binary and no package ships one: scripts/jaeger.sh builds it
 # once from source with Go into ~/.cache/grpc_obo (minutes; JAEGER_BIN=/path/to/jaeger uses yours).
 # Without Go this fails, unless GRPC_OBO_SKIP_JAEGER=1: then the Jaeger tests are skipped, loudly.
@@ -100,10 +106,27 @@ h2load:
 	  echo "h2load not found: installing Debian's nghttp2-client package"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
 
+# The documentation site (Sphinx + Furo + MyST, docs/; CONTRIBUTING.md says why): a fresh
+# environment every build, nitpicky, warnings are errors, so a broken link, a missing reference
+# or a docstring that does not parse fails. Installs the `docs` extra into .venv itself.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+.PHONY: docs docs-screenshots
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -b html -E -W --keep-going -n -q docs docs/_build/html
+	@echo "docs: file://$(CURDIR)/docs/_build/html/index.html"
+
+# PNGs of the landing page, one guide and the API reference, taken with headless Chromium.
+docs-screenshots: docs chromium
+	$(PY) scripts/docs_screenshots.py docs/_build/html docs/_build/screenshots
+
 bench: $(STAMP) redis-server
 	@$(PY) -c 'import matplotlib, azure.identity' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/run.py
 	$(PY) -m tests.soak --report --json benchmarks/results/soak.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache docs/_build

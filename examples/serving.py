@@ -125,7 +125,8 @@ def main(api: Api) -> int:
 async def _serve(api: Api, config: ServiceConfig) -> int:
     stop = _stop_event()  # first: a SIGTERM while starting stops cleanly too
     provider = tracing.setup(f"grpc-obo-{api.name}")
-    validator = grpc_obo.TokenValidator(config.validator)
+    # Key refreshes are traced like the rest (global providers, set up just above).
+    validator = grpc_obo.TokenValidator(config.validator, telemetry=grpc_obo.Telemetry())
     obo = grpc_obo.OnBehalfOf(config.client) if config.client is not None else None
     try:
         quiet = logging.getLogger("grpc_obo.validation")

@@ -22,8 +22,12 @@ ROOMS = {
     "grpc_obo._errors": "errors",
     "grpc_obo._validation": "validation",
     "grpc_obo._policy": "validation",  # per-method policy decisions: pure, like validation
+    "grpc_obo._declared": "validation",  # rules declared on servicer methods (requires)
     "grpc_obo._exchange": "exchange",
     "grpc_obo._server": "server",
+    "grpc_obo._gate": "server",
+    "grpc_obo._handlers": "server",
+    "grpc_obo._relay": "relay",
     "grpc_obo._client": "client",
     "grpc_obo._http_auth": "http",
     "grpc_obo._asgi": "asgi",
@@ -41,9 +45,10 @@ MAY_IMPORT = {
     "errors": {"identity"},
     "validation": {"identity", "errors"},
     "exchange": {"identity", "errors"},
-    "server": {"validation", "identity", "errors", "telemetry"},
+    "server": {"validation", "relay", "identity", "errors", "telemetry"},
     # `OnBehalfOf.http_auth` builds the HTTP auth (a lazy import: httpx is an extra).
-    "client": {"exchange", "identity", "errors", "telemetry", "http"},
+    "client": {"exchange", "relay", "identity", "errors", "telemetry", "http"},
+    "relay": {"identity", "errors"},
     "http": {"exchange", "relay", "identity", "errors", "telemetry"},
     # `validation` covers the policy module too (see ROOMS).
     "asgi": {"validation", "relay", "identity", "errors", "telemetry"},
@@ -56,6 +61,7 @@ MAY_IMPORT = {
         "errors",
         "validation",
         "exchange",
+        "relay",
         "server",
         "client",
         "telemetry",
@@ -69,6 +75,8 @@ NEVER = {
     "errors": {"jwt", "msal", "aiocache", "redis", "aiohttp"},
     "validation": {"grpc", "msal", "aiocache", "redis"},
     "exchange": {"grpc", "jwt", "aiohttp"},
+    # What a downstream says is judged here for every transport: no transport of its own.
+    "relay": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "httpx", "starlette"},
     "server": {"msal", "aiocache", "redis"},
     "client": {"jwt", "aiohttp"},
     "http": {"grpc", "jwt", "aiohttp", "starlette"},
@@ -173,6 +181,10 @@ def test_the_checker_catches_what_it_guards() -> None:
     assert violations("grpc_obo.devauthority._x", "from grpc_obo._validation import V\n")
     assert violations("grpc_obo._client", "from opentelemetry.sdk.trace import TracerProvider\n")
     assert violations("grpc_obo._validation._x", "from .._exchange import _cache\n")
+    assert violations("grpc_obo._relay._x", "import grpc\n")
+    assert violations("grpc_obo._relay", "from grpc_obo._server import Gate\n")
+    assert violations("grpc_obo._identity", "from grpc_obo._relay import Failures\n")
+    assert not violations("grpc_obo._client", "from grpc_obo._relay import Failures\n")
     assert not violations("grpc_obo._server", "from grpc_obo._validation import TokenValidator\n")
     assert not violations("grpc_obo._exchange._x", "from ._cache import TokenCache\n")
     assert imports_of("from . import _keys\n", "grpc_obo._validation", is_package=True) >= {

@@ -18,10 +18,8 @@ from `status_for`, by name).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import Any, Literal
@@ -35,9 +33,11 @@ from grpc_obo._errors import (
     status_for,
     www_authenticate_for,
 )
-from grpc_obo._identity import Identity, _outbound_failures, current_identity, use_identity
+from grpc_obo._identity import Identity, current_identity, use_identity
 from grpc_obo._policy import Callers, MethodPolicy
+from grpc_obo._relay import Code, Failures, collect, downstream_in, uncollect
 from grpc_obo._telemetry import Telemetry
+from grpc_obo._validation._bearer import bearer_token_from_header
 
 __all__ = ["BearerAuthMiddleware", "http_requires"]
 
@@ -48,23 +48,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# gRPC status (by name) -> HTTP status, for refusals and relayed downstream failures.
-_HTTP_STATUS = {
-    "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 403,
-    "UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-    "NOT_FOUND": 404,
-    "INVALID_ARGUMENT": 400,
-    "RESOURCE_EXHAUSTED": 429,
-}
-_RELAYED_TEXT = {
-    "UNAUTHENTICATED": "a downstream API refused the user token",
-    "PERMISSION_DENIED": "a downstream API denied the user access",
-    "UNAVAILABLE": "a downstream API is unavailable",
-    "DEADLINE_EXCEEDED": "a downstream API did not answer within the deadline",
-}
 
 
 class BearerAuthMiddleware:
@@ -124,8 +107,8 @@ class BearerAuthMiddleware:
                 started = True
             await send(message)
 
-        failures: list[tuple[object, str | None]] = []
-        relay = _outbound_failures.set(failures)
+        failures = Failures()  # what the route's On-Behalf-Of calls record (grpc_obo._relay)
+        relay = collect(failures)
         try:
             with use_identity(identity):
                 await self.app(scope, receive, tracked)
@@ -134,13 +117,21 @@ class BearerAuthMiddleware:
                 raise
             await _refuse(scope, send, error, kind)
         except Exception as error:
-            relayed = _relayed(error, failures)
+            # A downstream's failure the route did not catch (or anything raised after one):
+            # the relay's status and rebuilt challenge, never the downstream's text.
+            relayed = failures.settle(downstream_in(error))
             if relayed is None or started:
                 raise
-            _log.info("relaying a downstream %s to the HTTP caller", relayed[0])
-            await _answer(send, relayed[0], relayed[1], relayed[2])
+            _log.log(
+                logging.WARNING if relayed.operator else logging.INFO,
+                "%s: relaying a downstream %s to the HTTP caller as %s",
+                scope.get("path", ""),
+                relayed.downstream.name if relayed.downstream else type(error).__name__,
+                relayed.code.name,
+            )
+            await _answer(send, relayed.code.http_status, relayed.details, relayed.challenge)
         finally:
-            _outbound_failures.reset(relay)
+            uncollect(relay)
 
     async def _authenticate(self, scope: Scope) -> Identity:
         token = bearer_token(scope.get("headers", ()))
@@ -211,7 +202,7 @@ def http_requires(
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The token of the one `Authorization: Bearer` header; refusals as the gRPC side's."""
+    """The token of the one `Authorization` header (read as the gRPC side reads metadata)."""
     values = [value for name, value in headers if name.lower() == b"authorization"]
     if not values:
         raise MissingTokenError("no bearer token in the Authorization header")
@@ -225,22 +216,14 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str:
         raise MalformedTokenError(
             "the Authorization header is not ASCII", reason="malformed_header"
         ) from None
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer":
-        raise MissingTokenError(
-            "the authorization scheme is not Bearer", reason="unsupported_scheme"
-        )
-    token = token.strip(" ")
-    if not token or " " in token or not token.isprintable():
-        raise MalformedTokenError("the bearer token is not one word", reason="malformed_header")
-    return token
+    return bearer_token_from_header(value)
 
 
 # -- answers ------------------------------------------------------------------------------------
 
 
 async def _refuse(scope: Scope, send: Send, error: GrpcOboError, kind: str) -> None:
-    status = _HTTP_STATUS.get(status_for(error).name, 500)
+    status = Code[status_for(error).name].http_status
     if status >= 500:
         _log.warning("front door failed a request: %s", type(error).__name__)
     else:
@@ -263,54 +246,3 @@ async def _answer(send: Send, status: int, message: str, challenge: str | None) 
         headers.append((b"www-authenticate", challenge.encode("latin-1", "replace")))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-# NOTE: the relay module (issue 17) owns the parser, the allow-list and the mapping for uncaught
-# downstream failures; these three functions are the seam it replaces.
-
-
-def _relayed(
-    error: Exception, failures: list[tuple[object, str | None]]
-) -> tuple[int, str, str | None] | None:
-    """(HTTP status, fixed text, rebuilt challenge) for an uncaught gRPC downstream failure
-    recorded by grpc_obo's client interceptors while serving this request; else None."""
-    code_of = getattr(error, "code", None)
-    trailing_of = getattr(error, "trailing_metadata", None)
-    if not failures or not callable(code_of) or not callable(trailing_of):
-        return None
-    code = code_of()
-    challenge = _challenge_of(trailing_of() or ())
-    name = getattr(code, "name", "")
-    if (code, challenge) not in failures or name not in _RELAYED_TEXT:
-        return None
-    return _HTTP_STATUS[name], _RELAYED_TEXT[name], _rebuilt(name, challenge)
-
-
-def _challenge_of(trailing: Iterable[tuple[str, Any]]) -> str | None:
-    for key, value in trailing:
-        if str(key).lower() == "www-authenticate":
-            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
-    return None
-
-
-_CLAIMS = re.compile(r'claims="([A-Za-z0-9+/=_-]{1,11000})"')
-
-
-def _rebuilt(name: str, challenge: str | None) -> str | None:
-    if name == "UNAUTHENTICATED":
-        found = _CLAIMS.search(challenge or "")
-        if challenge and "insufficient_claims" in challenge and found:
-            try:
-                claims = base64.b64decode(found.group(1), validate=True)
-                if isinstance(json.loads(claims), dict):
-                    encoded = base64.b64encode(claims).decode("ascii")
-                    return (
-                        'Bearer error="insufficient_claims", error_description="a downstream '
-                        f'API needs a new sign-in with these claims", claims="{encoded}"'
-                    )
-            except ValueError:
-                pass
-        return f'Bearer error="invalid_token", error_description="{_RELAYED_TEXT[name]}"'
-    if name == "PERMISSION_DENIED":
-        return f'Bearer error="insufficient_scope", error_description="{_RELAYED_TEXT[name]}"'
-    return None

@@ -14,11 +14,8 @@ helpers: the only public face of this module.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
-import json
 import logging
-import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,7 +27,8 @@ from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._credentials import ConfidentialClient
 from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
 from grpc_obo._exchange._retry import RetryPolicy
-from grpc_obo._identity import Identity, SecretToken, _outbound_failures, current_identity
+from grpc_obo._identity import Identity, SecretToken, current_identity
+from grpc_obo._relay import ClaimsMemory, Code, Failures, choose_challenge, claims_of, recording
 from grpc_obo._telemetry import Telemetry
 
 __all__ = ["AppOnly", "OnBehalfOf"]
@@ -119,13 +117,12 @@ class _Core:
     def watch(self, call: Any, method: str) -> None:
         """Look at how `call` ended, at no cost beyond a callback when it succeeded.
 
-        A failure the original caller must see (UNAUTHENTICATED or PERMISSION_DENIED with a
-        challenge, UNAVAILABLE, DEADLINE_EXCEEDED) is recorded for the server interceptor to
-        relay; a claims challenge also evicts the cached token (see `_evict_for_claims`).
+        A failure (any status but OK) is recorded with its chosen challenge for the server
+        interceptor to relay (`grpc_obo._relay`); a claims challenge also evicts the cached token.
         """
         # The done callback runs in whatever context grpc calls it from: capture the caller's
         # identity and the served call's failure list now.
-        failures = _outbound_failures.get()
+        failures = recording()
         identity = current_identity()
         if failures is None and (self._evict is None or identity is None):
             return
@@ -147,30 +144,31 @@ class _Core:
         code: grpc.StatusCode,
         method: str,
         identity: Identity | None,
-        failures: list[tuple[object, str | None]] | None,
+        failures: Failures | None,
     ) -> None:
-        if code not in _RELAYABLE:
-            return
-        challenge = _challenge(_result_now(call.trailing_metadata()) or ())
-        if failures is not None and len(failures) < _MAX_FAILURES:
-            failures.append((code, challenge))
+        trailing = _result_now(call.trailing_metadata()) or ()
+        # The same choice the server interceptor makes when it relays: one function decides.
+        challenge = choose_challenge(
+            value for key, value in trailing if str(key).lower() == "www-authenticate"
+        )
+        if failures is not None:
+            failures.record(Code[code.name], challenge)
         if (
             code is grpc.StatusCode.UNAUTHENTICATED
             and challenge is not None
-            and "insufficient_claims" in challenge
+            and challenge.get("error") == "insufficient_claims"
             and self._evict is not None
             and identity is not None
         ):
             _log.info("downstream sent a claims challenge on %s: evicting", method)
-            claims = _claims_of(challenge)
-            self._spawn(self._evict(self.scopes_for(method), identity, claims))
+            self._spawn(self._evict(self.scopes_for(method), identity, claims_of(challenge)))
 
     async def _check_later(
         self,
         call: Any,
         method: str,
         identity: Identity | None,
-        failures: list[tuple[object, str | None]] | None,
+        failures: Failures | None,
     ) -> None:
         try:
             code = await call.code()
@@ -187,17 +185,6 @@ class _Core:
         task.add_done_callback(self._pending.discard)
 
 
-_RELAYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-    }
-)
-_MAX_FAILURES = 64  # per served call: a handler looping over failing calls stays bounded
-
-
 def _result_now(awaitable: Any) -> Any:
     """The result of a coroutine that completes without suspending, else None.
 
@@ -212,50 +199,6 @@ def _result_now(awaitable: Any) -> Any:
     except Exception:
         return None
     awaitable.close()
-    return None
-
-
-def _claims_of(challenge: str) -> str | None:
-    """The decoded `claims` parameter of a `www-authenticate` challenge, if well-formed."""
-    found = _CLAIMS_PARAM.search(challenge)
-    if found is None:
-        return None
-    try:
-        claims = base64.b64decode(found.group(1), validate=True).decode("utf-8")
-        json.loads(claims)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return claims if len(claims) <= _MAX_CLAIMS else None
-
-
-class _ClaimsMemory:
-    """Claims challenges per (user, scopes), bounded: oldest forgotten first."""
-
-    def __init__(self) -> None:
-        self._claims: dict[tuple[str, tuple[str, ...]], str] = {}
-
-    def get(self, identity: Identity | None, scopes: tuple[str, ...]) -> str | None:
-        if not self._claims or identity is None:
-            return None
-        return self._claims.get((identity.principal, scopes))
-
-    def put(self, identity: Identity, scopes: tuple[str, ...], claims: str | None) -> None:
-        if claims is None:
-            return
-        if len(self._claims) >= _MAX_CLAIMS_USERS:
-            del self._claims[next(iter(self._claims))]
-        self._claims[(identity.principal, scopes)] = claims
-
-
-_CLAIMS_PARAM = re.compile(r'claims="([A-Za-z0-9+/=]+)"')
-_MAX_CLAIMS = 8192
-_MAX_CLAIMS_USERS = 10_000
-
-
-def _challenge(trailing: Any) -> str | None:
-    for key, value in trailing:
-        if str(key).lower() == "www-authenticate":
-            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
     return None
 
 
@@ -455,13 +398,18 @@ class OnBehalfOf(OboExchanger, _Channels):
         `method_scopes` overrides `scopes` per `/pkg.Service/Method` or per `pkg.Service`.
         """
 
-        # Claims a downstream asked for (claims challenge), per user and scope set: every later
-        # exchange for them carries the claims, so the token obtained meets the challenge.
-        claims_for = _ClaimsMemory()
+        # Claims a downstream asked for (claims challenge), per user and scope set: the next
+        # exchange for them carries the claims, so the token obtained meets the challenge;
+        # once one did, they are forgotten (see grpc_obo._relay.ClaimsMemory).
+        claims_for = ClaimsMemory()
 
         async def acquire(wanted: tuple[str, ...], timeout: float | None) -> SecretToken:
-            claims = claims_for.get(current_identity(), wanted)
-            return await self.acquire(wanted, timeout=timeout, claims=claims)
+            identity = current_identity()
+            claims = claims_for.get(identity, wanted)
+            token = await self.acquire(wanted, timeout=timeout, claims=claims)
+            if claims is not None:
+                claims_for.forget(identity, wanted, claims)
+            return token
 
         async def evict(wanted: tuple[str, ...], identity: Identity, claims: str | None) -> None:
             await self.invalidate(

@@ -27,8 +27,8 @@
     │   ├── InvalidGrantError              the assertion is no longer good -> UNAUTHENTICATED
     │   │   └── ConsentRequiredError       no consent for the downstream API -> PERMISSION_DENIED
     │   └── AuthorityUnavailableError      5xx, 429, timeouts after retries -> UNAVAILABLE
-    └── DownstreamError (code, challenge)  an On-Behalf-Of call was refused or unreachable:
-                                           relayed with the downstream's status and challenge
+    └── DownstreamError (code, challenge)  an On-Behalf-Of call failed: relayed by grpc_obo._relay's
+                                           table, with a rebuilt challenge
 
 Messages are fixed, human-readable sentences. They never contain a token, a secret or key
 material: every class takes only the specific context (`reason`, `claim`, authority error codes)
@@ -292,8 +292,9 @@ class DownstreamError(GrpcOboError):
     """An outbound On-Behalf-Of call failed in a way the original caller must see.
 
     Relayed by the server interceptor when the handler does not catch the downstream's
-    `AioRpcError`: same status, same `www-authenticate` challenge (claims intact), a fixed
-    message instead of the downstream's details (which may name inner hosts).
+    `AioRpcError`: the status from `grpc_obo._relay`'s table, the downstream's challenge rebuilt
+    from an allow-list (claims kept), a fixed message instead of the downstream's details
+    (which may name inner hosts).
     """
 
     def __init__(self, message: str, *, code: grpc.StatusCode, challenge: str | None = None):

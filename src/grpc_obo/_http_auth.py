@@ -17,12 +17,9 @@ supported (the exchange is async). httpx is imported here only: install `grpc-ob
 
 from __future__ import annotations
 
-import base64
 import functools
 import ipaddress
-import json
 import logging
-import re
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Sequence
 from typing import Any
 
@@ -31,6 +28,15 @@ import httpx
 from grpc_obo._errors import ClaimsChallengeError, ConfigurationError
 from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
 from grpc_obo._identity import Identity, SecretToken, current_identity
+from grpc_obo._relay import (
+    Challenge,
+    ClaimsMemory,
+    Code,
+    Failures,
+    choose_challenge,
+    claims_of,
+    recording,
+)
 
 __all__ = ["app_only_http_auth", "obo_http_auth"]
 
@@ -52,7 +58,7 @@ class _HttpAuth(httpx.Auth):
         who: Callable[[], Identity | None],
         acquire: _Acquire,
         evict: _Evict | None,
-        claims_for: _ClaimsMemory | None,
+        claims_for: ClaimsMemory | None,
     ) -> None:
         self._scopes = scopes
         self._who = who
@@ -73,13 +79,17 @@ class _HttpAuth(httpx.Auth):
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         _check_transport(request.url)
         await request.aread()
+        failures = recording()  # the served call's, if any: read now, in the caller's context
         identity = self._who()
-        remembered = self._claims.get(identity) if self._claims is not None else None
+        remembered = self._remembered(identity)
         token = await self._acquire(identity, remembered)
+        self._met(identity, remembered)
         _authorize(request, token)
         response = yield request
-        claims = claims_challenge(response)
+        challenge = _challenge(response)
+        claims = claims_of(challenge) if response.status_code == 401 else None
         if claims is None or self._evict is None or identity is None:
+            _record(failures, response, challenge)
             return
         # NOTE: the downstream refused a token it accepted before (a revoked session, a
         # location change: CAE) or wants more (authentication context). Whatever level holds
@@ -87,75 +97,52 @@ class _HttpAuth(httpx.Auth):
         _log.info("HTTP downstream %s sent a claims challenge: evicting", _where(request.url))
         await self._evict(identity, remembered)
         if self._claims is not None:
-            self._claims.put(identity, claims)
+            self._claims.put(identity, self._scopes, claims)
         # Raises ClaimsChallengeError when only the user can satisfy the claims (they must
         # sign in again): the incoming call ends with UNAUTHENTICATED and these claims.
         token = await self._acquire(identity, claims)
+        self._met(identity, claims)
         _authorize(request, token)
         response = yield request
-        if claims_challenge(response) is not None:
+        challenge = _challenge(response)
+        again = claims_of(challenge) if response.status_code == 401 else None
+        if again is not None:
             raise ClaimsChallengeError(
                 "a downstream API still asks for claims the user must satisfy by signing in again",
-                claims=claims,
+                claims=again,
             )
+        _record(failures, response, challenge)
+
+    def _remembered(self, identity: Identity | None) -> str | None:
+        return self._claims.get(identity, self._scopes) if self._claims is not None else None
+
+    def _met(self, identity: Identity | None, claims: str | None) -> None:
+        # An exchange carrying the claims succeeded: they are met, stop asking for them.
+        if claims is not None and self._claims is not None:
+            self._claims.forget(identity, self._scopes, claims)
 
 
 def _authorize(request: httpx.Request, token: SecretToken) -> None:
     request.headers["Authorization"] = f"Bearer {token.reveal()}"
 
 
-class _ClaimsMemory:
-    """Claims a downstream asked for, per user, bounded: oldest forgotten first."""
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._limit = limit
-        self._claims: dict[str, str] = {}
-
-    def get(self, identity: Identity | None) -> str | None:
-        if not self._claims or identity is None:
-            return None
-        return self._claims.get(identity.principal)
-
-    def put(self, identity: Identity, claims: str) -> None:
-        if len(self._claims) >= self._limit:
-            del self._claims[next(iter(self._claims))]
-        self._claims[identity.principal] = claims
-
-
-# -- decisions about a response (pure) --------------------------------------------------------
-
-_CLAIMS_PARAM = re.compile(r'(?:^|[\s,])claims="([A-Za-z0-9+/=_-]{1,11000})"')
-_MAX_CLAIMS = 8192
-
-
-def claims_challenge(response: httpx.Response) -> str | None:
-    """The claims JSON of a 401 `Bearer error="insufficient_claims"` challenge, else None.
-
-    Several `WWW-Authenticate` headers may come (RFC 7235): the first claims challenge counts.
-    Anything malformed (not base64, not a JSON object, too long) is no challenge at all.
-    """
-    if response.status_code != 401:
+def _challenge(response: httpx.Response) -> Challenge | None:
+    """*The* challenge of a refusal, chosen as the gRPC side chooses (grpc_obo._relay)."""
+    if response.status_code < 400:
         return None
-    for value in response.headers.get_list("www-authenticate"):
-        if "insufficient_claims" not in value:
-            continue
-        found = _CLAIMS_PARAM.search(value)
-        claims = _decoded_claims(found.group(1)) if found else None
-        if claims is not None:
-            return claims
-    return None
+    return choose_challenge(response.headers.get_list("www-authenticate"))
 
 
-def _decoded_claims(encoded: str) -> str | None:
-    try:
-        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_")
-        text = raw.decode("utf-8")
-        parsed = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    if not isinstance(parsed, dict) or len(text) > _MAX_CLAIMS:
-        return None
-    return text
+def _record(
+    failures: Failures | None, response: httpx.Response, challenge: Challenge | None
+) -> None:
+    """A failed answer, recorded for the relay: when the handler does not catch what follows
+    (`raise_for_status()`), the incoming call ends with the relay's status and challenge."""
+    if failures is None:
+        return
+    code = Code.from_http(response.status_code)
+    if code is not Code.OK:
+        failures.record(code, challenge)
 
 
 def _check_transport(url: httpx.URL) -> None:
@@ -213,7 +200,7 @@ def obo_http_auth(
         who=current_identity,
         acquire=acquire,
         evict=evict,
-        claims_for=_ClaimsMemory(),
+        claims_for=ClaimsMemory(),
     )
 
 

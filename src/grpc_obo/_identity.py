@@ -126,13 +126,6 @@ class Identity:
 
 _current: ContextVar[Identity | None] = ContextVar("grpc_obo_identity", default=None)
 
-# Failures of On-Behalf-Of calls made while serving the current RPC, as (status code,
-# www-authenticate challenge or None): the client interceptors append, the server interceptor
-# relays a matching error the handler did not catch. One list per served call.
-_outbound_failures: ContextVar[list[tuple[object, str | None]] | None] = ContextVar(
-    "grpc_obo_outbound_failures", default=None
-)
-
 
 def current_identity() -> Identity | None:
     """The identity of the RPC this code runs for, or None outside an authenticated call."""

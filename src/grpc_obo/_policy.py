@@ -10,16 +10,12 @@ built-in public methods (the standard health and reflection methods, by exact na
 default rule (or a denial when strict). A rule declared on the servicer method itself (`requires`)
 names the method too; when the policy also names it, both rules must pass (the stricter wins).
 
-Declared rules are found on whatever handler grpc hands the server interceptor, which may be
-another interceptor's wrapper around the servicer method: `resolve_declared` looks through
-wrappers (`__wrapped__`, bound methods, partials, closures) and says when it cannot be sure.
+How declared rules are found behind other interceptors' wrappers lives in `_declared`.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
-import inspect
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,12 +33,12 @@ from grpc_obo._identity import Identity, IdentityKind
 
 __all__ = [
     "BUILTIN_PUBLIC_METHODS",
+    "DECLARED_NAMES",
     "Callers",
     "MethodPolicy",
     "Policy",
     "declared_policy",
     "requires",
-    "resolve_declared",
 ]
 
 BUILTIN_PUBLIC_METHODS: tuple[str, ...] = (
@@ -395,7 +391,7 @@ def requires(
 
     def mark(func: _F) -> _F:
         setattr(func, _DECLARED_ATTR, rule)
-        _DECLARED_NAMES.add(getattr(func, "__name__", ""))
+        DECLARED_NAMES.add(getattr(func, "__name__", ""))
         return func
 
     return mark
@@ -409,60 +405,4 @@ def declared_policy(behavior: object) -> MethodPolicy | None:
 
 # The names of every function `requires` has marked in this process. A wrapper we cannot see
 # through hides a declared rule only if some marked function could be behind it.
-_DECLARED_NAMES: set[str] = set()
-_MAX_WALK = 64  # callables visited per handler: wrappers nest a few deep, never dozens
-
-
-def resolve_declared(behavior: object, method: str) -> tuple[MethodPolicy | None, bool]:
-    """(the rule declared for `method`'s handler, whether that answer is certain).
-
-    `behavior` is what grpc hands the server interceptor: the servicer method, or another
-    interceptor's wrapper around it. Wrappers are looked through by `__wrapped__`
-    (functools.wraps), bound methods, `functools.partial` and callables held in closures.
-    "No rule" is certain only when the walk reached the servicer method itself, i.e. a function
-    named like the gRPC method (what generated `add_*Servicer_to_server` code registers), or
-    when nothing in this process was ever marked with `requires`. Anything else (a wrapper that
-    keeps the handler out of sight, a hand-written handler named otherwise) is uncertain, and
-    the caller must fail closed: a hidden rule may be stricter than any the policy gives.
-    """
-    seen: set[int] = set()
-    found: list[MethodPolicy] = []
-    reached_servicer = False
-    short_name = method.rsplit("/", 1)[-1]
-    queue: list[object] = [behavior]
-    while queue and len(seen) < _MAX_WALK:
-        item = queue.pop(0)
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        rule = declared_policy(item)
-        if rule is not None and rule not in found:
-            found.append(rule)
-        if getattr(item, "__name__", None) == short_name:
-            reached_servicer = True
-        queue.extend(_wrapped_by(item))
-    if len(found) == 1:
-        return found[0], True
-    if found:  # two different declared rules behind one handler: which one is meant?
-        return None, False
-    return None, reached_servicer or not _DECLARED_NAMES
-
-
-def _wrapped_by(item: object) -> list[object]:
-    """The callables `item` delegates to, as far as Python shows them."""
-    inner: list[object] = []
-    wrapped = getattr(item, "__wrapped__", None)
-    if wrapped is not None:
-        inner.append(wrapped)
-    if inspect.ismethod(item):
-        inner.append(item.__func__)
-    if isinstance(item, functools.partial):
-        inner.append(item.func)
-    for cell in getattr(item, "__closure__", None) or ():
-        try:
-            content = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if callable(content) and not isinstance(content, type):
-            inner.append(content)
-    return inner
+DECLARED_NAMES: set[str] = set()

@@ -32,6 +32,24 @@ CAE_CHALLENGE = (
     f'claims="{base64.b64encode(CLAIMS.encode()).decode()}"'
 )
 DENIED_CHALLENGE = 'Bearer error="insufficient_scope", error_description="not yours", scope="x"'
+# What the client app gets for them: rebuilt, with fixed descriptions (grpc_obo._relay).
+CAE_RELAYED = (
+    'Bearer error="insufficient_claims", error_description="a downstream API needs more claims: '
+    'sign in again with the claims in this challenge", '
+    f'claims="{base64.b64encode(CLAIMS.encode()).decode()}"'
+)
+DENIED_RELAYED = (
+    'Bearer error="insufficient_scope", '
+    "error_description=\"a downstream API needs a permission the user's token lacks "
+    '(a scope, or consent to it)", scope="x"'
+)
+# What a chatty or compromised downstream writes: inner host names and a JWT-shaped string.
+LEAK = "db1.internal.contoso.example:5432 eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2ln"
+EVIL_CHALLENGE = (
+    'Bearer realm="", authorization_uri="https://evil.example/login", '
+    f'error="insufficient_claims", error_description="{LEAK}", '
+    f'claims="{base64.b64encode(CLAIMS.encode()).decode()}"'
+)
 FAST_RETRY = grpc_obo.RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.05, budget=2.0)
 
 
@@ -49,6 +67,27 @@ async def _misbehave(text: str, context: Any) -> None:
     if text == "deny":
         await context.abort(
             grpc.StatusCode.PERMISSION_DENIED, "deny", (("www-authenticate", DENIED_CHALLENGE),)
+        )
+    if text.startswith("code:"):  # any status, with details naming inner hosts
+        await context.abort(grpc.StatusCode[text.removeprefix("code:")], LEAK)
+    if text == "raise":  # a downstream bug: grpc makes it UNKNOWN with the exception's text
+        raise ValueError(LEAK)
+    if text == "nonascii":  # grpc refuses to send it: the downstream's call ends INTERNAL
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, LEAK, (("www-authenticate", 'Bearer error="é"'),)
+        )
+    if text == "two":  # RFC 7235 allows several challenges: a plain one first, claims second
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            LEAK,
+            (
+                ("www-authenticate", 'Bearer realm="", error="invalid_token"'),
+                ("www-authenticate", CAE_CHALLENGE),
+            ),
+        )
+    if text == "evil":
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, LEAK, (("www-authenticate", EVIL_CHALLENGE),)
         )
 
 
@@ -78,7 +117,9 @@ async def _one(text: str) -> AsyncIterator[EchoRequest]:
 
 class Middle(echo_pb2_grpc.EchoServicer):
     """Calls downstream with the same RPC kind; "catch:" requests handle the failure themselves,
-    "plain:" requests use a channel without On-Behalf-Of (its errors are not relayed)."""
+    "plain:" requests use a channel without On-Behalf-Of (its errors are not relayed), "wrap:"
+    requests raise a RuntimeError quoting the downstream's error instead, "after:" requests
+    catch it and then raise one, outside the `except` block."""
 
     def __init__(self, obo: echo_pb2_grpc.EchoStub, plain: echo_pb2_grpc.EchoStub) -> None:
         self._obo, self._plain = obo, plain
@@ -91,6 +132,22 @@ class Middle(echo_pb2_grpc.EchoServicer):
         return self._obo, text, False
 
     async def UnaryUnary(self, request, context):
+        if request.text.startswith("wrap:"):
+            try:
+                return await self._obo.UnaryUnary(
+                    EchoRequest(text=request.text.removeprefix("wrap:")), timeout=5
+                )
+            except grpc.aio.AioRpcError as error:
+                raise RuntimeError(f"downstream said {error.details()}") from None
+        if request.text.startswith("after:"):
+            said = ""
+            try:
+                await self._obo.UnaryUnary(
+                    EchoRequest(text=request.text.removeprefix("after:")), timeout=5
+                )
+            except grpc.aio.AioRpcError as error:
+                said = str(error.details())
+            raise RuntimeError(f"could not finish: {said}")
         stub, text, catch = self._route(request.text)
         try:
             return await stub.UnaryUnary(EchoRequest(text=text), timeout=5)
@@ -199,6 +256,7 @@ def _clean(error: grpc.aio.AioRpcError) -> None:
     assert "127.0.0.1" not in shown and "ipv4:" not in shown, shown
     assert "eyJ" not in shown, shown
     assert "Unexpected" not in shown and "AioRpcError" not in shown, shown
+    assert "internal.contoso" not in shown and "evil.example" not in shown, shown
 
 
 KIND_NAMES = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
@@ -211,7 +269,7 @@ class TestRelayedFromTheDownstream:
     ) -> None:
         error = await _failure(_call(hops.middle, kind, "cae", hops.token()))
         assert error.code() is grpc.StatusCode.UNAUTHENTICATED, (kind, error.details())
-        assert _challenge(error) == CAE_CHALLENGE
+        assert _challenge(error) == CAE_RELAYED
         _clean(error)
 
     @pytest.mark.parametrize("kind", KIND_NAMES)
@@ -220,7 +278,7 @@ class TestRelayedFromTheDownstream:
     ) -> None:
         error = await _failure(_call(hops.middle, kind, "deny", hops.token()))
         assert error.code() is grpc.StatusCode.PERMISSION_DENIED, (kind, error.details())
-        assert _challenge(error) == DENIED_CHALLENGE
+        assert _challenge(error) == DENIED_RELAYED
         _clean(error)
 
     async def test_the_claims_of_a_downstream_challenge_go_into_the_next_exchange(

@@ -16,6 +16,7 @@ from grpc_obo import (
     ConfigurationError,
     MethodPolicy,
     Policy,
+    Telemetry,
     TokenValidator,
     current_identity,
     server_interceptor,
@@ -125,6 +126,9 @@ class TestStatusMapping:
         class Exploding:
             async def validate(self, token: str) -> Any:
                 raise RuntimeError(f"bug while reading {token} / {token.split('.')[1]}")
+
+            def cached(self, token: str) -> None:
+                return None
 
         served = await serve(validator=Exploding())
         error = await failure(
@@ -394,6 +398,22 @@ class TestConstruction:
 
     def test_factory_returns_an_aio_interceptor(self, validator: TokenValidator) -> None:
         assert isinstance(server_interceptor(validator), grpc.aio.ServerInterceptor)
+
+    def test_validator_must_offer_cached(self) -> None:
+        class NoCache:
+            async def validate(self, token: str) -> None:
+                return None
+
+        with pytest.raises(ConfigurationError, match="cached"):
+            server_interceptor(NoCache())  # type: ignore[arg-type]
+
+    async def test_the_interceptor_leaves_the_validator_it_is_given_alone(self) -> None:
+        """Telemetry goes to the validator at its construction, never rewired by the server."""
+        async with TokenValidator(static_options(jwks=None)) as validator:
+            source = validator.key_source
+            before = dict(vars(source))
+            server_interceptor(validator, telemetry=Telemetry())
+            assert vars(source) == before
 
 
 def test_refusals_are_logged_at_debug_without_tokens(caplog: pytest.LogCaptureFixture) -> None:

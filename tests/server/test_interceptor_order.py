@@ -267,6 +267,8 @@ class TestUncertainRulesFailClosed:
         text = errors[0].getMessage()
         assert f"/{ECHO}/UnaryUnary" in text
         assert "interceptor" in text and "functools.wraps" in text
+        # The servicer method has its rule already: adding `requires` again is no fix.
+        assert "requires(...)" not in text and "'UnaryUnary'" in text
 
     async def test_a_policy_rule_does_not_lift_the_uncertainty(self, serve: Serve) -> None:
         """The hidden rule may be stricter than the policy's: still closed."""
@@ -300,8 +302,34 @@ class TestPublicByExactName:
         assert not [w for w in warnings if f"/{ECHO}/UnaryUnary'" in w]
 
 
+def test_the_fail_closed_fix_fits_the_cause() -> None:
+    from grpc_obo._declared import explain_uncertain, resolve_declared
+
+    @requires(scopes=WRITE)
+    async def Marked(request: Any, context: Any) -> None:
+        return None
+
+    box = {"f": Marked}
+
+    async def hidden(request: Any, context: Any) -> None:
+        return await box["f"](request, context)
+
+    # A hand-written handler not named like its method, with no rule of that name anywhere.
+    assert not resolve_declared(hidden, "/pkg.S/HandWritten")[1]
+    assert "requires(...)" in explain_uncertain(hidden, "/pkg.S/HandWritten")
+    # A marked function of the method's name exists: the rule is hidden, not missing.
+    assert "requires(...)" not in explain_uncertain(hidden, "/pkg.S/Marked")
+
+    @requires(scopes=["Other"])
+    async def Twice(request: Any, context: Any) -> None:
+        return await Marked(request, context)
+
+    twice = requires(scopes=["Third"])(functools.partial(Twice))
+    assert "several" in explain_uncertain(twice, "/pkg.S/Twice")
+
+
 def test_functools_wraps_keeps_a_declared_rule_visible() -> None:
-    from grpc_obo._policy import resolve_declared
+    from grpc_obo._declared import resolve_declared
 
     @requires(scopes=WRITE)
     async def UnaryUnary(request: Any, context: Any) -> None:

@@ -497,8 +497,15 @@ async def start_traced_chain(
     original_tp, downstream_tp = recorder.providers[ORIGINAL], recorder.providers[DOWNSTREAM]
     closers: list[Callable[[], Awaitable[Any]]] = []
 
-    down_validator = grpc_obo.TokenValidator(validator_options(authority, "downstream"))
-    orig_validator = grpc_obo.TokenValidator(validator_options(authority, "original"))
+    # Key fetches are traced through each validator's own telemetry (given at construction).
+    down_validator = grpc_obo.TokenValidator(
+        validator_options(authority, "downstream"),
+        telemetry=recorder.telemetry(DOWNSTREAM, **telemetry_options),
+    )
+    orig_validator = grpc_obo.TokenValidator(
+        validator_options(authority, "original"),
+        telemetry=recorder.telemetry(ORIGINAL, **telemetry_options),
+    )
     closers += [down_validator.close, orig_validator.close]
     obo = grpc_obo.OnBehalfOf(
         confidential_client(authority, "original"),

@@ -15,7 +15,12 @@ from grpc_obo._errors import InvalidSignatureError, MalformedTokenError
 from grpc_obo._identity import Identity
 from grpc_obo._validation._cache import VerifiedTokenCache
 from grpc_obo._validation._jose import parse_compact, verify_rs256
-from grpc_obo._validation._keys import KeySource, RemoteKeySource, StaticKeySource
+from grpc_obo._validation._keys import (
+    KeyFetchObserver,
+    KeySource,
+    RemoteKeySource,
+    StaticKeySource,
+)
 from grpc_obo._validation._options import ValidatorOptions
 from grpc_obo._validation._rules import check_claims
 
@@ -38,13 +43,20 @@ class TokenValidator:
     `v1_issuer_host=` (its v1 issuers live on the same host) and `ssl_context=` are all it takes.
     """
 
-    def __init__(self, options: ValidatorOptions) -> None:
+    def __init__(
+        self, options: ValidatorOptions, *, telemetry: KeyFetchObserver | None = None
+    ) -> None:
+        """`telemetry` (a `grpc_obo.Telemetry`) traces discovery and JWKS fetches; none without."""
         if not isinstance(options, ValidatorOptions):
             raise TypeError("TokenValidator takes a ValidatorOptions")
         self._options = options
-        self._keys: KeySource = (
-            StaticKeySource(options.jwks) if options.jwks is not None else RemoteKeySource(options)
-        )
+        if options.jwks is not None:
+            self._keys: KeySource = StaticKeySource(options.jwks)
+        else:
+            remote = RemoteKeySource(options)
+            if telemetry is not None:
+                remote.observer = telemetry  # our own key source: set once, at construction
+            self._keys = remote
         self._cache = VerifiedTokenCache(
             options.verified_cache_size, leeway=options.leeway, has_key=self._keys.has_key
         )
@@ -94,9 +106,19 @@ class TokenValidator:
         A hit is a token already in the verified-token cache, still within its `exp`
         (plus leeway) and signed by a key still published. None means "call `validate`", never
         "invalid". The server interceptor tries this first: it spares a coroutine per call.
+        Always None in a subclass that overrides `validate`: checks it adds (a revocation
+        list, say) must see every call, cached tokens included.
         """
+        if self._validate_is_extended:
+            return None
         digest = self._digest(token)
         return None if digest is None else self._cached(digest)
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._validate_is_extended = cls.validate is not TokenValidator.validate
+
+    _validate_is_extended = False
 
     def _digest(self, token: str) -> str | None:
         """The verified-token cache's key for `token` (the token itself), or None if unusable."""
