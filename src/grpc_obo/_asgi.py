@@ -50,6 +50,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class _ValidatorFailure(GrpcOboError):
+    """The validator raised something unexpected: the caller learns nothing more (500)."""
+
+
 class BearerAuthMiddleware:
     """Authenticates every HTTP request of an ASGI app (see the module docstring).
 
@@ -138,9 +142,17 @@ class BearerAuthMiddleware:
         started = time.time_ns()
         identity: Identity | None = None
         try:
-            found: object = await self._validator.validate(token)
+            try:
+                found: object = await self._validator.validate(token)
+            except GrpcOboError:
+                raise
+            except Exception as unexpected:
+                # NOTE: its message or traceback may quote the token: the class name only.
+                _log.error("the validator failed unexpectedly: %s", type(unexpected).__name__)
+                raise _ValidatorFailure("token validation failed") from None
             if not isinstance(found, Identity):
-                raise MissingIdentityError("the validator did not return an Identity")
+                _log.error("the validator returned %s, not an Identity", type(found).__name__)
+                raise _ValidatorFailure("token validation failed")
             identity = found
             self._default.check(identity)
         except GrpcOboError as error:

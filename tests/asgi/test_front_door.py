@@ -240,3 +240,23 @@ def test_misconfiguration_fails_at_construction() -> None:
         grpc_obo.BearerAuthMiddleware(app, validator=options_for, public_paths="/health")
     with pytest.raises(grpc_obo.ConfigurationError):
         http_requires(auth_context="c0")
+
+
+async def test_a_failing_validator_is_a_500_that_quotes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+    class Broken:
+        async def validate(self, token: str) -> Identity:
+            raise RuntimeError(f"cannot parse {token}")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never reached")
+
+    door = grpc_obo.BearerAuthMiddleware(app, validator=Broken())
+    async with served(door) as url, httpx.AsyncClient() as http:
+        answer = await http.get(f"{url}/x", headers={"Authorization": f"Bearer {secret}"})
+    assert answer.status_code == 500
+    assert secret not in answer.text + caplog.text
+    assert "www-authenticate" not in answer.headers
