@@ -155,7 +155,9 @@ async def run(quick: bool = False) -> dict[str, Any]:
                 authority.requests.clear()
                 async with (
                     grpc_obo.OnBehalfOf(_client(authority), max_workers=8) as fresh,
-                    httpx.AsyncClient(auth=fresh.http_auth(scopes=[scope])) as http,
+                    # All calls start at once: most wait for a connection (the default pool
+                    # timeout of 5 s is too short on a loaded machine; not what is measured).
+                    httpx.AsyncClient(auth=fresh.http_auth(scopes=[scope]), timeout=120.0) as http,
                 ):
 
                     async def first(identity: grpc_obo.Identity) -> None:
