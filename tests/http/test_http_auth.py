@@ -235,3 +235,18 @@ async def test_cp1_is_declared_by_default_and_can_be_turned_off(
             with grpc_obo.use_identity(alice):
                 await http.get(f"{downstream.url}/whoami")
     assert [seen.claims["xms_cc"] for seen in downstream.seen] == [["cp1"], []]
+
+
+def test_httpx_is_imported_only_when_an_http_auth_is_built() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, grpc_obo\n"
+        "assert 'httpx' not in sys.modules and 'starlette' not in sys.modules\n"
+        "from grpc_obo.devauthority import default_world\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
