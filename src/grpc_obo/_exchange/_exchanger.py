@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,6 +31,7 @@ from grpc_obo._errors import (
     ConfigurationError,
     ConsentRequiredError,
     MissingIdentityError,
+    TokenExchangeError,
 )
 from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._credentials import ConfidentialClient, explain_refusal
@@ -37,6 +39,7 @@ from grpc_obo._exchange._http import AuthorityHttpClient, DiscardingTokenCache, 
 from grpc_obo._exchange._keys import log_ref, obo_cache_key
 from grpc_obo._exchange._observe import ExchangeObserver, Observer
 from grpc_obo._exchange._retry import Outcome, RetryPolicy, classify, unavailable
+from grpc_obo._exchange._sources import CredentialChain, Resolved
 from grpc_obo._exchange._token import CachedToken
 from grpc_obo._identity import Identity, SecretToken, current_identity
 
@@ -77,9 +80,17 @@ class _MsalRunner:
             ca_file=client.ca_file, timeout=client.http_timeout, pool_size=max_workers
         )
         self._token_cache = token_cache
+        self._credentials = CredentialChain(
+            [
+                c.source(ca_file=client.ca_file, timeout=client.http_timeout, clock=time.time)
+                for c in client.credentials
+            ]
+        )
         # One MSAL app per tenant: On-Behalf-Of must go to the tenant that issued the user's
-        # token (a multi-tenant middle tier serves users of several tenants).
-        self._apps: dict[str, Any] = {}
+        # token (a multi-tenant middle tier serves users of several tenants). Each is kept with
+        # the version of the credential it was built with: a fallback or a rotated certificate
+        # builds a new one.
+        self._apps: dict[str, tuple[Hashable, Any]] = {}
         self._app_lock = asyncio.Lock()
 
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -91,11 +102,11 @@ class _MsalRunner:
             self._executor, lambda: context.run(func, *args, **kwargs)
         )
 
-    def _build(self, tenant: str) -> Any:
+    def _build(self, tenant: str, credential: Resolved) -> Any:
         # Constructing the app fetches the authority's discovery document (network I/O).
         return msal.ConfidentialClientApplication(
             self.client.client_id,
-            client_credential=self.client.credential.to_msal(),
+            client_credential=credential.credential,
             authority=self.client.authority_for(tenant),
             # Anything but Microsoft's own hosts would otherwise be checked against
             # login.microsoftonline.com's instance discovery.
@@ -106,24 +117,27 @@ class _MsalRunner:
             client_capabilities=list(self.client.client_capabilities) or None,
         )
 
-    async def _application(self, tenant: str) -> Any:
-        app = self._apps.get(tenant)
-        if app is None:
+    async def _application(self, tenant: str) -> tuple[Resolved, Any]:
+        # The credential is resolved for every token request (a file read, a cached assertion;
+        # the managed identity's endpoint when its assertion is due), off the loop.
+        credential = self._credentials.static or await self._run(self._credentials.resolve)
+        held = self._apps.get(tenant)
+        if held is None or held[0] != credential.version:
             async with self._app_lock:
-                app = self._apps.get(tenant)
-                if app is None:
+                held = self._apps.get(tenant)
+                if held is None or held[0] != credential.version:
                     built = await self._with_retries(
-                        lambda: self._build_attempt(tenant), "set-up", tenant
+                        lambda: self._build_attempt(tenant, credential), "set-up", tenant
                     )
-                    app = self._apps[tenant] = built["app"]
-        return app
+                    held = self._apps[tenant] = (credential.version, built["app"])
+        return credential, held[1]
 
-    def _build_attempt(self, tenant: str) -> Outcome:
+    def _build_attempt(self, tenant: str, credential: Resolved) -> Outcome:
         # NOTE: facts are per worker thread and outlive a request: a status left from another
         # user's earlier request on this thread must not decide this attempt's outcome.
         self._http.facts.clear()
         try:
-            app = self._build(tenant)
+            app = self._build(tenant, credential)
         except Exception as exc:  # classified below; MSAL raises plain exceptions
             facts = self._http.facts
             return classify(
@@ -176,11 +190,18 @@ class _MsalRunner:
         raise unavailable(f"{self.retry.max_attempts} attempts failed", last)
 
     async def acquire(self, tenant: str, call: Callable[[Any], Any]) -> CachedToken:
-        app = await self._application(tenant)
-        result = await self._with_retries(
-            lambda: self._token_attempt(lambda: call(app)), "token", tenant
-        )
-        return CachedToken.from_msal(result)
+        while True:  # at most once per credential source: each refusal skips one
+            credential, app = await self._application(tenant)
+            attempt = functools.partial(self._token_attempt, functools.partial(call, app))
+            try:
+                result = await self._with_retries(attempt, "token", tenant)
+            except TokenExchangeError as exc:
+                if exc.error == "invalid_client" and self._credentials.refused(
+                    credential.version, exc.error_codes
+                ):
+                    continue
+                raise
+            return CachedToken.from_msal(result)
 
     async def check(self, scope: str | None) -> None:
         """Prove the configuration: the home tenant's metadata (host, tenant, TLS) and one
@@ -199,6 +220,7 @@ class _MsalRunner:
         # http_timeout): once close() returns, this client sends nothing more.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self._http.close()
+        self._credentials.close()
 
 
 class OboExchanger:

@@ -3,9 +3,13 @@
 It speaks HTTPS on 127.0.0.1 with a CA it makes, serves Entra-shaped discovery, JWKS and token
 endpoints for a tenant GUID, and implements the password (ROPC), client-credentials,
 refresh-token and On-Behalf-Of grants with real checks, key rollover, fault injection and a
-request log; a Graph-like API (`DevAuthority.graph_url`, `GET /me`) with CAE after
-`World.revoke_sessions`. See `DevAuthority`; `DevAuthority.issue_server_certificate` signs
-TLS certificates for your own servers with the same CA (a `ServerCertificate`).
+request log. Secretless clients too: federated identity credentials
+(`World.add_federated_credential`), a workload-identity issuer per cluster
+(`authority.workloads`: projected, rotated token files) and an App Service-style managed
+identity endpoint (`authority.managed_identities`). A Graph-like API
+(`DevAuthority.graph_url`, `GET /me`) with CAE after `World.revoke_sessions`. See
+`DevAuthority`; `DevAuthority.issue_server_certificate` signs TLS certificates
+for your own servers with the same CA (a `ServerCertificate`).
 """
 
 from grpc_obo.devauthority._authority import DevAuthority
@@ -18,13 +22,17 @@ from grpc_obo.devauthority._faults import (
 )
 from grpc_obo.devauthority._graph import GRAPH_RESOURCE
 from grpc_obo.devauthority._keys import KeyRing
+from grpc_obo.devauthority._managed_identity import ManagedIdentity
 from grpc_obo.devauthority._tls import ServerCertificate, client_ssl_context, msal_http_client
+from grpc_obo.devauthority._workload import ProjectedToken, WorkloadIssuer
 from grpc_obo.devauthority._world import (
     CONTOSO,
     FABRIKAM,
     GRAPH_APP_ID,
+    TOKEN_EXCHANGE_AUDIENCE,
     App,
     ClientCertificate,
+    FederatedCredential,
     Tenant,
     User,
     World,
@@ -37,18 +45,23 @@ __all__ = [
     "FABRIKAM",
     "GRAPH_APP_ID",
     "GRAPH_RESOURCE",
+    "TOKEN_EXCHANGE_AUDIENCE",
     "App",
     "ClaimsChallenge",
     "ClientCertificate",
     "DevAuthority",
     "FaultRule",
     "Faults",
+    "FederatedCredential",
     "KeyRing",
     "LoggedRequest",
+    "ManagedIdentity",
+    "ProjectedToken",
     "RequestLog",
     "ServerCertificate",
     "Tenant",
     "User",
+    "WorkloadIssuer",
     "World",
     "WorldFileError",
     "client_ssl_context",

@@ -356,6 +356,8 @@ class AuthorityApp:
         info = self.grants.peek(token_request)
         _state.get().scopes = tuple((form.get("scope") or "").split())[:20]
         await self._apply_faults(request, info)
+        if self.grants.federation is not None:  # keys of a federated issuer, fetched async
+            await self.grants.federation.prefetch(info.client_id, form.get("client_assertion"))
         # MSAL is synchronous and RSA signing is CPU work: neither is slow enough at dev
         # scale to justify a thread hop, and staying on the loop keeps faults deterministic.
         return web.json_response(self.grants.handle(token_request), headers=_NO_STORE)

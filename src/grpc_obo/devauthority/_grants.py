@@ -24,6 +24,7 @@ import jwt
 from cryptography import x509
 
 from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
+from grpc_obo.devauthority._federation import Federation, FederationRefusal
 from grpc_obo.devauthority._graph import cae_claims
 from grpc_obo.devauthority._tokens import TokenMinter, client_info
 from grpc_obo.devauthority._world import App, User, World
@@ -134,6 +135,8 @@ class Grants:
     world: World
     minter: TokenMinter
     faults: Faults
+    federation: Federation | None = None
+    """Checks client assertions from federated issuers (None: certificates only)."""
     _refresh_tokens: dict[str, _RefreshGrant] = field(default_factory=dict)
     _device_flows: dict[str, _DeviceFlow] = field(default_factory=dict)
     """SHA-256 of the device code -> its flow."""
@@ -363,7 +366,11 @@ class Grants:
                 )
             return client, "0"
         if assertion is not None:
-            self._check_client_assertion(request, client, assertion)
+            federation = self.federation
+            if federation is not None and federation.is_federated(assertion, client):
+                _check_federated_assertion(federation, request, client, assertion)
+            else:
+                self._check_client_assertion(request, client, assertion)
             return client, "2"
         if secret is not None:
             if not any(hmac.compare_digest(secret.encode(), s.encode()) for s in client.secrets):
@@ -845,6 +852,26 @@ class Grants:
         if request.get("client_info") == "1":
             body["client_info"] = client_info(user, user.tenant_id)
         return body
+
+
+def _check_federated_assertion(
+    federation: Federation, request: TokenRequest, client: App, assertion: str
+) -> None:
+    """A client assertion from a federated issuer (see `_federation.py`)."""
+    if request.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+        raise OAuthError(
+            "invalid_request",
+            50027,
+            f"The client_assertion_type must be '{CLIENT_ASSERTION_TYPE}'.",
+        )
+    if len(assertion) > MAX_ASSERTION_BYTES:
+        raise OAuthError("invalid_client", 50027, "JWT token is invalid or malformed.")
+    try:
+        federation.check(client, assertion)
+    except FederationRefusal as refusal:
+        raise OAuthError(
+            refusal.error, refusal.code, refusal.description, status=refusal.status
+        ) from None
 
 
 def _grant_name(grant: str | None, requested_token_use: str | None) -> str | None:

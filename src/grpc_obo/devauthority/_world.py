@@ -94,6 +94,26 @@ class ClientCertificate:
         )
 
 
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+"""The audience Entra expects in a federated credential's assertion unless told otherwise."""
+
+
+@dataclass(frozen=True)
+class FederatedCredential:
+    """A federated identity credential (FIC) on an app registration: Entra accepts, as the app's
+    client assertion, a token from `issuer` about `subject` for one of `audiences`.
+
+    `issuer` may contain `{authority_host}`, replaced by the running authority's base URL (its
+    port is known only at start): `{authority_host}/workload/<cluster>` is a dev workload
+    issuer, `{authority_host}/<tenant id>/v2.0` the authority itself (managed identities).
+    """
+
+    name: str
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...] = (TOKEN_EXCHANGE_AUDIENCE,)
+
+
 @dataclass(frozen=True)
 class Tenant:
     id: str
@@ -124,6 +144,8 @@ class App:
     access_token_version: int = 2
     """`accessTokenAcceptedVersion`: the shape of access tokens issued for this API."""
     multi_tenant: bool = True
+    federated_credentials: list[FederatedCredential] = field(default_factory=list)
+    """Issuer + subject pairs whose tokens this app accepts as its client assertion."""
 
     def __post_init__(self) -> None:
         if self.app_id_uri is None and (self.scopes or self.app_roles):
@@ -334,6 +356,37 @@ class World:
                     grants.pop(key, None)
                 else:
                     grants[key] = before
+
+    def add_federated_credential(
+        self,
+        app: str,
+        *,
+        issuer: str,
+        subject: str,
+        audiences: Iterable[str] = (TOKEN_EXCHANGE_AUDIENCE,),
+        name: str | None = None,
+    ) -> FederatedCredential:
+        """Give `app` (name or client id) a federated identity credential and return it.
+
+        A workload then authenticates as `app` with a token from `issuer` whose `sub` is
+        `subject` and whose `aud` holds one of `audiences`, and no secret or key. ValueError for
+        a public client, an issuer that is not https (or `{authority_host}...`), an empty
+        subject or audience list, or a taken name; KeyError for an unknown app.
+        """
+        found = self.app(app)
+        wanted = tuple([audiences] if isinstance(audiences, str) else audiences)
+        if found.public_client:
+            raise ValueError("a public client has no credentials")
+        if not (issuer.startswith("https://") or issuer.startswith("{authority_host}")):
+            raise ValueError(f"issuer {issuer!r} must be an https URL")
+        if not subject or not wanted or not all(isinstance(a, str) and a for a in wanted):
+            raise ValueError("a federated credential needs a subject and at least one audience")
+        label = name or f"{found.name}-{len(found.federated_credentials) + 1}"
+        if any(f.name == label for f in found.federated_credentials):
+            raise ValueError(f"{found.name!r} has a federated credential named {label!r}")
+        credential = FederatedCredential(label, issuer, subject, wanted)
+        found.federated_credentials.append(credential)
+        return credential
 
     def add_user(
         self,

@@ -22,6 +22,11 @@ api_permissions = { stock = ["Stock.Read"] }
 [apps.stock]
 scopes = ["Stock.Read"]
 
+[[apps.orders.federated_credentials]]   # workload identity: no secret needed
+issuer = "{authority_host}/workload/dev"  # the dev workload issuer, or any https issuer
+subject = "system:serviceaccount:shop:orders"
+# audiences = ["api://AzureADTokenExchange"]  (the default)
+
 [[users]]
 username = "alice@contoso.example"
 ```
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from grpc_obo.devauthority._world import (
+    TOKEN_EXCHANGE_AUDIENCE,
     App,
     ClientCertificate,
     Tenant,
@@ -70,7 +76,9 @@ _APP_FIELDS = (
     "app_role_assignments",
     "access_token_version",
     "multi_tenant",
+    "federated_credentials",
 )
+_FIC_FIELDS = ("name", "issuer", "subject", "audiences")
 _USER_FIELDS = ("username", "tenant", "password", "oid", "display_name", "app_roles")
 
 
@@ -242,7 +250,7 @@ class _Loader:
             if "tenant" in spec
             else world.home_tenant
         )
-        return App(
+        app = App(
             name=name,
             client_id=(
                 self.guid(spec["client_id"], f"{field}.client_id")
@@ -263,6 +271,32 @@ class _Loader:
             access_token_version=version,
             multi_tenant=self.boolean(spec.get("multi_tenant", True), f"{field}.multi_tenant"),
         )
+        self.federated(app, spec.get("federated_credentials", []), f"{field}.federated_credentials")
+        return app
+
+    def federated(self, app: App, value: object, field: str) -> None:
+        if not isinstance(value, list):
+            raise self.error(field, "must be a list of tables ([[...federated_credentials]])")
+        holder = World(tenants=[], apps=[app], users=[])
+        for index, item in enumerate(value):
+            where = f"{field}[{index}]"
+            spec = self.table(item, where)
+            self.known(spec, where, _FIC_FIELDS)
+            for required in ("issuer", "subject"):
+                if required not in spec:
+                    raise self.error(f"{where}.{required}", "is missing")
+            try:
+                holder.add_federated_credential(
+                    app.client_id,
+                    issuer=self.string(spec["issuer"], f"{where}.issuer"),
+                    subject=self.string(spec["subject"], f"{where}.subject"),
+                    audiences=self.strings(
+                        spec.get("audiences", [TOKEN_EXCHANGE_AUDIENCE]), f"{where}.audiences"
+                    ),
+                    name=self.name(spec["name"], f"{where}.name") if "name" in spec else None,
+                )
+            except ValueError as exc:
+                raise self.error(where, str(exc)) from None
 
     def certificate(self, path: str, field: str) -> ClientCertificate:
         file = Path(path) if os.path.isabs(path) else self.base_dir / path
