@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit redis-server h2load bench clean
+.PHONY: demo test lint typecheck unit redis-server chromium h2load bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 # pytest exits 5 when it collected nothing: that is a failure here, said out loud.
-unit: $(STAMP) redis-server jaeger
+unit: $(STAMP) redis-server chromium jaeger
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "FAIL: pytest collected no tests"; exit 1; fi; exit $$rc
 
@@ -71,7 +71,7 @@ test: lint typecheck unit
 # were found and which skipped; fails if any run fails or if none was found.
 SUPPORTED_PYTHONS ?= 3.11 3.12 3.13
 .PHONY: test-pythons
-test-pythons: redis-server jaeger
+test-pythons: redis-server chromium jaeger
 	@found=; skipped=; passed=; failed=; \
 	for v in $(SUPPORTED_PYTHONS); do \
 	  py=; \

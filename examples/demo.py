@@ -294,6 +294,10 @@ class Narrator:
         document = await self.workspace.GetDocument(request, metadata=md, timeout=CALL_TIMEOUT)
         self.check_trail("dave", document.trail)
         print(
+            "  a password cannot answer MFA: the client app signs dave in interactively (device "
+            "code flow; the authority's sign-in page filled in over HTTP, its MFA step approved)"
+        )
+        print(
             f"  dave signs in again, answering the challenge (MFA): {summary.stored} stored, "
             f"GetDocument 'plan' -> revision {document.revision}"
         )

@@ -240,7 +240,7 @@ def _dotenv(env: Mapping[str, str], header: str) -> str:
 
 
 async def _authority(args: argparse.Namespace) -> int:
-    from grpc_obo.devauthority import DevAuthority, WorldFileError, load_world
+    from grpc_obo.devauthority import DevAuthority, StateDirError, WorldFileError, load_world
 
     try:
         world = load_world(args.world) if args.world else None
@@ -261,6 +261,8 @@ async def _authority(args: argparse.Namespace) -> int:
     )
     try:
         await authority.start()
+    except StateDirError as exc:
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot serve on 127.0.0.1:{args.port} ({exc.strerror})") from None
     try:

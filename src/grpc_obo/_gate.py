@@ -275,12 +275,15 @@ class Gate:
             # One line an operator can take to Entra: its error codes and correlation id.
             _LOGGER.warning(
                 "%s: On-Behalf-Of exchange failed: %s (error=%s, error_codes=%s, "
-                "correlation_id=%s)",
+                "correlation_id=%s)%s",
                 self.method,
                 type(exc).__name__,
                 exc.error,
                 ",".join(str(c) for c in exc.error_codes) or "-",
                 exc.correlation_id or "-",
+                # The setting to fix, when the authority refused our own configuration (the
+                # hint names variables and ids, never a value; the caller never sees it).
+                f": {exc.hint}" if exc.hint else "",
             )
         elif not isinstance(exc, DownstreamError):  # a relayed failure is logged by relay()
             level = logging.WARNING if isinstance(exc, KeySourceUnavailableError) else logging.DEBUG

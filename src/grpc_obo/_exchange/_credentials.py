@@ -511,6 +511,16 @@ _CREDENTIAL_SOURCES = {
         "AZURE_FEDERATED_TOKEN_FILE (or the ClientCredential.assertion callback)",
     ),
 }
+_CREDENTIAL_SOURCES["federated_token_file"] = (
+    "federated token (client assertion)",
+    "AZURE_FEDERATED_TOKEN_FILE (or ClientCredential.federated_token_file)",
+)
+_CREDENTIAL_SOURCES["managed_identity"] = (
+    "managed identity's token (client assertion)",
+    "GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID (or ClientCredential.managed_identity)",
+)
+# Every assertion source is matched against the app's federated credentials alike.
+_ADVICE_FOR = {"federated_token_file": "assertion", "managed_identity": "assertion"}
 _CREDENTIAL_ADVICE = {
     "secret": "use the value of an unexpired secret of app {client_id}, not the secret's id",
     "certificate": "its certificate must be one uploaded to app {client_id}'s registration",
@@ -527,13 +537,14 @@ _UNKNOWN_TENANT = 90002
 
 
 def explain_refusal(
-    client: ConfidentialClient, error: TokenExchangeError, tenant: str
+    client: ConfidentialClient, error: TokenExchangeError, tenant: str, source: int = 0
 ) -> TokenExchangeError:
     """`error` with a hint naming the setting (and `from_env()` variable) to fix, when the
     authority refused this client's own configuration; else `error` unchanged.
 
     The hint goes into `str()` (logs, start-up tracebacks), not into `message` (what a caller
-    is told). It names variables, app and tenant ids: never a secret's value.
+    is told). It names variables, app and tenant ids: never a secret's value. `source` is the
+    position, in `client.credentials`, of the credential the request was made with.
     """
     if error.hint is not None:
         return error
@@ -541,8 +552,9 @@ def explain_refusal(
     hint: str | None = None
     if codes & _CREDENTIAL_CODES:
         code = min(codes & _CREDENTIAL_CODES)
-        what, variable = _CREDENTIAL_SOURCES[client.credential.kind]
-        advice = _CREDENTIAL_ADVICE[client.credential.kind].format(client_id=client.client_id)
+        kind = client.credentials[min(source, len(client.credentials) - 1)].kind
+        what, variable = _CREDENTIAL_SOURCES[kind]
+        advice = _CREDENTIAL_ADVICE[_ADVICE_FOR.get(kind, kind)].format(client_id=client.client_id)
         hint = f"the authority refused the {what} (AADSTS{code}): check {variable}; {advice}"
     elif _UNKNOWN_APP in codes:
         hint = (

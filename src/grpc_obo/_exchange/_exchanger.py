@@ -19,6 +19,7 @@ import contextvars
 import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,7 +49,8 @@ __all__ = ["AppOnlyExchanger", "OboExchanger"]
 _log = logging.getLogger("grpc_obo.exchange")
 
 
-_MAX_MEMO = 100_000  # memoized cache keys: about one per active user and scope set
+_MEMO_WITHOUT_BOUND = 10_000
+"""The key memo's size when the cache's store states no in-process bound of its own."""
 
 
 def _scope_tuple(scopes: Iterable[str]) -> tuple[str, ...]:
@@ -127,7 +129,10 @@ class _MsalRunner:
                 held = self._apps.get(tenant)
                 if held is None or held[0] != credential.version:
                     built = await self._with_retries(
-                        lambda: self._build_attempt(tenant, credential), "set-up", tenant
+                        lambda: self._build_attempt(tenant, credential),
+                        "set-up",
+                        tenant,
+                        self._credentials.index_of(credential.version),
                     )
                     held = self._apps[tenant] = (credential.version, built["app"])
         return credential, held[1]
@@ -166,7 +171,7 @@ class _MsalRunner:
         return classify(result, status=facts.status, retry_after=facts.retry_after)
 
     async def _with_retries(
-        self, attempt: Callable[[], Outcome], what: str, tenant: str
+        self, attempt: Callable[[], Outcome], what: str, tenant: str, source: int = 0
     ) -> Mapping[str, Any]:
         started = time.monotonic()
         last: Outcome | None = None
@@ -175,7 +180,7 @@ class _MsalRunner:
                 outcome: Outcome = await self._run(attempt)
                 if outcome.error is not None:
                     note.fail(outcome.error)
-                    raise explain_refusal(self.client, outcome.error, tenant)
+                    raise explain_refusal(self.client, outcome.error, tenant, source)
                 if not outcome.retry and outcome.result is not None:
                     return outcome.result
                 note.fail(unavailable("transient failure", outcome), retry=True)
@@ -194,7 +199,8 @@ class _MsalRunner:
             credential, app = await self._application(tenant)
             attempt = functools.partial(self._token_attempt, functools.partial(call, app))
             try:
-                result = await self._with_retries(attempt, "token", tenant)
+                source = self._credentials.index_of(credential.version)
+                result = await self._with_retries(attempt, "token", tenant, source)
             except TokenExchangeError as exc:
                 if exc.error == "invalid_client" and self._credentials.refused(
                     credential.version, exc.error_codes
@@ -253,8 +259,12 @@ class OboExchanger:
         )
         self.exchanges = 0
         """How many token requests this exchanger has started (for tests and metrics)."""
-        self._keys: dict[tuple[str, tuple[str, ...], str | None], str] = {}
-        self._checked: set[tuple[str, ...]] = set()  # scope tuples already validated
+        # Cache keys by (incoming token, scopes, claims): an LRU no larger than the number of
+        # tokens the cache itself keeps here, so it holds no more tokens than the caches do.
+        self._keys: OrderedDict[tuple[str, tuple[str, ...], str | None], str] = OrderedDict()
+        self._max_keys = self.cache.max_entries or _MEMO_WITHOUT_BOUND
+        # Scope tuples already validated, each to its one shared copy.
+        self._checked: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client_id={self.client.client_id!r})"
@@ -276,15 +286,19 @@ class OboExchanger:
         """`cache_key`, memoized per token, scope set and claims (computed once per user).
 
         NOTE: keyed by the token string in this process only (like the verified-token cache);
-        the key it maps to is the SHA-256 digest that may leave the process.
+        the key it maps to is the SHA-256 digest that may leave the process. Least recently
+        used first out, at the cache's own in-process bound (`max_entries`).
         """
         memo = (user.token.reveal(), wanted, claims)
-        key = self._keys.get(memo)
-        if key is None:
-            key = self.cache_key(wanted, identity=user, claims=claims)
-            if len(self._keys) >= _MAX_MEMO:
-                self._keys.clear()  # cheap and rare: rebuilt on the next call of each user
-            self._keys[memo] = key
+        keys = self._keys
+        key = keys.get(memo)
+        if key is not None:
+            keys.move_to_end(memo)
+            return key
+        key = self.cache_key(wanted, identity=user, claims=claims)
+        keys[memo] = key
+        if len(keys) > self._max_keys:
+            keys.popitem(last=False)
         return key
 
     def cache_key(
@@ -312,12 +326,16 @@ class OboExchanger:
         `timeout` bounds this caller's wait; the shared exchange may go on and fill the cache.
         """
         user = self._user(identity)
-        if type(scopes) is tuple and scopes in self._checked:
-            wanted: tuple[str, ...] = scopes
-        else:
+        checked = self._checked
+        wanted = checked.get(scopes) if type(scopes) is tuple else None
+        if wanted is None:
             wanted = _scope_tuple(scopes)
-            if len(self._checked) < 1024:
-                self._checked.add(wanted)
+            # One tuple per scope set, shared by every memo entry that names it.
+            known = checked.get(wanted)
+            if known is not None:
+                wanted = known
+            elif len(checked) < 1024:
+                checked[wanted] = wanted
         key = self._key_for(user, wanted, claims)
         # The hot path: a cached token needs no task, timer or coroutine of its own; the
         # deadline bounds the exchange below, not this lookup.

@@ -322,6 +322,11 @@ class CredentialChain:
             error="credential_unavailable",
         )
 
+    def index_of(self, version: Hashable) -> int:
+        """Which source (its position in the list) resolved the credential of `version`."""
+        with self._lock:
+            return self._index_of.get(version, 0)
+
     def refused(self, version: Hashable, error_codes: Sequence[int]) -> bool:
         """The authority refused the credential of `version` as the client's (invalid_client:
         a secret or certificate it does not know, an assertion no federated credential

@@ -9,8 +9,11 @@ token fast. `summary()` and `azure_env()` describe it for other processes.
 Files: without `state_dir`, a temporary directory (CA certificate, client certificates) removed
 at stop; the CA's key is never written. With `state_dir`, the CA is kept there across restarts
 (`ca.pem`, `ca-key.pem`), and each start writes its apps' client certificates as
-`<app>-<thumbprint>.pem` (0600), removed at stop. `issue_server_certificate` writes where it is
-told and leaves its files alone at stop (they stay valid while the CA does).
+`<app>-<thumbprint>.pem` (0600), removed at stop. The state directory is created 0700; one
+owned by another user or writable by others is refused (`StateDirError`), and files are
+written by mkstemp + rename, never through a planted symlink (`_private.py`).
+`issue_server_certificate` writes where it is told and leaves its files alone at stop (they stay
+valid while the CA does).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from grpc_obo.devauthority._grants import Grants
 from grpc_obo.devauthority._graph import GRAPH_PATH
 from grpc_obo.devauthority._keys import KeyRing
 from grpc_obo.devauthority._managed_identity import ManagedIdentities
+from grpc_obo.devauthority._private import write_private
 from grpc_obo.devauthority._tls import (
     ServerCertificate,
     StateCa,
@@ -87,6 +91,7 @@ class DevAuthority:
             if isinstance(world, World)
             else load_world(world)
         )
+        self.world.clock = lambda: self.minter.clock()
         self.keys = KeyRing(key_size)
         self.faults = Faults()
         self.requests = RequestLog()
@@ -163,9 +168,7 @@ class DevAuthority:
                 # NOTE: named by thumbprint: authorities sharing a state dir never overwrite
                 # each other's files.
                 path = directory / f"{app.name}-{cert.thumbprint_hex[:12].lower()}.pem"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(cert.private_key_pem + cert.certificate_pem)
+                write_private(path, cert.private_key_pem + cert.certificate_pem)
                 self._written.append(path)
                 written.setdefault(app.name, str(path))
         return written

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -32,10 +33,8 @@ import jwt
 from aiohttp import web
 
 from grpc_obo.devauthority._tokens import TokenMinter
-from grpc_obo.devauthority._world import GRAPH_APP_ID, World
+from grpc_obo.devauthority._world import GRAPH_APP_ID, GRAPH_APP_ID_URI, World
 
-GRAPH_RESOURCE = "https://graph.microsoft.com"
-"""Graph's App ID URI: the other spelling of its audience."""
 GRAPH_PATH = "/graph/v1.0"
 """Where the authority serves the Graph-like API (Graph's own base is `.../v1.0`)."""
 
@@ -48,10 +47,11 @@ _CAE_MESSAGE = (
 )
 
 
-def cae_claims(revoked_at: int) -> str:
-    """The claims a CAE challenge asks for: a token not issued before `revoked_at`."""
+def cae_claims(valid_from: float) -> str:
+    """The claims a CAE challenge asks for: a token not issued before `valid_from` (the user's
+    `tokens_valid_from`, rounded up to the whole second `iat` and `nbf` are counted in)."""
     return json.dumps(
-        {"access_token": {"nbf": {"essential": True, "value": str(revoked_at)}}},
+        {"access_token": {"nbf": {"essential": True, "value": str(math.ceil(valid_from))}}},
         separators=(",", ":"),
     )
 
@@ -78,8 +78,8 @@ class GraphApi:
         user = self._world.find_user(str(claims.get("oid", "")))
         if user is None or user.tenant_id != claims.get("tid"):
             raise self._unauthorized("The user in the token does not exist in the directory.")
-        revoked = user.sessions_revoked_at
-        if revoked is not None and claims["iat"] < revoked and "cp1" in _capabilities(claims):
+        revoked = user.tokens_valid_from
+        if revoked and claims["iat"] < revoked and "cp1" in _capabilities(claims):
             raise self._unauthorized(
                 _CAE_MESSAGE,
                 error='error="insufficient_claims", claims="'
@@ -119,7 +119,7 @@ class GraphApi:
         tid = claims["tid"]
         if claims.get("iss") not in (self._minter.issuer(tid, 1), self._minter.issuer(tid, 2)):
             raise self._unauthorized("Access token validation failure. Invalid issuer.")
-        if claims.get("aud") not in (GRAPH_APP_ID, GRAPH_RESOURCE, f"{GRAPH_RESOURCE}/"):
+        if claims.get("aud") not in (GRAPH_APP_ID, GRAPH_APP_ID_URI, f"{GRAPH_APP_ID_URI}/"):
             raise self._unauthorized("Access token validation failure. Invalid audience.")
         if not isinstance(claims.get("scp"), str) or claims.get("idtyp") == "app":
             raise _graph_error(
