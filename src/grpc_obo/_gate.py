@@ -35,7 +35,7 @@ from grpc_obo._errors import (
     www_authenticate_for,
 )
 from grpc_obo._identity import Identity
-from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed
+from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed, downstream_in
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation._bearer import bearer_token
 
@@ -300,9 +300,10 @@ class Gate:
 def relayed_for(error: BaseException, failures: Failures) -> Relayed | None:
     """How `_relay` ends the call for `error`, or None when it is not the relay's business."""
     rpc = _rpc_error_in(error)
-    return failures.settle(
-        None if rpc is None else (code_of(rpc.code()), challenge_values(rpc.trailing_metadata()))
-    )
+    if rpc is not None:
+        return failures.settle((code_of(rpc.code()), challenge_values(rpc.trailing_metadata())))
+    # An HTTP downstream's answer the handler raised (httpx's raise_for_status), or none.
+    return failures.settle(downstream_in(error))
 
 
 def downstream_error(relayed: Relayed) -> DownstreamError:
