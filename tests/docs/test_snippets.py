@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from examples.signin import _fill_in_the_page as fill_in_the_page
@@ -43,6 +44,9 @@ RUNS: dict[tuple[str, str], str] = {
     ("quickstart.md", "call.py"): "test_quickstart",
     ("guides/server.md", "notes_server.py"): "test_server_guide",
     ("guides/downstream-grpc.md", "summary_tier.py"): "test_downstream_guide",
+    ("guides/http-downstream.md", "profile_service.py"): "test_http_downstream_guide",
+    ("guides/front-door.md", "front_door.py"): "test_front_door_guide",
+    ("guides/secretless.md", "secretless_tier.py"): "test_secretless_guide",
     ("guides/replicas.md", "replica.py"): "test_replicas_guide",
     ("guides/telemetry.md", "telemetry.py"): "test_telemetry_guide",
     ("guides/dev-authority.md", "world_tour.py"): "test_dev_authority_guide",
@@ -366,6 +370,137 @@ def test_testing_guide(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "5 passed" in done.stdout, done.stdout
+
+
+def test_http_downstream_guide(grpc_obo_authority: DevAuthority, tmp_path: Path) -> None:
+    """profile_service.py asks the Graph-like API for the caller, On-Behalf-Of her, with CAE
+    tokens; after revoke_sessions her old token is refused with the claims challenge, a new
+    sign-in is served."""
+    authority = grpc_obo_authority
+    written = write_files("guides/http-downstream.md", tmp_path)
+    address = free_address()
+    env = _env(authority, "downstream", LISTEN=address, GRAPH_URL=authority.graph_url)
+    service = Service.start(written["profile_service.py"], env, tmp_path)
+    try:
+        alice = authority.world.user("alice")
+        token = authority.mint_user_token("alice", audience="downstream")
+        for _ in range(2):
+            name = _call(address, "/guide.Profile/WhoAmI", token).decode()
+            assert name == alice.display_name
+        assert authority.requests.count(grant="obo", user="alice") == 1  # cached
+
+        authority.world.revoke_sessions("alice")
+        refused = _refusal(address, "/guide.Profile/WhoAmI", token)
+        assert refused.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        challenge = _challenge(refused)
+        assert challenge.startswith('Bearer error="insufficient_claims"')
+        assert "claims=" in challenge and "authorization_uri" not in challenge
+        again = authority.mint_user_token("alice", audience="downstream")
+        assert _call(address, "/guide.Profile/WhoAmI", again).decode() == alice.display_name
+    finally:
+        _no_token_in(service.stop())
+
+
+def test_front_door_guide(grpc_obo_authority: DevAuthority, notes: str, tmp_path: Path) -> None:
+    """front_door.py under uvicorn on loopback, the server guide's Notes behind it."""
+    authority = grpc_obo_authority
+    written = write_files("guides/front-door.md", tmp_path)
+    address = free_address()
+    env = _env(authority, "original", LISTEN=address, NOTES=notes)
+    door = Service.start(written["front_door.py"], env, tmp_path)
+    try:
+        alice = authority.world.user("alice")
+        token = authority.mint_user_token("alice", audience="original")
+        with httpx.Client(base_url=f"http://{address}", timeout=TIMEOUT) as http:
+
+            def get(path: str, bearer: str | None = None) -> httpx.Response:
+                headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+                return http.get(path, headers=headers)
+
+            assert get("/health").json() == {"status": "ok"}
+            anonymous = get("/notes")
+            assert anonymous.status_code == 401
+            assert anonymous.headers["www-authenticate"] == "Bearer"
+            foreign = get("/notes", authority.mint_user_token("alice", audience="downstream"))
+            assert foreign.status_code == 401
+            assert foreign.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+            unscoped = get(
+                "/notes", authority.mint_user_token("alice", audience="original", scopes=["other"])
+            )
+            assert unscoped.status_code == 403
+            assert 'scope="access_as_user"' in unscoped.headers["www-authenticate"]
+
+            ok = get("/notes", token)
+            assert ok.status_code == 200, ok.text
+            assert ok.json() == {
+                "oid": alice.oid,
+                "notes": f"notes of {alice.username}, scopes ['Data.Read']",
+            }
+            assert authority.requests.count(grant="obo", user="alice") == 1
+
+            write = http.post("/notes", headers={"Authorization": f"Bearer {token}"})
+            assert write.status_code == 403
+            challenge = write.headers["www-authenticate"]
+            assert challenge.startswith('Bearer error="insufficient_scope"')
+            assert "ipv4" not in write.text
+        _no_token_in(anonymous.text, ok.text, write.text, challenge)
+    finally:
+        _no_token_in(door.stop())
+
+
+@pytest.mark.parametrize("source", ["federated_token_file", "managed_identity"])
+def test_secretless_guide(
+    grpc_obo_private_authority: DevAuthority, tmp_path: Path, source: str
+) -> None:
+    """secretless_tier.py as `original` with no secret or key in its environment: a projected
+    service-account token, or a managed identity, federated with the app."""
+    authority = grpc_obo_private_authority
+    quickstart = write_files("quickstart.md", tmp_path)
+    written = write_files("guides/secretless.md", tmp_path)
+    original = authority.world.app("original")
+    env = {
+        k: v
+        for k, v in _env(authority, "original").items()
+        if k not in ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH")
+    }
+    if source == "federated_token_file":
+        subject = "system:serviceaccount:shop:original"
+        issuer = authority.workloads.issuer("docs")
+        authority.world.add_federated_credential(
+            "original", issuer=issuer.credential_issuer, subject=subject
+        )
+        token_file = authority.workloads.project(tmp_path / "sa.token", subject, cluster="docs")
+        env["AZURE_FEDERATED_TOKEN_FILE"] = str(token_file.path)
+    else:
+        identity = authority.managed_identities.add("mi-original", federate="original")
+        env["GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID"] = identity.client_id
+        env.update(authority.managed_identities.env(authority.base_url))
+    downstream_address, address = free_address(), free_address()
+    services = [
+        Service.start(
+            quickstart["server.py"],
+            _env(authority, "downstream", LISTEN=downstream_address),
+            tmp_path,
+        )
+    ]
+    try:
+        services.append(
+            Service.start(
+                written["secretless_tier.py"],
+                {**env, "LISTEN": address, "DOWNSTREAM": downstream_address},
+                tmp_path,
+            )
+        )
+        assert services[1].first_line.endswith(f"with ['{source}']\n")
+        alice = authority.world.user("alice")
+        token = authority.mint_user_token("alice", audience="original")
+        reply = _call(address, "/quickstart.Hop/Who", token).decode()
+        assert reply == (
+            f"downstream: {alice.username} {alice.tenant_id}/{alice.oid} via {original.client_id}"
+        )
+        assert authority.requests.count(grant="obo", user="alice") == 1
+    finally:
+        _no_token_in(*(service.stop() for service in services))
 
 
 # -- the real-Entra guide: what runs without Entra ------------------------------------------------
