@@ -133,6 +133,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                     for label, name in (
                         ("floor chain:", f"floor@{suffix}"),
                         ("no-op client interceptor:", f"noop-client@{suffix}"),
+                        ("no-op interceptors on both tiers:", f"noop@{suffix}"),
                     )
                     if name in c
                 ]
