@@ -135,3 +135,16 @@ def test_www_authenticate_forms() -> None:
     assert challenge is not None and 'error="insufficient_claims"' in challenge
     encoded = challenge.split('claims="')[1].rstrip('"')
     assert base64.b64decode(encoded).decode() == claims
+
+
+def test_a_role_refusal_has_its_own_reason_and_no_role_in_scope() -> None:
+    """Roles are not scopes: a client cannot request them (an administrator assigns them), so
+    they never go into the challenge's `scope=`; the refusal says which kind by its reason."""
+    refusal = grpc_obo.InsufficientScopeError("no role", required_roles=["Orders.Admin"])
+    assert refusal.reason == "insufficient_role"
+    assert refusal.required_roles == ("Orders.Admin",)
+    challenge = www_authenticate_for(refusal) or ""
+    assert 'error="insufficient_scope"' in challenge
+    assert "scope=" not in challenge and "Orders.Admin" not in challenge
+    scopes = grpc_obo.InsufficientScopeError("no scope", required_scopes=["Orders.Read"])
+    assert scopes.reason == "insufficient_scope"

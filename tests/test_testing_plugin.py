@@ -115,6 +115,43 @@ def test_the_world_ini_option_serves_a_world_file(pytester: pytest.Pytester) -> 
     result.assert_outcomes(passed=2)
 
 
+def test_minting_for_an_app_the_world_lacks_names_the_argument_and_the_apps(
+    pytester: pytest.Pytester,
+) -> None:
+    """A world of one's own has no `client` (the demo world's name): the error says which
+    argument to pass and which apps there are, for both mint fixtures."""
+    pytester.makefile(".toml", world=WORLD)
+    pytester.makeini(
+        "[pytest]\ngrpc_obo_world = world.toml\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_user_token_default_client(grpc_obo_user_token):
+            with pytest.raises(KeyError) as caught:
+                grpc_obo_user_token("alice", audience="orders")
+            text = str(caught.value)
+            assert "client='client'" in text and "no app called 'client'" in text
+            assert "web, orders" in text and "pass client=" in text
+
+        def test_user_token_unknown_audience(grpc_obo_user_token):
+            with pytest.raises(KeyError) as caught:
+                grpc_obo_user_token("alice", client="web")
+            assert "audience='original'" in str(caught.value)
+            assert "web, orders" in str(caught.value)
+
+        def test_app_token_default_client(grpc_obo_app_token):
+            with pytest.raises(KeyError) as caught:
+                grpc_obo_app_token(audience="orders")
+            assert "client='daemon'" in str(caught.value)
+            assert "web, orders" in str(caught.value)
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
 def test_a_broken_world_file_fails_naming_the_field(pytester: pytest.Pytester) -> None:
     pytester.makefile(".toml", world=WORLD.replace("scopes =", "scope ="))
     pytester.makeini(

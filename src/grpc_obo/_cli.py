@@ -14,6 +14,9 @@ was asked for, `authority` prints secrets only with --print-secrets (its --write
 --write-dotenv files hold them, mode 0600). `make demo` is the demo (examples are not installed).
 
 Heavy imports (grpc, MSAL, the dev authority) happen inside the verbs: `decode` starts fast.
+What a token says never drives the terminal: `decode`, `validate` and every error line show
+control characters (C0, DEL, C1, line and paragraph separators, bidi controls) escaped
+(`_terminal_safe`); --json output is escaped by JSON itself.
 """
 
 from __future__ import annotations
@@ -82,6 +85,32 @@ class CliError(Exception):
 
 
 # -- small helpers ---------------------------------------------------------------------------
+
+
+# C0, DEL, C1 (CSI, OSC, NEL... as single code points), Unicode line/paragraph separators and
+# the bidi controls: what could move the cursor, retitle a window or forge a line.
+_TERMINAL_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+_NAMED_CONTROLS = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED_CONTROLS:
+        return _NAMED_CONTROLS[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _terminal_safe(text: str) -> str:
+    """`text` with every control character shown as an escape (for human output)."""
+    return _TERMINAL_UNSAFE.sub(_escape_control, text)
+
+
+def _say(text: str = "", *, file: TextIO | None = None) -> None:
+    """Print one line of human output, terminal-safe."""
+    print(_terminal_safe(text), file=file if file is not None else sys.stdout)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -445,22 +474,25 @@ def _decode(args: argparse.Namespace) -> int:
         document = {"verified": False, "header": header, "claims": claims, "dates": dates}
         print(json.dumps(document, indent=2))
         return EXIT_OK
-    print("UNVERIFIED: the signature was not checked; anyone can write these claims.")
-    print("            (`grpc-obo validate` verifies a token as an API does.)")
-    width = max(len(k) for k in (*header, *claims, "signature"))
-    print("header:")
-    for name, value in header.items():
-        print(f"  {name:<{width}}  {_shown(value)}")
-    print("claims:")
-    for name, value in claims.items():
-        text = _shown(value)
-        if name in dates:
-            text = f"{_when(float(value), now)}  [{value}]"
-        print(f"  {name:<{width}}  {text}")
-    print(f"  {'signature':<{width}}  ({signature_bytes} bytes, not shown)")
+    _say("UNVERIFIED: the signature was not checked; anyone can write these claims.")
+    _say("            (`grpc-obo validate` verifies a token as an API does.)")
+    # Names are escaped before measuring: the columns line up as shown.
+    shown_header = {_terminal_safe(k): _shown(v) for k, v in header.items()}
+    shown_claims = {
+        _terminal_safe(k): f"{_when(float(v), now)}  [{v}]" if k in dates else _shown(v)
+        for k, v in claims.items()
+    }
+    width = max(len(k) for k in (*shown_header, *shown_claims, "signature"))
+    _say("header:")
+    for name, text in shown_header.items():
+        _say(f"  {name:<{width}}  {text}")
+    _say("claims:")
+    for name, text in shown_claims.items():
+        _say(f"  {name:<{width}}  {text}")
+    _say(f"  {'signature':<{width}}  ({signature_bytes} bytes, not shown)")
     if "exp" in dates:
         state = "expired" if float(claims["exp"]) < now else "not expired"
-        print(f"{state} by this machine's clock")
+        _say(f"{state} by this machine's clock")
     return EXIT_OK
 
 
@@ -561,8 +593,8 @@ def _validate(args: argparse.Namespace) -> int:
             print(json.dumps(refusal, indent=2))
         else:
             claim = f", claim {refusal['claim']}" if refusal["claim"] else ""
-            print(f"refused ({refusal['status']}): {refusal['error']} (reason {exc.reason}{claim})")
-            print(f"  {exc.message}")
+            _say(f"refused ({refusal['status']}): {refusal['error']} (reason {exc.reason}{claim})")
+            _say(f"  {exc.message}")
         return EXIT_REFUSED
     except grpc_obo.KeySourceUnavailableError as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
@@ -571,13 +603,13 @@ def _validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"accepted": True, "identity": fields}, indent=2))
         return EXIT_OK
-    print(f"accepted: {identity.kind.value} {identity.principal}")
+    _say(f"accepted: {identity.kind.value} {identity.principal}")
     for name, value in fields.items():
         if name == "expires_at":
             value = _when(float(value), now)
         elif isinstance(value, list):
             value = " ".join(value) or "-"
-        print(f"  {name:<19}  {'-' if value is None else value}")
+        _say(f"  {name:<19}  {'-' if value is None else value}")
     return EXIT_OK
 
 
@@ -861,12 +893,12 @@ def main(argv: list[str] | None = None) -> int:
             return _decode(args)
         return _validate(args)
     except CliError as exc:
-        print(f"grpc-obo {args.command}: {exc}", file=sys.stderr)
+        _say(f"grpc-obo {args.command}: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except ValueError as exc:  # ConfigurationError and friends: messages hold no secrets
-        print(f"grpc-obo {args.command}: {exc}", file=sys.stderr)
+        _say(f"grpc-obo {args.command}: {exc}", file=sys.stderr)
         return EXIT_INPUT
 
 

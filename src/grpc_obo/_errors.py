@@ -183,6 +183,22 @@ class InsufficientScopeError(AccessDeniedError):
 
     default_reason = "insufficient_scope"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        required_scopes: Sequence[str] = (),
+        required_roles: Sequence[str] = (),
+    ):
+        # Roles are assigned by an administrator, never requested by a client: their own
+        # reason, and (see www_authenticate_for) never in the challenge's `scope=`.
+        if reason is None and required_roles and not required_scopes:
+            reason = "insufficient_role"
+        super().__init__(
+            message, reason=reason, required_scopes=required_scopes, required_roles=required_roles
+        )
+
 
 class AppTokenNotAllowedError(AccessDeniedError):
     """An app-only token on a method that acts for a user."""
@@ -239,9 +255,14 @@ class TokenExchangeError(GrpcOboError):
         error_codes: Sequence[int] = (),
         correlation_id: str | None = None,
         claims: str | None = None,
+        hint: str | None = None,
     ):
-        super().__init__(message)
+        # NOTE: `str()` (logs, tracebacks, start-up) adds the hint naming the setting to fix;
+        # `message`, which a refused caller gets as the status details, stays the fixed sentence.
+        super().__init__(f"{message}: {hint}" if hint else message)
         self.message = message
+        self.hint = hint
+        """For the operator: which setting or variable to check (never a secret's value)."""
         self.error = error
         self.suberror = suberror
         self.error_codes = tuple(error_codes)
@@ -324,9 +345,8 @@ def www_authenticate_for(error: BaseException) -> str | None:
             'Bearer error="insufficient_scope"',
             f'error_description="{_quote(error.message)}"',
         ]
-        needed = error.required_scopes or error.required_roles
-        if needed:
-            parts.append(f'scope="{_quote(" ".join(needed))}"')
+        if error.required_scopes:  # scopes only: a role is not something a client can ask for
+            parts.append(f'scope="{_quote(" ".join(error.required_scopes))}"')
         return ", ".join(parts)
     if isinstance(error, DownstreamError):
         return error.challenge

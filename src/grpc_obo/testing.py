@@ -12,9 +12,14 @@ Fixtures:
 - `grpc_obo_private_authority`: a fresh authority for one test, on a fresh copy of the world as
   it was before any test changed it (for key rotation or changed registrations that must not
   leak into other tests).
-- `grpc_obo_user_token(user="alice", audience="original", ...)`: mint a delegated access token.
-- `grpc_obo_app_token(client="daemon", audience="downstream", ...)`: mint an app-only token.
-  (The defaults name the demo world's apps and users: with a world of your own, name yours.)
+- `grpc_obo_user_token(user="alice", *, audience="original", client="client", ...)`: mint a
+  delegated access token for `user`, issued to the client app `client` (the app users sign in
+  with) for the API `audience`.
+- `grpc_obo_app_token(client="daemon", *, audience="downstream", roles=None, ...)`: mint an
+  app-only token of the app `client` for the API `audience`.
+  The defaults name the demo world's apps and users: with a world of your own, name yours
+  (`grpc_obo_user_token("alice", audience="orders", client="web")`). An app the world lacks
+  raises `KeyError` naming the argument and listing the world's apps.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,13 +104,43 @@ def grpc_obo_private_authority(_grpc_obo_pristine_world: World) -> Iterator[DevA
         yield authority
 
 
+def _apps_named(world: World, **arguments: str) -> None:
+    """KeyError naming the fixture argument whose app `world` lacks, and the apps it has."""
+    for argument, name in arguments.items():
+        if world.find_app(name) is None:
+            apps = ", ".join(app.name for app in world.apps) or "none"
+            raise KeyError(
+                f"{argument}={name!r}: the world has no app called {name!r} (its apps: {apps}); "
+                f"pass {argument}=<one of them>"
+            )
+
+
 @pytest.fixture
 def grpc_obo_user_token(grpc_obo_authority: DevAuthority) -> Callable[..., str]:
-    """`mint(user="alice", *, audience="original", client="client", scopes=None, ...)`."""
-    return grpc_obo_authority.mint_user_token
+    """`mint(user="alice", *, audience="original", client="client", scopes=None, ...)`.
+
+    `client` is the app the user signed in with (the token's `azp`), `audience` the API the
+    token is for; both are app names (or client ids) of the world.
+    """
+    authority = grpc_obo_authority
+
+    def mint(
+        user: str = "alice", *, audience: str = "original", client: str = "client", **options: Any
+    ) -> str:
+        _apps_named(authority.world, client=client, audience=audience)
+        return authority.mint_user_token(user, audience=audience, client=client, **options)
+
+    return mint
 
 
 @pytest.fixture
 def grpc_obo_app_token(grpc_obo_authority: DevAuthority) -> Callable[..., str]:
-    """`mint(client="daemon", *, audience="downstream", roles=None, ...)`."""
-    return grpc_obo_authority.mint_app_token
+    """`mint(client="daemon", *, audience="downstream", roles=None, ...)`: `client` is the
+    calling application, `audience` the API; both are app names (or client ids) of the world."""
+    authority = grpc_obo_authority
+
+    def mint(client: str = "daemon", *, audience: str = "downstream", **options: Any) -> str:
+        _apps_named(authority.world, client=client, audience=audience)
+        return authority.mint_app_token(client, audience=audience, **options)
+
+    return mint

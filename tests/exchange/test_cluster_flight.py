@@ -141,10 +141,10 @@ async def test_a_caller_joining_with_a_shorter_deadline_hurries_the_wait(
 
 async def test_a_long_exchange_keeps_its_lease_alive(redis_stores: Stores, minted: Minted) -> None:
     """The holder renews its lease while it exchanges: a lease shorter than the exchange
-    does not let a second replica start its own."""
-    first, second = replicas(redis_stores, 2, lease_ttl=0.6)
+    does not let a second replica start its own (while it waits: 2 x lease_ttl at most)."""
+    first, second = replicas(redis_stores, 2, lease_ttl=1.0)
     key = cache_key_for("frank")
-    exchange = Exchanges(minted, "frank", delay=1.5)
+    exchange = Exchanges(minted, "frank", delay=1.4)
     holder = asyncio.create_task(first.get_or_fetch(key, exchange))
     await asyncio.sleep(0.05)
     waiter = await second.get_or_fetch(key, exchange)

@@ -234,6 +234,28 @@ def test_from_env_misconfiguration_fails_at_start_up(
         ConfidentialClient.from_env(env)
 
 
+@pytest.mark.parametrize("tenant", ["northwind", "common", "contoso.", "{tid}"])
+def test_from_env_refuses_a_tenant_entra_would_not_take(
+    authority: DevAuthority, tenant: str
+) -> None:
+    env = {**base_env(authority), "AZURE_CLIENT_SECRET": "s", "AZURE_TENANT_ID": tenant}
+    with pytest.raises(ConfigurationError) as caught:
+        ConfidentialClient.from_env(env)
+    assert str(caught.value).startswith("AZURE_TENANT_ID:")
+
+
+@pytest.mark.parametrize(
+    "tenant", ["7F3A1C2E-5B44-4E1A-9D1C-0C0FFEE00001", "contoso.onmicrosoft.com", "organizations"]
+)
+def test_from_env_takes_a_guid_a_verified_domain_or_organizations(tenant: str) -> None:
+    env = {
+        "AZURE_TENANT_ID": tenant,
+        "AZURE_CLIENT_ID": "3c9a4e21-7d0b-4f5e-a1c2-0c0ffee0a1a1",
+        "AZURE_CLIENT_SECRET": "s3cr3t-value",
+    }
+    assert ConfidentialClient.from_env(env).tenant_id == tenant
+
+
 def test_from_env_defaults_to_entra_and_reads_nothing_else() -> None:
     env = {
         "AZURE_TENANT_ID": "7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001",
@@ -475,6 +497,10 @@ def test_credentials_never_show_their_secret(authority: DevAuthority, tmp_path: 
         {"client_id": "original"},
         {"tenant_id": "common"},
         {"tenant_id": "consumers"},
+        {"tenant_id": "northwind"},
+        {"tenant_id": "contoso."},
+        {"tenant_id": "-contoso.com"},
+        {"tenant_id": "contoso..com"},
         {"authority_host": "http://127.0.0.1"},
         {"client_capabilities": ("cp 1",)},
         {"http_timeout": 0},

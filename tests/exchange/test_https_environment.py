@@ -16,7 +16,7 @@ from pathlib import Path
 import certifi
 import pytest
 
-from grpc_obo import AuthorityUnavailableError, ConfigurationError, OnBehalfOf
+from grpc_obo import AuthorityUnavailableError, ConfigurationError, OnBehalfOf, TokenExchangeError
 from grpc_obo._exchange._exchanger import OboExchanger
 from grpc_obo.devauthority import DevAuthority
 from tests.exchange.conftest import Users, client_for
@@ -69,8 +69,11 @@ async def test_the_environment_cannot_add_trust_to_an_explicit_ca(
     monkeypatch.setenv(variable, trusted)
     identity = await users.identity()
     exchanger = make_exchanger(replace(client_for(authority), ca_file=certifi.where()))
-    with pytest.raises(AuthorityUnavailableError):
+    with pytest.raises(TokenExchangeError) as caught:
         await exchanger.acquire([downstream_scope], identity=identity)
+    # A certificate failure is configuration, named as such (never retried as an outage).
+    assert not isinstance(caught.value, AuthorityUnavailableError)
+    assert "TLS certificate was not accepted" in str(caught.value)
     assert authority.requests.count(endpoint="token") == 0
 
 

@@ -133,6 +133,8 @@ class TestScopesAndRoles:
         with pytest.raises(InsufficientScopeError) as caught:
             rule.check(user("A"))
         assert caught.value.required_roles == ("Admin",)
+        assert caught.value.reason == "insufficient_role"
+        assert "Admin" not in (www_authenticate_for(caught.value) or "")
 
     def test_users_and_apps(self) -> None:
         rule = MethodPolicy(callers=Callers.USERS_AND_APPS, scopes=["A"], app_roles=["Echo.All"])

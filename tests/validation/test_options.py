@@ -286,3 +286,27 @@ def test_from_env_allowed_tenants_make_a_guid_tenant_multi_tenant() -> None:
     with pytest.raises(grpc_obo.ConfigurationError) as caught:
         ValidatorOptions.from_env({**env, "GRPC_OBO_ALLOWED_TENANTS": "contoso"})
     assert str(caught.value).startswith("GRPC_OBO_ALLOWED_TENANTS:")
+
+
+@pytest.mark.parametrize("allowed", [None, TENANT])
+@pytest.mark.parametrize("tenant", ["northwind", "contoso.onmicrosoft.com", "consumers", "{tid}"])
+def test_from_env_refuses_a_tenant_that_is_not_a_guid_also_with_allowed_tenants(
+    tenant: str, allowed: str | None
+) -> None:
+    """AZURE_TENANT_ID is the API's home tenant even when GRPC_OBO_ALLOWED_TENANTS makes the
+    validator multi-tenant: a value Entra would not take stops the service at start-up. (A
+    domain name is refused too: issuers carry the tenant GUID.)"""
+    env = {**ENV, "AZURE_TENANT_ID": tenant}
+    if allowed is not None:
+        env["GRPC_OBO_ALLOWED_TENANTS"] = allowed
+    with pytest.raises(grpc_obo.ConfigurationError) as caught:
+        ValidatorOptions.from_env(env)
+    assert str(caught.value).startswith("AZURE_TENANT_ID:")
+    assert "GUID" in str(caught.value)
+
+
+@pytest.mark.parametrize("tenant", [TENANT.upper(), "organizations", "common"])
+def test_from_env_with_allowed_tenants_takes_a_guid_or_a_multi_tenant_name(tenant: str) -> None:
+    env = {**ENV, "AZURE_TENANT_ID": tenant, "GRPC_OBO_ALLOWED_TENANTS": TENANT}
+    options = ValidatorOptions.from_env(env)
+    assert options.is_multi_tenant and options.allowed_tenants == {TENANT}

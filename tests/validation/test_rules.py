@@ -155,7 +155,7 @@ BAD_CLAIMS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
         "app token without roles",
         v2_app_claims(roles=None),
         grpc_obo.NotAnAccessTokenError,
-        "not_access_token",
+        "app_token_without_roles",
     ),
     ("scp not a string", v2_claims(scp=["a"]), grpc_obo.InvalidClaimError, "bad_claim"),
     ("scp empty", v2_claims(scp=" "), grpc_obo.InvalidClaimError, "bad_claim"),
@@ -263,6 +263,22 @@ async def test_invalid_token_is_reported_before_access_decisions(
     validator = make_validator(allowed_client_ids={CALLER_APP})
     with pytest.raises(grpc_obo.ExpiredTokenError):
         await validator.validate(mint(v2_claims(azp=OTHER_TENANT, exp=NOW - 3600)))
+
+
+async def test_an_app_token_without_roles_is_told_it_needs_a_role(
+    make_validator: Callable[..., TokenValidator],
+) -> None:
+    validator = make_validator()
+    for claims in (v2_app_claims(roles=None), v2_app_claims(roles=None, idtyp=None)):
+        with pytest.raises(grpc_obo.NotAnAccessTokenError) as caught:
+            await validator.validate(mint(claims))
+        assert caught.value.reason == "app_token_without_roles"
+        assert "app-only tokens need an app role" in caught.value.message
+        assert "not an access token" not in caught.value.message
+    # An ID token is still "not an access token".
+    with pytest.raises(grpc_obo.NotAnAccessTokenError) as caught:
+        await validator.validate(mint(v2_claims(scp=None, azp=None)))
+    assert caught.value.reason == "not_access_token"
 
 
 async def test_app_token_without_roles_only_when_opted_in(

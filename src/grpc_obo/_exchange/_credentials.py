@@ -21,13 +21,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from grpc_obo._errors import ConfigurationError
+from grpc_obo._errors import ConfigurationError, TokenExchangeError
 from grpc_obo._identity import SecretToken
 
-__all__ = ["ClientCredential", "ConfidentialClient"]
+__all__ = ["ClientCredential", "ConfidentialClient", "explain_refusal"]
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,253}$")
+# A verified domain name (contoso.onmicrosoft.com, contoso.com): Entra takes one in place of
+# the tenant GUID in an authority URL. Every Entra domain has a dot; a bare word
+# ("northwind") is not a tenant Entra knows, and fails at start-up rather than at the first call.
+_TENANT_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+_TENANT_RULE = (
+    "tenant_id must be the tenant GUID, a verified domain name (contoso.onmicrosoft.com) or "
+    "'organizations'"
+)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -224,13 +233,19 @@ class ConfidentialClient:
     def __post_init__(self) -> None:
         if not _GUID.match(self.client_id):
             raise ConfigurationError("client_id must be the app registration's GUID")
-        if not (_GUID.match(self.tenant_id) or _TENANT_NAME.match(self.tenant_id)):
-            raise ConfigurationError("tenant_id must be a tenant GUID or domain name")
+        if not isinstance(self.tenant_id, str):
+            raise ConfigurationError(_TENANT_RULE)
         if self.tenant_id.lower() in ("common", "consumers"):
             raise ConfigurationError(
                 "On-Behalf-Of needs the middle tier's tenant (or 'organizations'), not "
                 f"{self.tenant_id!r}"
             )
+        if not (
+            _GUID.match(self.tenant_id)
+            or _TENANT_DOMAIN.match(self.tenant_id)
+            or self.tenant_id.lower() == "organizations"
+        ):
+            raise ConfigurationError(_TENANT_RULE)
         if not isinstance(self.authority_host, str) or not self.authority_host.strip():
             raise ConfigurationError("authority_host must be an https:// URL or a host name")
         host = _with_scheme(self.authority_host)
@@ -349,3 +364,71 @@ def _with_scheme(value: str) -> str:
     """azure-identity's rule for AZURE_AUTHORITY_HOST: a bare host means https."""
     value = value.strip().rstrip("/")
     return value if "://" in value else f"https://{value}"
+
+
+# What each credential kind is called, and the variable `from_env()` reads it from.
+_CREDENTIAL_SOURCES = {
+    "secret": ("client secret", "AZURE_CLIENT_SECRET (or ClientCredential.secret)"),
+    "certificate": (
+        "client certificate",
+        "AZURE_CLIENT_CERTIFICATE_PATH (or ClientCredential.certificate)",
+    ),
+    "assertion": (
+        "client assertion",
+        "AZURE_FEDERATED_TOKEN_FILE (or the ClientCredential.assertion callback)",
+    ),
+}
+_CREDENTIAL_ADVICE = {
+    "secret": "use the value of an unexpired secret of app {client_id}, not the secret's id",
+    "certificate": "its certificate must be one uploaded to app {client_id}'s registration",
+    "assertion": (
+        "its issuer, subject and audience must match a federated credential of app {client_id}"
+    ),
+}
+# AADSTS codes that mean the credential itself is wrong: 7000215 invalid secret, 7000222
+# expired secret, 700027 assertion (certificate) not valid, 70021 no matching federated
+# credential, 700213 no match for the subject, 700024 assertion out of its time range.
+_CREDENTIAL_CODES = frozenset({7000215, 7000222, 700027, 70021, 700213, 700024})
+_UNKNOWN_APP = 700016
+_UNKNOWN_TENANT = 90002
+
+
+def explain_refusal(
+    client: ConfidentialClient, error: TokenExchangeError, tenant: str
+) -> TokenExchangeError:
+    """`error` with a hint naming the setting (and `from_env()` variable) to fix, when the
+    authority refused this client's own configuration; else `error` unchanged.
+
+    The hint goes into `str()` (logs, start-up tracebacks), not into `message` (what a caller
+    is told). It names variables, app and tenant ids: never a secret's value.
+    """
+    if error.hint is not None:
+        return error
+    codes = set(error.error_codes)
+    hint: str | None = None
+    if codes & _CREDENTIAL_CODES:
+        code = min(codes & _CREDENTIAL_CODES)
+        what, variable = _CREDENTIAL_SOURCES[client.credential.kind]
+        advice = _CREDENTIAL_ADVICE[client.credential.kind].format(client_id=client.client_id)
+        hint = f"the authority refused the {what} (AADSTS{code}): check {variable}; {advice}"
+    elif _UNKNOWN_APP in codes:
+        hint = (
+            f"the authority knows no application {client.client_id} in tenant {tenant} "
+            "(AADSTS700016): check AZURE_CLIENT_ID (client_id) and AZURE_TENANT_ID (tenant_id)"
+        )
+    elif _UNKNOWN_TENANT in codes:
+        hint = (
+            f"the authority knows no tenant {tenant} (AADSTS90002): check AZURE_TENANT_ID "
+            "(tenant_id), and AZURE_AUTHORITY_HOST (authority_host) for a national cloud"
+        )
+    if hint is None:
+        return error
+    return type(error)(
+        error.message,
+        error=error.error,
+        suberror=error.suberror,
+        error_codes=error.error_codes,
+        correlation_id=error.correlation_id,
+        claims=error.claims,
+        hint=hint,
+    )

@@ -7,7 +7,9 @@
                     on 429/5xx/network within a time budget, errors classified (`_retry.py`)
 
 MSAL is synchronous: it runs in a bounded thread pool owned by the exchanger, so a slow
-authority ties up those threads, never the event loop. No grpc import here.
+authority ties up those threads, never the event loop. `start()` proves the configuration at
+start-up (the home tenant's metadata and one client-credentials token); a refusal of this
+client's own configuration names the setting to fix (`explain_refusal`). No grpc import here.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from grpc_obo._errors import (
     MissingIdentityError,
 )
 from grpc_obo._exchange._cache import TokenCache
-from grpc_obo._exchange._credentials import ConfidentialClient
+from grpc_obo._exchange._credentials import ConfidentialClient, explain_refusal
 from grpc_obo._exchange._http import AuthorityHttpClient, DiscardingTokenCache, NoHttpCache
 from grpc_obo._exchange._keys import log_ref, obo_cache_key
 from grpc_obo._exchange._observe import ExchangeObserver, Observer
@@ -110,7 +112,9 @@ class _MsalRunner:
             async with self._app_lock:
                 app = self._apps.get(tenant)
                 if app is None:
-                    built = await self._with_retries(lambda: self._build_attempt(tenant), "set-up")
+                    built = await self._with_retries(
+                        lambda: self._build_attempt(tenant), "set-up", tenant
+                    )
                     app = self._apps[tenant] = built["app"]
         return app
 
@@ -121,7 +125,14 @@ class _MsalRunner:
         try:
             app = self._build(tenant)
         except Exception as exc:  # classified below; MSAL raises plain exceptions
-            return classify(None, raised=exc, status=self._http.facts.status)
+            facts = self._http.facts
+            return classify(
+                None,
+                raised=exc,
+                status=facts.status,
+                error_body=facts.error_body,
+                ca_file=self.client.ca_file,
+            )
         return Outcome(result={"app": app})
 
     def _token_attempt(self, call: Callable[[], Any]) -> Outcome:
@@ -130,10 +141,19 @@ class _MsalRunner:
         try:
             result = call()
         except Exception as exc:
-            return classify(None, raised=exc, status=facts.status, retry_after=facts.retry_after)
+            return classify(
+                None,
+                raised=exc,
+                status=facts.status,
+                retry_after=facts.retry_after,
+                error_body=facts.error_body,
+                ca_file=self.client.ca_file,
+            )
         return classify(result, status=facts.status, retry_after=facts.retry_after)
 
-    async def _with_retries(self, attempt: Callable[[], Outcome], what: str) -> Mapping[str, Any]:
+    async def _with_retries(
+        self, attempt: Callable[[], Outcome], what: str, tenant: str
+    ) -> Mapping[str, Any]:
         started = time.monotonic()
         last: Outcome | None = None
         for number in range(self.retry.max_attempts):
@@ -141,7 +161,7 @@ class _MsalRunner:
                 outcome: Outcome = await self._run(attempt)
                 if outcome.error is not None:
                     note.fail(outcome.error)
-                    raise outcome.error
+                    raise explain_refusal(self.client, outcome.error, tenant)
                 if not outcome.retry and outcome.result is not None:
                     return outcome.result
                 note.fail(unavailable("transient failure", outcome), retry=True)
@@ -157,8 +177,22 @@ class _MsalRunner:
 
     async def acquire(self, tenant: str, call: Callable[[Any], Any]) -> CachedToken:
         app = await self._application(tenant)
-        result = await self._with_retries(lambda: self._token_attempt(lambda: call(app)), "token")
+        result = await self._with_retries(
+            lambda: self._token_attempt(lambda: call(app)), "token", tenant
+        )
         return CachedToken.from_msal(result)
+
+    async def check(self, scope: str | None) -> None:
+        """Prove the configuration: the home tenant's metadata (host, tenant, TLS) and one
+        client-credentials token (the credential), as `start()` promises."""
+        tenant = self.client.tenant_id
+        if tenant.lower() == "organizations":
+            raise ConfigurationError(
+                "start() proves the credential in the app's home tenant: tenant_id "
+                "(AZURE_TENANT_ID) 'organizations' names none; give the home tenant's GUID"
+            )
+        wanted = _scope_tuple([scope or f"{self.client.client_id}/.default"])
+        await self.acquire(tenant, lambda app: app.acquire_token_for_client(list(wanted)))
 
     async def close(self) -> None:
         # Wait for the requests already running in the worker threads (each bounded by
@@ -301,6 +335,19 @@ class OboExchanger:
                 ) from None
         return token.access_token
 
+    async def start(self, *, scope: str | None = None) -> None:
+        """Check the configuration now, at start-up, instead of at the first call.
+
+        Fetches the home tenant's metadata (authority host, tenant, TLS and `ca_file`) and
+        requests one client-credentials token for `scope` (default: this app itself,
+        `<client_id>/.default`; any `<resource>/.default` the app may ask for works), which
+        proves the credential. Raises `ConfigurationError` for a `tenant_id` of
+        'organizations', `TokenExchangeError` whose `str()` names the setting or variable to
+        fix (AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_TENANT_ID, ...; the TLS
+        problem and GRPC_OBO_CA_FILE), or `AuthorityUnavailableError` once retries are spent.
+        """
+        await self._runner.check(scope)
+
     async def invalidate(
         self, scopes: Sequence[str], *, identity: Identity | None = None, claims: str | None = None
     ) -> None:
@@ -347,6 +394,10 @@ class AppOnlyExchanger:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client_id={self.client.client_id!r})"
+
+    async def start(self, *, scope: str | None = None) -> None:
+        """Check the configuration now, as `OboExchanger.start()` does."""
+        await self._runner.check(scope)
 
     async def acquire(self, scopes: Sequence[str], *, timeout: float | None = None) -> SecretToken:
         wanted = _scope_tuple(scopes)

@@ -2,7 +2,9 @@
 
 - `AuthorityHttpClient` is a `requests.Session` with a timeout on every request that remembers,
   per thread, the status and `Retry-After` of the last token response: MSAL's result dict carries
-  neither, and the retry decision needs both.
+  neither, and the retry decision needs both. It also keeps the `error` and `error_codes` of a
+  refused request's JSON body: when MSAL turns a refused discovery into a bare ValueError (an
+  unknown tenant, AADSTS90002), they still say what went wrong.
 - `NoHttpCache`: MSAL throttles by keys that, for On-Behalf-Of, leave out the user's assertion,
   so after one user's 429/5xx MSAL fails *every* user's exchange for seconds without a request,
   and it replays an identical HTTP 400 from memory for 60 s. We retry per user ourselves, so
@@ -31,10 +33,13 @@ class ResponseFacts(threading.local):
 
     status: int | None = None
     retry_after: float | None = None
+    error_body: dict[str, Any] | None = None
+    """`error` and `error_codes` of a 4xx/5xx JSON body (no description: it may echo input)."""
 
     def clear(self) -> None:
         self.status = None
         self.retry_after = None
+        self.error_body = None
 
 
 class AuthorityHttpClient(requests.Session):
@@ -69,7 +74,19 @@ class AuthorityHttpClient(requests.Session):
         response = super().request(method, url, *args, **kwargs)
         self.facts.status = response.status_code
         self.facts.retry_after = _retry_after(response.headers.get("Retry-After"))
+        if response.status_code >= 400:
+            self.facts.error_body = _error_fields(response)
         return response
+
+
+def _error_fields(response: requests.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    return {name: body[name] for name in ("error", "error_codes") if name in body}
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -22,12 +22,18 @@ Across replicas:
 - **Single flight.** A miss runs one script: a value that fits is returned; otherwise the lease
   is taken with SET NX PX and this replica exchanges, then writes the value, deletes its lease
   and publishes "set" in one script; otherwise it waits for a message about the key (or polls,
-  at most every 0.5 s) for no longer than the lease's remaining time, and looks again. A holder
-  that dies stops renewing: its lease ends within `lease_ttl` and a waiter takes over. A holder
-  whose exchange fails releases its lease ("rel") and its callers get the error; a waiter then
-  tries itself. Waiting also ends at the production's patience (half the shortest deadline of
-  the callers waiting on it, see `TokenCache`), after which this replica exchanges without the
-  lease: a caller's deadline is never spent entirely on another replica.
+  at most every 0.5 s) for no longer than the lease's remaining time, and looks again (never
+  sooner than 50 ms after the last look). A holder that dies stops renewing: its lease ends
+  within `lease_ttl` and a waiter takes over. A holder whose exchange fails releases its lease
+  ("rel") and its callers get the error; a waiter then tries itself. Waiting ends at the
+  production's patience (half the shortest deadline of the callers waiting on it, see
+  `TokenCache`) and after 2 x `lease_ttl` in any case, after which this replica exchanges
+  without the lease: a caller's deadline is never spent entirely on another replica, and a
+  caller without one never waits on a lease for ever.
+- **What others write.** Anyone who can write to Redis can pin a lease (no expiry: taken over,
+  as no grpc_obo lease lacks one; a long expiry: waited on for 2 x `lease_ttl` at most) or
+  leave a key of another type (WRONGTYPE): that key is deleted and is a miss, logged as a
+  WARNING, and the store stays up for everyone else.
 - **L1.** An entry lives at most until the L2 TTL (the token's expiry minus the margin) and is
   rechecked against Redis after `l1_ttl` (10 s) at most. "set" and "del" messages from other
   replicas evict it at once; a subscription that was interrupted makes every entry recheck.
@@ -69,6 +75,7 @@ from grpc_obo._exchange._local import LocalTier
 from grpc_obo._exchange._redis_link import (
     ACQUIRE,
     DELETE,
+    POLL_FLOOR,
     READ,
     RELEASE,
     RENEW,
@@ -106,7 +113,8 @@ class RedisStoreStats:
     waited: int = 0
     """Waits for another replica's exchange."""
     impatient: int = 0
-    """Exchanges here, without the lease, because the callers' patience ran out."""
+    """Exchanges here, without the lease, because the callers' patience (or 2 x lease_ttl)
+    ran out."""
     unavailable: int = 0
     """Misses handled without Redis because it did not answer."""
     stale: int = 0
@@ -125,7 +133,8 @@ class RedisTokenStore:
     `namespace` prefixes every Redis key and the event channel; use it to keep deployments or
     tests apart on one Redis. `timeout` bounds each Redis command (seconds). `l1_max_entries`
     and `l1_ttl` bound the in-process level; `lease_ttl` is how soon a dead replica's lease
-    ends. See the module docstring for the key layout and the rules.
+    ends, and twice it the longest a caller waits on another replica's exchange. See the
+    module docstring for the key layout and the rules.
     """
 
     get_nowait: Callable[[str], CachedToken | None]
@@ -165,6 +174,7 @@ class RedisTokenStore:
         self._timeout = float(timeout)
         self._lease_ms = max(1, int(lease_ttl * 1000))
         self._lease_ttl = float(lease_ttl)
+        self._max_wait = 2 * self._lease_ttl
         self._client = build_client(
             host=host,
             port=port,
@@ -302,7 +312,7 @@ class RedisTokenStore:
         seen = self._evictions
         value_key, _ = self.redis_keys(key)
         try:
-            read = await self._reads.do(key, lambda: self._read(value_key))
+            read = await self._reads.do(key, lambda: self._read(key, value_key))
         except RedisUnavailable:
             return self._l1.get_local(key, stale_ok=True)
         if read is None:
@@ -367,7 +377,10 @@ class RedisTokenStore:
             )
 
         try:
-            async with patience.scope():
+            # NOTE: whatever the callers' deadlines, waiting on another replica ends after
+            # 2 x lease_ttl: a lease that someone keeps alive (or pinned with a long expiry)
+            # costs a duplicate exchange, never a caller hung on it.
+            async with patience.scope(), asyncio.timeout(self._max_wait):
                 await self._events.started(self._timeout)
                 while True:
                     with self._events.watch(key) as woken:
@@ -380,6 +393,7 @@ class RedisTokenStore:
                             reply[2],
                             int(reply[3]),
                         )
+                        self._report_damage(key, state, lease_ms, damaged=int(reply[4]) == 1)
                         token = self._open(key, value_key, blob) if blob else None
                         if token is not None and accept(token):
                             if state == _ACQUIRED:  # taken needlessly: let it go at once
@@ -395,7 +409,9 @@ class RedisTokenStore:
                             mode = "take"  # there, but not good enough: replace it
                             continue
                         self.stats.waited += 1
-                        wait = min(max(lease_ms, 10) / 1000, self._events.poll_interval())
+                        # Until the lease ends, or the next poll, but never sooner than the
+                        # floor: each look is a round trip to the Redis that every replica uses.
+                        wait = max(POLL_FLOOR, min(lease_ms / 1000, self._events.poll_interval()))
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(wait):
                                 await woken.wait()
@@ -414,6 +430,21 @@ class RedisTokenStore:
                 return stale
             return await self._produce_here(key, produce, owner)
         return await self._produce_leased(key, produce, owner, patience)
+
+    def _report_damage(self, key: str, state: int, lease_ms: int, *, damaged: bool) -> None:
+        """Say what ACQUIRE found that grpc_obo never writes (someone else wrote to Redis)."""
+        if damaged:
+            _log.warning(
+                "redis token cache key %s… held a value of the wrong type (not written by "
+                "grpc_obo); deleted it, treating it as a miss",
+                log_ref(key),
+            )
+        if state == _ACQUIRED and lease_ms == -1:
+            _log.warning(
+                "redis token cache lease of %s… was set without expiry (not by grpc_obo, "
+                "whose leases always expire); taken over",
+                log_ref(key),
+            )
 
     def _stale(self, key: str, accept: Callable[[CachedToken], bool]) -> CachedToken | None:
         """Our L1 entry past its recheck time, while Redis cannot confirm it (still usable)."""
@@ -483,9 +514,11 @@ class RedisTokenStore:
     async def _command(self, command: Callable[[], Awaitable[Any]]) -> Any:
         return await self._outage.run(self._timeout, command)
 
-    async def _read(self, value_key: str) -> _Read | None:
+    async def _read(self, key: str, value_key: str) -> _Read | None:
         reply = await self._command(lambda: self._client.eval(READ, 1, value_key))
         if len(reply) < 2:
+            if int(reply[0]) == -3:
+                self._report_damage(key, _VALUE, 0, damaged=True)
             return None
         return _Read(blob=bytes(reply[1]), ttl=int(reply[0]) / 1000)
 

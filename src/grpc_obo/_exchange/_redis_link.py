@@ -46,45 +46,64 @@ _log = logging.getLogger("grpc_obo.exchange.cache")
 
 T = TypeVar("T")
 
-# KEYS[1] value. Answers {pttl, sealed value} or {-2} when there is none.
+# Anyone who can write to Redis can leave a key of another type under one of ours: GET on it
+# fails with WRONGTYPE. That is one damaged key, not Redis failing: the scripts read with
+# pcall, delete such a value (a miss for that key) and say so; a lease of the wrong type has
+# no expiry and is taken over like any lease without one.
+
+# KEYS[1] value. Answers {pttl, sealed value}, {-2} when there is none, {-3} when the key held
+# another type (deleted).
 READ = """
-local v = redis.call('GET', KEYS[1])
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then redis.call('DEL', KEYS[1]) return {-3} end
 if not v then return {-2} end
 return {redis.call('PTTL', KEYS[1]), v}
 """
 
 # KEYS[1] value, KEYS[2] lease; ARGV owner, lease ms, mode ('get' or 'take').
-# Answers {state, value pttl, value or '', lease pttl}: state 0 = a value is there ('get'
-# mode), 1 = the lease is ours now, 2 = another replica holds it. In 'take' mode a value comes
-# back with states 1 and 2 too: it was not good enough (past refresh_on, or not opening), and
-# the caller checks whether another replica has replaced it meanwhile.
+# Answers {state, value pttl, value or '', lease pttl, damage}: state 0 = a value is there
+# ('get' mode), 1 = the lease is ours now, 2 = another replica holds it. In 'take' mode a value
+# comes back with states 1 and 2 too: it was not good enough (past refresh_on, or not
+# opening), and the caller checks whether another replica has replaced it meanwhile. Every
+# lease grpc_obo sets expires (PX, renewed by its holder): one without expiry was pinned by
+# someone else and would never end, so it is taken over (state 1, lease pttl -1). damage: 1
+# when the value key held another type and was deleted, else 0.
 ACQUIRE = """
-local v = redis.call('GET', KEYS[1])
+local damage = 0
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then redis.call('DEL', KEYS[1]) v = false damage = 1 end
 local vttl = -2
 if v then vttl = redis.call('PTTL', KEYS[1]) end
-if v and ARGV[3] == 'get' then return {0, vttl, v, 0} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, vttl, v or '', 0} end
-return {2, vttl, v or '', redis.call('PTTL', KEYS[2])}
+if v and ARGV[3] == 'get' then return {0, vttl, v, 0, damage} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, vttl, v or '', 0, damage}
+end
+local lttl = redis.call('PTTL', KEYS[2])
+if lttl == -1 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {1, vttl, v or '', -1, damage}
+end
+return {2, vttl, v or '', lttl, damage}
 """
 
 # KEYS[1] value, KEYS[2] lease; ARGV sealed value, ttl ms, owner ('' for none), channel, message.
 WRITE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+if ARGV[3] ~= '' and redis.pcall('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 """
 
 # Compare-and-delete. KEYS[1] lease; ARGV owner, channel, message.
 RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
 
 # Compare-and-extend. KEYS[1] lease; ARGV owner, lease ms. Answers 1 if still ours.
 RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -293,6 +312,9 @@ POLL_LIVE = 0.5
 """A waiter re-checks Redis this often even while notifications flow (a lost message costs
 no more than this)."""
 POLL_WITHOUT_NOTIFICATIONS = 0.05
+POLL_FLOOR = 0.05
+"""A waiter never looks at Redis again sooner than this, whatever the lease's remaining time
+says (a lease someone keeps setting to a few milliseconds must not become a polling loop)."""
 
 
 class Notifications:

@@ -7,6 +7,7 @@ No I/O: the exchanger feeds in MSAL's result (or the exception it raised), the H
 from __future__ import annotations
 
 import random
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,16 +82,71 @@ def _fields(result: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _chain(raised: BaseException) -> list[BaseException]:
+    """`raised` and every exception it wraps (requests nests the ssl error three deep:
+    SSLError(MaxRetryError(urllib3 SSLError(ssl.SSLCertVerificationError))))."""
+    found: list[BaseException] = []
+    stack: list[object] = [raised]
+    while stack:
+        error = stack.pop()
+        if isinstance(error, BaseException) and all(error is not f for f in found):
+            found.append(error)
+            stack += [error.__cause__, error.__context__, getattr(error, "reason", None)]
+            stack += list(error.args)
+    return found
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_MISMATCH_CODES = frozenset({62, 64})
+
+
+def _certificate_hint(failure: ssl.SSLCertVerificationError, ca_file: str | None) -> str:
+    # NOTE: set by the ssl module's C code only; absent on an instance built elsewhere.
+    problem = str(getattr(failure, "verify_message", None) or "certificate verify failed")
+    if getattr(failure, "verify_code", None) in _NAME_MISMATCH_CODES:
+        return (
+            f"{problem}: the certificate does not name the host in authority_host "
+            "(AZURE_AUTHORITY_HOST); use a name the certificate holds"
+        )
+    trusted = (
+        f"exactly ca_file {ca_file!r} (GRPC_OBO_CA_FILE)"
+        if ca_file is not None
+        else "requests' default CAs (certifi, or REQUESTS_CA_BUNDLE), no ca_file being set"
+    )
+    return (
+        f"{problem}: this client trusts {trusted}; set ca_file / GRPC_OBO_CA_FILE to the CA "
+        "that signed the authority's certificate"
+    )
+
+
 def classify(
     result: Mapping[str, Any] | None,
     *,
     raised: BaseException | None = None,
     status: int | None = None,
     retry_after: float | None = None,
+    error_body: Mapping[str, Any] | None = None,
+    ca_file: str | None = None,
 ) -> Outcome:
-    """What to do with one attempt's outcome."""
+    """What to do with one attempt's outcome.
+
+    `error_body`: the `error`/`error_codes` of the refused response, when MSAL raised instead
+    of returning them; `ca_file`: the CA the client trusts, named when a certificate fails.
+    """
     transient_status = status is not None and (status == 429 or status >= 500)
     if raised is not None:
+        # A certificate or host name that does not verify is configuration, not an outage:
+        # retrying cannot fix it, and the message must say which setting to look at.
+        failure = next(
+            (e for e in _chain(raised) if isinstance(e, ssl.SSLCertVerificationError)), None
+        )
+        if failure is not None:
+            return Outcome(
+                error=TokenExchangeError(
+                    "the authority's TLS certificate was not accepted",
+                    hint=_certificate_hint(failure, ca_file),
+                )
+            )
         # A 5xx with a body MSAL cannot parse surfaces as an exception: the status decides.
         if transient_status or isinstance(
             raised, (requests.ConnectionError, requests.Timeout, OSError)
@@ -99,7 +155,8 @@ def classify(
         # MSAL raises ValueError and friends for things retrying cannot fix (bad config).
         return Outcome(
             error=TokenExchangeError(
-                f"the token request could not be made ({type(raised).__name__})"
+                f"the token request could not be made ({type(raised).__name__})",
+                **(_fields(error_body) if error_body else {}),
             )
         )
     if result is None:

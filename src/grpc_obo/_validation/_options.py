@@ -156,6 +156,18 @@ def ca_context(ca_file: object, name: str = "ca_file") -> ssl.SSLContext:
     return context
 
 
+def _check_tenant(value: object, prefix: str = "") -> str:
+    """The tenant, lowercased: a GUID, or 'organizations'/'common' (issuers carry the GUID, so
+    a domain name cannot be checked against a token)."""
+    tenant = value.lower() if isinstance(value, str) else ""
+    if tenant not in MULTI_TENANTS and not is_guid(tenant):
+        raise ConfigurationError(
+            f"{prefix}tenant must be a tenant GUID, 'organizations' or 'common' (a domain "
+            "name will not do: token issuers carry the GUID)"
+        )
+    return tenant
+
+
 def _bounded(name: str, value: float, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise ConfigurationError(f"{name} must be a number between {low} and {high}")
@@ -190,7 +202,8 @@ class ValidatorOptions:
     """If set, only these calling client apps (`azp` v2 / `appid` v1) are accepted."""
     accept_app_tokens_without_roles: bool = False
     """Accept app-only tokens that carry no `roles` (Entra issues them when a client has no app
-    role assignment). Off by default: a token with neither `scp` nor `roles` is refused."""
+    role assignment). Off by default: a token with neither `scp` nor `roles` is refused (an
+    app-only one with reason `app_token_without_roles`: it needs an app role of this API)."""
     clock: Callable[[], float] = time.time
     """Current time in epoch seconds; also drives key refresh timing. Replace it in tests."""
     max_token_bytes: int = 16 * 1024
@@ -243,11 +256,7 @@ class ValidatorOptions:
             raise ConfigurationError("v1_issuer_host must be scheme://host[:port]")
         set_(self, "v1_issuer_host", v1_host)
 
-        if not isinstance(self.tenant, str) or not self.tenant:
-            raise ConfigurationError("tenant must be a tenant GUID, 'organizations' or 'common'")
-        tenant = self.tenant.lower()
-        if tenant not in MULTI_TENANTS and not is_guid(tenant):
-            raise ConfigurationError("tenant must be a tenant GUID, 'organizations' or 'common'")
+        tenant = _check_tenant(self.tenant)
         set_(self, "tenant", tenant)
 
         allowed = _guid_set("allowed_tenants", self.allowed_tenants)
@@ -334,7 +343,8 @@ class ValidatorOptions:
         The names azure-identity uses, read as it reads them, plus grpc_obo's own where it has
         none (the same file works for `ConfidentialClient.from_env()` in a middle tier):
 
-        - `AZURE_TENANT_ID` (required): `tenant`, a GUID or `organizations`/`common`;
+        - `AZURE_TENANT_ID` (required): `tenant`, a GUID or `organizations`/`common`; checked
+          also when `GRPC_OBO_ALLOWED_TENANTS` replaces it;
         - `AZURE_CLIENT_ID`: `audiences` = this client id and `api://<client id>`;
         - `AZURE_AUTHORITY_HOST`: `authority_host`; a bare host (`login.microsoftonline.us`)
           means https;
@@ -382,6 +392,10 @@ class ValidatorOptions:
             values["versions"] = frozenset(items("GRPC_OBO_TOKEN_VERSIONS"))
             read["versions"] = "GRPC_OBO_TOKEN_VERSIONS"
         if get("GRPC_OBO_ALLOWED_TENANTS") is not None:
+            # NOTE: the home tenant is replaced below, never used: check it here all the same,
+            # or a wrong AZURE_TENANT_ID would pass until ConfidentialClient meets the authority.
+            if tenant is not None and "tenant" not in overrides:
+                _check_tenant(tenant, "AZURE_TENANT_ID: ")
             values["allowed_tenants"] = frozenset(items("GRPC_OBO_ALLOWED_TENANTS"))
             read["allowed_tenants"] = "GRPC_OBO_ALLOWED_TENANTS"
             # NOTE: an allow-list only means something to a multi-tenant API; AZURE_TENANT_ID

@@ -258,6 +258,13 @@ def check_claims(
             and client_id is not None
             and "nonce" not in claims
         )
+        if not tolerated and kind is IdentityKind.APP and client_id and "nonce" not in claims:
+            # An access token all the same: say what the calling app lacks, not "not a token".
+            raise NotAnAccessTokenError(
+                "app-only tokens need an app role of this API; this one carries none (assign "
+                "one to the calling application)",
+                reason="app_token_without_roles",
+            )
         if not tolerated:
             raise NotAnAccessTokenError("token is not an access token for this API")
     if kind is None:
