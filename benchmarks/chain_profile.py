@@ -80,7 +80,13 @@ def analyse(raw: Path, top: int) -> dict[str, Any]:
 
 
 async def profile(
-    bench: h.Bench, variants: list[str], users: str, seconds: float, raw: Path, native: bool
+    bench: h.Bench,
+    variants: list[str],
+    users: str,
+    seconds: float,
+    raw: Path,
+    native: bool,
+    which: str = "original",
 ) -> None:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     config = {
@@ -100,14 +106,16 @@ async def profile(
             up = processes.start(
                 serve_original, original_kind, config, down, h.SERVER_CPU if pinned else None
             )
-            started[variant] = (up, processes._processes[-1].pid)
+            tier = processes._processes[-1 if which == "original" else -2]
+            started[variant] = (up, tier.pid)
         stack.enter_context(h.driver_pinned(pinned))
         for variant in variants:  # warm-up: every token seen, exchanged, cached
             await bench.load.run(started[variant][0], tokens=tokens, calls=2_000, inflight=64)
         for variant in variants:
             port, pid = started[variant]
-            out = raw / f"{variant}-{users}.txt"
-            cpu0, served0 = await h.server_state(port, probe)
+            out = raw / f"{variant}-{users}-{which}.txt"
+            probe_port = port if which == "original" else None
+            cpu0, served0 = await h.server_state(port, probe) if probe_port else (0.0, 0)
             spy = subprocess.Popen(  # noqa: ASYNC220 - a sampler beside the load, waited below
                 [pyspy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
                  "--rate", "250", "--native" if native else "--nonblocking",
@@ -118,7 +126,7 @@ async def profile(
             result = await bench.load.run(
                 port, tokens=tokens, duration=seconds - 0.8, inflight=64, conns=4
             )
-            cpu1, served1 = await h.server_state(port, probe)
+            cpu1, served1 = await h.server_state(port, probe) if probe_port else (0.0, 0)
             _, err = await asyncio.to_thread(spy.communicate)
             if spy.returncode != 0 or not out.exists():
                 raise SystemExit(f"py-spy failed: {err.decode()[-800:]}")
@@ -143,6 +151,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--users", choices=["one", "1k"], default="one")
     parser.add_argument("--variants", default="none,noop-client,floor,grpc_obo")
+    parser.add_argument("--tier", choices=["original", "downstream"], default="original")
     parser.add_argument("--native", action="store_true", help="C frames too (pauses the process)")
     parser.add_argument("--raw", type=Path, default=Path("/tmp/grpc-obo-chain-profile"))
     args = parser.parse_args()
@@ -150,7 +159,9 @@ def main() -> int:
     began = time.perf_counter()
     args.raw.mkdir(parents=True, exist_ok=True)
     with h.bench_context(quick=True) as bench:
-        asyncio.run(profile(bench, variants, args.users, args.seconds, args.raw, args.native))
+        asyncio.run(
+            profile(bench, variants, args.users, args.seconds, args.raw, args.native, args.tier)
+        )
     h.log(f"profiled in {time.perf_counter() - began:.0f} s; raw stacks in {args.raw}")
     return 0
 
