@@ -80,3 +80,27 @@ async def test_every_span_of_the_chain_lies_within_its_parent(
     parented = [s for s in spans if s.parent is not None and any(is_child(s, p) for p in spans)]
     assert any(s.name == SPAN_VALIDATE for s in parented), recorder.tree()
     assert outside_their_parent(spans) == [], recorder.tree()
+
+
+async def test_a_caller_without_trace_context_gets_its_validation_as_a_trace_of_its_own(
+    chains: ChainFactory, recorder: Recorder
+) -> None:
+    """No `traceparent` from the caller: no span of the RPC exists yet while grpc_obo validates,
+    so the validation cannot be inside one; it is a root (documented in the telemetry guide),
+    and the server span that follows is not its parent."""
+    chain = await chains(test_channel_traced=False)
+
+    await chain.call(chain.token("alice"))
+    await recorder.wait_count(SPAN_VALIDATE, 2)
+    await recorder.settle()
+
+    spans = recorder.spans()
+    original = [
+        s
+        for s in recorder.named(SPAN_VALIDATE)
+        if s.resource.attributes.get("service.name") == "original"
+    ]
+    assert len(original) == 1, recorder.tree()
+    assert original[0].parent is None
+    assert not any(is_child(original[0], s) for s in spans)
+    assert outside_their_parent(spans) == [], recorder.tree()
