@@ -141,17 +141,7 @@ class _Core:
         identity = current_identity()
         if failures is None and (self._evict is None or identity is None):
             return
-
-        def done(finished: Any) -> None:
-            code = _result_now(finished.code())
-            if code is grpc.StatusCode.OK:
-                return
-            if code is None:  # never seen: the status was not there yet; look later
-                self._spawn(self._check_later(finished, method, identity, failures))
-                return
-            self._failed(finished, code, method, identity, failures)
-
-        call.add_done_callback(done)
+        call.add_done_callback(_Watch(self, method, identity, failures))
 
     def _failed(
         self,
@@ -222,6 +212,30 @@ def _with_token(
         details.credentials,
         details.wait_for_ready,
     )
+
+
+class _Watch:
+    """`_Core.watch`'s done callback: one slotted object per call (a closure would be five)."""
+
+    __slots__ = ("core", "failures", "identity", "method")
+
+    def __init__(
+        self, core: _Core, method: str, identity: Identity | None, failures: Failures | None
+    ) -> None:
+        self.core = core
+        self.method = method
+        self.identity = identity
+        self.failures = failures
+
+    def __call__(self, finished: Any) -> None:
+        code = _result_now(finished.code())
+        if code is grpc.StatusCode.OK:
+            return
+        core = self.core
+        if code is None:  # never seen: the status was not there yet; look later
+            core._spawn(core._check_later(finished, self.method, self.identity, self.failures))
+            return
+        core._failed(finished, code, self.method, self.identity, self.failures)
 
 
 def _result_now(awaitable: Any) -> Any:

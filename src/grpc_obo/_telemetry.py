@@ -108,6 +108,9 @@ class Telemetry:
         self.identities: IdentityMode = identities
         self._key = identity_key
         self._hashed: dict[str, str] = {}
+        # NOTE: the metric attributes of a cache hit, built once per grant (never mutated):
+        # every outbound call records one, and a dict per call is garbage the collector chases.
+        self._hit_attributes: dict[str, dict[str, str]] = {}
         self.tracer = trace.get_tracer("grpc_obo", __version__, tracer_provider=tracer_provider)
         self._silent = isinstance(tracer_provider, trace.NoOpTracerProvider)
         meter = metrics.get_meter("grpc_obo", __version__, meter_provider=meter_provider)
@@ -304,7 +307,13 @@ class Telemetry:
         if trace.get_current_span().is_recording():
             with self.acquisition(grant, scopes):
                 return
-        self._exchange.record(0.0, {ATTR_SOURCE: SOURCE_CACHE, ATTR_GRANT: grant})
+        attributes = self._hit_attributes.get(grant)
+        if attributes is None:  # one per grant: the grants are a fixed vocabulary
+            attributes = self._hit_attributes[grant] = {
+                ATTR_SOURCE: SOURCE_CACHE,
+                ATTR_GRANT: grant,
+            }
+        self._exchange.record(0.0, attributes)
 
     @contextlib.contextmanager
     def acquisition(self, grant: str, scopes: Iterable[str]) -> Iterator[_Acquisition]:
