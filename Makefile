@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit redis-server h2load bench clean
+.PHONY: demo test lint typecheck unit redis-server chromium h2load bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 # The main job on embedded defaults: dev authority, in-process caches, all on loopback.
 demo: $(STAMP)
 	$(PY) -m examples.demo
+	$(PY) -m examples.mixed
 
 # The Python code for protos/ (committed: nothing generates at test or demo time).
 # tests/examples/test_protos.py fails when it is stale; `make protos-check` says the same.
@@ -58,7 +59,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 # pytest exits 5 when it collected nothing: that is a failure here, said out loud.
-unit: $(STAMP) redis-server jaeger
+unit: $(STAMP) redis-server chromium jaeger
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "FAIL: pytest collected no tests"; exit 1; fi; exit $$rc
 
@@ -70,7 +71,7 @@ test: lint typecheck unit
 # were found and which skipped; fails if any run fails or if none was found.
 SUPPORTED_PYTHONS ?= 3.11 3.12 3.13
 .PHONY: test-pythons
-test-pythons: redis-server jaeger
+test-pythons: redis-server chromium jaeger
 	@found=; skipped=; passed=; failed=; \
 	for v in $(SUPPORTED_PYTHONS); do \
 	  py=; \

@@ -12,8 +12,9 @@
 The exchange itself is replaced by a function returning a token as long as a real one from the
 dev authority: filling 100,000 users through the authority would take minutes and measure the
 authority. Everything from `acquire` to the cache (identity, key, single flight, store) is the
-code in the tree. Caches are sized above the tier (verified_cache_size / max_entries = 200,000):
-their defaults (10,000 verified tokens, 100,000 exchanged tokens) bound memory at those counts.
+code in the tree. Caches are sized above the tier (verified_cache_size / max_entries = 200,000);
+their defaults (a 256 MiB budget for verified tokens, 100,000 exchanged tokens) bound memory
+(benchmarks/memory_bench.py shows the plateau).
 
 Run: .venv/bin/python benchmarks/scale_bench.py [--quick] [--json out.json]
 """
@@ -80,7 +81,9 @@ async def server_side(bench: h.Bench, tiers: list[int]) -> list[dict[str, Any]]:
         source = {1: "one", 1_000: "1k"}.get(count, f"{count // 1000}k")
         tokens = bench.tokens(source).read_text().split()[:count]
         validator = grpc_obo.TokenValidator(
-            h.validator_options(config, "original", verified_cache_size=CAPACITY)
+            h.validator_options(
+                config, "original", verified_cache_size=CAPACITY, verified_cache_bytes=2**30
+            )
         )
         await validator.validate(warm)
 

@@ -7,7 +7,10 @@ each example API a TLS server certificate for 127.0.0.1, localhost and ::1, sign
 (`DevAuthority.issue_server_certificate`): `<api>.pem` and `<api>-key.pem` (0600) in
 `--server-certs DIR`, by default a private temporary directory removed when it stops. The
 document lists them under `server_certificates` (paths only), and `examples.settings` turns them
-into each API's TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE.
+into each API's TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE. In the same directory, each middle
+tier's projected service-account token from the dev workload issuer (`<app>.token`, rotated
+while it runs; `workload_tokens` in the document), which `examples.settings` hands the middle
+tier as AZURE_FEDERATED_TOKEN_FILE: no middle tier gets a secret or a private key.
 
 Stdin is its control line, for the demo and the end-to-end tests (one JSON object per line, one
 JSON answer per line on stdout; the first stdout line says it is ready):
@@ -37,7 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from examples.settings import REGISTRATIONS
-from examples.world import apply_policies, example_world
+from examples.world import (
+    UNFEDERATED_SUBJECT,
+    WORKLOAD_CLUSTER,
+    WORKLOAD_SUBJECTS,
+    apply_policies,
+    example_world,
+)
 from grpc_obo.devauthority import DevAuthority
 
 
@@ -135,6 +144,19 @@ def _server_certificates(authority: DevAuthority, directory: Path) -> dict[str, 
     return issued
 
 
+def _workload_tokens(authority: DevAuthority, directory: Path) -> dict[str, str]:
+    """Each middle tier's projected service-account token file (the dev workload issuer rotates
+    it while the authority runs), and one for a service account nobody federated."""
+    files = {}
+    subjects = {**WORKLOAD_SUBJECTS, "intruder": UNFEDERATED_SUBJECT}
+    for app, subject in subjects.items():
+        token = authority.workloads.project(
+            directory / f"{app}.token", subject, cluster=WORKLOAD_CLUSTER
+        )
+        files[app] = str(token.path)
+    return files
+
+
 async def _run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as cleanup:
         certs = args.server_certs or cleanup.enter_context(
@@ -149,6 +171,7 @@ async def _serve(args: argparse.Namespace, certs: Path) -> int:
         apply_policies(authority)
         summary = authority.summary(include_secrets=True)
         summary["server_certificates"] = _server_certificates(authority, certs)
+        summary["workload_tokens"] = _workload_tokens(authority, certs)
         document = json.dumps(summary, indent=2)
         _write_private(Path(args.write_env), document + "\n")
         print(

@@ -6,8 +6,11 @@ The identity variables are azure-identity's, read by `grpc_obo.ValidatorOptions.
     AZURE_TENANT_ID           the registration's home tenant (GUID)
     AZURE_CLIENT_ID           this API's app registration: the audience of the tokens it accepts
                               (with api://CLIENT_ID), and who exchanges tokens On-Behalf-Of
-    AZURE_CLIENT_SECRET       middle tiers: a client secret, or
-    AZURE_CLIENT_CERTIFICATE_PATH   a PEM or PKCS12 file with the key and the certificate
+    AZURE_FEDERATED_TOKEN_FILE   middle tiers: workload identity, a service-account token file
+                              (what `make demo` gives them: no secret, no key), or
+    GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID   a user-assigned managed identity, or
+    AZURE_CLIENT_CERTIFICATE_PATH   a PEM or PKCS12 file with the key and the certificate, or
+    AZURE_CLIENT_SECRET       a client secret (all that are set are tried in this order)
     AZURE_AUTHORITY_HOST      https://login.microsoftonline.com unless set (the dev authority's URL)
     GRPC_OBO_CA_FILE          trust exactly this CA for the authority (the dev authority's)
     GRPC_OBO_AUDIENCES        this API's identifiers, if not AZURE_CLIENT_ID and api://<it>

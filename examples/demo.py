@@ -23,8 +23,10 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
+import msal
 from opentelemetry import trace
 
 import grpc_obo
@@ -33,6 +35,7 @@ from examples.gen.workspace.v1 import common_pb2, store_pb2_grpc, workspace_pb2_
 from examples.processes import ChainProcesses, StartError, running_chain
 from examples.settings import Settings
 from examples.signin import sign_in
+from grpc_obo.devauthority import msal_http_client
 
 CALL_TIMEOUT = 20.0
 APPS = {"client": "the client app", "original": "the Workspace", "downstream": "the store"}
@@ -291,6 +294,10 @@ class Narrator:
         document = await self.workspace.GetDocument(request, metadata=md, timeout=CALL_TIMEOUT)
         self.check_trail("dave", document.trail)
         print(
+            "  a password cannot answer MFA: the client app signs dave in interactively (device "
+            "code flow; the authority's sign-in page filled in over HTTP, its MFA step approved)"
+        )
+        print(
             f"  dave signs in again, answering the challenge (MFA): {summary.stored} stored, "
             f"GetDocument 'plan' -> revision {document.revision}"
         )
@@ -324,13 +331,61 @@ class Narrator:
         print(f"  consent granted again: bob's upload stores {summary.stored}")
 
 
+class Secretless:
+    """Workload identity in the middle tiers: what they hold, and a pod that is refused."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def middle_tiers_hold_no_secret(self) -> None:
+        for app, label in (("original", "the Workspace"), ("downstream", "the store")):
+            given = self.settings.middle_tier_credential(app)
+            if set(given) != {"AZURE_FEDERATED_TOKEN_FILE"}:
+                raise Unexpected(f"{label} was given {sorted(given)}, not a token file")
+        print(
+            "no middle tier holds a secret or a private key: the Workspace and the store prove "
+            "who they are with workload identity, a service-account token file from the dev "
+            "cluster's issuer (AZURE_FEDERATED_TOKEN_FILE, rotated while they run), which their "
+            "app registrations trust as a federated credential"
+        )
+
+    async def unfederated_service_account(self) -> None:
+        token_file = self.settings.workload_token("intruder")
+        if token_file is None:
+            raise Unexpected("the authority projected no token for the intruder's pod")
+        result = await asyncio.to_thread(self._as_workspace, Path(token_file))
+        if result.get("error_codes") != [700213]:
+            raise Unexpected(f"the intruder's pod: {result.get('error_codes') or 'a token'}")
+        print(
+            "  a pod of the same cluster running as service account demo:intruder presents its "
+            f"token as the Workspace's credential: {result['error']}, AADSTS700213 (no federated "
+            "credential of the Workspace names its subject)"
+        )
+
+    def _as_workspace(self, token_file: Path) -> dict[str, Any]:
+        host = urlsplit(self.settings.authority_host)
+        app = msal.ConfidentialClientApplication(
+            self.settings.app("original")["client_id"],
+            client_credential={"client_assertion": lambda: token_file.read_text()},
+            authority=f"{self.settings.authority_host}/{self.settings.tenant_id}",
+            instance_discovery=False,
+            http_client=msal_http_client(self.settings.ca_file, host=host.hostname, port=host.port),
+        )
+        result: dict[str, Any] = app.acquire_token_for_client(
+            [self.settings.scope("downstream", ".default")]
+        )
+        return result
+
+
 async def narrate(chain: ChainProcesses, workdir: Path) -> int:
     provider = tracing.setup(
         os.environ.get("OTEL_SERVICE_NAME") or "grpc-obo-demo",
         {**os.environ, "SPANS_FILE": str(workdir / "client.spans.jsonl")},
     )
     traced: list[str] = []
+    secretless = Secretless(chain.settings)
     try:
+        secretless.middle_tiers_hold_no_secret()
         async with chain.channel(chain.workspace) as channel:
             story = Narrator(chain, channel)
             print("\n== Through the chain, as the signed-in user ==")
@@ -342,6 +397,7 @@ async def narrate(chain: ChainProcesses, workdir: Path) -> int:
             await story.bob_asks_for_alices_document()
             await story.mfa()
             await story.missing_consent()
+            await secretless.unfederated_service_account()
     except Unexpected as error:
         print(f"\nUNEXPECTED: {error}")
         return 1

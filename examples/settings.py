@@ -66,6 +66,19 @@ class Settings:
         found: dict[str, str] | None = self.document.get("server_certificates", {}).get(service)
         return found
 
+    def workload_token(self, app: str) -> str | None:
+        """The projected service-account token file the authority keeps fresh for `app`."""
+        found: str | None = self.document.get("workload_tokens", {}).get(app)
+        return found
+
+    def middle_tier_credential(self, app: str) -> dict[str, str]:
+        """How a middle tier proves itself: workload identity (AZURE_FEDERATED_TOKEN_FILE, no
+        secret, no key) when the authority projected a token for it, else its client secret."""
+        token_file = self.workload_token(app)
+        if token_file is not None:
+            return {"AZURE_FEDERATED_TOKEN_FILE": token_file}
+        return {"AZURE_CLIENT_SECRET": self.app(app)["secrets"][0]}
+
     def scope(self, api: str, name: str) -> str:
         return f"{self.app(api)['app_id_uri']}/{name}"
 
@@ -83,12 +96,19 @@ class Settings:
         )
 
     def confidential_client(self, api: str) -> grpc_obo.ConfidentialClient:
-        """A middle tier's own credential (here its client secret) for On-Behalf-Of."""
+        """A middle tier's own credential for On-Behalf-Of: its workload identity token file
+        when the document has one (`workload_tokens`), else its client secret."""
         app = self.app(api)
+        token_file = self.workload_token(api)
+        credential = (
+            grpc_obo.ClientCredential.federated_token_file(token_file)
+            if token_file is not None
+            else grpc_obo.ClientCredential.secret(app["secrets"][0])
+        )
         return grpc_obo.ConfidentialClient(
             client_id=app["client_id"],
             tenant_id=self.tenant_id,
-            credential=grpc_obo.ClientCredential.secret(app["secrets"][0]),
+            credential=credential,
             authority_host=self.authority_host,
             ca_file=self.ca_file,
         )
@@ -144,7 +164,7 @@ class Settings:
             prefix, registration, scopes = NEXT_HOPS[service]
             if next_address is None:
                 raise ValueError(f"{service} calls {registration}: give next_address")
-            env["AZURE_CLIENT_SECRET"] = app["secrets"][0]
+            env.update(self.middle_tier_credential(REGISTRATIONS[service]))
             env[f"{prefix}_ADDRESS"] = next_address
             env[f"{prefix}_SCOPES"] = " ".join(self.scope(registration, s) for s in scopes)
         return env

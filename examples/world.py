@@ -24,6 +24,17 @@ MFA_CLAIMS = (
 STORE_SCOPES = ("Data.Read", "Data.Write")
 VAULT_SCOPES = ("Keys.Read",)
 
+# Workload identity: the middle tiers run as these Kubernetes service accounts of the dev
+# cluster "demo"; their app registrations trust exactly these subjects (federated credentials),
+# so the two middle tiers hold no secret and no private key.
+WORKLOAD_CLUSTER = "demo"
+WORKLOAD_SUBJECTS = {
+    "original": "system:serviceaccount:demo:workspace",
+    "downstream": "system:serviceaccount:demo:store",
+}
+UNFEDERATED_SUBJECT = "system:serviceaccount:demo:intruder"
+"""A pod of the same cluster whose service account no app registration trusts."""
+
 
 def example_world() -> World:
     """The demo world plus the vault, the consents the chain needs, and dave."""
@@ -32,6 +43,13 @@ def example_world() -> World:
     world.add_app("vault", client_id=VAULT_CLIENT_ID, scopes=VAULT_SCOPES, secret=False)
     world.grant_consent("original", "downstream", STORE_SCOPES)
     world.grant_consent("downstream", "vault", VAULT_SCOPES)
+    for app, subject in WORKLOAD_SUBJECTS.items():
+        world.add_federated_credential(
+            app,
+            issuer=f"{{authority_host}}/workload/{WORKLOAD_CLUSTER}",
+            subject=subject,
+            name="demo-cluster",
+        )
     world.users.append(
         User(
             username="dave@contoso.example",

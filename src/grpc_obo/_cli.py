@@ -240,7 +240,7 @@ def _dotenv(env: Mapping[str, str], header: str) -> str:
 
 
 async def _authority(args: argparse.Namespace) -> int:
-    from grpc_obo.devauthority import DevAuthority, WorldFileError, load_world
+    from grpc_obo.devauthority import DevAuthority, StateDirError, WorldFileError, load_world
 
     try:
         world = load_world(args.world) if args.world else None
@@ -261,6 +261,8 @@ async def _authority(args: argparse.Namespace) -> int:
     )
     try:
         await authority.start()
+    except StateDirError as exc:
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot serve on 127.0.0.1:{args.port} ({exc.strerror})") from None
     try:
@@ -271,6 +273,7 @@ async def _authority(args: argparse.Namespace) -> int:
 
 async def _serve(authority: DevAuthority, args: argparse.Namespace, state_dir: Path) -> int:
     from grpc_obo.devauthority._selfcheck import run_self_check
+    from grpc_obo.devauthority._workload import workload_dotenv
 
     if args.check:
         steps = await asyncio.to_thread(run_self_check, authority)
@@ -292,7 +295,7 @@ async def _serve(authority: DevAuthority, args: argparse.Namespace, state_dir: P
         }
     if args.write_dotenv:
         directory = Path(args.write_dotenv)
-        env_files = {}
+        env_files, tokens = {}, {}
         for app in authority.world.apps:
             path = directory / f"{app.name}.env"
             header = (
@@ -300,9 +303,17 @@ async def _serve(authority: DevAuthority, args: argparse.Namespace, state_dir: P
                 "For ConfidentialClient.from_env() and ValidatorOptions.from_env(); "
                 "holds secrets (0600)."
             )
-            _write_private(path, _dotenv(authority.azure_env(app.name), header))
+            env = authority.azure_env(app.name)
+            pod = workload_dotenv(authority.workloads, app, directory, env)
+            if pod is not None:  # a federated service account: a token file, no secret
+                header = header.replace("holds secrets (0600).", "workload identity: no secret.")
+                env = pod
+                tokens[app.name] = pod["AZURE_FEDERATED_TOKEN_FILE"]
+            _write_private(path, _dotenv(env, header))
             env_files[app.name] = str(path)
         files["env_files"] = env_files
+        if tokens:  # projected service-account token files, rotated while it serves
+            files["workload_tokens"] = tokens
     if args.write_env:
         document = {**authority.summary(include_secrets=True), **files}
         _write_private(Path(args.write_env), json.dumps(document, indent=2) + "\n")
@@ -667,7 +678,11 @@ def _parser() -> argparse.ArgumentParser:
         help="write DIR/<app>.env per app (mode 0600) with azure-identity's variable names "
         "(AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST, ...) and "
         "GRPC_OBO_CA_FILE, GRPC_OBO_AUDIENCES, ...: ConfidentialClient.from_env() and "
-        "ValidatorOptions.from_env() work from it",
+        "ValidatorOptions.from_env() work from it. An app with a federated credential on a dev "
+        "workload issuer ({authority_host}/workload/<cluster>, subject "
+        "system:serviceaccount:<ns>:<name>) gets the pod's workload identity instead: "
+        "DIR/<app>.token (a service-account token, rotated while the authority runs) as "
+        "AZURE_FEDERATED_TOKEN_FILE, and no secret",
     )
     authority.add_argument(
         "--server-cert",

@@ -36,6 +36,8 @@ __all__ = ["AppOnly", "OnBehalfOf"]
 _log = logging.getLogger("grpc_obo.client")
 
 if TYPE_CHECKING:
+    import httpx
+
     _UU = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
     _US = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
     _SU = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
@@ -510,6 +512,22 @@ class OnBehalfOf(OboExchanger, _Channels):
         self._observer.hit("on_behalf_of", wanted)
         return hit.access_token
 
+    def http_auth(self, *, scopes: Sequence[str], timeout: float | None = None) -> httpx.Auth:
+        """An `httpx.Auth` for HTTP downstreams (Microsoft Graph, your REST APIs), as the user.
+
+        ```
+        graph = httpx.AsyncClient(auth=obo.http_auth(scopes=["https://graph.microsoft.com/User.Read"]))
+        ```
+        Same cache, single flight, retries and telemetry as this object's channels. A 401
+        claims challenge (CAE, authentication context) evicts the token, exchanges again with
+        the claims and replays the request once; when only the user can satisfy them,
+        `ClaimsChallengeError` ends the incoming call (UNAUTHENTICATED, claims relayed).
+        `timeout` bounds each token acquisition. Needs `grpc-obo[http]` (httpx).
+        """
+        from grpc_obo._http_auth import obo_http_auth
+
+        return obo_http_auth(self, scopes=scopes, timeout=timeout)
+
 
 class AppOnly(AppOnlyExchanger, _Channels):
     """Client-credentials tokens for calls the service makes as itself, never for a user.
@@ -543,3 +561,13 @@ class AppOnly(AppOnlyExchanger, _Channels):
 
         core = _Core(acquire=acquire, evict=None, scopes=scopes, method_scopes=method_scopes)
         return _interceptors(core)
+
+    def http_auth(self, *, scopes: Sequence[str], timeout: float | None = None) -> httpx.Auth:
+        """An `httpx.Auth` sending this service's own token (`<resource>/.default`).
+
+        Never a stand-in for a user: use `OnBehalfOf.http_auth` for calls made for one.
+        Needs `grpc-obo[http]` (httpx).
+        """
+        from grpc_obo._http_auth import app_only_http_auth
+
+        return app_only_http_auth(self, scopes=scopes, timeout=timeout)

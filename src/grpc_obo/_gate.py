@@ -35,7 +35,7 @@ from grpc_obo._errors import (
     www_authenticate_for,
 )
 from grpc_obo._identity import Identity
-from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed
+from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed, downstream_in
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation._bearer import bearer_token
 
@@ -247,12 +247,15 @@ class Gate:
             # One line an operator can take to Entra: its error codes and correlation id.
             _LOGGER.warning(
                 "%s: On-Behalf-Of exchange failed: %s (error=%s, error_codes=%s, "
-                "correlation_id=%s)",
+                "correlation_id=%s)%s",
                 self.method,
                 type(exc).__name__,
                 exc.error,
                 ",".join(str(c) for c in exc.error_codes) or "-",
                 exc.correlation_id or "-",
+                # The setting to fix, when the authority refused our own configuration (the
+                # hint names variables and ids, never a value; the caller never sees it).
+                f": {exc.hint}" if exc.hint else "",
             )
         elif not isinstance(exc, DownstreamError):  # a relayed failure is logged by relay()
             level = logging.WARNING if isinstance(exc, KeySourceUnavailableError) else logging.DEBUG
@@ -269,9 +272,10 @@ class Gate:
 def relayed_for(error: BaseException, failures: Failures) -> Relayed | None:
     """How `_relay` ends the call for `error`, or None when it is not the relay's business."""
     rpc = _rpc_error_in(error)
-    return failures.settle(
-        None if rpc is None else (code_of(rpc.code()), challenge_values(rpc.trailing_metadata()))
-    )
+    if rpc is not None:
+        return failures.settle((code_of(rpc.code()), challenge_values(rpc.trailing_metadata())))
+    # An HTTP downstream's answer the handler raised (httpx's raise_for_status), or none.
+    return failures.settle(downstream_in(error))
 
 
 def downstream_error(relayed: Relayed) -> DownstreamError:

@@ -219,6 +219,32 @@ class Telemetry:
         )
         self._finish_validation(span, error, worked_s=None, end_ns=now)
 
+    def validation(
+        self,
+        *,
+        start_ns: int,
+        end_ns: int,
+        attributes: Mapping[str, str],
+        error: BaseException | None,
+        metadata: Iterable[tuple[str, Any]] = (),
+        worked: bool = True,
+    ) -> None:
+        """Record one validation that ran inside the current span, with its start and end.
+
+        For a front door that validates from inside its request's span (the ASGI middleware);
+        the gRPC server validates before its RPC's span exists and uses `validating`.
+        Without a current span, the caller's `traceparent` (from `metadata`) parents it.
+        """
+        span = self.tracer.start_span(
+            SPAN_VALIDATE,
+            context=_parent(metadata),
+            kind=SpanKind.INTERNAL,
+            attributes={ATTR_RESULT: "accepted" if error is None else "refused", **attributes},
+            start_time=start_ns,
+        )
+        worked_s = (end_ns - start_ns) / 1e9 if worked else None
+        self._finish_validation(span, error, worked_s=worked_s, end_ns=end_ns)
+
     @contextlib.contextmanager
     def validating(self, metadata: Iterable[tuple[str, Any]]) -> Iterator[Validation]:
         """A validation that does work (a token the verified-token cache did not know): its

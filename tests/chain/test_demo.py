@@ -79,6 +79,11 @@ def test_the_demo_narrates_the_chain_and_prints_its_trace() -> None:
         "dave signs in again, answering the challenge (MFA): 1 stored",
         'PERMISSION_DENIED, Bearer error="insufficient_scope"',
         "consent granted again: bob's upload stores 1",
+        # no middle tier holds a secret; a service account nobody federated is refused
+        "no middle tier holds a secret or a private key: the Workspace and the store prove "
+        "who they are with workload identity",
+        "running as service account demo:intruder presents its token as the Workspace's "
+        "credential: invalid_client, AADSTS700213",
         "exit codes {'workspace': 0, 'store': 0, 'vault': 0}",
     ):
         assert expected in narrative, (expected, out)

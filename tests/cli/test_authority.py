@@ -201,3 +201,17 @@ def test_a_dotenv_file_configures_both_sides_in_another_process(
         f"exchanged {principal} ['Stock.Read'] {cli_authority.app('orders')['client_id']}",
     ]
     assert_no_secret([result.stdout, result.stderr, token], cli_authority.secrets)
+
+
+def test_a_state_dir_open_to_others_is_exit_3(tmp_path: Path) -> None:
+    """A CA planted in a directory others can write would be trusted by every client."""
+    state = tmp_path / "shared"
+    state.mkdir()
+    state.chmod(0o777)
+    result = run("authority", "--state-dir", str(state), "--serve-seconds", "0")
+    assert result.returncode == 3, result.stderr
+    assert "writable by others" in result.stderr and "Traceback" not in result.stderr
+    assert not (state / "ca-key.pem").exists()
+    fresh = tmp_path / "fresh" / "state"
+    assert run("authority", "--state-dir", str(fresh), "--serve-seconds", "0").returncode == 0
+    assert _mode(fresh) == 0o700

@@ -7,6 +7,9 @@ apps are built fresh per test because MSAL keeps an HTTP cache and throttling st
 
 from __future__ import annotations
 
+import html
+import re
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -175,9 +178,94 @@ class Msal:
         assert "access_token" in result, result
         return result
 
+    def sign_in_interactively(
+        self,
+        user: str = "alice",
+        *,
+        scopes: list[str] | None = None,
+        claims_challenge: str | None = None,
+        app: msal.PublicClientApplication | None = None,
+    ) -> dict[str, Any]:
+        """A device code sign-in through MSAL, the page filled in over HTTP as a browser posts
+        it (MFA step approved when asked): the interactive way, which satisfies MFA."""
+        app = app or self.public()
+        flow = app.initiate_device_flow(
+            scopes=scopes or [scope(self.authority, "original")],
+            claims_challenge=claims_challenge,
+        )
+        assert "user_code" in flow, flow
+        page = SignInPage(self.authority)
+        try:
+            page.open(flow["verification_uri"])
+            page.submit(code=flow["user_code"], **page.credentials(user))
+            if page.asks_for_mfa:
+                page.submit()
+            assert "You have signed in" in page.text, page.text
+        finally:
+            page.close()
+        result: dict[str, Any] = app.acquire_token_by_device_flow(flow)
+        assert "access_token" in result, result
+        return result
+
     def close(self) -> None:
         for session in self._sessions:
             session.close()
+
+
+class SignInPage:
+    """The authority's sign-in page driven over HTTP as a browser would: GET a page, post its
+    form (hidden fields included) with what the person types, follow redirects."""
+
+    def __init__(self, authority: DevAuthority) -> None:
+        self.authority = authority
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.verify = str(authority.ca_file)
+        self.response: requests.Response | None = None
+
+    @property
+    def text(self) -> str:
+        assert self.response is not None
+        return self.response.text
+
+    @property
+    def asks_for_mfa(self) -> bool:
+        return 'id="approve"' in self.text
+
+    def credentials(self, user: str) -> dict[str, str]:
+        found = self.authority.world.user(user)
+        return {"username": found.username, "password": found.password}
+
+    def open(self, url: str, **kwargs: Any) -> requests.Response:
+        self.response = self.session.get(url, timeout=TIMEOUT, **kwargs)
+        return self.response
+
+    def submit(self, **typed: str) -> requests.Response:
+        """Post the page's form: its action, its hidden fields, and what the person typed."""
+        action = re.search(r'<form method="post" action="([^"]*)"', self.text)
+        assert action is not None, self.text
+        fields = dict(
+            re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', self.text)
+        )
+        fields = {html.unescape(k): html.unescape(v) for k, v in fields.items()}
+        fields.update(typed)
+        url = urllib.parse.urljoin(
+            self.response.url if self.response is not None else "", html.unescape(action.group(1))
+        )
+        self.response = self.session.post(url, data=fields, timeout=TIMEOUT, allow_redirects=False)
+        return self.response
+
+    def form(self) -> tuple[str, dict[str, str]]:
+        """The page's form: its action and its hidden fields (what a browser would post)."""
+        action = re.search(r'<form method="post" action="([^"]*)"', self.text)
+        assert action is not None, self.text
+        fields = re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', self.text)
+        return html.unescape(action.group(1)), {
+            html.unescape(k): html.unescape(v) for k, v in fields
+        }
+
+    def close(self) -> None:
+        self.session.close()
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ class TestMalformedRequests:
         assert_entra_error(response, status=400, error="invalid_request", code=900144)
 
     def test_unknown_grant(self, authority: DevAuthority, http: Http) -> None:
-        response = http.token(ropc_form(authority, grant_type="authorization_code"))
+        response = http.token(ropc_form(authority, grant_type="saml_bearer_or_anything"))
         assert_entra_error(response, status=400, error="unsupported_grant_type", code=70003)
 
     @pytest.mark.parametrize(
@@ -223,7 +223,7 @@ class TestRoutes:
         [
             ("GET", "/", 404),
             ("GET", "/nope", 404),
-            ("GET", "/common/oauth2/v2.0/authorize", 404),
+            ("GET", "/common/oauth2/v2.0/logout", 404),
             ("GET", "/" + "a" * 3000, 404),
             ("GET", "/{tenant}/oauth2/v2.0/token", 405),
             ("PUT", "/{tenant}/oauth2/v2.0/token", 405),

@@ -1,7 +1,9 @@
 """Claims-challenge recovery with unmodified MSAL, end to end: a challenge scoped to a downstream
-resource is answered by signing in to the first API again with the challenge's claims (password
-or refresh-token grant); the new token shows MFA (`amr` has `mfa`) and keeps showing it through
-every On-Behalf-Of hop, so the challenged hop succeeds. An On-Behalf-Of request that itself
+resource is answered by signing in to the first API again, interactively (the device code page,
+with its MFA step), with the challenge's claims; the new token shows MFA (`amr` has `mfa`) and
+keeps showing it through every On-Behalf-Of hop, so the challenged hop succeeds. A password is
+not a second factor: the password grant with those claims is refused (AADSTS50076) as Entra
+refuses it, and so is a refresh whose sign-in showed no MFA. An On-Behalf-Of request that itself
 carries the claims asks for a token meeting them: refused again unless the assertion shows MFA."""
 
 from __future__ import annotations
@@ -48,7 +50,18 @@ class TestChallengeOnTheDownstreamResource:
         refused = _obo(msal_apps, "original", first, "downstream")
         _assert_challenged(refused, challenge.claims)
 
-        again = msal_apps.sign_in("alice", claims_challenge=refused["claims"])
+        alice = authority.world.user("alice")
+        by_password = msal_apps.public().acquire_token_by_username_password(
+            alice.username,
+            alice.password,
+            [scope(authority, "original")],
+            claims_challenge=refused["claims"],
+        )
+        assert by_password.get("error") == "invalid_grant", by_password
+        assert by_password["error_codes"] == [50076]
+        assert by_password["claims"] == challenge.claims
+
+        again = msal_apps.sign_in_interactively("alice", claims_challenge=refused["claims"])
 
         claims = http.verify(again["access_token"], audience=original.client_id)
         assert claims["amr"] == ["pwd", "mfa"]
@@ -58,11 +71,12 @@ class TestChallengeOnTheDownstreamResource:
         assert through["amr"] == ["pwd", "mfa"]
         assert through["oid"] == authority.world.user("alice").oid
 
-    def test_refresh_with_the_claims_satisfies_it(
+    def test_refresh_with_the_claims_needs_an_interactive_sign_in(
         self, authority: DevAuthority, http: Http, msal_apps: Msal
     ) -> None:
         """MSAL's `acquire_token_silent(..., claims_challenge=)` skips its access-token cache
-        and redeems the refresh token with the claims: the refresh-token grant answers it."""
+        and redeems the refresh token with the claims: a password sign-in's refresh token cannot
+        add MFA (interaction_required); after the interactive sign-in, refreshes keep MFA."""
         downstream = authority.world.app("downstream")
         challenge = authority.faults.require_claims(
             "alice", resource_client_id=downstream.client_id
@@ -76,13 +90,17 @@ class TestChallengeOnTheDownstreamResource:
         refused = _obo(msal_apps, "original", first["access_token"], "downstream")
         _assert_challenged(refused, challenge.claims)
 
-        again = app.acquire_token_silent_with_error(
+        silent = app.acquire_token_silent_with_error(
             original_scopes, account=app.get_accounts()[0], claims_challenge=refused["claims"]
         )
+        assert silent is not None and silent.get("error") == "interaction_required", silent
+        assert silent["error_codes"] == [50076]
+        assert authority.requests.count(grant="refresh_token", user="alice", ok=False) == 1
 
-        assert again is not None and "access_token" in again, again
+        again = msal_apps.sign_in_interactively(
+            "alice", claims_challenge=refused["claims"], app=app
+        )
         assert again["access_token"] != first["access_token"]
-        assert authority.requests.count(grant="refresh_token", user="alice", ok=True) == 1
         assert _amr(again["access_token"]) == ["pwd", "mfa"]
         exchanged = _obo(msal_apps, "original", again["access_token"], "downstream")
         assert "access_token" in exchanged, exchanged
@@ -123,8 +141,8 @@ class TestChallengeOnTheDownstreamResource:
         _assert_challenged(refused, challenge.claims)
 
         # The challenge travels back to the client, which signs in to the first API again.
-        again = msal_apps.sign_in("alice", claims_challenge=refused["claims"])["access_token"]
-        hop1 = _obo(msal_apps, "original", again, "downstream")
+        again = msal_apps.sign_in_interactively("alice", claims_challenge=refused["claims"])
+        hop1 = _obo(msal_apps, "original", again["access_token"], "downstream")
         assert _amr(hop1["access_token"]) == ["pwd", "mfa"]
         hop2 = _obo(msal_apps, "downstream", hop1["access_token"], "pricing")
 
@@ -152,7 +170,15 @@ class TestChallengeOnTheDownstreamResource:
             "c0ffee00-0000-4000-8000-0000000bad00"
         ]
         for claims in (json.dumps(other_policy), bobs.claims):
-            token = msal_apps.sign_in("alice", claims_challenge=claims)["access_token"]
+            if scoped:
+                token = msal_apps.sign_in("alice", claims_challenge=claims)["access_token"]
+            else:  # a policy on every resource: a password sign-in is refused outright
+                token = authority.mint_user_token("alice")
+                alice = authority.world.user("alice")
+                refused = msal_apps.public().acquire_token_by_username_password(
+                    alice.username, alice.password, [scope(authority, "original")]
+                )
+                assert refused["error_codes"] == [50076] and refused["claims"] == mine.claims
             assert _amr(token) == ["pwd"], claims
             refused = _obo(msal_apps, "original", token, "downstream")
             _assert_challenged(refused, mine.claims)
@@ -163,12 +189,10 @@ class TestChallengeOnTheDownstreamResource:
         """MSAL merges `xms_cc` into the claims of a client with capabilities (`cp1`)."""
         downstream = authority.world.app("downstream").client_id
         challenge = authority.faults.require_claims("alice", resource_client_id=downstream)
-        alice = authority.world.user("alice")
-        result = msal_apps.public(client_capabilities=["cp1"]).acquire_token_by_username_password(
-            alice.username,
-            alice.password,
-            [scope(authority, "original")],
+        result = msal_apps.sign_in_interactively(
+            "alice",
             claims_challenge=challenge.claims,
+            app=msal_apps.public(client_capabilities=["cp1"]),
         )
         claims = http.verify(
             result["access_token"], audience=authority.world.app("original").client_id
@@ -200,7 +224,9 @@ class TestClaimsInTheOnBehalfOfRequest:
         challenge = authority.faults.require_claims(
             "alice", resource_client_id=downstream.client_id
         )
-        token = msal_apps.sign_in("alice", claims_challenge=challenge.claims)["access_token"]
+        token = msal_apps.sign_in_interactively("alice", claims_challenge=challenge.claims)[
+            "access_token"
+        ]
 
         asked = msal_apps.confidential(
             "original", client_capabilities=["cp1"]
@@ -222,7 +248,9 @@ class TestClaimsInTheOnBehalfOfRequest:
             "original",
             token,
             "downstream",
-            claims_challenge='{"access_token":{"acrs":{"essential":true,"value":"c1"}}}',
+            # (Not `acrs`: an authentication context is a sign-in's, which On-Behalf-Of cannot
+            # add; tests/http/test_step_up.py.)
+            claims_challenge='{"access_token":{"capolids":{"essential":true,"values":["p1"]}}}',
         )
         assert "access_token" in asked, asked
         assert _amr(asked["access_token"]) == ["pwd"]

@@ -137,8 +137,8 @@ def test_another_public_client_cannot_redeem_the_code(authority: DevAuthority, h
         assert_entra_error(
             redeem(authority, http, flow["device_code"], client="other-cli"),
             status=400,
-            error="expired_token",
-            code=70019,
+            error="bad_verification_code",
+            code=70000,
         )
         assert "access_token" in redeem(authority, http, flow["device_code"]).json()
     finally:
@@ -200,3 +200,40 @@ def test_the_page_escapes_what_it_shows(authority: DevAuthority, http: Http) -> 
     )
     assert refused.status_code == 400
     assert "<b>X" not in refused.text and "<i>u" not in refused.text
+
+
+def test_an_unknown_device_code_is_a_bad_verification_code(
+    authority: DevAuthority, http: Http
+) -> None:
+    """Entra tells a code it never issued (`bad_verification_code`) from a used or expired
+    one (`expired_token`)."""
+    assert_entra_error(
+        redeem(authority, http, "DAQABAAEAAAD.never-issued"),
+        status=400,
+        error="bad_verification_code",
+        code=70000,
+    )
+
+
+def test_pending_flows_are_capped_per_client_and_pruned(
+    authority: DevAuthority, http: Http
+) -> None:
+    from grpc_obo.devauthority._grants import MAX_DEVICE_FLOWS_PER_CLIENT
+
+    cli = authority.world.add_app("greedy-cli", public_client=True)
+    try:
+        form = {"client_id": cli.client_id, "scope": "openid"}
+        url = f"{authority.authority_url}/oauth2/v2.0/devicecode"
+        for _ in range(MAX_DEVICE_FLOWS_PER_CLIENT):
+            assert http.post(url, data=form).status_code == 200
+        refused = http.post(url, data=form)
+        assert_entra_error(refused, status=429, error="temporarily_unavailable", code=50196)
+        assert refused.headers["Retry-After"] == "5"
+        # Other clients are not starved by this one.
+        assert start(authority, http)["user_code"]
+        # Expired flows are pruned: the client may start again.
+        authority.minter.clock = lambda: time.time() + 901
+        assert http.post(url, data=form).status_code == 200
+    finally:
+        authority.minter.clock = time.time
+        authority.world.remove_app(cli.client_id)

@@ -183,9 +183,9 @@ class TestConditionalAccess:
     def test_obo_needs_mfa_until_the_user_answers_the_claims_challenge(
         self, authority: DevAuthority, http: Http, msal_apps: Msal
     ) -> None:
-        challenge = authority.faults.require_claims("alice")
         downstream = [scope(authority, "downstream")]
-        alice_token = msal_apps.sign_in("alice")["access_token"]
+        alice_token = msal_apps.sign_in("alice")["access_token"]  # before the policy
+        challenge = authority.faults.require_claims("alice")
 
         refused = msal_apps.confidential("original").acquire_token_on_behalf_of(
             alice_token, downstream
@@ -201,8 +201,15 @@ class TestConditionalAccess:
         )
         assert "access_token" in bob, bob
 
-        # Alice signs in again answering the challenge: her new token carries MFA.
-        again = msal_apps.sign_in("alice", claims_challenge=refused["claims"])
+        # A password sign-in cannot answer it (MFA for every resource now)...
+        alice = authority.world.user("alice")
+        by_password = msal_apps.public().acquire_token_by_username_password(
+            alice.username, alice.password, [scope(authority, "original")]
+        )
+        assert by_password["error_codes"] == [50076], by_password
+        # ...alice signs in again interactively answering the challenge: her new token
+        # carries MFA.
+        again = msal_apps.sign_in_interactively("alice", claims_challenge=refused["claims"])
         claims = http.verify(
             again["access_token"], audience=authority.world.app("original").client_id
         )
@@ -228,7 +235,9 @@ class TestConditionalAccess:
     def test_sign_in_without_the_challenge_does_not_count_as_mfa(
         self, authority: DevAuthority, http: Http, msal_apps: Msal
     ) -> None:
-        authority.faults.require_claims("alice")
+        authority.faults.require_claims(
+            "alice", resource_client_id=authority.world.app("downstream").client_id
+        )
         token = msal_apps.sign_in("alice", claims_challenge='{"access_token":{"other":{}}}')[
             "access_token"
         ]

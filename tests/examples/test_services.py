@@ -280,7 +280,11 @@ def test_misconfiguration_is_one_line_and_a_nonzero_exit(processes: ChainProcess
     no_tls = {k: v for k, v in good.items() if not k.startswith("TLS_")}
     cases = {
         "missing variable": ({**good, "AZURE_CLIENT_ID": ""}, 2, "AZURE_CLIENT_ID is not set"),
-        "no credential": ({**good, "AZURE_CLIENT_SECRET": ""}, 2, "AZURE_CLIENT_SECRET"),
+        "no credential": (
+            {**good, "AZURE_FEDERATED_TOKEN_FILE": ""},
+            2,
+            "AZURE_FEDERATED_TOKEN_FILE",
+        ),
         "no TLS": (no_tls, 2, "TLS_CERT_FILE is not set (or set PLAINTEXT_LOOPBACK=1"),
         "unreadable key": (
             {**good, "TLS_KEY_FILE": "/nonexistent/key.pem"},

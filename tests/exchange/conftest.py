@@ -121,7 +121,9 @@ def downstream_scope(authority: DevAuthority) -> str:
 
 
 def client_for(
-    authority: DevAuthority, credential: ClientCredential | None = None, **options: Any
+    authority: DevAuthority,
+    credential: ClientCredential | list[ClientCredential] | None = None,
+    **options: Any,
 ) -> ConfidentialClient:
     """The Original API's confidential client (by default its client secret)."""
     original = authority.world.app("original")

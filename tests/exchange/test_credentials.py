@@ -37,7 +37,11 @@ def certificate_of(authority: DevAuthority, app: str = "original") -> ClientCert
 
 
 def client_assertion(
-    authority: DevAuthority, app: str = "original", *, certificate: ClientCertificate | None = None
+    authority: DevAuthority,
+    app: str = "original",
+    *,
+    certificate: ClientCertificate | None = None,
+    lifetime: int = 600,
 ) -> str:
     """A client assertion as a workload-identity token file or a key vault would supply it."""
     cert = certificate or certificate_of(authority, app)
@@ -50,7 +54,7 @@ def client_assertion(
             "aud": authority.token_url,
             "iss": client_id,
             "sub": client_id,
-            "exp": now + 600,
+            "exp": now + lifetime,
             "nbf": now,
             "jti": str(uuid.uuid4()),
         },
@@ -128,7 +132,7 @@ async def test_certificate_file_with_an_encrypted_key(
     assert claims["azpacr"] == "2"
 
 
-async def test_assertion_callback_is_called_for_each_request(
+async def test_an_assertion_from_the_callback_is_reused_until_shortly_before_it_expires(
     authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
 ) -> None:
     calls: list[str] = []
@@ -141,8 +145,24 @@ async def test_assertion_callback_is_called_for_each_request(
     claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
     assert claims["azpacr"] == "2"
     await exchange_as_alice(authority, users, exchanger, downstream_scope)  # a new user token
-    assert len(calls) == 2  # fresh assertions, never a stale one
+    assert len(calls) == 1  # 600 s left: reused, as Microsoft.Identity.Web caches assertions
     assert authority.requests.count(grant="obo", ok=True) == 2
+
+
+async def test_an_assertion_close_to_its_expiry_is_asked_for_again(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    calls: list[str] = []
+
+    def assertion() -> str:
+        # 200 s left: inside the 300 s margin, so never reused (but still sent: not expired).
+        calls.append(client_assertion(authority, lifetime=200))
+        return calls[-1]
+
+    exchanger = make_exchanger(client_for(authority, ClientCredential.assertion(assertion)))
+    await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    await exchange_as_alice(authority, users, exchanger, downstream_scope)
+    assert len(calls) == 2 and calls[0] != calls[1]
 
 
 # -- ConfidentialClient.from_env ------------------------------------------------------------
@@ -198,16 +218,18 @@ async def test_from_env_with_a_federated_token_file_rereads_it(
     downstream_scope: str,
     tmp_path: Path,
 ) -> None:
-    """Workload identity rotates the file's token: every request must read the current one."""
+    """Workload identity rotates the file's token: every request must read the current one.
+    What is not a JWT with an `exp` is never sent."""
     token_file = tmp_path / "azure-identity-token"
     token_file.write_text("not-a-jwt\n", encoding="utf-8")
     env = {**base_env(authority), "AZURE_FEDERATED_TOKEN_FILE": str(token_file)}
     client = ConfidentialClient.from_env(env, ca_file=str(authority.ca_file))
-    assert client.credential.kind == "assertion"
+    assert client.credential.kind == "federated_token_file"
     exchanger = make_exchanger(client)
     with pytest.raises(TokenExchangeError) as caught:
         await exchange_as_alice(authority, users, exchanger, downstream_scope)
-    assert caught.value.error == "invalid_client"
+    assert caught.value.error == "credential_unavailable"
+    assert authority.requests.count(grant="obo") == 0
     token_file.write_text(client_assertion(authority) + "\n", encoding="utf-8")
     claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
     assert claims["azpacr"] == "2"

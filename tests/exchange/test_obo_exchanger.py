@@ -482,3 +482,49 @@ async def test_a_burst_of_distinct_users_reuses_connections(
         )
     assert obo_count(authority) == 96
     assert "Connection pool is full" not in caplog.text
+
+
+# -- memory: the cache-key memo is bounded by the cache's own setting (issue 23) ---------------
+
+
+async def test_cache_key_memo_holds_no_more_tokens_than_the_cache(
+    authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """The memo of cache keys (incoming token -> key) is an LRU at the store's `max_entries`:
+    tokens the cache has let go of are let go of here too, the least recently used first."""
+    from grpc_obo import MemoryTokenStore
+
+    exchanger = make_exchanger(cache=TokenCache(store=MemoryTokenStore(max_entries=3)))
+    identities = [await users.identity(name) for name in ("alice", "bob", "carol", "alice")]
+    for identity in identities:
+        await exchanger.acquire([downstream_scope], identity=identity)
+    await exchanger.acquire([downstream_scope], identity=identities[1])  # bob: most recent
+    remembered = [memo[0] for memo in exchanger._keys]
+    assert len(remembered) == 3
+    assert identities[0].token.reveal() not in remembered  # the oldest went first
+    assert remembered[-1] == identities[1].token.reveal()
+    assert len(exchanger.cache.store) <= 3  # type: ignore[arg-type]
+
+
+async def test_the_memo_bound_follows_the_store(authority: DevAuthority) -> None:
+    from grpc_obo import MemoryTokenStore
+
+    assert TokenCache().max_entries == 100_000
+    assert TokenCache(store=MemoryTokenStore(max_entries=42)).max_entries == 42
+    async with OboExchanger(
+        client_for(authority), cache=TokenCache(store=MemoryTokenStore(max_entries=42))
+    ) as exchanger:
+        assert exchanger._max_keys == 42
+
+
+async def test_what_cached_users_share_is_held_once(
+    users: Users, make_exchanger: MakeExchanger, downstream_scope: str
+) -> None:
+    """Per cached user the exchanger keeps the tokens and the key; the scope set is shared."""
+    exchanger = make_exchanger()
+    for name in ("alice", "bob"):
+        # A new list each call, as a caller building its scopes per request would pass.
+        await exchanger.acquire([downstream_scope], identity=await users.identity(name))
+    first, second = (memo[1] for memo in exchanger._keys)
+    assert first == second == (downstream_scope,)
+    assert first is second

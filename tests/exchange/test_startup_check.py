@@ -224,3 +224,52 @@ async def test_start_needs_a_home_tenant(
     client = dataclasses.replace(client_for(authority), tenant_id="organizations")
     with pytest.raises(ConfigurationError, match="home tenant"):
         await make_exchanger(client).start()
+
+
+def _unfederated_assertion(path: Path) -> None:
+    """A well-formed assertion from an issuer no app trusts (signed by a key of its own)."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    claims = {
+        "iss": "https://unknown-issuer.invalid/cluster",
+        "sub": "system:serviceaccount:default:stranger",
+        "aud": "api://AzureADTokenExchange",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+    }
+    path.write_text(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"}))
+
+
+async def test_a_refused_token_file_names_azure_federated_token_file(
+    authority: DevAuthority, make_exchanger: MakeExchanger, tmp_path: Path
+) -> None:
+    # A token file as the only source: the refusal names its variable (the kind of the source
+    # the request was made with), never the assertion.
+    path = tmp_path / "token"
+    _unfederated_assertion(path)
+    credential = ClientCredential.federated_token_file(path)
+    with pytest.raises(TokenExchangeError) as caught:
+        await make_exchanger(client_for(authority, credential)).start()
+    assert_names(caught.value, "AZURE_FEDERATED_TOKEN_FILE", never=path.read_text())
+    assert "AZURE_CLIENT_SECRET" not in str(caught.value)
+
+
+async def test_the_refused_source_is_named_not_the_first_of_the_list(
+    authority: DevAuthority, make_exchanger: MakeExchanger, tmp_path: Path
+) -> None:
+    # The first source cannot be used (no file), so the request is made with the second: the
+    # hint names the second one's variable.
+    missing = ClientCredential.federated_token_file(tmp_path / "absent")
+    stranger = ClientCertificate.generate("stranger")
+    assert stranger.private_key_pem is not None
+    pem = tmp_path / "stranger.pem"
+    pem.write_bytes(stranger.private_key_pem + stranger.certificate_pem)
+    client = client_for(authority, [missing, ClientCredential.certificate_file(pem)])
+    with pytest.raises(TokenExchangeError) as caught:
+        await make_exchanger(client).start()
+    assert_names(caught.value, "AZURE_CLIENT_CERTIFICATE_PATH", "AADSTS700027")
+    assert "AZURE_FEDERATED_TOKEN_FILE" not in str(caught.value)

@@ -59,3 +59,12 @@ def test_usable_respects_margin() -> None:
     token = CachedToken(access_token=SecretToken("at"), expires_on=NOW + 400, refresh_on=NOW)
     assert token.usable(NOW, 300)
     assert not token.usable(NOW + 100, 300)
+
+
+def test_the_token_type_is_shared_not_copied_per_response() -> None:
+    def result() -> dict[str, object]:
+        return {"access_token": "t", "expires_in": 3600, "token_type": "".join(["Bea", "rer"])}
+
+    first, second = CachedToken.from_msal(result()), CachedToken.from_msal(result())
+    assert first.token_type == "Bearer"
+    assert first.token_type is second.token_type

@@ -17,6 +17,7 @@ from grpc_obo import (
     MethodPolicy,
     Policy,
     Telemetry,
+    TokenExchangeError,
     TokenValidator,
     current_identity,
     server_interceptor,
@@ -419,3 +420,34 @@ class TestConstruction:
 def test_refusals_are_logged_at_debug_without_tokens(caplog: pytest.LogCaptureFixture) -> None:
     # The autouse fixture checks every test's logs for tokens; this pins that refusals log at all.
     assert logging.getLogger("grpc_obo.server").isEnabledFor(logging.DEBUG)
+
+
+class _MisconfiguredMiddleTier(AsyncEcho):
+    """A handler whose On-Behalf-Of exchange was refused for the middle tier's own credential."""
+
+    async def UnaryUnary(self, request: Any, context: Any) -> Any:
+        raise TokenExchangeError(
+            "the token exchange failed",
+            error="invalid_client",
+            error_codes=[7000215],
+            correlation_id="c0ffee",
+            hint="the authority refused the client secret: check AZURE_CLIENT_SECRET",
+        )
+
+
+async def test_an_exchange_refused_for_our_own_credential_logs_the_setting_to_fix(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The operator's log line names the variable (the error's hint); the caller reads only the
+    # fixed message.
+    served = await serve(servicer=_MisconfiguredMiddleTier())
+    error = await failure(
+        served.stub.UnaryUnary(EchoRequest(text="x"), metadata=bearer(user_token()))
+    )
+    assert error.code() is grpc.StatusCode.INTERNAL
+    assert "AZURE_CLIENT_SECRET" not in (error.details() or "")
+    lines = [r.getMessage() for r in caplog.records if r.name == "grpc_obo.server"]
+    assert any(
+        "On-Behalf-Of exchange failed" in line and "check AZURE_CLIENT_SECRET" in line
+        for line in lines
+    ), lines

@@ -233,3 +233,91 @@ async def test_payload_swapped_under_a_valid_signature(validator: TokenValidator
     other = b64url(json.dumps(v2_claims(oid="00000000-0000-0000-0000-0000000000ff")).encode())
     with pytest.raises(grpc_obo.InvalidSignatureError):
         await validator.validate(record(f"{head}.{other}.{sig}"))
+
+
+# -- the faster cold path keeps every check (issue 23) ---------------------------------------
+
+
+def _with_last_char(segment: str, bump: int) -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return segment[:-1] + alphabet[alphabet.index(segment[-1]) | bump]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["header", "payload", "signature"])
+@pytest.mark.parametrize("rest", [2, 3], ids=["length 4n+2", "length 4n+3"])
+async def test_non_canonical_trailing_bits_in_every_segment(
+    validator: TokenValidator, which: int, rest: int
+) -> None:
+    """Each segment has one spelling: a last character with trailing bits set is refused
+    (before any key is used: a signature one byte too long still fails for its encoding)."""
+    for extra in range(12):
+        segments = _segments(sign_segments(header(pad="x" * extra), v2_claims(pad="x" * extra)))
+        if which == 2:
+            signature = base64.urlsafe_b64decode(segments[2] + "==")
+            segments[2] = b64url(signature + b"\0" * extra)
+        if len(segments[which]) % 4 == rest:
+            break
+    else:
+        raise AssertionError("no padding gave the segment length wanted")
+    segments[which] = _with_last_char(segments[which], 1)
+    with pytest.raises(grpc_obo.MalformedTokenError) as caught:
+        await validator.validate(record(".".join(segments)))
+    assert caught.value.reason == "bad_encoding"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"aud": "x", "aud" : "%s"}',
+        '{"aud": "x",\n"aud"\t:"%s"}',
+        '{"aud": "x", "a\\u0075d": "%s"}',
+        '{"aud": "x\\":", "aud": "%s"}',
+        '{"xms": {"a": 1, "a": 2}, "aud": "%s"}',
+    ],
+    ids=["space before colon", "tab, newline", "escaped key", "quote-colon in a value", "nested"],
+)
+async def test_duplicate_keys_in_any_spelling_are_refused(
+    validator: TokenValidator, body: str
+) -> None:
+    claims = json.dumps(v2_claims())[1:-1]
+    raw = ("{" + claims + ", " + (body % API_CLIENT_ID)[1:]).encode()
+    with pytest.raises(grpc_obo.MalformedTokenError) as caught:
+        await validator.validate(sign_segments(header(), raw))
+    assert caught.value.reason == "bad_json"
+
+
+async def test_a_header_seen_before_is_still_bound_to_its_own_token(
+    validator: TokenValidator,
+) -> None:
+    """Accepted headers are remembered (their bytes decide every header rule); the rest of
+    each token is still checked, and a refused header is refused every time."""
+    good = mint(v2_claims())
+    await validator.validate(good)
+    head, body, sig = _segments(good)
+    for bad in (f"{head}.{body}==.{sig}", f"{head}.{body}.{sig}+", f"{head}.e30.{sig}"):
+        with pytest.raises((grpc_obo.MalformedTokenError, grpc_obo.InvalidSignatureError)):
+            await validator.validate(record(bad))
+    refused = sign_segments(header(alg="none"), v2_claims())
+    for _ in range(2):
+        with pytest.raises(grpc_obo.MalformedTokenError) as caught:
+            await validator.validate(refused)
+        assert caught.value.reason == "bad_alg"
+
+
+async def test_remembered_headers_are_bounded(validator: TokenValidator) -> None:
+    from grpc_obo._validation import _jose
+
+    for index in range(3 * _jose._MAX_HEADERS):
+        await validator.validate(sign_segments(header(n=index), v2_claims()))
+        assert len(_jose._HEADERS) <= _jose._MAX_HEADERS
+
+
+async def test_json_around_the_object_is_read_as_before(validator: TokenValidator) -> None:
+    """The scanner's fast path takes only a bare object; whitespace around it is still JSON
+    (accepted, as before), anything else after it is not."""
+    body = json.dumps(v2_claims()).encode()
+    assert await validator.validate(sign_segments(header(), b" \n" + body + b"\t "))
+    for bad in (body + b"x", body + b"{}", b"\x00" + body):
+        with pytest.raises(grpc_obo.MalformedTokenError) as caught:
+            await validator.validate(sign_segments(header(), bad))
+        assert caught.value.reason == "bad_json"

@@ -3,6 +3,9 @@ leaves the key set, and the cache stays within its bound."""
 
 from __future__ import annotations
 
+import gc
+import sys
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
@@ -10,9 +13,18 @@ import pytest
 import grpc_obo
 from grpc_obo import InvalidSignatureError, TokenValidator
 from grpc_obo._validation import _validator
-from grpc_obo._validation._cache import VerifiedTokenCache
+from grpc_obo._validation._cache import ENTRY_OVERHEAD, VerifiedTokenCache
 from grpc_obo._validation._keys import StaticKeySource
-from tests.validation.tokens import NOW, FakeClock, jwk, jwks, mint, v2_claims
+from tests.validation.tokens import (
+    API_CLIENT_ID,
+    NOW,
+    TENANT,
+    FakeClock,
+    jwk,
+    jwks,
+    mint,
+    v2_claims,
+)
 
 
 @pytest.fixture
@@ -186,3 +198,74 @@ class TestCachedLookup:
         token = mint(v2_claims())
         await validator.validate(token)
         assert validator.cached(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+
+
+# -- memory (issue 23: 100,000 users on default settings) -----------------------------------
+
+
+def test_the_default_budget_is_memory_not_a_count() -> None:
+    options = grpc_obo.ValidatorOptions(tenant=TENANT, audiences=frozenset({API_CLIENT_ID}))
+    assert options.verified_cache_bytes == 256 * 2**20
+    # 100,000 users' Entra-sized tokens (1.3 KB) fit the default budget.
+    assert options.verified_cache_bytes >= 100_000 * (1_309 + ENTRY_OVERHEAD)
+    assert options.verified_cache_size >= 100_000
+
+
+async def test_cache_stays_within_its_memory_budget_least_recently_used_first(
+    make_validator: Callable[..., TokenValidator], verify_calls: list[int]
+) -> None:
+    validator = make_validator(verified_cache_bytes=2**20)
+    cache = validator._cache
+    assert isinstance(cache, VerifiedTokenCache)
+    tokens = [mint(v2_claims(uti=str(i), padding="x" * 1000)) for i in range(700)]
+    for token in tokens:
+        await validator.validate(token)
+        assert cache.bytes <= 2**20
+    held = len(cache)
+    assert 300 < held < 700  # the budget, not the count, decided
+    assert cache.bytes == sum(sys.getsizeof(t) + ENTRY_OVERHEAD for t in tokens[-held:])
+    before = len(verify_calls)
+    await validator.validate(tokens[-1])  # recent: a hit
+    assert len(verify_calls) == before
+    await validator.validate(tokens[0])  # evicted first: verified again
+    assert len(verify_calls) == before + 1
+
+
+async def test_what_users_share_is_held_once(validator: TokenValidator) -> None:
+    """Identities of one tenant and application share their common parts: an entry's memory is
+    its token and what is its user's own."""
+    first, second = [
+        await validator.validate(mint(v2_claims(oid=f"00000000-0000-0000-0000-00000000000{i}")))
+        for i in (1, 2)
+    ]
+    assert first.oid != second.oid
+    for name in ("tid", "issuer", "audience", "client_id", "token_version", "scopes", "roles"):
+        assert getattr(first, name) is getattr(second, name), name
+
+
+async def test_entry_overhead_covers_what_an_entry_holds(validator: TokenValidator) -> None:
+    """The budget charges each entry its token plus ENTRY_OVERHEAD: measured here (allocations,
+    not time) with user-shaped claims, the rest of an entry stays within it."""
+    tokens = [
+        mint(
+            v2_claims(
+                oid=f"00000000-0000-0000-0000-{i:012d}",
+                sub=f"pairwise-subject-{i:027d}",
+                name=f"A Person With A Name {i}",
+                preferred_username=f"person.{i}@contoso.example",
+            )
+        )
+        for i in range(400)
+    ]
+    await validator.validate(tokens[0])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for token in tokens[1:]:
+            await validator.validate(token)
+        gc.collect()
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / (len(tokens) - 1)
+    finally:
+        tracemalloc.stop()
+    assert per_entry <= ENTRY_OVERHEAD

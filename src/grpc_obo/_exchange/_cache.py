@@ -87,6 +87,13 @@ class TokenCache:
     def margin(self) -> float:
         return self._margin
 
+    @property
+    def max_entries(self) -> int | None:
+        """How many tokens the store keeps in this process at most (its `max_entries`, or the
+        Redis store's `l1_max_entries`); None for a store without such a bound."""
+        bound = getattr(self._store, "max_entries", None)
+        return bound if isinstance(bound, int) else None
+
     def peek(self, key: str) -> CachedToken | None:
         """A cached token that needs no work at all (usable, not due for refresh), or None.
 

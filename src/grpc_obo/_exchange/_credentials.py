@@ -1,17 +1,20 @@
 """How the middle tier proves who it is: `ClientCredential` and `ConfidentialClient`.
 
 A credential is a client secret, a certificate (PEM or PKCS12 key + certificate, optionally
-sending the chain for subject-name/issuer authentication), or an assertion callback (workload
-identity federation, managed identity). Every repr is redacted. `ConfidentialClient.from_env()`
+sending the chain for subject-name/issuer authentication; from a file, re-read when it changes),
+a federated token file (workload identity), a managed identity's token (MSAL's managed identity
+client), or an assertion callback. A `ConfidentialClient` takes one or an ordered list and uses
+the first that works (`_sources.py`). Every repr is redacted. `ConfidentialClient.from_env()`
 reads the AZURE_* variables as azure-identity does, and only when called: nothing reads the
 environment implicitly. Errors name the file or the variable, never a secret's value.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from grpc_obo._errors import ConfigurationError, TokenExchangeError
+from grpc_obo._exchange._sources import (
+    AssertionCallback,
+    CertificateFile,
+    FederatedTokenFile,
+    Fixed,
+    ManagedIdentityAssertion,
+    Source,
+)
 from grpc_obo._identity import SecretToken
 
 __all__ = ["ClientCredential", "ConfidentialClient", "explain_refusal"]
@@ -41,16 +52,22 @@ _TENANT_RULE = (
 
 @dataclass(frozen=True, eq=False, repr=False)
 class ClientCredential:
-    """A client secret, a certificate or an assertion callback. Build with the class methods."""
+    """A client secret, a certificate (or certificate file), a federated token file, a managed
+    identity, or an assertion callback. Build with the class methods."""
 
     kind: str
-    """`secret`, `certificate` or `assertion`."""
+    """`secret`, `certificate`, `assertion`, `federated_token_file` or `managed_identity`."""
     _secret: SecretToken | None = None
     _key_pem: SecretToken | None = None
     _cert_pem: str | None = None
     _passphrase: SecretToken | None = None
     _send_x5c: bool = False
     _callback: Callable[[], str] | None = None
+    _path: str | None = None
+    """The certificate file (re-read when it changes) or the federated token file."""
+    _file_passphrase: SecretToken | None = None
+    _identity: str | None = None
+    """A user-assigned managed identity's client id (None: system-assigned)."""
 
     @classmethod
     def secret(cls, value: str | SecretToken) -> ClientCredential:
@@ -115,6 +132,17 @@ class ClientCredential:
             raise ConfigurationError(
                 f"the client certificate file {str(path)!r} cannot be read"
             ) from None
+        loaded = cls._load_file(data, str(path), passphrase, send_certificate_chain)
+        return dataclasses.replace(
+            loaded,
+            _path=os.fspath(path),
+            _file_passphrase=SecretToken(passphrase.decode("latin-1")) if passphrase else None,
+        )
+
+    @classmethod
+    def _load_file(
+        cls, data: bytes, path: str, passphrase: bytes | None, send_certificate_chain: bool
+    ) -> ClientCredential:
         if b"-----BEGIN" not in data:
             return cls._pkcs12(data, str(path), passphrase, send_certificate_chain)
         key_pem = _pem_blocks(data, "PRIVATE KEY")
@@ -168,13 +196,76 @@ class ClientCredential:
 
     @classmethod
     def assertion(cls, callback: Callable[[], str]) -> ClientCredential:
-        """A callback returning a fresh signed client assertion (e.g. a federated token)."""
+        """A callback returning a fresh signed client assertion (e.g. a federated token).
+
+        A JWT it returns is reused until shortly before its `exp`; anything else is asked for
+        again on every token request."""
         if not callable(callback):
             raise ConfigurationError("the assertion callback must be callable")
         return cls("assertion", _callback=callback)
 
+    @classmethod
+    def federated_token_file(cls, path: str | Path) -> ClientCredential:
+        """Workload identity federation: the file (AZURE_FEDERATED_TOKEN_FILE) holds a token from
+        an issuer the app registration has a federated credential for (a Kubernetes
+        service-account token the kubelet rotates). Re-read whenever it changes, never sent
+        past its `exp`. A missing file is not an error here: it makes the source unavailable
+        (the next source in the list is used)."""
+        text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+        if not text or not text.strip():
+            raise ConfigurationError("the federated token file must be a path")
+        return cls("federated_token_file", _path=text)
+
+    @classmethod
+    def managed_identity(cls, client_id: str | None = None) -> ClientCredential:
+        """A managed identity's token (for api://AzureADTokenExchange) as the client assertion,
+        obtained with MSAL's `ManagedIdentityClient` (App Service / Container Apps:
+        IDENTITY_ENDPOINT and IDENTITY_HEADER, which MSAL reads; else IMDS). The app registration
+        needs a federated credential for the identity (issuer: the tenant's
+        `https://login.microsoftonline.com/<tenant>/v2.0`, subject: the identity's principal id).
+        `client_id` names a user-assigned identity; None means the system-assigned one. MSAL
+        reads IDENTITY_ENDPOINT / IDENTITY_HEADER from the process environment itself (also when
+        `ConfidentialClient.from_env` was given a mapping)."""
+        if client_id is not None and not _GUID.match(client_id):
+            raise ConfigurationError("a managed identity's client_id must be a GUID")
+        return cls("managed_identity", _identity=client_id)
+
+    def source(self, *, ca_file: str | None, timeout: float, clock: Callable[[], float]) -> Source:
+        """Where this credential comes from at each token request (see `_sources.py`)."""
+        if self.kind == "federated_token_file":
+            return FederatedTokenFile(str(self._path), clock)
+        if self.kind == "managed_identity":
+            return ManagedIdentityAssertion(
+                self._identity, ca_file=ca_file, timeout=timeout, clock=clock
+            )
+        if self.kind == "assertion" and self._callback is not None:
+            return AssertionCallback(self._callback, clock)
+        if self.kind == "certificate" and self._path is not None:
+            return CertificateFile(self._path, self._reload)
+        thumbprint = _thumbprint(self._cert_pem) if self._cert_pem else None
+        label = "client secret" if self.kind == "secret" else f"certificate {thumbprint}"
+        return Fixed(label, self.to_msal(), (self.kind, thumbprint))
+
+    def _reload(self) -> tuple[Any, str]:
+        """The certificate file as it is now: MSAL's credential and the thumbprint."""
+        path = str(self._path)
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            raise ConfigurationError(
+                f"the client certificate file {path!r} cannot be read"
+            ) from None
+        passphrase = (
+            self._file_passphrase.reveal().encode("latin-1") if self._file_passphrase else None
+        )
+        loaded = self._load_file(data, path, passphrase, self._send_x5c)
+        return loaded.to_msal(), _thumbprint(str(loaded._cert_pem))
+
     def to_msal(self) -> Any:
-        """The `client_credential` value MSAL's ConfidentialClientApplication takes."""
+        """The `client_credential` value MSAL's ConfidentialClientApplication takes (secret,
+        certificate, callback; the other kinds are resolved per request by `source()`)."""
+        if self.kind in ("federated_token_file", "managed_identity"):
+            raise ConfigurationError(f"a {self.kind} credential is resolved per token request")
         if self._secret is not None:
             return self._secret.reveal()
         if self._key_pem is not None:
@@ -199,6 +290,11 @@ class ClientCredential:
         raise TypeError("ClientCredential is not picklable")
 
 
+def _thumbprint(cert_pem: str) -> str:
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    return str(cert.fingerprint(_sha1()).hex().upper())
+
+
 def _sha1() -> Any:
     from cryptography.hazmat.primitives import hashes
 
@@ -219,12 +315,18 @@ class ConfidentialClient:
 
     client_id: str
     tenant_id: str
-    credential: ClientCredential = field(repr=False)
+    credential: ClientCredential | Sequence[ClientCredential] = field(repr=False)
+    """One credential, or several in order: the first that works is used for each token
+    request, with one WARNING when it falls back (see `credentials`)."""
     authority_host: str = "https://login.microsoftonline.com"
     """The authority's host; a bare host (`login.microsoftonline.us`) means https, as in
     azure-identity."""
-    client_capabilities: tuple[str, ...] = ()
-    """`("cp1",)` declares the service handles claims challenges (CAE)."""
+    client_capabilities: tuple[str, ...] = ("cp1",)
+    """Declared to the authority (`xms_cc` in the tokens it issues). `cp1`, the default, says
+    this service handles claims challenges, which grpc_obo does (it evicts, exchanges again
+    with the claims, relays what only the user can satisfy): Entra then issues long-lived
+    Continuous Access Evaluation tokens that a resource (Microsoft Graph) revokes at once on a
+    critical event. Pass `()` to opt out (short-lived tokens, revocation at their expiry)."""
     ca_file: str | None = None
     """Trust exactly this CA file for the authority (the dev authority's, a corporate one), as
     `ValidatorOptions(ca_file=...)` does for key fetches; None trusts requests' default CAs."""
@@ -255,12 +357,29 @@ class ConfidentialClient:
         ca_file: object = self.ca_file
         if isinstance(ca_file, os.PathLike):  # a Path works too
             object.__setattr__(self, "ca_file", os.fspath(ca_file))
-        if not isinstance(self.credential, ClientCredential):
-            raise ConfigurationError("credential must be a ClientCredential")
+        given = self.credential
+        listed: object = (given,) if isinstance(given, ClientCredential) else given
+        if (
+            isinstance(listed, (str, bytes))
+            or not isinstance(listed, Sequence)
+            or not listed
+            or not all(isinstance(c, ClientCredential) for c in listed)
+        ):
+            raise ConfigurationError(
+                "credential must be a ClientCredential or a non-empty list of them"
+            )
+        if not isinstance(given, ClientCredential):
+            object.__setattr__(self, "credential", tuple(listed))
         if not all(isinstance(c, str) and c.isalnum() for c in self.client_capabilities):
             raise ConfigurationError("client_capabilities is a tuple such as ('cp1',)")
         if self.http_timeout <= 0:
             raise ConfigurationError("http_timeout must be positive")
+
+    @property
+    def credentials(self) -> tuple[ClientCredential, ...]:
+        """The credential sources in the order they are tried."""
+        given = self.credential
+        return (given,) if isinstance(given, ClientCredential) else tuple(given)
 
     @property
     def authority(self) -> str:
@@ -276,15 +395,19 @@ class ConfidentialClient:
         cls,
         environ: Mapping[str, str] | None = None,
         *,
-        client_capabilities: tuple[str, ...] = (),
+        client_capabilities: tuple[str, ...] = ("cp1",),
         ca_file: str | None = None,
     ) -> ConfidentialClient:
-        """Read AZURE_TENANT_ID, AZURE_CLIENT_ID and one credential from the environment.
+        """Read AZURE_TENANT_ID, AZURE_CLIENT_ID and the credentials from the environment.
 
-        Credentials, first found wins, as in azure-identity's EnvironmentCredential:
-        AZURE_CLIENT_SECRET; AZURE_CLIENT_CERTIFICATE_PATH, a PEM or PKCS12 (.pfx/.p12) file (with
-        AZURE_CLIENT_CERTIFICATE_PASSWORD, AZURE_CLIENT_SEND_CERTIFICATE_CHAIN); or
-        AZURE_FEDERATED_TOKEN_FILE (workload identity: the file is re-read for every assertion).
+        Every credential that is set becomes a source, tried in this order for each token
+        request (the first that works is used; one WARNING when it falls back):
+        AZURE_FEDERATED_TOKEN_FILE (workload identity: re-read when it changes, never used past
+        its exp); GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID (a user-assigned managed identity's client
+        id: its token for api://AzureADTokenExchange, from MSAL's managed identity client, is the
+        assertion); AZURE_CLIENT_CERTIFICATE_PATH, a PEM or PKCS12 (.pfx/.p12) file (with
+        AZURE_CLIENT_CERTIFICATE_PASSWORD, AZURE_CLIENT_SEND_CERTIFICATE_CHAIN; re-read when it
+        changes); AZURE_CLIENT_SECRET.
         AZURE_AUTHORITY_HOST overrides the authority host (a bare host means https).
         GRPC_OBO_CA_FILE (unless `ca_file` is given) trusts exactly that CA, as
         `ValidatorOptions.from_env()` does. Errors name the variable, never its value.
@@ -305,32 +428,42 @@ class ConfidentialClient:
             return ConfigurationError(f"{variable}: {exc}")
 
         tenant_id, client_id = need("AZURE_TENANT_ID"), need("AZURE_CLIENT_ID")
-        credential: ClientCredential
-        if env.get("AZURE_CLIENT_SECRET"):
-            credential = ClientCredential.secret(env["AZURE_CLIENT_SECRET"])
-        elif get("AZURE_CLIENT_CERTIFICATE_PATH"):
+        # Secretless first, as the issue's order and Microsoft.Identity.Web's examples have it.
+        sources: list[ClientCredential] = []
+        if get("AZURE_FEDERATED_TOKEN_FILE"):
+            sources.append(
+                ClientCredential.federated_token_file(need("AZURE_FEDERATED_TOKEN_FILE"))
+            )
+        if get("GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID"):
+            try:
+                sources.append(
+                    ClientCredential.managed_identity(need("GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID"))
+                )
+            except ConfigurationError as exc:
+                raise named("GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID", exc) from None
+        if get("AZURE_CLIENT_CERTIFICATE_PATH"):
             password = env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD")
             try:
-                credential = ClientCredential.certificate_file(
-                    need("AZURE_CLIENT_CERTIFICATE_PATH"),
-                    passphrase=password.encode() if password else None,
-                    send_certificate_chain=env.get(
-                        "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", ""
-                    ).lower()
-                    in ("1", "true"),
+                sources.append(
+                    ClientCredential.certificate_file(
+                        need("AZURE_CLIENT_CERTIFICATE_PATH"),
+                        passphrase=password.encode() if password else None,
+                        send_certificate_chain=env.get(
+                            "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", ""
+                        ).lower()
+                        in ("1", "true"),
+                    )
                 )
             except ConfigurationError as exc:
                 raise named("AZURE_CLIENT_CERTIFICATE_PATH", exc) from None
-        elif get("AZURE_FEDERATED_TOKEN_FILE"):
-            token_file = Path(need("AZURE_FEDERATED_TOKEN_FILE"))
-            credential = ClientCredential.assertion(
-                lambda: token_file.read_text(encoding="utf-8").strip()
-            )
-        else:
+        if env.get("AZURE_CLIENT_SECRET"):
+            sources.append(ClientCredential.secret(env["AZURE_CLIENT_SECRET"]))
+        if not sources:
             raise ConfigurationError(
-                "set AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH or "
-                "AZURE_FEDERATED_TOKEN_FILE"
+                "set AZURE_FEDERATED_TOKEN_FILE, GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID, "
+                "AZURE_CLIENT_CERTIFICATE_PATH or AZURE_CLIENT_SECRET"
             )
+        credential = sources[0] if len(sources) == 1 else tuple(sources)
         if ca_file is None:
             ca_file = get("GRPC_OBO_CA_FILE")
             if ca_file is not None and not os.path.exists(ca_file):
@@ -378,6 +511,16 @@ _CREDENTIAL_SOURCES = {
         "AZURE_FEDERATED_TOKEN_FILE (or the ClientCredential.assertion callback)",
     ),
 }
+_CREDENTIAL_SOURCES["federated_token_file"] = (
+    "federated token (client assertion)",
+    "AZURE_FEDERATED_TOKEN_FILE (or ClientCredential.federated_token_file)",
+)
+_CREDENTIAL_SOURCES["managed_identity"] = (
+    "managed identity's token (client assertion)",
+    "GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID (or ClientCredential.managed_identity)",
+)
+# Every assertion source is matched against the app's federated credentials alike.
+_ADVICE_FOR = {"federated_token_file": "assertion", "managed_identity": "assertion"}
 _CREDENTIAL_ADVICE = {
     "secret": "use the value of an unexpired secret of app {client_id}, not the secret's id",
     "certificate": "its certificate must be one uploaded to app {client_id}'s registration",
@@ -394,13 +537,14 @@ _UNKNOWN_TENANT = 90002
 
 
 def explain_refusal(
-    client: ConfidentialClient, error: TokenExchangeError, tenant: str
+    client: ConfidentialClient, error: TokenExchangeError, tenant: str, source: int = 0
 ) -> TokenExchangeError:
     """`error` with a hint naming the setting (and `from_env()` variable) to fix, when the
     authority refused this client's own configuration; else `error` unchanged.
 
     The hint goes into `str()` (logs, start-up tracebacks), not into `message` (what a caller
-    is told). It names variables, app and tenant ids: never a secret's value.
+    is told). It names variables, app and tenant ids: never a secret's value. `source` is the
+    position, in `client.credentials`, of the credential the request was made with.
     """
     if error.hint is not None:
         return error
@@ -408,8 +552,9 @@ def explain_refusal(
     hint: str | None = None
     if codes & _CREDENTIAL_CODES:
         code = min(codes & _CREDENTIAL_CODES)
-        what, variable = _CREDENTIAL_SOURCES[client.credential.kind]
-        advice = _CREDENTIAL_ADVICE[client.credential.kind].format(client_id=client.client_id)
+        kind = client.credentials[min(source, len(client.credentials) - 1)].kind
+        what, variable = _CREDENTIAL_SOURCES[kind]
+        advice = _CREDENTIAL_ADVICE[_ADVICE_FOR.get(kind, kind)].format(client_id=client.client_id)
         hint = f"the authority refused the {what} (AADSTS{code}): check {variable}; {advice}"
     elif _UNKNOWN_APP in codes:
         hint = (

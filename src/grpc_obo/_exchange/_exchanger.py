@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,6 +32,7 @@ from grpc_obo._errors import (
     ConfigurationError,
     ConsentRequiredError,
     MissingIdentityError,
+    TokenExchangeError,
 )
 from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._credentials import ConfidentialClient, explain_refusal
@@ -37,6 +40,7 @@ from grpc_obo._exchange._http import AuthorityHttpClient, DiscardingTokenCache, 
 from grpc_obo._exchange._keys import log_ref, obo_cache_key
 from grpc_obo._exchange._observe import ExchangeObserver, Observer
 from grpc_obo._exchange._retry import Outcome, RetryPolicy, classify, unavailable
+from grpc_obo._exchange._sources import CredentialChain, Resolved
 from grpc_obo._exchange._token import CachedToken
 from grpc_obo._identity import Identity, SecretToken, current_identity
 
@@ -45,7 +49,8 @@ __all__ = ["AppOnlyExchanger", "OboExchanger"]
 _log = logging.getLogger("grpc_obo.exchange")
 
 
-_MAX_MEMO = 100_000  # memoized cache keys: about one per active user and scope set
+_MEMO_WITHOUT_BOUND = 10_000
+"""The key memo's size when the cache's store states no in-process bound of its own."""
 
 
 def _scope_tuple(scopes: Iterable[str]) -> tuple[str, ...]:
@@ -77,9 +82,17 @@ class _MsalRunner:
             ca_file=client.ca_file, timeout=client.http_timeout, pool_size=max_workers
         )
         self._token_cache = token_cache
+        self._credentials = CredentialChain(
+            [
+                c.source(ca_file=client.ca_file, timeout=client.http_timeout, clock=time.time)
+                for c in client.credentials
+            ]
+        )
         # One MSAL app per tenant: On-Behalf-Of must go to the tenant that issued the user's
-        # token (a multi-tenant middle tier serves users of several tenants).
-        self._apps: dict[str, Any] = {}
+        # token (a multi-tenant middle tier serves users of several tenants). Each is kept with
+        # the version of the credential it was built with: a fallback or a rotated certificate
+        # builds a new one.
+        self._apps: dict[str, tuple[Hashable, Any]] = {}
         self._app_lock = asyncio.Lock()
 
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -91,11 +104,11 @@ class _MsalRunner:
             self._executor, lambda: context.run(func, *args, **kwargs)
         )
 
-    def _build(self, tenant: str) -> Any:
+    def _build(self, tenant: str, credential: Resolved) -> Any:
         # Constructing the app fetches the authority's discovery document (network I/O).
         return msal.ConfidentialClientApplication(
             self.client.client_id,
-            client_credential=self.client.credential.to_msal(),
+            client_credential=credential.credential,
             authority=self.client.authority_for(tenant),
             # Anything but Microsoft's own hosts would otherwise be checked against
             # login.microsoftonline.com's instance discovery.
@@ -106,24 +119,30 @@ class _MsalRunner:
             client_capabilities=list(self.client.client_capabilities) or None,
         )
 
-    async def _application(self, tenant: str) -> Any:
-        app = self._apps.get(tenant)
-        if app is None:
+    async def _application(self, tenant: str) -> tuple[Resolved, Any]:
+        # The credential is resolved for every token request (a file read, a cached assertion;
+        # the managed identity's endpoint when its assertion is due), off the loop.
+        credential = self._credentials.static or await self._run(self._credentials.resolve)
+        held = self._apps.get(tenant)
+        if held is None or held[0] != credential.version:
             async with self._app_lock:
-                app = self._apps.get(tenant)
-                if app is None:
+                held = self._apps.get(tenant)
+                if held is None or held[0] != credential.version:
                     built = await self._with_retries(
-                        lambda: self._build_attempt(tenant), "set-up", tenant
+                        lambda: self._build_attempt(tenant, credential),
+                        "set-up",
+                        tenant,
+                        self._credentials.index_of(credential.version),
                     )
-                    app = self._apps[tenant] = built["app"]
-        return app
+                    held = self._apps[tenant] = (credential.version, built["app"])
+        return credential, held[1]
 
-    def _build_attempt(self, tenant: str) -> Outcome:
+    def _build_attempt(self, tenant: str, credential: Resolved) -> Outcome:
         # NOTE: facts are per worker thread and outlive a request: a status left from another
         # user's earlier request on this thread must not decide this attempt's outcome.
         self._http.facts.clear()
         try:
-            app = self._build(tenant)
+            app = self._build(tenant, credential)
         except Exception as exc:  # classified below; MSAL raises plain exceptions
             facts = self._http.facts
             return classify(
@@ -152,7 +171,7 @@ class _MsalRunner:
         return classify(result, status=facts.status, retry_after=facts.retry_after)
 
     async def _with_retries(
-        self, attempt: Callable[[], Outcome], what: str, tenant: str
+        self, attempt: Callable[[], Outcome], what: str, tenant: str, source: int = 0
     ) -> Mapping[str, Any]:
         started = time.monotonic()
         last: Outcome | None = None
@@ -161,7 +180,7 @@ class _MsalRunner:
                 outcome: Outcome = await self._run(attempt)
                 if outcome.error is not None:
                     note.fail(outcome.error)
-                    raise explain_refusal(self.client, outcome.error, tenant)
+                    raise explain_refusal(self.client, outcome.error, tenant, source)
                 if not outcome.retry and outcome.result is not None:
                     return outcome.result
                 note.fail(unavailable("transient failure", outcome), retry=True)
@@ -176,11 +195,19 @@ class _MsalRunner:
         raise unavailable(f"{self.retry.max_attempts} attempts failed", last)
 
     async def acquire(self, tenant: str, call: Callable[[Any], Any]) -> CachedToken:
-        app = await self._application(tenant)
-        result = await self._with_retries(
-            lambda: self._token_attempt(lambda: call(app)), "token", tenant
-        )
-        return CachedToken.from_msal(result)
+        while True:  # at most once per credential source: each refusal skips one
+            credential, app = await self._application(tenant)
+            attempt = functools.partial(self._token_attempt, functools.partial(call, app))
+            try:
+                source = self._credentials.index_of(credential.version)
+                result = await self._with_retries(attempt, "token", tenant, source)
+            except TokenExchangeError as exc:
+                if exc.error == "invalid_client" and self._credentials.refused(
+                    credential.version, exc.error_codes
+                ):
+                    continue
+                raise
+            return CachedToken.from_msal(result)
 
     async def check(self, scope: str | None) -> None:
         """Prove the configuration: the home tenant's metadata (host, tenant, TLS) and one
@@ -199,6 +226,7 @@ class _MsalRunner:
         # http_timeout): once close() returns, this client sends nothing more.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self._http.close()
+        self._credentials.close()
 
 
 class OboExchanger:
@@ -231,8 +259,12 @@ class OboExchanger:
         )
         self.exchanges = 0
         """How many token requests this exchanger has started (for tests and metrics)."""
-        self._keys: dict[tuple[str, tuple[str, ...], str | None], str] = {}
-        self._checked: set[tuple[str, ...]] = set()  # scope tuples already validated
+        # Cache keys by (incoming token, scopes, claims): an LRU no larger than the number of
+        # tokens the cache itself keeps here, so it holds no more tokens than the caches do.
+        self._keys: OrderedDict[tuple[str, tuple[str, ...], str | None], str] = OrderedDict()
+        self._max_keys = self.cache.max_entries or _MEMO_WITHOUT_BOUND
+        # Scope tuples already validated, each to its one shared copy.
+        self._checked: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client_id={self.client.client_id!r})"
@@ -254,15 +286,19 @@ class OboExchanger:
         """`cache_key`, memoized per token, scope set and claims (computed once per user).
 
         NOTE: keyed by the token string in this process only (like the verified-token cache);
-        the key it maps to is the SHA-256 digest that may leave the process.
+        the key it maps to is the SHA-256 digest that may leave the process. Least recently
+        used first out, at the cache's own in-process bound (`max_entries`).
         """
         memo = (user.token.reveal(), wanted, claims)
-        key = self._keys.get(memo)
-        if key is None:
-            key = self.cache_key(wanted, identity=user, claims=claims)
-            if len(self._keys) >= _MAX_MEMO:
-                self._keys.clear()  # cheap and rare: rebuilt on the next call of each user
-            self._keys[memo] = key
+        keys = self._keys
+        key = keys.get(memo)
+        if key is not None:
+            keys.move_to_end(memo)
+            return key
+        key = self.cache_key(wanted, identity=user, claims=claims)
+        keys[memo] = key
+        if len(keys) > self._max_keys:
+            keys.popitem(last=False)
         return key
 
     def cache_key(
@@ -290,12 +326,16 @@ class OboExchanger:
         `timeout` bounds this caller's wait; the shared exchange may go on and fill the cache.
         """
         user = self._user(identity)
-        if type(scopes) is tuple and scopes in self._checked:
-            wanted: tuple[str, ...] = scopes
-        else:
+        checked = self._checked
+        wanted = checked.get(scopes) if type(scopes) is tuple else None
+        if wanted is None:
             wanted = _scope_tuple(scopes)
-            if len(self._checked) < 1024:
-                self._checked.add(wanted)
+            # One tuple per scope set, shared by every memo entry that names it.
+            known = checked.get(wanted)
+            if known is not None:
+                wanted = known
+            elif len(checked) < 1024:
+                checked[wanted] = wanted
         key = self._key_for(user, wanted, claims)
         # The hot path: a cached token needs no task, timer or coroutine of its own; the
         # deadline bounds the exchange below, not this lookup.

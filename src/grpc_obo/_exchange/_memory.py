@@ -148,6 +148,11 @@ class MemoryTokenStore:
     def __len__(self) -> int:
         return len(self._cache)
 
+    @property
+    def max_entries(self) -> int:
+        """How many tokens this store keeps at most."""
+        return int(self._cache._max_entries)
+
     def __repr__(self) -> str:
         return (
             f"MemoryTokenStore(entries={len(self._cache)}, max_entries={self._cache._max_entries})"

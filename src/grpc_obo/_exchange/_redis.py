@@ -272,6 +272,11 @@ class RedisTokenStore:
         )
 
     @property
+    def max_entries(self) -> int:
+        """How many tokens this replica keeps in memory at most (`l1_max_entries`)."""
+        return self._l1.max_entries
+
+    @property
     def available(self) -> bool:
         """False from a failed command until Redis answers again."""
         return not self._outage.down

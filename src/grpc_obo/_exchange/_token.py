@@ -7,6 +7,7 @@ they are dropped before anything reaches a cache.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ class CachedToken:
             access_token=SecretToken(str(result["access_token"])),
             expires_on=expires_on,
             refresh_on=refresh_on,
-            token_type=str(result.get("token_type") or "Bearer"),
+            # Interned: one "Bearer" for every cached token, not one per authority response.
+            token_type=sys.intern(str(result.get("token_type") or "Bearer")),
         )
 
     def usable(self, now: float, margin: float) -> bool:

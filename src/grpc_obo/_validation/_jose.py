@@ -9,12 +9,12 @@ Every failure is a `MalformedTokenError` whose message never quotes the token.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -29,6 +29,13 @@ ALGORITHM = "RS256"
 """The only signature algorithm accepted: ours, never taken from the token's header."""
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+# What bytes.translate deletes from a well-formed compact token: everything in it.
+_COMPACT_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+_URL_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+# The last character of a canonical segment of length 4n + 2 (4n + 3) encodes 2 (4) data bits
+# and 4 (2) zero bits: only these characters can end it.
+_LAST_OF_4N2 = frozenset("AQgw")
+_LAST_OF_4N3 = frozenset("AEIMQUYcgkosw048")
 _MAX_KID = 256
 
 # Header parameters that would let the token choose its own key or change how it is processed.
@@ -36,11 +43,14 @@ _KEY_CARRYING = ("jku", "x5u", "jwk", "x5c")
 _ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedToken:
-    """A structurally valid compact JWS whose signature is not verified yet."""
+class ParsedToken(NamedTuple):
+    """A structurally valid compact JWS whose signature is not verified yet.
 
-    header: dict[str, Any]
+    A named tuple: immutable, and built in a fraction of a frozen dataclass's time (this is on
+    the path of every token seen for the first time).
+    """
+
+    header: Mapping[str, Any]
     claims: dict[str, Any]
     signing_input: bytes
     signature: bytes
@@ -48,35 +58,53 @@ class ParsedToken:
     x5t: str | None
 
 
+# Header segments already parsed and accepted, with the key they name. Every token one key
+# signs carries the same header bytes, so a new token costs a dict lookup here instead of a
+# decode, a JSON parse and the header rules (pure functions of those bytes). Bounded, and
+# emptied when full: junk headers can only make it miss.
+_HEADERS: dict[str, tuple[Mapping[str, Any], str | None, str | None]] = {}
+_MAX_HEADERS = 64
+
+
 def _malformed(reason: str, message: str) -> MalformedTokenError:
     return MalformedTokenError(message, reason=reason)
 
 
 def b64url_decode(segment: str) -> bytes | None:
-    """Decode canonical unpadded base64url, or None: the re-encoding must give `segment` back.
+    """Decode canonical unpadded base64url, or None.
 
-    The round trip refuses padding, the standard alphabet, whitespace and non-zero trailing
-    bits, so one token has exactly one spelling (the cache key is the token's hash).
+    Canonical: only the url-safe alphabet (no padding, no `+`/`/`, no whitespace), a length
+    that is not 4n + 1, and zero trailing bits, so one token has exactly one spelling (the cache
+    key is the token itself). That is what a re-encoding round trip would check, without it.
     """
-    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+    if not _B64URL.fullmatch(segment):
         return None
+    return _decode_alphabet_checked(segment)
+
+
+def _decode_alphabet_checked(segment: str) -> bytes | None:
+    """`b64url_decode` of a segment already known to be made of the url-safe alphabet only."""
+    rest = len(segment) % 4
+    if rest == 1:
+        return None
+    if (rest == 2 and segment[-1] not in _LAST_OF_4N2) or (
+        rest == 3 and segment[-1] not in _LAST_OF_4N3
+    ):
+        return None
+    # NOTE: the alphabet is checked, so the lenient decoder sees only valid characters; the
+    # "==" completes any padding (a2b_base64 ignores what is left over).
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
+        return binascii.a2b_base64(segment.encode("ascii").translate(_URL_TO_STANDARD) + b"==")
+    except binascii.Error:  # not expected after the checks above; refused, never a crash
         return None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
-        return None
-    return raw
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # NOTE: PyJWT (via json.loads) keeps the last duplicate; another parser may keep the
-            # first. Two readers seeing two different claims is how confusion attacks start.
-            raise ValueError("duplicate key")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        # NOTE: PyJWT (via json.loads) keeps the last duplicate; another parser may keep the
+        # first. Two readers seeing two different claims is how confusion attacks start.
+        raise ValueError("duplicate key")
     return result
 
 
@@ -84,19 +112,32 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError("NaN/Infinity are not JSON")
 
 
+# Built once: json.loads(text, object_pairs_hook=...) builds a new decoder on every call.
+_STRICT_JSON = json.JSONDecoder(
+    object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+)
+
+
+# The scanner `JSONDecoder.decode` runs (C when available); not in typeshed's stubs.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _STRICT_JSON.scan_once  # type: ignore[attr-defined]
+
+
 def loads_strict(raw: bytes) -> Any:
     """Parse UTF-8 JSON, refusing duplicate object keys and NaN/Infinity. Raises ValueError."""
     try:
         text = raw.decode("utf-8")
-        return json.loads(
-            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
-        )
+        # NOTE: the scanner alone, as `decode` calls it, without `decode`'s two whitespace
+        # regexes around it; text with anything around the value takes the full path.
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        return value if end == len(text) else _STRICT_JSON.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
 
-def _json_object(segment: str, what: str) -> dict[str, Any]:
-    raw = b64url_decode(segment)
+def _json_object(raw: bytes | None, what: str) -> dict[str, Any]:
     if raw is None:
         raise _malformed("bad_encoding", f"token {what} is not canonical base64url")
     try:
@@ -157,24 +198,56 @@ def parse_compact(token: object, *, max_bytes: int) -> ParsedToken:
     header_b64, claims_b64, signature_b64 = token.split(".")
     if not header_b64 or not claims_b64 or not signature_b64:
         raise _malformed("bad_segments", "token has an empty segment")
-    header = _json_object(header_b64, "header")
+    # One C pass over the whole token's alphabet (a regex per segment costs more than the
+    # JSON parsing); when it fails, each segment is checked on its own, in order, so the
+    # error names the first bad one.
+    alphabet_ok = not token.encode("ascii").translate(None, _COMPACT_ALPHABET)
+    known = _HEADERS.get(header_b64) if alphabet_ok else None
+    if known is None:
+        known = _parse_header(header_b64, alphabet_ok)
+    header, kid, x5t = known
+    if alphabet_ok or _B64URL.fullmatch(claims_b64):
+        claims = _json_object(_decode_alphabet_checked(claims_b64), "payload")
+    else:
+        raise _malformed("bad_encoding", "token payload is not canonical base64url")
+    signature = (
+        _decode_alphabet_checked(signature_b64)
+        if alphabet_ok or _B64URL.fullmatch(signature_b64)
+        else None
+    )
+    if signature is None:
+        raise _malformed("bad_encoding", "token signature is not canonical base64url")
+    return ParsedToken(
+        header,
+        claims,
+        token[: len(header_b64) + 1 + len(claims_b64)].encode("ascii"),
+        signature,
+        kid,
+        x5t,
+    )
+
+
+def _parse_header(
+    segment: str, alphabet_ok: bool
+) -> tuple[Mapping[str, Any], str | None, str | None]:
+    raw = _decode_alphabet_checked(segment) if alphabet_ok or _B64URL.fullmatch(segment) else None
+    header = _json_object(raw, "header")
     _check_header(header)
     kid = _key_name(header, "kid")
     x5t = _key_name(header, "x5t")
     if kid is None and x5t is None:
         raise _malformed("no_kid", "token header names no key ('kid' or 'x5t')")
-    claims = _json_object(claims_b64, "payload")
-    signature = b64url_decode(signature_b64)
-    if signature is None:
-        raise _malformed("bad_encoding", "token signature is not canonical base64url")
-    return ParsedToken(
-        header=header,
-        claims=claims,
-        signing_input=f"{header_b64}.{claims_b64}".encode("ascii"),
-        signature=signature,
-        kid=kid,
-        x5t=x5t,
-    )
+    if alphabet_ok:
+        if len(_HEADERS) >= _MAX_HEADERS:
+            _HEADERS.clear()
+        # A read-only view: every token with this header shares the object.
+        _HEADERS[segment] = (MappingProxyType(header), kid, x5t)
+    return header, kid, x5t
+
+
+# Stateless, so built once rather than per verification.
+_PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
 
 
 def verify_rs256(key: RSAPublicKey, signing_input: bytes, signature: bytes) -> bool:
@@ -183,7 +256,7 @@ def verify_rs256(key: RSAPublicKey, signing_input: bytes, signature: bytes) -> b
     if len(signature) != (key.key_size + 7) // 8:
         return False
     try:
-        key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+        key.verify(signature, signing_input, _PKCS1V15, _SHA256)
     except InvalidSignature:
         return False
     return True

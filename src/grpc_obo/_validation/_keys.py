@@ -209,6 +209,13 @@ class KeySource:
         """Whether key material is still in the current set (verified-token cache check)."""
         raise NotImplementedError
 
+    def known_key(self, kid: str | None, x5t: str | None) -> SigningKey | None:
+        """The key a token names if the current set has it, without I/O; None: `get_key`.
+
+        Spares a coroutine on the path of every never-seen token (the common case: keys are
+        loaded and the token names one of them)."""
+        return None
+
     def poll(self) -> None:
         """Start a due scheduled refresh in the background; never blocks, never raises.
 
@@ -234,6 +241,9 @@ class StaticKeySource(KeySource):
 
     def has_key(self, fingerprint: str) -> bool:
         return fingerprint in self._keys.fingerprints
+
+    def known_key(self, kid: str | None, x5t: str | None) -> SigningKey | None:
+        return self._keys.find(kid, x5t)
 
 
 class KeyFetchObserver(Protocol):
@@ -403,6 +413,11 @@ class RemoteKeySource(KeySource):
 
     def has_key(self, fingerprint: str) -> bool:
         return self._keys is not None and fingerprint in self._keys.fingerprints
+
+    def known_key(self, kid: str | None, x5t: str | None) -> SigningKey | None:
+        # The validator polled for a due refresh already (on its cache lookup).
+        keys = self._keys
+        return None if keys is None or self._closed else keys.find(kid, x5t)
 
     def poll(self) -> None:
         if self._keys is not None and not self._closed and self._scheduled_refresh_due():

@@ -223,8 +223,13 @@ class ValidatorOptions:
     max_lifetime: float | None = None
     """If set, tokens whose `exp - iat` exceeds this many seconds are refused (60 s..30 days).
     Entra access tokens live 60-90 minutes by default and at most about 28 hours (CAE)."""
-    verified_cache_size: int = 10_000
-    """How many verified tokens to remember (0 turns the cache off)."""
+    verified_cache_size: int = 1_000_000
+    """At most how many verified tokens to remember (0 turns the cache off); with the default,
+    `verified_cache_bytes` is the bound that binds."""
+    verified_cache_bytes: int = 256 * 2**20
+    """The verified-token cache's memory budget in bytes (default 256 MiB, 1 MiB..64 GiB): each
+    entry is charged its token's size plus about 800 bytes (the identity), so the default holds
+    about 120,000 tokens of 1.3 KB (Entra's are 1.2-2.5 KB). Least recently used go first."""
     jwks: Mapping[str, Any] | None = field(default=None, repr=False)
     """A static JWKS document for offline use: no discovery and no network at all."""
     http_timeout: float = 10.0
@@ -307,9 +312,10 @@ class ValidatorOptions:
             raise ConfigurationError("key_fetch_backoff_initial exceeds key_fetch_backoff_max")
         if self.max_lifetime is not None:
             _bounded("max_lifetime", self.max_lifetime, 60, 30 * 86400)
-        _bounded("verified_cache_size", self.verified_cache_size, 0, 1_000_000)
+        _bounded("verified_cache_size", self.verified_cache_size, 0, 10_000_000)
+        _bounded("verified_cache_bytes", self.verified_cache_bytes, 2**20, 64 * 2**30)
         _bounded("http_timeout", self.http_timeout, 0.001, 120)
-        for name in ("max_token_bytes", "verified_cache_size"):
+        for name in ("max_token_bytes", "verified_cache_size", "verified_cache_bytes"):
             if not isinstance(getattr(self, name), int):
                 raise ConfigurationError(f"{name} must be an int")
         if not callable(self.clock):

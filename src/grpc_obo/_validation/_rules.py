@@ -8,6 +8,7 @@ Order matters for the answer a caller gets: first "is this a valid token for thi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +45,25 @@ _USER_NAME_CLAIMS = (
     "family_name",
     "email",
 )
+
+
+# NOTE: a verified identity lives in the verified-token cache until its token expires, for every
+# active user: what all users of a tenant and application have in common is shared, not copied
+# per token (memory per cached token, issue 23). Strings go through sys.intern (entries leave
+# the intern table when the last identity holding them goes); sets of scopes, roles and client
+# capabilities through this bounded table, emptied when full (it only ever misses then).
+_SHARED_SETS: dict[object, frozenset[str]] = {}
+_MAX_SHARED_SETS = 1024
+_EMPTY: frozenset[str] = frozenset()
+
+
+def _shared_set(key: object, items: list[str]) -> frozenset[str]:
+    known = _SHARED_SETS.get(key)
+    if known is None:
+        if len(_SHARED_SETS) >= _MAX_SHARED_SETS:
+            _SHARED_SETS.clear()
+        known = _SHARED_SETS[key] = frozenset(sys.intern(item) for item in items)
+    return known
 
 
 def _claim_error(claim: str, message: str, reason: str = "bad_claim") -> InvalidClaimError:
@@ -188,22 +208,22 @@ def classify(claims: Mapping[str, Any]) -> IdentityKind:
 
 def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
     if "scp" not in claims:
-        return frozenset()
+        return _EMPTY
     scp = claims["scp"]
     if not isinstance(scp, str) or not scp.strip():
         raise _claim_error("scp", "claim 'scp' must be a non-empty space-separated string")
-    return frozenset(scp.split())
+    return _shared_set(scp, scp.split())
 
 
 def _string_list(claims: Mapping[str, Any], name: str, *, allow_string: bool) -> frozenset[str]:
     if name not in claims:
-        return frozenset()
+        return _EMPTY
     value = claims[name]
     if allow_string and isinstance(value, str):
-        return frozenset({value})
+        return _shared_set((value,), [value])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise _claim_error(name, f"claim '{name}' must be an array of strings")
-    return frozenset(value)
+    return _shared_set(tuple(value), value) if value else _EMPTY
 
 
 def _guid_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> str | None:
@@ -288,20 +308,22 @@ def check_claims(
     ):
         raise ClientNotAllowedError("the calling application is not allowed")
 
+    intern = sys.intern
     return Identity(
-        tid=tid,
+        tid=intern(tid),
         oid=oid,
         sub=sub or oid or client_id or "",
         kind=kind,
         scopes=scopes,
         roles=roles,
-        client_id=client_id,
-        audience=audience,
-        issuer=issuer,
-        token_version=version,
+        client_id=None if client_id is None else intern(client_id),
+        audience=intern(audience),
+        issuer=intern(issuer),
+        token_version="2.0" if version == "2.0" else "1.0",
         expires_at=exp,
         name=_optional_str(claims, "name"),
         username=username,
         client_capabilities=_string_list(claims, "xms_cc", allow_string=True),
+        auth_contexts=_string_list(claims, "acrs", allow_string=False),
         token=SecretToken(token),
     )

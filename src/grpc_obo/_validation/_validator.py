@@ -58,7 +58,10 @@ class TokenValidator:
                 remote.observer = telemetry  # our own key source: set once, at construction
             self._keys = remote
         self._cache = VerifiedTokenCache(
-            options.verified_cache_size, leeway=options.leeway, has_key=self._keys.has_key
+            options.verified_cache_size,
+            max_bytes=options.verified_cache_bytes,
+            leeway=options.leeway,
+            has_key=self._keys.has_key,
         )
 
     @property
@@ -90,7 +93,9 @@ class TokenValidator:
             return cached
         options = self._options
         parsed = parse_compact(token, max_bytes=options.max_token_bytes)
-        key = await self._keys.get_key(parsed.kid, parsed.x5t)
+        key = self._keys.known_key(parsed.kid, parsed.x5t)
+        if key is None:
+            key = await self._keys.get_key(parsed.kid, parsed.x5t)
         if not verify_rs256(key.public_key, parsed.signing_input, parsed.signature):
             raise InvalidSignatureError("token signature is invalid")
         # The clock is read again: a key fetch may have taken a while.

@@ -1,10 +1,17 @@
 """A local Entra-compatible authority for development and tests (never imported by the runtime).
 
-It speaks HTTPS on 127.0.0.1 with a CA it makes, serves Entra-shaped discovery, JWKS and token
-endpoints for a tenant GUID, and implements the password (ROPC), client-credentials,
-refresh-token and On-Behalf-Of grants with real checks, key rollover, fault injection and a
-request log. See `DevAuthority`; `DevAuthority.issue_server_certificate` signs TLS certificates
-for your own servers with the same CA (a `ServerCertificate`).
+It speaks HTTPS on 127.0.0.1 with a CA it makes, serves Entra-shaped discovery, JWKS, token,
+device-code and authorization endpoints for a tenant GUID, and implements the password (ROPC),
+client-credentials, refresh-token, On-Behalf-Of, device code and authorization code (PKCE)
+grants with real checks (tenancy, consent, MFA on its sign-in pages), key rollover, fault
+injection and a request log; docs/reference/configuration.md says which Entra behaviours it
+models. Secretless clients too: federated identity credentials
+(`World.add_federated_credential`), a workload-identity issuer per cluster
+(`authority.workloads`: projected, rotated token files) and an App Service-style managed
+identity endpoint (`authority.managed_identities`). A Graph-like API
+(`DevAuthority.graph_url`, `GET /me`) with CAE after `World.revoke_sessions`. See
+`DevAuthority`; `DevAuthority.issue_server_certificate` signs TLS certificates for your own
+servers with the same CA (a `ServerCertificate`).
 """
 
 from grpc_obo.devauthority._authority import DevAuthority
@@ -16,13 +23,19 @@ from grpc_obo.devauthority._faults import (
     RequestLog,
 )
 from grpc_obo.devauthority._keys import KeyRing
+from grpc_obo.devauthority._managed_identity import ManagedIdentity
+from grpc_obo.devauthority._private import StateDirError
 from grpc_obo.devauthority._tls import ServerCertificate, client_ssl_context, msal_http_client
+from grpc_obo.devauthority._workload import ProjectedToken, WorkloadIssuer
 from grpc_obo.devauthority._world import (
     CONTOSO,
     FABRIKAM,
     GRAPH_APP_ID,
+    GRAPH_APP_ID_URI,
+    TOKEN_EXCHANGE_AUDIENCE,
     App,
     ClientCertificate,
+    FederatedCredential,
     Tenant,
     User,
     World,
@@ -34,18 +47,25 @@ __all__ = [
     "CONTOSO",
     "FABRIKAM",
     "GRAPH_APP_ID",
+    "GRAPH_APP_ID_URI",
+    "TOKEN_EXCHANGE_AUDIENCE",
     "App",
     "ClaimsChallenge",
     "ClientCertificate",
     "DevAuthority",
     "FaultRule",
     "Faults",
+    "FederatedCredential",
     "KeyRing",
     "LoggedRequest",
+    "ManagedIdentity",
+    "ProjectedToken",
     "RequestLog",
     "ServerCertificate",
+    "StateDirError",
     "Tenant",
     "User",
+    "WorkloadIssuer",
     "World",
     "WorldFileError",
     "client_ssl_context",

@@ -1,14 +1,19 @@
 """`DevAuthority`: the local Entra-compatible authority as an async context manager or a thread.
 
 It owns the TLS files, the key ring, the registrations, faults and request log, and serves them on
-127.0.0.1 over HTTPS. Tokens can also be minted directly (no HTTP) for tests that need a valid or
-deliberately broken token fast. `summary()` and `azure_env()` describe it for other processes.
+127.0.0.1 over HTTPS, with the dev workload issuers (`/workload/<cluster>`, `workloads`) and the
+managed identity endpoint (`/managed-identity`, `managed_identities`) beside Entra's routes.
+Tokens can also be minted directly (no HTTP) for tests that need a valid or deliberately broken
+token fast. `summary()` and `azure_env()` describe it for other processes.
 
 Files: without `state_dir`, a temporary directory (CA certificate, client certificates) removed
 at stop; the CA's key is never written. With `state_dir`, the CA is kept there across restarts
 (`ca.pem`, `ca-key.pem`), and each start writes its apps' client certificates as
-`<app>-<thumbprint>.pem` (0600), removed at stop. `issue_server_certificate` writes where it is
-told and leaves its files alone at stop (they stay valid while the CA does).
+`<app>-<thumbprint>.pem` (0600), removed at stop. The state directory is created 0700; one
+owned by another user or writable by others is refused (`StateDirError`), and files are
+written by mkstemp + rename, never through a planted symlink (`_private.py`).
+`issue_server_certificate` writes where it is told and leaves its files alone at stop (they stay
+valid while the CA does).
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ from aiohttp import web
 
 from grpc_obo.devauthority._app import AuthorityApp
 from grpc_obo.devauthority._faults import Faults, RequestLog
+from grpc_obo.devauthority._federation import Federation
 from grpc_obo.devauthority._grants import Grants
+from grpc_obo.devauthority._graph import GRAPH_PATH
 from grpc_obo.devauthority._keys import KeyRing
+from grpc_obo.devauthority._managed_identity import ManagedIdentities
+from grpc_obo.devauthority._private import write_private
 from grpc_obo.devauthority._tls import (
     ServerCertificate,
     StateCa,
@@ -45,6 +54,7 @@ from grpc_obo.devauthority._tls import (
     state_ca,
 )
 from grpc_obo.devauthority._tokens import TokenMinter
+from grpc_obo.devauthority._workload import WorkloadIssuers
 from grpc_obo.devauthority._world import App, World, default_world
 from grpc_obo.devauthority._worldfile import load_world
 
@@ -81,6 +91,7 @@ class DevAuthority:
             if isinstance(world, World)
             else load_world(world)
         )
+        self.world.clock = lambda: self.minter.clock()
         self.keys = KeyRing(key_size)
         self.faults = Faults()
         self.requests = RequestLog()
@@ -98,7 +109,20 @@ class DevAuthority:
         self.minter = TokenMinter(
             base_url=lambda: self.base_url, keys=self.keys, clock=clock, lifetime=token_lifetime
         )
-        self.grants = Grants(world=self.world, minter=self.minter, faults=self.faults)
+        self.federation = Federation(
+            world=self.world,
+            base_url=lambda: self.base_url,
+            ssl_context=self.client_ssl_context,
+            clock=clock,
+        )
+        self.grants = Grants(
+            world=self.world, minter=self.minter, faults=self.faults, federation=self.federation
+        )
+        self.workloads = WorkloadIssuers(base_url=lambda: self.base_url, clock=clock)
+        """Dev workload-identity issuers (`{base_url}/workload/<cluster>`), see `_workload.py`."""
+        self._workload_timer: asyncio.Task[None] | None = None
+        self.managed_identities = ManagedIdentities(world=self.world, minter=self.minter)
+        """User-assigned managed identities and their App Service-style endpoint."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -122,6 +146,8 @@ class DevAuthority:
             faults=self.faults,
             log=self.requests,
         ).build()
+        self.workloads.add_routes(app)
+        self.managed_identities.add_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self._port, ssl_context=context)
@@ -129,6 +155,7 @@ class DevAuthority:
         self._ca = ca
         self._runner = runner
         self._bound_port = runner.addresses[0][1]
+        self._workload_timer = asyncio.get_running_loop().create_task(self.workloads.run())
         return self
 
     def _write_client_certificates(self, directory: Path) -> dict[str, str]:
@@ -141,14 +168,17 @@ class DevAuthority:
                 # NOTE: named by thumbprint: authorities sharing a state dir never overwrite
                 # each other's files.
                 path = directory / f"{app.name}-{cert.thumbprint_hex[:12].lower()}.pem"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(cert.private_key_pem + cert.certificate_pem)
+                write_private(path, cert.private_key_pem + cert.certificate_pem)
                 self._written.append(path)
                 written.setdefault(app.name, str(path))
         return written
 
     async def stop(self) -> None:
+        timer, self._workload_timer = self._workload_timer, None
+        if timer is not None:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
         runner, self._runner = self._runner, None
         if runner is not None:
             server = runner.server
@@ -226,6 +256,12 @@ class DevAuthority:
     def base_url(self) -> str:
         """`https://127.0.0.1:PORT`, the authority host (Entra's `https://login.microsoftonline.com`)."""
         return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def graph_url(self) -> str:
+        """The Graph-like API's base, `https://127.0.0.1:PORT/graph/v1.0` (Graph's own:
+        `https://graph.microsoft.com/v1.0`): `GET {graph_url}/me`, with CAE."""
+        return f"{self.base_url}{GRAPH_PATH}"
 
     @property
     def tenant_id(self) -> str:

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Endpoint = Literal[
-    "token", "discovery", "jwks", "userrealm", "devicecode", "devicelogin", "other", "any"
+    "token",
+    "discovery",
+    "jwks",
+    "userrealm",
+    "devicecode",
+    "devicelogin",
+    "authorize",
+    "other",
+    "any",
 ]
 FaultKind = Literal["status", "drop"]
 
@@ -164,18 +172,21 @@ class Faults:
         claims: str | None = None,
         resource_client_id: str | None = None,
     ) -> ClaimsChallenge:
-        """Conditional access: tokens for `user` need MFA until the client answers the challenge.
+        """Conditional access: tokens of `user` for `resource_client_id` (None: any resource)
+        need MFA, and a password is not MFA.
 
-        On-Behalf-Of requests for this user, for `resource_client_id` (None: any resource), fail
-        with `interaction_required` (AADSTS50076) and this challenge's `claims` unless the
-        incoming assertion shows MFA (`amr` has `mfa`). Sign-ins are not challenged.
-
-        A sign-in (password or refresh-token grant) whose `claims` parameter carries this
-        challenge's requirements stands for the interactive MFA a real client would do: its
-        tokens get `amr` with `mfa`, whatever resource the challenge is scoped to, and On-Behalf-Of
-        tokens exchanged from them keep that `amr` hop after hop. An On-Behalf-Of request whose
-        own `claims` carry this challenge asks for a token meeting it: it is refused the same way
-        unless the assertion shows MFA.
+        - On-Behalf-Of for this user and resource fails with `interaction_required`
+          (AADSTS50076) and this challenge's `claims` unless the incoming assertion shows MFA
+          (`amr` has `mfa`); so does one whose own `claims` carry this challenge.
+        - The password grant (ROPC) is refused with AADSTS50076 for a resource the policy
+          covers, and for any resource when its `claims` carry this challenge, as Entra refuses
+          ROPC when MFA is required. A refresh token whose sign-in showed no MFA cannot add it
+          (`interaction_required`).
+        - Only an interactive sign-in satisfies it: the device code page or the authorization
+          endpoint's page ask for their MFA step when the policy covers the resource or the
+          app sent this challenge's claims; the tokens then have `amr` with `mfa`, whatever
+          resource the challenge is scoped to, and On-Behalf-Of tokens exchanged from them keep
+          it hop after hop.
         """
         challenge = ClaimsChallenge(
             user=user,

@@ -9,6 +9,7 @@ body of a token response, or raises `OAuthError` carrying Entra's error shape. T
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -22,15 +23,31 @@ from typing import Any, TypeGuard
 import jwt
 from cryptography import x509
 
+from grpc_obo.devauthority._authorize import (
+    PROMPTS,
+    Authorizations,
+    Delivery,
+    PendingSignIn,
+    RedirectError,
+    check_pkce,
+    redirect_uri_registered,
+)
 from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
+from grpc_obo.devauthority._federation import Federation, FederationRefusal
+from grpc_obo.devauthority._graph import cae_claims
+from grpc_obo.devauthority._oauth import OAuthError as OAuthError  # re-exported for _app
+from grpc_obo.devauthority._oauth import missing
+from grpc_obo.devauthority._refresh import RefreshTokens
+from grpc_obo.devauthority._signin import SignIns, bad_credentials
 from grpc_obo.devauthority._tokens import TokenMinter, client_info
-from grpc_obo.devauthority._world import App, User, World
+from grpc_obo.devauthority._world import GRAPH_APP_ID, GRAPH_APP_ID_URI, App, User, World
 
 GRANT_PASSWORD = "password"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_REFRESH_TOKEN = "refresh_token"
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
+GRANT_AUTHORIZATION_CODE = "authorization_code"
 DEVICE_CODE_LIFETIME = 900
 """Seconds a device code waits for its sign-in (Entra: 15 minutes)."""
 DEVICE_CODE_INTERVAL = 1
@@ -40,36 +57,14 @@ CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_ASSERTION_BYTES = 16 * 1024
-
-
-class OAuthError(Exception):
-    """An error answer in Entra's shape. `description` never contains a secret or token."""
-
-    def __init__(
-        self,
-        error: str,
-        code: int,
-        description: str,
-        *,
-        status: int = 400,
-        suberror: str | None = None,
-        claims: str | None = None,
-    ) -> None:
-        super().__init__(f"AADSTS{code}: {description}")
-        self.error = error
-        self.code = code
-        self.description = description
-        self.status = status
-        self.suberror = suberror
-        self.claims = claims
-
-
-def _missing(name: str) -> OAuthError:
-    return OAuthError(
-        "invalid_request",
-        900144,
-        f"The request body must contain the following parameter: '{name}'.",
-    )
+MAX_SCOPE_CHARS = 2048
+"""Longest `scope` parameter taken (hundreds of scopes; anything longer is not a real client)."""
+MAX_CLAIMS_CHARS = 4096
+"""Longest `claims` parameter taken (a challenge plus capabilities is well under 1 KiB)."""
+MAX_DEVICE_FLOWS_PER_CLIENT = 50
+"""Pending device flows one client may hold; more are refused with 429 until some end."""
+MAX_DEVICE_FLOWS = 1000
+"""Pending device flows in total (memory stays bounded whoever asks)."""
 
 
 @dataclass(frozen=True)
@@ -88,18 +83,8 @@ class TokenRequest:
     def require(self, name: str) -> str:
         value = self.get(name)
         if value is None:
-            raise _missing(name)
+            raise missing(name)
         return value
-
-
-@dataclass
-class _RefreshGrant:
-    user_oid: str
-    tenant_id: str
-    client_id: str
-    resource_client_id: str | None
-    scopes: frozenset[str]
-    amr: tuple[str, ...]
 
 
 @dataclass
@@ -114,12 +99,14 @@ class _DeviceFlow:
     expires_at: float
     user_oid: str | None = None
     """Set when the user signed in on the page and approved the code."""
+    amr: tuple[str, ...] = ("pwd",)
+    """How the user signed in on the page (with `mfa` after the MFA step)."""
 
 
 @dataclass(frozen=True)
 class _ScopeRequest:
-    resource: App | None
-    """None means Microsoft Graph (scopes without a resource prefix)."""
+    resource: App
+    """The API the scopes belong to; Microsoft Graph for scopes without a resource prefix."""
     names: frozenset[str]
     reserved: frozenset[str]
     resource_prefix: str
@@ -132,10 +119,22 @@ class Grants:
     world: World
     minter: TokenMinter
     faults: Faults
-    _refresh_tokens: dict[str, _RefreshGrant] = field(default_factory=dict)
+    federation: Federation | None = None
+    """Checks client assertions from federated issuers (None: certificates only)."""
+    refresh_tokens: RefreshTokens = field(init=False)
+    authorizations: Authorizations = field(init=False)
+    signins: SignIns = field(init=False)
     _device_flows: dict[str, _DeviceFlow] = field(default_factory=dict)
     """SHA-256 of the device code -> its flow."""
+    _spent_device_codes: dict[str, float] = field(default_factory=dict)
+    """SHA-256 of a redeemed or expired device code -> when it would have expired (to tell
+    `expired_token` from `bad_verification_code` until then)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.refresh_tokens = RefreshTokens(lambda: self.minter.clock())
+        self.authorizations = Authorizations(lambda: self.minter.clock())
+        self.signins = SignIns(self.world, lambda: self.minter.clock())
 
     # -- entry points -------------------------------------------------------------------
 
@@ -160,9 +159,9 @@ class Grants:
             except (jwt.InvalidTokenError, ValueError, TypeError):
                 user_oid = None
         elif grant == GRANT_REFRESH_TOKEN:
-            with self._lock:
-                held = self._refresh_tokens.get(_hash(request.get("refresh_token") or ""))
-            user_oid = held.user_oid if held else None
+            user_oid = self.refresh_tokens.owner(request.get("refresh_token") or "")
+        elif grant == GRANT_AUTHORIZATION_CODE:
+            user_oid = self.authorizations.owner(request.get("code") or "")
         elif grant == GRANT_DEVICE_CODE:
             with self._lock:
                 flow = self._device_flows.get(_hash(request.get("device_code") or ""))
@@ -180,6 +179,7 @@ class Grants:
         )
 
     def handle(self, request: TokenRequest) -> dict[str, Any]:
+        check_bounds(request)
         grant = request.require("grant_type")
         if grant not in (
             GRANT_PASSWORD,
@@ -187,6 +187,7 @@ class Grants:
             GRANT_REFRESH_TOKEN,
             GRANT_JWT_BEARER,
             GRANT_DEVICE_CODE,
+            GRANT_AUTHORIZATION_CODE,
         ):
             raise OAuthError(
                 "unsupported_grant_type",
@@ -203,6 +204,8 @@ class Grants:
             return self._refresh(request, tenant, client, client_auth)
         if grant == GRANT_DEVICE_CODE:
             return self._device_code(request, tenant, client, client_auth)
+        if grant == GRANT_AUTHORIZATION_CODE:
+            return self._authorization_code(request, client, client_auth)
         return self._on_behalf_of(request, tenant, client, client_auth)
 
     # -- the device code grant: start, sign in on the page, redeem -----------------------------
@@ -210,6 +213,7 @@ class Grants:
     def start_device_flow(self, request: TokenRequest, verification_uri: str) -> dict[str, Any]:
         """The device authorization endpoint: a device code for the client, a user code for
         the person, who signs in at `verification_uri` and types it."""
+        check_bounds(request)
         tenant = self._path_tenant(request.tenant)
         client, _ = self._authenticate_client(request, tenant)
         raw_scope = request.require("scope")
@@ -220,9 +224,18 @@ class Grants:
         user_code = "".join(secrets.choice(_USER_CODE_LETTERS) for _ in range(9))
         now = self.minter.clock()
         with self._lock:
-            self._device_flows = {
-                key: flow for key, flow in self._device_flows.items() if flow.expires_at > now
-            }
+            self._prune_device_flows(now)
+            mine = sum(1 for f in self._device_flows.values() if f.client_id == client.client_id)
+            if mine >= MAX_DEVICE_FLOWS_PER_CLIENT or len(self._device_flows) >= MAX_DEVICE_FLOWS:
+                raise OAuthError(
+                    "temporarily_unavailable",
+                    50196,
+                    "Too many device code sign-ins are pending"
+                    + (" for this application" if mine >= MAX_DEVICE_FLOWS_PER_CLIENT else "")
+                    + ". Finish or let some expire, then retry.",
+                    status=429,
+                    retry_after=DEVICE_CODE_INTERVAL * 5,
+                )
             self._device_flows[_hash(device_code)] = _DeviceFlow(
                 user_code=user_code,
                 client_id=client.client_id,
@@ -243,12 +256,56 @@ class Grants:
             ),
         }
 
-    def approve_device_flow(self, user_code: str, username: str, password: str) -> User:
-        """The sign-in page: `username` proves `password` and approves the code.
+    def device_flow_client(self, user_code: str) -> App | None:
+        """The app a pending user code signs in to (the page names it, as Entra's does)."""
+        try:
+            flow = self._pending_flow(user_code)
+        except OAuthError:
+            return None
+        return self.world.find_app(flow.client_id)
 
-        Raises `OAuthError` (shown on the page, never naming which of the three was wrong
-        beyond an expired code).
+    def approve_device_flow(
+        self, user_code: str, username: str, password: str
+    ) -> tuple[User, str | None]:
+        """The sign-in page: `username` proves `password` for the code's sign-in.
+
+        Returns the user and None when the code is approved, or the user and an MFA ticket
+        when the user's conditional access (or the claims the app sent) needs MFA: the page
+        then asks for the MFA step (`finish_device_mfa`). Raises `OAuthError` (shown on the
+        page, never naming which of code, username or password was wrong beyond an expired
+        code).
         """
+        flow = self._pending_flow(user_code)
+        user = self.signins.password(username, password)
+        if flow.tenant is not None and user.tenant_id != flow.tenant:
+            raise bad_credentials()
+        client = self.world.find_app(flow.client_id)
+        if client is None:
+            raise OAuthError("expired_token", 70019, _UNKNOWN_CODE)
+        self._tenancy(client, None, user)
+        resource = self._parse_scopes(flow.scope).resource
+        if self.mfa_challenge(user, resource.client_id, flow.claims) is not None:
+            return user, self.signins.start_mfa(user, f"device:{flow.user_code}")
+        self._approve(flow, user, ("pwd",))
+        return user, None
+
+    def finish_device_mfa(self, user_code: str, ticket: str) -> User:
+        """The MFA step of the page: approves the code with `amr` showing MFA."""
+        flow = self._pending_flow(user_code)
+        user = self.signins.finish_mfa(ticket, f"device:{flow.user_code}")
+        self._approve(flow, user, ("pwd", "mfa"))
+        return user
+
+    def _prune_device_flows(self, now: float) -> None:
+        """Forget expired flows and spent codes past their lifetime (the caller holds the lock)."""
+        for key in [k for k, f in self._device_flows.items() if f.expires_at <= now]:
+            self._spent_device_codes[key] = self._device_flows.pop(key).expires_at
+        for key in [k for k, until in self._spent_device_codes.items() if until <= now - 60]:
+            del self._spent_device_codes[key]
+        while len(self._spent_device_codes) > MAX_DEVICE_FLOWS:
+            del self._spent_device_codes[next(iter(self._spent_device_codes))]
+
+    def _pending_flow(self, user_code: str) -> _DeviceFlow:
         wanted = user_code.strip().upper().replace("-", "")
         now = self.minter.clock()
         with self._lock:
@@ -261,42 +318,43 @@ class Grants:
                 None,
             )
         if flow is None or flow.expires_at <= now:
-            raise OAuthError(
-                "expired_token", 70019, "That code is unknown, used already or expired."
-            )
-        user = self.world.find_user(username)
-        if (
-            user is None
-            or "@" not in username
-            or not hmac.compare_digest(password.encode(), user.password.encode())
-            or (flow.tenant is not None and user.tenant_id != flow.tenant)
-        ):
-            raise OAuthError(
-                "invalid_grant",
-                50126,
-                "Error validating credentials due to invalid username or password.",
-            )
+            raise OAuthError("expired_token", 70019, _UNKNOWN_CODE)
+        return flow
+
+    def _approve(self, flow: _DeviceFlow, user: User, amr: tuple[str, ...]) -> None:
         with self._lock:
-            flow.user_oid = user.oid
-        return user
+            if flow.user_oid is not None:
+                raise OAuthError("expired_token", 70019, _UNKNOWN_CODE)
+            flow.user_oid, flow.amr = user.oid, amr
 
     def _device_code(
         self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
     ) -> dict[str, Any]:
         presented = request.require("device_code")
         key = _hash(presented)
+        now = self.minter.clock()
         with self._lock:
             flow = self._device_flows.get(key)
             if flow is not None and flow.client_id != client.client_id:
                 flow = None  # another client's code: as if unknown, and not consumed
-            expired = flow is not None and flow.expires_at <= self.minter.clock()
+            expired = flow is not None and flow.expires_at <= now
             if flow is not None and (flow.user_oid is not None or expired):
                 del self._device_flows[key]  # redeemed once, or gone
+                self._spent_device_codes[key] = flow.expires_at
+            spent = flow is None and key in self._spent_device_codes
+            self._prune_device_flows(now)
+        if flow is None and not spent:
+            raise OAuthError(
+                "bad_verification_code",
+                70000,
+                "The provided value for the input parameter 'device_code' is not valid: this "
+                "device code was not issued to this application.",
+            )
         if flow is None or expired:
             raise OAuthError(
                 "expired_token",
                 70019,
-                "Verification code expired or unknown. Start a new device flow.",
+                "Verification code expired or already used. Start a new device flow.",
             )
         if flow.user_oid is None:
             raise OAuthError(
@@ -304,12 +362,164 @@ class Grants:
                 70016,
                 "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
             )
-        user = self._user_in(self.world.find_user(flow.user_oid), flow.tenant, flow.user_oid)
+        user = self._user_in(
+            self.world.find_user(flow.user_oid), flow.tenant, flow.user_oid, client
+        )
         scopes = self._parse_scopes(flow.scope)
         granted = self._delegated_grant(client, scopes)
-        amr = self._sign_in_amr(user, ("pwd",), request.get("claims") or flow.claims)
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, amr, id_token=True
+            request,
+            user,
+            client,
+            client_auth,
+            scopes,
+            granted,
+            flow.amr,
+            id_token=True,
+            acrs=_sign_in_acrs(request.get("claims") or flow.claims),
+        )
+
+    # -- the authorization code grant: the endpoint, the page, the code ---------------------
+
+    def begin_authorization(self, tenant_segment: str, params: Mapping[str, str]) -> PendingSignIn:
+        """The authorization endpoint: check the request and remember it for the page.
+
+        `OAuthError` when the client or its redirect URI cannot be trusted (the page shows it:
+        nothing is sent to an unregistered address); `RedirectError` for everything else (sent
+        to the app with its `state`). `prompt=none` always needs interaction here: the page
+        keeps no sign-in session.
+        """
+        tenant = self._path_tenant(tenant_segment)
+        client_id = params.get("client_id") or ""
+        client = self.world.find_app(client_id) if GUID.match(client_id.lower()) else None
+        if client is None:
+            raise OAuthError(
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id[:64]}' was not found in the directory "
+                f"'{tenant or tenant_segment[:64]}'.",
+            )
+        self._tenancy(client, tenant)
+        redirect_uri = params.get("redirect_uri") or ""
+        if not redirect_uri_registered(redirect_uri, client.redirect_uris):
+            raise OAuthError(
+                "invalid_request",
+                50011,
+                f"The redirect URI '{redirect_uri[:200]}' specified in the request does not "
+                "match the redirect URIs configured for the application "
+                f"'{client.client_id}'.",
+            )
+        state = params.get("state")
+        form_post = params.get("response_mode") == "form_post"
+
+        def redirect(error: str, code: int, description: str) -> RedirectError:
+            return RedirectError(redirect_uri, error, code, description, state, form_post=form_post)
+
+        if params.get("response_type") != "code":
+            raise redirect(
+                "unsupported_response_type",
+                700054,
+                "The dev authority's authorization endpoint answers response_type=code only.",
+            )
+        if params.get("response_mode") not in (None, "query", "form_post"):
+            raise redirect("invalid_request", 900144, "response_mode must be query or form_post.")
+        prompt = params.get("prompt")
+        if prompt is not None and prompt not in PROMPTS:
+            raise redirect("invalid_request", 90023, f"Invalid prompt value '{prompt[:20]}'.")
+        if prompt == "none":
+            raise redirect(
+                "login_required",
+                50058,
+                "A silent sign-in request was sent but no user is signed in.",
+            )
+        challenge = check_pkce(
+            params.get("code_challenge_method"), params.get("code_challenge"), redirect
+        )
+        try:
+            check_bounds(TokenRequest(tenant_segment, params, ""))
+            scope = params.get("scope") or ""
+            if not scope:
+                raise missing("scope")
+            self._parse_scopes(scope)
+            _capabilities(params.get("claims"))
+        except OAuthError as exc:
+            raise redirect(exc.error, exc.code, exc.description) from None
+        return self.authorizations.remember(
+            tenant=tenant,
+            tenant_segment=tenant_segment.lower(),
+            client_id=client.client_id,
+            redirect_uri=redirect_uri,
+            scope=scope,
+            state=state,
+            nonce=params.get("nonce"),
+            code_challenge=challenge,
+            claims=params.get("claims"),
+            login_hint=params.get("login_hint"),
+            form_post=form_post,
+        )
+
+    def authorization_sign_in(
+        self, request_id: str, username: str, password: str
+    ) -> tuple[PendingSignIn, User, str | None]:
+        """The page's sign-in: the user and None when done, or an MFA ticket when the user's
+        conditional access (or the claims the app sent) needs the MFA step."""
+        pending = self.authorizations.pending(request_id)
+        user = self.signins.password(username, password)
+        client = self.world.find_app(pending.client_id)
+        if client is None or (pending.tenant is not None and user.tenant_id != pending.tenant):
+            raise bad_credentials()
+        self._tenancy(client, None, user)
+        resource = self._parse_scopes(pending.scope).resource
+        if self.mfa_challenge(user, resource.client_id, pending.claims) is not None:
+            return pending, user, self.signins.start_mfa(user, f"authorize:{pending.id}")
+        return pending, user, None
+
+    def authorization_mfa(self, request_id: str, ticket: str) -> tuple[PendingSignIn, User]:
+        """The page's MFA step, approved."""
+        pending = self.authorizations.pending(request_id)
+        return pending, self.signins.finish_mfa(ticket, f"authorize:{pending.id}")
+
+    def finish_authorization(
+        self, pending: PendingSignIn, user: User, amr: tuple[str, ...]
+    ) -> Delivery:
+        """What the browser brings to the redirect URI: a new code and the app's state."""
+        code = self.authorizations.issue(pending, user.oid, amr)
+        return Delivery(
+            pending.redirect_uri, {"code": code, "state": pending.state}, pending.form_post
+        )
+
+    def authorization_client(self, request_id: str) -> App | None:
+        try:
+            return self.world.find_app(self.authorizations.pending(request_id).client_id)
+        except OAuthError:
+            return None
+
+    def _authorization_code(
+        self, request: TokenRequest, client: App, client_auth: str
+    ) -> dict[str, Any]:
+        issued = self.authorizations.redeem(
+            request.require("code"),
+            client.client_id,
+            request.get("redirect_uri"),
+            request.get("code_verifier"),
+        )
+        user = self._user_in(
+            self.world.find_user(issued.user_oid), issued.tenant, issued.user_oid, client
+        )
+        # The scopes are those the user signed in for, whatever the token request repeats.
+        scopes = self._parse_scopes(issued.scope)
+        granted = self._delegated_grant(client, scopes)
+        return self._user_tokens(
+            request,
+            user,
+            client,
+            client_auth,
+            scopes,
+            granted,
+            issued.amr,
+            id_token=True,
+            nonce=issued.nonce,
+            acrs=_sign_in_acrs(request.get("claims") or issued.claims),
         )
 
     # -- tenants and clients -------------------------------------------------------------
@@ -340,7 +550,7 @@ class Grants:
                 )
             client_id, secret = basic_id, basic_secret
         if client_id is None:
-            raise _missing("client_id")
+            raise missing("client_id")
         client = self.world.find_app(client_id)
         if client is None or not GUID.match(client_id.lower()):
             raise OAuthError(
@@ -350,6 +560,7 @@ class Grants:
                 f"'{tenant or 'common'}'. This can happen if the application has not been "
                 "installed by the administrator of the tenant.",
             )
+        self._tenancy(client, tenant)
         assertion = request.get("client_assertion")
         if client.public_client:
             if secret or assertion:
@@ -361,7 +572,11 @@ class Grants:
                 )
             return client, "0"
         if assertion is not None:
-            self._check_client_assertion(request, client, assertion)
+            federation = self.federation
+            if federation is not None and federation.is_federated(assertion, client):
+                _check_federated_assertion(federation, request, client, assertion)
+            else:
+                self._check_client_assertion(request, client, assertion)
             return client, "2"
         if secret is not None:
             if not any(hmac.compare_digest(secret.encode(), s.encode()) for s in client.secrets):
@@ -451,11 +666,12 @@ class Grants:
 
     def _parse_scopes(self, raw: str | None) -> _ScopeRequest:
         if raw is None:
-            raise _missing("scope")
+            raise missing("scope")
         requested = [s for s in raw.split(" ") if s]
         reserved = frozenset(s for s in requested if s in RESERVED_SCOPES)
         resource: App | None = None
         prefix = ""
+        graph = self.world.resource_app(GRAPH_APP_ID)
         names: set[str] = set()
         for scope in requested:
             if scope in RESERVED_SCOPES:
@@ -471,7 +687,13 @@ class Grants:
                         "the tenant.",
                     )
             else:
-                scope_prefix, name, app = "", scope, None
+                scope_prefix, name, app = "", scope, graph
+            if app is None:  # a world that removed Graph
+                raise OAuthError(
+                    "invalid_resource",
+                    500011,
+                    f"The resource principal named {GRAPH_APP_ID_URI} was not found in the tenant.",
+                )
             if names and (app is not resource):
                 raise OAuthError(
                     "invalid_scope",
@@ -481,17 +703,18 @@ class Grants:
                 )
             resource, prefix = app, scope_prefix
             names.add(name)
-        if not names:
+        if resource is None:
             # Entra answers an OpenID-only request with a Microsoft Graph token.
-            names = {"User.Read"}
+            if graph is None:
+                raise missing("scope")
+            resource, names = graph, {"User.Read"}
         return _ScopeRequest(resource, frozenset(names), reserved, prefix)
 
     def _delegated_grant(self, client: App, scopes: _ScopeRequest) -> frozenset[str]:
         """The delegated scopes `client` may get on the resource, or a consent error."""
         resource = scopes.resource
-        if resource is None:
-            return scopes.names  # Graph's basic scopes need no consent here.
         consented = client.api_permissions.get(resource.client_id, frozenset())
+        consented |= resource.consent_free_scopes
         consented |= resource.pre_authorized.get(client.client_id, frozenset())
         if scopes.names == {".default"}:
             granted = consented & resource.scopes
@@ -520,8 +743,10 @@ class Grants:
 
     # -- grants -------------------------------------------------------------------------
 
-    def _user_in(self, user: User | None, tenant: str | None, shown: str) -> User:
+    def _user_in(self, user: User | None, tenant: str | None, shown: str, client: App) -> User:
         if user is None or (tenant is not None and user.tenant_id != tenant):
+            if user is not None and tenant == client.tenant_id:
+                self._tenancy(client, None, user)  # a stranger to the app's own tenant
             raise OAuthError(
                 "invalid_grant",
                 50034,
@@ -529,7 +754,35 @@ class Grants:
                 f"{tenant or 'organizations'} directory. To sign into this application, the "
                 "account must be added to the directory.",
             )
+        self._tenancy(client, None, user)
         return user
+
+    def _tenancy(self, client: App, tenant: str | None, user: User | None = None) -> None:
+        """The one tenancy check: a single-tenant app exists only in its own tenant (a path
+        naming another is AADSTS700016) and signs in only that tenant's users (AADSTS50020).
+        Multi-tenant apps are taken everywhere (their consent is modelled, not provisioning)."""
+        if client.multi_tenant:
+            return
+        if tenant is not None and tenant != client.tenant_id:
+            raise OAuthError(
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client.client_id}' was not found in the "
+                f"directory '{tenant}'. This can happen if the application has not been "
+                "installed by the administrator of the tenant or consented to by any user in "
+                "the tenant. You may have sent your authentication request to the wrong tenant.",
+            )
+        if user is not None and user.tenant_id != client.tenant_id:
+            home = self.world.tenant(client.tenant_id)
+            raise OAuthError(
+                "invalid_grant",
+                50020,
+                f"User account '{user.username[:100]}' from identity provider "
+                f"'{self.minter.issuer(user.tenant_id, 1)}' does not exist in tenant "
+                f"'{home.name if home else client.tenant_id}' and cannot access the application "
+                f"'{client.client_id}'({client.name[:64]}) in that tenant. The account needs to "
+                "be added as an external user in the tenant first.",
+            )
 
     def _password(
         self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
@@ -537,30 +790,33 @@ class Grants:
         username = request.require("username")
         password = request.require("password")
         scopes = self._parse_scopes(request.get("scope"))
-        user = self._user_in(self.world.find_user(username), tenant, username)
-        if "@" not in username or not hmac.compare_digest(
-            password.encode(), user.password.encode()
-        ):
-            raise OAuthError(
-                "invalid_grant",
-                50126,
-                "Error validating credentials due to invalid username or password.",
-            )
+        self._user_in(self.world.find_user(username), tenant, username, client)
+        user = self.signins.password(username, password)
         granted = self._delegated_grant(client, scopes)
-        amr = self._sign_in_amr(user, ("pwd",), request.get("claims"))
+        # A password is one factor: when the user's conditional access wants MFA for this
+        # resource, or the app brings a pending challenge's claims, Entra refuses ROPC (the
+        # user must sign in interactively: the device code or authorization code page).
+        challenge = self.mfa_challenge(user, scopes.resource.client_id, request.get("claims"))
+        if challenge is not None:
+            raise _mfa_required(challenge, scopes.resource.client_id, "invalid_grant")
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, amr, id_token=True
+            request, user, client, client_auth, scopes, granted, ("pwd",), id_token=True
         )
 
-    def _sign_in_amr(self, user: User, amr: tuple[str, ...], claims: str | None) -> tuple[str, ...]:
-        """A sign-in that carries a pending challenge's claims stands for the interactive MFA.
-
-        Any challenge of the user counts, whatever resource it is scoped to: the client signs in
-        to the first API with the claims a downstream API's challenge sent back up the chain.
-        """
-        if claims is None or self._requested_challenge(user, claims) is None:
-            return amr
-        return amr if "mfa" in amr else (*amr, "mfa")
+    def mfa_challenge(
+        self, user: User, resource_client_id: str, claims: str | None
+    ) -> ClaimsChallenge | None:
+        """What a sign-in of `user` for this resource must answer with MFA: a conditional
+        access policy covering the resource, or a pending challenge whose requirements the
+        request's `claims` carry (whatever resource that challenge came from: the client signs
+        in to the first API with the claims a downstream API's challenge sent up the chain)."""
+        found = self.faults.challenge_for(
+            RequestInfo(endpoint="token", user_oid=user.oid, username=user.username),
+            resource_client_id,
+        )
+        if found is None and claims is not None:
+            found = self._requested_challenge(user, claims)
+        return found
 
     def _requested_challenge(self, user: User, claims_json: str) -> ClaimsChallenge | None:
         """The user's pending challenge whose requirements `claims_json` carries, if any."""
@@ -579,29 +835,39 @@ class Grants:
         self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
     ) -> dict[str, Any]:
         presented = request.require("refresh_token")
-        with self._lock:
-            held = self._refresh_tokens.get(_hash(presented))
-            # Redeemed only by the client it was issued to: another client presenting it
-            # must not burn the owner's token.
-            if held is not None and held.client_id == client.client_id:
-                del self._refresh_tokens[_hash(presented)]
-        if held is None or held.client_id != client.client_id:
-            raise OAuthError(
-                "invalid_grant",
-                9002313,
-                "Invalid request. Request is malformed or invalid.",
-            )
-        user = self._user_in(self.world.find_user(held.user_oid), tenant, held.user_oid)
+        held = self.refresh_tokens.redeem(presented, client.client_id, self.world.find_user)
+        user = self._user_in(self.world.find_user(held.user_oid), tenant, held.user_oid, client)
         raw_scope = request.get("scope")
         scopes = self._parse_scopes(raw_scope) if raw_scope else None
         if scopes is None:
-            resource = self.world.find_app(held.resource_client_id or "")
-            prefix = resource.app_id_uri or resource.client_id if resource else ""
-            scopes = _ScopeRequest(resource, held.scopes, frozenset({"offline_access"}), prefix)
+            resource = self.world.resource_app(held.resource_client_id)
+            if resource is None:
+                raise OAuthError(
+                    "invalid_resource",
+                    500011,
+                    f"The resource principal named {held.resource_client_id} was not found in "
+                    "the tenant.",
+                )
+            scopes = _ScopeRequest(
+                resource, held.scopes, frozenset({"offline_access"}), held.resource_prefix
+            )
+        elif "offline_access" not in scopes.reserved:
+            # Rotation: a redeemed refresh token is gone, so its successor comes back even when
+            # the request does not repeat offline_access (Entra does the same).
+            scopes = _ScopeRequest(
+                scopes.resource,
+                scopes.names,
+                scopes.reserved | {"offline_access"},
+                scopes.resource_prefix,
+            )
         granted = self._delegated_grant(client, scopes)
-        amr = self._sign_in_amr(user, held.amr, request.get("claims"))
+        if "mfa" not in held.amr:
+            # A refresh token keeps the factors of its sign-in; it cannot add one.
+            challenge = self.mfa_challenge(user, scopes.resource.client_id, request.get("claims"))
+            if challenge is not None:
+                raise _mfa_required(challenge, scopes.resource.client_id, "interaction_required")
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, amr, id_token=True
+            request, user, client, client_auth, scopes, granted, held.amr, id_token=True
         )
 
     def _client_credentials(
@@ -634,11 +900,7 @@ class Grants:
             )
         scopes = self._parse_scopes(raw)
         resource = scopes.resource
-        roles = (
-            client.app_role_assignments.get(resource.client_id, frozenset())
-            if resource
-            else frozenset()
-        )
+        roles = client.app_role_assignments.get(resource.client_id, frozenset())
         issued = self.minter.access_token(
             client=client,
             resource=resource,
@@ -688,10 +950,23 @@ class Grants:
                 f"The user account {oid if isinstance(oid, str) else '(none)'} does not exist "
                 f"in the {tid if isinstance(tid, str) else 'given'} directory.",
             )
-        user = self._user_in(user, tenant, user.oid)
+        user = self._user_in(user, tenant, user.oid, client)
+        revoked = user.tokens_valid_from
+        if revoked and not (_is_number(claims.get("iat")) and claims["iat"] >= revoked):
+            # Entra refuses a grant issued before the user's sessions were revoked with
+            # AADSTS50173 (invalid_grant) and the claims a new sign-in must carry.
+            raise OAuthError(
+                "invalid_grant",
+                50173,
+                "The provided grant has expired due to it being revoked, a fresh auth token is "
+                "needed. The user might have changed or reset their password. The grant was "
+                f"issued on '{_iso(claims.get('iat'))}' and the TokensValidFrom date (before "
+                f"which tokens are not valid) for this user is '{_iso(revoked)}'.",
+                claims=cae_claims(revoked),
+            )
         granted = self._delegated_grant(client, scopes)
         amr = tuple(a for a in claims.get("amr", ()) if isinstance(a, str)) or ("pwd",)
-        resource_id = scopes.resource.client_id if scopes.resource else ""
+        resource_id = scopes.resource.client_id
         challenge = self.faults.challenge_for(
             RequestInfo(endpoint="token", user_oid=user.oid, username=user.username), resource_id
         )
@@ -699,18 +974,30 @@ class Grants:
             # The middle tier asks for a token meeting a challenge (say, one a downstream API
             # relayed): Entra issues it only if the user's sign-in already did.
             challenge = self._requested_challenge(user, requested_claims)
-        if challenge is not None and "mfa" not in amr:
+        acrs = _string_claims(claims.get("acrs"))
+        wanted_acrs = _requested_acrs(requested_claims)
+        missing_acrs = sorted(wanted_acrs - set(acrs))
+        if missing_acrs:
+            # An authentication context (step-up) is met by the user's sign-in, never by the
+            # middle tier: the assertion must carry it already.
+            wanted: dict[str, Any] = {"essential": True}
+            if len(missing_acrs) == 1:
+                wanted["value"] = missing_acrs[0]
+            else:
+                wanted["values"] = missing_acrs
             raise OAuthError(
                 "interaction_required",
                 50076,
-                "Due to a configuration change made by your administrator, or because you "
-                "moved to a new location, you must use multi-factor authentication to access "
-                f"'{resource_id}'.",
+                "The user's sign-in does not satisfy the authentication context "
+                f"'{','.join(missing_acrs)}' required to access '{resource_id}'. Sign in "
+                "again with the claims.",
                 suberror="basic_action",
-                claims=challenge.claims,
+                claims=json.dumps({"access_token": {"acrs": wanted}}, separators=(",", ":")),
             )
+        if challenge is not None and "mfa" not in amr:
+            raise _mfa_required(challenge, resource_id, "interaction_required")
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, amr, id_token=False
+            request, user, client, client_auth, scopes, granted, amr, id_token=False, acrs=acrs
         )
 
     def _read_assertion(self, assertion: str, client: App) -> dict[str, Any]:
@@ -770,7 +1057,14 @@ class Grants:
         amr: tuple[str, ...],
         *,
         id_token: bool,
+        nonce: str | None = None,
+        acrs: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
+        """`acrs`: the authentication contexts the token carries; by default those a sign-in's
+        `claims` asks for (it stands for the interactive step-up), On-Behalf-Of passes the
+        assertion's on."""
+        if acrs is None:
+            acrs = _sign_in_acrs(request.get("claims"))
         issued = self.minter.access_token(
             client=client,
             resource=scopes.resource,
@@ -780,29 +1074,76 @@ class Grants:
             client_auth=client_auth,
             capabilities=_capabilities(request.get("claims")),
             amr=amr,
+            extra={"acrs": list(acrs)} if acrs else None,
         )
         body = _token_body(issued.token, issued.expires_at, self.minter.clock())
         prefix = f"{scopes.resource_prefix}/" if scopes.resource_prefix else ""
         body["scope"] = " ".join(sorted(f"{prefix}{s}" for s in granted) + sorted(scopes.reserved))
         if "offline_access" in scopes.reserved:
-            refresh = "0.dev." + secrets.token_urlsafe(48)
-            with self._lock:
-                self._refresh_tokens[_hash(refresh)] = _RefreshGrant(
-                    user_oid=user.oid,
-                    tenant_id=user.tenant_id,
-                    client_id=client.client_id,
-                    resource_client_id=scopes.resource.client_id if scopes.resource else None,
-                    scopes=granted,
-                    amr=amr,
-                )
-            body["refresh_token"] = refresh
+            body["refresh_token"] = self.refresh_tokens.issue(
+                user,
+                client_id=client.client_id,
+                resource_client_id=scopes.resource.client_id,
+                resource_prefix=scopes.resource_prefix,
+                scopes=granted,
+                amr=amr,
+            )
         if id_token and "openid" in scopes.reserved:
             body["id_token"] = self.minter.id_token(
-                user=user, client=client, tenant_id=user.tenant_id
+                user=user, client=client, tenant_id=user.tenant_id, nonce=nonce
             )
         if request.get("client_info") == "1":
             body["client_info"] = client_info(user, user.tenant_id)
         return body
+
+
+def _check_federated_assertion(
+    federation: Federation, request: TokenRequest, client: App, assertion: str
+) -> None:
+    """A client assertion from a federated issuer (see `_federation.py`)."""
+    if request.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+        raise OAuthError(
+            "invalid_request",
+            50027,
+            f"The client_assertion_type must be '{CLIENT_ASSERTION_TYPE}'.",
+        )
+    if len(assertion) > MAX_ASSERTION_BYTES:
+        raise OAuthError("invalid_client", 50027, "JWT token is invalid or malformed.")
+    try:
+        federation.check(client, assertion)
+    except FederationRefusal as refusal:
+        raise OAuthError(
+            refusal.error, refusal.code, refusal.description, status=refusal.status
+        ) from None
+
+
+_UNKNOWN_CODE = "That code is unknown, used already or expired."
+
+
+def _mfa_required(challenge: ClaimsChallenge, resource_id: str, error: str) -> OAuthError:
+    """Entra's AADSTS50076 with the challenge's claims (`invalid_grant` for ROPC,
+    `interaction_required` for On-Behalf-Of and refresh)."""
+    return OAuthError(
+        error,
+        50076,
+        "Due to a configuration change made by your administrator, or because you moved to a "
+        "new location, you must use multi-factor authentication to access "
+        f"'{resource_id}'.",
+        suberror="basic_action",
+        claims=challenge.claims,
+    )
+
+
+def check_bounds(request: TokenRequest) -> None:
+    """Refuse a `scope` or `claims` parameter longer than any real client sends."""
+    if len(request.form.get("scope") or "") > MAX_SCOPE_CHARS:
+        raise OAuthError(
+            "invalid_scope", 70011, f"The 'scope' parameter is longer than {MAX_SCOPE_CHARS}."
+        )
+    if len(request.form.get("claims") or "") > MAX_CLAIMS_CHARS:
+        raise OAuthError(
+            "invalid_request", 90014, f"The 'claims' parameter is longer than {MAX_CLAIMS_CHARS}."
+        )
 
 
 def _grant_name(grant: str | None, requested_token_use: str | None) -> str | None:
@@ -841,8 +1182,17 @@ def _capabilities(claims_json: str | None) -> list[str]:
         ) from None
     if not isinstance(parsed, dict):
         raise OAuthError("invalid_request", 90014, "The 'claims' parameter must be an object.")
-    access = parsed.get("access_token")
-    values = access.get("xms_cc", {}).get("values") if isinstance(access, dict) else None
+    access = parsed.get("access_token", {})
+    if not isinstance(access, dict):
+        raise OAuthError(
+            "invalid_request", 90014, "The 'claims' parameter's 'access_token' must be an object."
+        )
+    wanted = access.get("xms_cc", {})
+    if not isinstance(wanted, dict):
+        raise OAuthError(
+            "invalid_request", 90014, "The 'claims' parameter's 'xms_cc' must be an object."
+        )
+    values = wanted.get("values")
     if not isinstance(values, list):
         return []
     return [v for v in values if isinstance(v, str) and v.isalnum() and len(v) <= 16]
@@ -860,6 +1210,29 @@ def _access_token_claims(claims_json: str) -> dict[str, Any]:
     return {name: value for name, value in access.items() if name != "xms_cc"}
 
 
+def _sign_in_acrs(claims_json: str | None) -> tuple[str, ...]:
+    """The authentication contexts a sign-in carrying `claims_json` meets (it stands for the
+    interactive step-up those contexts ask for)."""
+    return tuple(sorted(_requested_acrs(claims_json)))
+
+
+def _requested_acrs(claims_json: str | None) -> set[str]:
+    """The authentication contexts (`c1`...) a `claims` request asks for (`value`/`values`)."""
+    if not claims_json:
+        return set()
+    acrs = _access_token_claims(claims_json).get("acrs")
+    if not isinstance(acrs, dict):
+        return set()
+    values = acrs.get("values", [acrs.get("value")])
+    return set(_string_claims(values if isinstance(values, list) else [values]))
+
+
+def _string_claims(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str) and re.fullmatch(r"c[1-9][0-9]?", v))
+
+
 def _load_json(text: str) -> Any:
     """`json.loads` that reports hostile nesting as bad input, not as an internal error."""
     try:
@@ -871,6 +1244,12 @@ def _load_json(text: str) -> Any:
 def _is_number(value: object) -> TypeGuard[float]:
     # MSAL writes float timestamps in client assertions; JSON booleans are not times.
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _iso(value: object) -> str:
+    if not _is_number(value):
+        return "unknown"
+    return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _hash(value: str) -> str:

@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from grpc_obo.devauthority._private import check_private_file, secure_state_dir, write_private
+
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -177,20 +179,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically, readable by the owner only."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def write_tls_files(directory: Path, *, days: int = 7) -> TlsFiles:
     """Create a CA and a server certificate for 127.0.0.1/::1/localhost in `directory`."""
     ca_cert, ca_key = _make_ca(days)
@@ -203,7 +191,7 @@ def write_tls_files(directory: Path, *, days: int = 7) -> TlsFiles:
     )
     files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.key_file, _key_pem(server_key))
+    write_private(files.key_file, _key_pem(server_key))
     return files
 
 
@@ -215,7 +203,7 @@ def _locked(path: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows: one authority per state dir
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -238,17 +226,18 @@ def state_ca(directory: Path, *, days: int = 30) -> StateCa:
     `ca.pem` (certificate) and `ca-key.pem` (key, 0600) are written atomically under a lock, so
     authorities starting together in one directory agree on one CA.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    secure_state_dir(directory)
     ca_file, key_file = directory / "ca.pem", directory / "ca-key.pem"
     with _locked(directory / ".ca.lock"):
-        found = _load_ca(ca_file, key_file)
+        # A key that is not ours alone (planted, or left readable) is never adopted.
+        found = _load_ca(ca_file, key_file) if check_private_file(key_file) else None
         if found is not None:
             return StateCa(ca_file, *found)
         cert, key = _make_ca(days)
-        _write_private(key_file, _key_pem(key))
+        write_private(key_file, _key_pem(key))
         # The certificate is public, but a world-readable file in a private directory helps no
         # one; clients run as the same user.
-        _write_private(ca_file, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(ca_file, cert.public_bytes(serialization.Encoding.PEM))
         return StateCa(ca_file, cert, key)
 
 
@@ -257,7 +246,7 @@ def memory_ca(directory: Path, *, days: int = 7) -> StateCa:
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = _make_ca(days)
     ca_file = directory / "ca.pem"
-    _write_private(ca_file, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(ca_file, cert.public_bytes(serialization.Encoding.PEM))
     return StateCa(ca_file, cert, key)
 
 
@@ -325,8 +314,8 @@ def issue_server_certificate(
         hosts=unique,
         not_valid_after=cert.not_valid_after_utc,
     )
-    _write_private(issued.key_file, _key_pem(key))
-    _write_private(issued.cert_file, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(issued.key_file, _key_pem(key))
+    write_private(issued.cert_file, cert.public_bytes(serialization.Encoding.PEM))
     return issued
 
 
@@ -356,7 +345,7 @@ def server_ssl_context_from(ca: StateCa, *, days: int = 7) -> ssl.SSLContext:
     with tempfile.TemporaryDirectory(prefix="grpc-obo-tls-") as scratch:
         files = TlsFiles(ca.ca_file, Path(scratch) / "server.pem", Path(scratch) / "server-key.pem")
         files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_private(files.key_file, _key_pem(key))
+        write_private(files.key_file, _key_pem(key))
         return server_ssl_context(files)
 
 

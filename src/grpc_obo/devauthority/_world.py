@@ -5,8 +5,8 @@ credentials (secrets, certificates), its App ID URI, the delegated scopes and ap
 which client apps it pre-authorizes, and which permissions it has on other APIs (consented).
 `default_world()` is the demo world the examples use; `load_world()` (`_worldfile.py`) reads
 one from a TOML or JSON file. A `World` changes at run time through `add_app`, `remove_app`,
-`add_user`, `grant_consent`, `revoke_consent` and `without_consent`; a running authority sees
-each change on its next request.
+`add_user`, `grant_consent`, `revoke_consent`, `without_consent`, `revoke_sessions` and
+`set_password`; a running authority sees each change on its next request.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import datetime
 import hashlib
 import re
 import secrets
+import time
+import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,11 @@ from cryptography.x509.oid import NameOID
 
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 """Microsoft Graph's well-known application id: the audience of tokens asked without a resource."""
+GRAPH_APP_ID_URI = "https://graph.microsoft.com"
+"""Microsoft Graph's App ID URI: `https://graph.microsoft.com/User.Read` names the same scope
+as the unprefixed `User.Read`."""
+MICROSOFT_SERVICES_TENANT = "f8cdef31-a31e-4b4a-93e4-5f571e91255a"
+"""The tenant Microsoft's first-party apps (Graph among them) are registered in."""
 
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -92,6 +99,26 @@ class ClientCertificate:
         )
 
 
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+"""The audience Entra expects in a federated credential's assertion unless told otherwise."""
+
+
+@dataclass(frozen=True)
+class FederatedCredential:
+    """A federated identity credential (FIC) on an app registration: Entra accepts, as the app's
+    client assertion, a token from `issuer` about `subject` for one of `audiences`.
+
+    `issuer` may contain `{authority_host}`, replaced by the running authority's base URL (its
+    port is known only at start): `{authority_host}/workload/<cluster>` is a dev workload
+    issuer, `{authority_host}/<tenant id>/v2.0` the authority itself (managed identities).
+    """
+
+    name: str
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...] = (TOKEN_EXCHANGE_AUDIENCE,)
+
+
 @dataclass(frozen=True)
 class Tenant:
     id: str
@@ -122,6 +149,15 @@ class App:
     access_token_version: int = 2
     """`accessTokenAcceptedVersion`: the shape of access tokens issued for this API."""
     multi_tenant: bool = True
+    federated_credentials: list[FederatedCredential] = field(default_factory=list)
+    """Issuer + subject pairs whose tokens this app accepts as its client assertion."""
+    redirect_uris: tuple[str, ...] = ()
+    """Where the authorization endpoint may send this client's codes (`http://localhost`
+    matches any port, as Entra does for loopback redirect URIs)."""
+    consent_free_scopes: frozenset[str] = frozenset()
+    """Delegated scopes every client gets without a consent grant (Graph's `User.Read`: in
+    Entra a user consents to it for themselves at first sign-in; the dev authority has no
+    consent prompt)."""
 
     def __post_init__(self) -> None:
         if self.app_id_uri is None and (self.scopes or self.app_roles):
@@ -148,15 +184,72 @@ class User:
     display_name: str = ""
     app_roles: dict[str, frozenset[str]] = field(default_factory=dict)
     """Resource app id -> app roles assigned to this user (appear in `roles` of user tokens)."""
+    tokens_valid_from: float = 0.0
+    """Entra's `TokensValidFrom` (Unix time): refresh tokens and sessions from before it are
+    void. Moved by `World.revoke_sessions` and `World.set_password`."""
+    revocations: int = field(default=0, repr=False)
+
+    @property
+    def credential_version(self) -> str:
+        """Changes whenever the password changes (however it is set) or sessions are revoked:
+        refresh tokens carry the version they were issued under. A digest, never the password."""
+        digest = hashlib.sha256(f"{self.revocations}:{self.password}".encode())
+        return digest.hexdigest()[:16]
+
+
+# A representative part of Graph's permissions: delegated scopes and the app roles of the same
+# names that daemons get (`https://graph.microsoft.com/.default`).
+GRAPH_SCOPES = frozenset(
+    {
+        *("User.Read", "User.ReadBasic.All", "User.Read.All", "User.ReadWrite.All"),
+        *("Mail.Read", "Mail.ReadWrite", "Mail.Send", "Calendars.Read", "Calendars.ReadWrite"),
+        *("Files.Read", "Files.Read.All", "Files.ReadWrite", "Files.ReadWrite.All"),
+        *("Sites.Read.All", "Group.Read.All", "Group.ReadWrite.All", "People.Read"),
+        *("Directory.Read.All", "Directory.ReadWrite.All", "Contacts.Read", "Tasks.ReadWrite"),
+    }
+)
+GRAPH_APP_ROLES = frozenset(
+    {
+        *("User.Read.All", "User.ReadWrite.All", "Mail.Read", "Mail.Send", "Files.Read.All"),
+        *("Sites.Read.All", "Group.Read.All", "Directory.Read.All", "Directory.ReadWrite.All"),
+    }
+)
+
+
+def microsoft_graph() -> App:
+    """Microsoft Graph as a resource like any other: App ID URI `https://graph.microsoft.com`,
+    v1 access tokens, and only `User.Read` (besides openid, profile, email, offline_access) given
+    without consent; any other scope needs `grant_consent(client, "graph", [...])`."""
+    return App(
+        name="graph",
+        client_id=GRAPH_APP_ID,
+        tenant_id=MICROSOFT_SERVICES_TENANT,
+        app_id_uri=GRAPH_APP_ID_URI,
+        scopes=GRAPH_SCOPES,
+        app_roles=GRAPH_APP_ROLES,
+        access_token_version=1,
+        consent_free_scopes=frozenset({"User.Read"}),
+    )
 
 
 @dataclass
 class World:
-    """Everything the authority knows. Look-ups are by client id / username / oid."""
+    """Everything the authority knows. Look-ups are by client id / username / oid.
+
+    `apps` are the world's own registrations; `graph` is Microsoft Graph, which every tenant
+    has (as in Entra, it is not one of your app registrations, but `app("graph")`,
+    `grant_consent(client, "graph", ...)` and world files' `api_permissions` name it).
+    """
 
     tenants: list[Tenant]
     apps: list[App]
     users: list[User]
+    graph: App = field(default_factory=microsoft_graph)
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    """What `revoke_sessions` and `set_password` stamp; a `DevAuthority` sets its own clock."""
+
+    def _all_apps(self) -> list[App]:
+        return [*self.apps, self.graph]
 
     @property
     def home_tenant(self) -> Tenant:
@@ -184,13 +277,31 @@ class World:
 
     def find_app(self, name_or_client_id: str) -> App | None:
         key = name_or_client_id.lower()
-        return next((a for a in self.apps if key in (a.client_id, a.name.lower())), None)
+        return next((a for a in self._all_apps() if key in (a.client_id, a.name.lower())), None)
 
     def resource_app(self, identifier: str) -> App | None:
         """The app a scope prefix or `resource` names (client id GUID or App ID URI)."""
         ident = identifier.rstrip("/")
         return next(
-            (a for a in self.apps if ident in a.identifiers() or ident.lower() == a.client_id),
+            (
+                a
+                for a in self._all_apps()
+                if ident in a.identifiers() or ident.lower() == a.client_id
+            ),
+            None,
+        )
+
+    def identifier_owner(self, app: App) -> App | None:
+        """Another app already named by one of `app`'s identifiers (its App ID URI, or
+        `api://<guid>` of another app's client id), compared as Entra does: case-insensitive,
+        without a trailing slash."""
+
+        def norm(values: Iterable[str]) -> set[str]:
+            return {v.rstrip("/").lower() for v in values}
+
+        mine = norm(app.identifiers())
+        return next(
+            (o for o in self._all_apps() if o is not app and mine & norm(o.identifiers())),
             None,
         )
 
@@ -212,6 +323,8 @@ class World:
         app_id_uri: str | None = None,
         access_token_version: int = 2,
         tenant_id: str | None = None,
+        multi_tenant: bool = True,
+        redirect_uris: Iterable[str] = (),
     ) -> App:
         """Register an app (an API, a client or both) and return it; checked before it is added.
 
@@ -224,6 +337,10 @@ class World:
         - `pre_authorized`: client app (name or client id) -> scopes of *this* API that client
           may get without consent (`preAuthorizedApplications`).
         - `app_role_assignments`: API -> app roles of that API granted to this app.
+        - `redirect_uris`: where the authorization code flow may redirect (https, or http
+          on localhost / 127.0.0.1 only).
+        - `multi_tenant`: False makes it single-tenant: the authority refuses it in any other
+          tenant (AADSTS700016) and to users of other tenants (AADSTS50020).
 
         To let an existing app call the new API, `grant_consent(existing, name, [...])`.
         Raises `ValueError` for a taken name or client id, a scope or role the API does not
@@ -255,7 +372,12 @@ class World:
             scopes=frozenset(scopes),
             app_roles=frozenset(app_roles),
             access_token_version=access_token_version,
+            multi_tenant=multi_tenant,
+            redirect_uris=tuple(check_redirect_uri(u) for u in redirect_uris),
         )
+        taken = self.identifier_owner(app)
+        if taken is not None:
+            raise ValueError(f"App ID URI {app_id_uri!r} already names the app {taken.name!r}")
         for api, wanted in (api_permissions or {}).items():
             resource = self.app(api)
             app.api_permissions[resource.client_id] = _exposed(resource, wanted, "scope")
@@ -271,6 +393,8 @@ class World:
         """Delete an app registration and every permission, pre-authorization and role
         assignment that names it. Tokens already issued stay valid until they expire."""
         app = self.app(name_or_client_id)
+        if app is self.graph:
+            raise ValueError("Microsoft Graph is not an app registration of this world")
         self.apps = [a for a in self.apps if a is not app]
         for other in self.apps:
             for grants in (other.api_permissions, other.pre_authorized, other.app_role_assignments):
@@ -331,6 +455,37 @@ class World:
                 else:
                     grants[key] = before
 
+    def add_federated_credential(
+        self,
+        app: str,
+        *,
+        issuer: str,
+        subject: str,
+        audiences: Iterable[str] = (TOKEN_EXCHANGE_AUDIENCE,),
+        name: str | None = None,
+    ) -> FederatedCredential:
+        """Give `app` (name or client id) a federated identity credential and return it.
+
+        A workload then authenticates as `app` with a token from `issuer` whose `sub` is
+        `subject` and whose `aud` holds one of `audiences`, and no secret or key. ValueError for
+        a public client, an issuer that is not https (or `{authority_host}...`), an empty
+        subject or audience list, or a taken name; KeyError for an unknown app.
+        """
+        found = self.app(app)
+        wanted = tuple([audiences] if isinstance(audiences, str) else audiences)
+        if found.public_client:
+            raise ValueError("a public client has no credentials")
+        if not (issuer.startswith("https://") or issuer.startswith("{authority_host}")):
+            raise ValueError(f"issuer {issuer!r} must be an https URL")
+        if not subject or not wanted or not all(isinstance(a, str) and a for a in wanted):
+            raise ValueError("a federated credential needs a subject and at least one audience")
+        label = name or f"{found.name}-{len(found.federated_credentials) + 1}"
+        if any(f.name == label for f in found.federated_credentials):
+            raise ValueError(f"{found.name!r} has a federated credential named {label!r}")
+        credential = FederatedCredential(label, issuer, subject, wanted)
+        found.federated_credentials.append(credential)
+        return credential
+
     def add_user(
         self,
         username: str,
@@ -379,6 +534,25 @@ class World:
             resource = self.app(api)
             user.app_roles[resource.client_id] = _exposed(resource, roles, "role")
         self.users.append(user)
+        return user
+
+    def revoke_sessions(self, name_or_oid: str) -> User:
+        """Entra's "Revoke sessions" (`revokeSignInSessions`): every refresh token of the user
+        is void from now on (AADSTS50173 when redeemed) and `tokens_valid_from` moves to now,
+        so resources that evaluate continuous access can refuse older access tokens."""
+        user = self.user(name_or_oid)
+        user.revocations += 1
+        user.tokens_valid_from = self.clock()
+        return user
+
+    def set_password(self, name_or_oid: str, password: str) -> User:
+        """A password change or reset: refresh tokens issued before it stop working, as in
+        Entra (setting `User.password` directly voids them too)."""
+        if not isinstance(password, str) or not password:
+            raise ValueError("a password must not be empty")
+        user = self.user(name_or_oid)
+        user.password = password
+        user.tokens_valid_from = self.clock()
         return user
 
     def user(self, name_or_oid: str) -> User:
@@ -445,6 +619,28 @@ class World:
         }
 
 
+def check_redirect_uri(uri: str) -> str:
+    """`uri` if it can be a registered redirect URI: https, or http on a loopback host
+    (Entra's rule), absolute, without a fragment; `ValueError` otherwise."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        raise ValueError(f"redirect URI {uri[:100]!r} is not a URL") from None
+    loopback = parts.hostname in ("localhost", "127.0.0.1")
+    if (
+        not isinstance(uri, str)
+        or len(uri) > 256
+        or parts.fragment
+        or not parts.hostname
+        or not (parts.scheme == "https" or (parts.scheme == "http" and loopback))
+    ):
+        raise ValueError(
+            f"redirect URI {uri[:100]!r} must be https (http only on localhost or 127.0.0.1), "
+            "absolute, at most 256 characters, without a fragment"
+        )
+    return uri
+
+
 def _exposed(api: App, names: Iterable[str], kind: str) -> frozenset[str]:
     """`names` as a set, each a delegated scope (kind "scope") or app role ("role") of `api`."""
     wanted = frozenset([names] if isinstance(names, str) else names)
@@ -475,7 +671,8 @@ FABRIKAM = "9b2d4e6f-8a11-4c3b-b2a0-0c0ffee00002"
 def default_world(*, with_certificates: bool = True) -> World:
     """The demo world: a public client, three APIs in a chain, a daemon, and users.
 
-    - `client` (public): signs users in; may call `original` (`access_as_user`).
+    - `client` (public): signs users in (redirect URI `http://localhost`, any port); may call
+      `original` (`access_as_user`).
     - `original` (confidential, secret + certificate): exposes `access_as_user`; holds the
       consented delegated permission `Data.Read` on `downstream` for On-Behalf-Of.
     - `downstream` (confidential): exposes `Data.Read` and `Data.Write`, defines app role
@@ -519,6 +716,7 @@ def default_world(*, with_certificates: bool = True) -> World:
         tenant_id=CONTOSO,
         public_client=True,
         api_permissions={original.client_id: frozenset({"access_as_user"})},
+        redirect_uris=("http://localhost",),  # a native app: any loopback port
     )
     daemon = App(
         name="daemon",

@@ -22,6 +22,11 @@ api_permissions = { stock = ["Stock.Read"] }
 [apps.stock]
 scopes = ["Stock.Read"]
 
+[[apps.orders.federated_credentials]]   # workload identity: no secret needed
+issuer = "{authority_host}/workload/dev"  # the dev workload issuer, or any https issuer
+subject = "system:serviceaccount:shop:orders"
+# audiences = ["api://AzureADTokenExchange"]  (the default)
+
 [[users]]
 username = "alice@contoso.example"
 ```
@@ -33,17 +38,20 @@ import difflib
 import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from grpc_obo.devauthority._world import (
+    TOKEN_EXCHANGE_AUDIENCE,
     App,
     ClientCertificate,
     Tenant,
     User,
     World,
+    check_redirect_uri,
     new_guid,
     new_secret,
 )
@@ -70,7 +78,10 @@ _APP_FIELDS = (
     "app_role_assignments",
     "access_token_version",
     "multi_tenant",
+    "federated_credentials",
+    "redirect_uris",
 )
+_FIC_FIELDS = ("name", "issuer", "subject", "audiences")
 _USER_FIELDS = ("username", "tenant", "password", "oid", "display_name", "app_roles")
 
 
@@ -85,12 +96,36 @@ class WorldFileError(ValueError):
         self.problem = problem
 
 
+MAX_WORLD_FILE_BYTES = 1024 * 1024
+MAX_CERTIFICATE_FILE_BYTES = 64 * 1024
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO, a device or a directory
+    (or a file swapped for one meanwhile) is refused instead of hanging or reading forever.
+    Raises `OSError` (with a `strerror` fit to show) otherwise.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(0, f"larger than {limit} bytes")
+    return data
+
+
 def load_world(path: str | os.PathLike[str]) -> World:
     """Read a world file: `.toml`, or `.json`. Relative certificate paths are relative to it."""
     file = Path(path)
     source = str(path)
     try:
-        raw = file.read_bytes()
+        raw = read_regular_file(file, MAX_WORLD_FILE_BYTES)
     except OSError as exc:
         raise WorldFileError(source, "", f"cannot be read ({exc.strerror or 'error'})") from None
     try:
@@ -104,6 +139,8 @@ def load_world(path: str | os.PathLike[str]) -> World:
         raise WorldFileError(source, "", f"is not valid JSON (line {exc.lineno})") from None
     except tomllib.TOMLDecodeError as exc:
         raise WorldFileError(source, "", f"is not valid TOML ({exc})") from None
+    except RecursionError:
+        raise WorldFileError(source, "", "is nested too deeply") from None
     return world_from_dict(data, source=source, base_dir=file.parent)
 
 
@@ -180,6 +217,13 @@ class _Loader:
             app = self.app(world, self.name(name, field), self.table(spec, field), field)
             if world.find_app(app.client_id) is not None:
                 raise self.error(f"{field}.client_id", "is already another app's client id")
+            taken = world.identifier_owner(app)
+            if taken is not None:
+                raise self.error(
+                    f"{field}.app_id_uri",
+                    f"names the app {taken.name!r} already (App ID URIs "
+                    "are unique, and api://<client id> belongs to that client id's app)",
+                )
             world.apps.append(app)
             specs.append((app, spec, field))
         # Permissions name other apps, which may come later in the file: a second pass.
@@ -242,7 +286,7 @@ class _Loader:
             if "tenant" in spec
             else world.home_tenant
         )
-        return App(
+        app = App(
             name=name,
             client_id=(
                 self.guid(spec["client_id"], f"{field}.client_id")
@@ -262,14 +306,51 @@ class _Loader:
             app_roles=frozenset(self.strings(spec.get("app_roles", []), f"{field}.app_roles")),
             access_token_version=version,
             multi_tenant=self.boolean(spec.get("multi_tenant", True), f"{field}.multi_tenant"),
+            redirect_uris=self.redirect_uris(spec.get("redirect_uris", []), field),
         )
+        self.federated(app, spec.get("federated_credentials", []), f"{field}.federated_credentials")
+        return app
+
+    def federated(self, app: App, value: object, field: str) -> None:
+        if not isinstance(value, list):
+            raise self.error(field, "must be a list of tables ([[...federated_credentials]])")
+        holder = World(tenants=[], apps=[app], users=[])
+        for index, item in enumerate(value):
+            where = f"{field}[{index}]"
+            spec = self.table(item, where)
+            self.known(spec, where, _FIC_FIELDS)
+            for required in ("issuer", "subject"):
+                if required not in spec:
+                    raise self.error(f"{where}.{required}", "is missing")
+            try:
+                holder.add_federated_credential(
+                    app.client_id,
+                    issuer=self.string(spec["issuer"], f"{where}.issuer"),
+                    subject=self.string(spec["subject"], f"{where}.subject"),
+                    audiences=self.strings(
+                        spec.get("audiences", [TOKEN_EXCHANGE_AUDIENCE]), f"{where}.audiences"
+                    ),
+                    name=self.name(spec["name"], f"{where}.name") if "name" in spec else None,
+                )
+            except ValueError as exc:
+                raise self.error(where, str(exc)) from None
+
+    def redirect_uris(self, value: object, field: str) -> tuple[str, ...]:
+        uris = self.strings(value, f"{field}.redirect_uris")
+        for index, uri in enumerate(uris):
+            try:
+                check_redirect_uri(uri)
+            except ValueError as exc:
+                raise self.error(f"{field}.redirect_uris[{index}]", str(exc)) from None
+        return tuple(uris)
 
     def certificate(self, path: str, field: str) -> ClientCertificate:
         file = Path(path) if os.path.isabs(path) else self.base_dir / path
         try:
-            data = file.read_bytes()
-        except OSError:
-            raise self.error(field, f"cannot read {str(file)!r}") from None
+            data = read_regular_file(file, MAX_CERTIFICATE_FILE_BYTES)
+        except OSError as exc:
+            why = f" ({exc.strerror})" if exc.strerror else ""
+            raise self.error(field, f"cannot read {str(file)!r}{why}") from None
         cert = re.search(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", data, re.S)
         key = re.search(rb"-----BEGIN ((?:RSA )?PRIVATE KEY)-----.*?-----END \1-----", data, re.S)
         if cert is None:
