@@ -8,7 +8,7 @@ most samples of their own. What it finds is in the README's chain section (issue
 
 Run: .venv/bin/python benchmarks/chain_profile.py [--seconds 8] [--users one|1k]
      [--variants none,noop-client,floor,grpc_obo] [--raw DIR]
-Needs py-spy (`pip install py-spy`) and ptrace permission on the server processes.
+Needs py-spy (in the `bench` extra) and ptrace permission on the server processes.
 """
 
 from __future__ import annotations
