@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 # The main job on embedded defaults: dev authority, in-process caches, all on loopback.
 demo: $(STAMP)
 	$(PY) -m examples.demo
+	$(PY) -m examples.mixed
 
 # The Python code for protos/ (committed: nothing generates at test or demo time).
 # tests/examples/test_protos.py fails when it is stale; `make protos-check` says the same.

@@ -4,7 +4,9 @@ Variants (the same echo handlers; only authentication and the token for the down
 
   no auth     neither tier checks anything; the Original calls the Downstream with no token
   floors      no auth with a no-op client interceptor on the Original's channel (grpc.aio's
-              interceptor machinery); and both tiers with server_bench's floor interceptor
+              interceptor machinery); the same plus a no-op server interceptor on both tiers
+              (what merely having interceptors costs, before any of them does anything); and
+              both tiers with server_bench's floor interceptor
               (handler rebuilt, contextvar, token looked up) plus a client interceptor that
               attaches a ready token per user: the least any design with grpc_obo's contract
               costs, with one user or 1,000 (whose distinct tokens HPACK cannot index)
@@ -52,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 import grpc
-from server_bench import Floor
+from server_bench import Floor, NoOp
 
 import grpc_obo
 
@@ -80,11 +82,12 @@ async def _build_original(kind: str, config: dict[str, Any], port: int) -> grpc.
     scope = config["downstream"]["scope"]
     naive = h.NaiveJwt(config["jwks"], config["original"]["audiences"], config["issuers"])
     interceptors: list[Any]
-    if kind in ("none", "noop-client", "floor"):
+    if kind in ("none", "noop-client", "noop", "floor"):
         client: list[Any] = []
         interceptors = []
-        if kind == "noop-client":
+        if kind in ("noop-client", "noop"):
             client = [NoOpClient()]
+            interceptors = [NoOp()] if kind == "noop" else []
         elif kind == "floor":
             client = [FloorClient(config["floor_tokens"])]
             interceptors = [FloorServer()]
@@ -240,6 +243,8 @@ def serve_downstream(
             interceptors = [grpc_obo.server_interceptor(validator)]
         elif kind == "floor":
             interceptors = [Floor("lookup")]
+        elif kind == "noop":
+            interceptors = [NoOp()]
         elif kind == "naive":
             interceptors = [
                 h.NaiveJwt(config["jwks"], config["downstream"]["audiences"], config["issuers"])
@@ -254,6 +259,7 @@ def serve_downstream(
 CHAINS = {  # variant: (Original kind, Downstream kind, label)
     "none": ("none", "none", "no auth"),
     "noop-client": ("noop-client", "none", "no auth, a no-op client interceptor"),
+    "noop": ("noop", "noop", "no auth, no-op client + server interceptors on both tiers"),
     "floor": ("floor", "floor", "floor: both tiers' floor interceptors, a token per user attached"),
     "grpc_obo": ("grpc_obo", "grpc_obo", "grpc_obo (validation + On-Behalf-Of, cached)"),
     "msal": ("msal", "naive", "MSAL acquire_token_on_behalf_of every call + PyJWT per call"),
@@ -276,7 +282,8 @@ async def run(
     variants = [v for v in CHAINS if v != "azure" or HAVE_AZURE]
     if not HAVE_AZURE:
         h.log("NOTE: azure-identity is not installed: its variant is skipped")
-    combos = [("none", "one"), ("noop-client", "one"), ("floor", "one"), ("grpc_obo", "one")]
+    combos = [("none", "one"), ("noop-client", "one"), ("noop", "one"), ("floor", "one")]
+    combos += [("grpc_obo", "one")]
     combos += [("none", "1k"), ("floor", "1k"), ("grpc_obo", "1k")]
     combos += [(v, "1k") for v in ("msal", "azure") if v in variants]
     authority = bench.authority
@@ -375,7 +382,7 @@ async def run(
         stampedes = []
         authority.faults.latency = 0.02
         try:
-            for variant in (v for v in variants if v not in ("noop-client", "floor")):
+            for variant in (v for v in variants if v not in ("noop-client", "noop", "floor")):
                 fresh = bench.write_tokens(f"stampede-{variant}", [bench.mint(USER_STAMPEDE)])
                 began = time.perf_counter()
                 result = await drive(

@@ -13,6 +13,8 @@
                  users (250,000; quick: 30,000), the plateau once both caches are full
   cold_bench     a never-seen token: validate() vs RSAPublicKey.verify vs PyJWT (CPU time)
   cache_bench    the On-Behalf-Of token cache alone: memory and Redis stores, stampedes
+  http_bench     HTTP downstreams: OnBehalfOf.http_auth (cache hit) vs a fixed bearer header,
+                 exchanges per user for concurrent first HTTP calls
   server_instructions   (only with --instructions: five more minutes, needs valgrind)
                  instructions per call under callgrind
 
@@ -53,8 +55,9 @@ import replica_bench
 import scale_bench
 import server_bench
 
-SECTIONS = ("server", "chain", "scale", "replica", "memory", "cold", "cache", "instructions")
-
+SECTIONS = (
+    "server", "chain", "scale", "replica", "memory", "cold", "cache", "http", "instructions",
+)
 
 # -- targets ---------------------------------------------------------------------------------
 
@@ -71,6 +74,14 @@ def _normalized(row: list[float]) -> float:
 
 def _chain_normalized(row: float | list[float]) -> float:
     return row[0] / row[1] if isinstance(row, list) else row
+
+
+def _chain_pair(entry: dict[str, Any], base: dict[str, Any] | None) -> dict[str, float] | None:
+    """A chain variant against another, round by round (each through its no-auth anchors)."""
+    if base is None or "raw_rps" not in entry or "raw_rps" not in base:
+        return None
+    rows = zip(entry["raw_rps"], base["raw_rps"], strict=True)
+    return h.spread([_chain_normalized(v) / _chain_normalized(b) for v, b in rows])
 
 
 def _pair(server: dict[str, dict[str, Any]], name: str, base: str) -> dict[str, float] | None:
@@ -150,22 +161,35 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                     for label, name in (
                         ("floor chain:", f"floor@{suffix}"),
                         ("no-op client interceptor:", f"noop-client@{suffix}"),
+                        ("no-op interceptors on both tiers:", f"noop@{suffix}"),
                     )
                     if name in c
                 ]
                 base = c.get(f"none@{suffix}")
-                measured = (
-                    h.spread(
-                        [
-                            _chain_normalized(v) / _chain_normalized(b)
-                            for v, b in zip(entry["raw_rps"], base["raw_rps"], strict=True)
-                        ]
-                    )
-                    if base and "raw_rps" in entry
-                    else entry["vs_none"]
-                )
+                measured = _chain_pair(entry, base) if base else None
+                measured = measured or entry["vs_none"]
+                # What no interceptor can avoid, measured in the same rounds: grpc_obo against
+                # the floor chain (both tiers' least interceptors, a ready token attached).
+                against_floor = _chain_pair(entry, c.get(f"floor@{suffix}"))
+                if against_floor:
+                    context.append(f"grpc_obo vs the floor chain: {h.fmt_spread(against_floor)}")
                 add(f"chain: grpc_obo, {users:,} user(s), RPS >= 0.90 of the no-auth chain", 0.90,
                     measured, "; ".join(context))  # fmt: skip
+    http = data.get("http")
+    if http:
+        cpu = http["cache_hit"].get("cpu_ratio")
+        cpu_text = f"client CPU per request, fixed / obo: {h.fmt_spread(cpu, 3)}" if cpu else ""
+        add("http: a GET through OnBehalfOf.http_auth (cache hit), req/s >= 0.95 of a fixed "
+            "bearer header", 0.95, http["cache_hit"]["ratio"], cpu_text)  # fmt: skip
+        first = http["first_calls"]
+        per_user = first["exchanges_per_user"]
+        rows.append({
+            "target": f"http: {first['calls_per_user']} concurrent first calls per user "
+                      f"({first['users']} users) -> 1 exchange per user",
+            "goal": 1.0,
+            "measured": {"median": per_user, "min": per_user, "max": per_user, "n": 1},
+            "met": per_user <= 1.0, "floor": f"{first['exchanges']} exchanges in all",
+        })  # fmt: skip
     return rows
 
 
@@ -478,6 +502,10 @@ def main() -> int:
     if "cache" in wanted:
         data["cache"] = subprocess_json(
             "cache_bench.py", ["--quick"] if args.quick else [], "cache", 600
+        )
+    if "http" in wanted:
+        data["http"] = subprocess_json(
+            "http_bench.py", ["--quick"] if args.quick else [], "http", 900
         )
     if "instructions" in wanted:
         data["instructions"] = subprocess_json(

@@ -40,7 +40,7 @@ nitpick_ignore_regex = [
     # (no network during the build: intersphinx has no inventories to fetch).
     (
         r"py:.*",
-        r"(grpc|msal|redis|opentelemetry|aiohttp|requests|ssl|_contextvars|cryptography)\..*",
+        r"(grpc|msal|redis|opentelemetry|aiohttp|requests|ssl|_contextvars|cryptography|httpx)\..*",
     ),
     (r"py:.*", r"(collections\.abc|typing|datetime|os|pathlib|asyncio|concurrent)\..*"),
     (r"py:.*", r"(grpc_obo\.|grpc_obo\.devauthority\.)_.*"),

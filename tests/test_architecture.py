@@ -29,6 +29,8 @@ ROOMS = {
     "grpc_obo._handlers": "server",
     "grpc_obo._relay": "relay",
     "grpc_obo._client": "client",
+    "grpc_obo._http_auth": "http",
+    "grpc_obo._asgi": "asgi",
     "grpc_obo._telemetry": "telemetry",
     "grpc_obo._version": "telemetry",  # the version string, which telemetry reports
     "grpc_obo.devauthority": "devauthority",
@@ -44,8 +46,12 @@ MAY_IMPORT = {
     "validation": {"identity", "errors"},
     "exchange": {"identity", "errors"},
     "server": {"validation", "relay", "identity", "errors", "telemetry"},
-    "client": {"exchange", "relay", "identity", "errors", "telemetry"},
+    # `OnBehalfOf.http_auth` builds the HTTP auth (a lazy import: httpx is an extra).
+    "client": {"exchange", "relay", "identity", "errors", "telemetry", "http"},
     "relay": {"identity", "errors"},
+    "http": {"exchange", "relay", "identity", "errors", "telemetry"},
+    # `validation` covers the policy module too (see ROOMS).
+    "asgi": {"validation", "relay", "identity", "errors", "telemetry"},
     "telemetry": set(),
     "devauthority": set(),  # a separate room: it needs nothing of the runtime
     "testing": {"devauthority", "api"},
@@ -59,6 +65,7 @@ MAY_IMPORT = {
         "server",
         "client",
         "telemetry",
+        "asgi",
     },
 }
 
@@ -72,6 +79,8 @@ NEVER = {
     "relay": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "httpx", "starlette"},
     "server": {"msal", "aiocache", "redis"},
     "client": {"jwt", "aiohttp"},
+    "http": {"grpc", "jwt", "aiohttp", "starlette"},
+    "asgi": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "httpx"},
     "telemetry": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "cryptography"},
 }
 

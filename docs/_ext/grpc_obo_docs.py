@@ -34,6 +34,7 @@ import grpc_obo
 _SAMPLES: dict[str, Any] = {
     "required_scopes": ("Data.Read",),
     "claims": '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}',
+    "auth_context": "c1",
     "code": grpc.StatusCode.PERMISSION_DENIED,
     "challenge": 'Bearer error="insufficient_scope", scope="Data.Read"',
 }

@@ -5,10 +5,12 @@ context; client interceptors exchange the caller's token On-Behalf-Of the user b
 calls. This module lists the whole public API.
 """
 
+from grpc_obo._asgi import BearerAuthMiddleware, http_requires
 from grpc_obo._client import AppOnly, OnBehalfOf
 from grpc_obo._errors import (
     AccessDeniedError,
     AppTokenNotAllowedError,
+    AuthContextRequiredError,
     AuthorityUnavailableError,
     ClaimsChallengeError,
     ClientNotAllowedError,
@@ -65,8 +67,10 @@ __all__ = [
     "AccessDeniedError",
     "AppOnly",
     "AppTokenNotAllowedError",
+    "AuthContextRequiredError",
     "AuthServerInterceptor",
     "AuthorityUnavailableError",
+    "BearerAuthMiddleware",
     "CachedToken",
     "Callers",
     "ClaimsChallengeError",
@@ -113,6 +117,7 @@ __all__ = [
     "ValidatorOptions",
     "__version__",
     "current_identity",
+    "http_requires",
     "requires",
     "server_interceptor",
     "status_for",

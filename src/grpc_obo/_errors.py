@@ -13,7 +13,8 @@
     │   ├── InvalidIssuerError
     │   ├── InvalidAudienceError
     │   ├── InvalidClaimError
-    │   └── NotAnAccessTokenError
+    │   ├── NotAnAccessTokenError
+    │   └── AuthContextRequiredError       step-up: sign in again with the claims it names
     ├── AccessDeniedError (reason)         a valid token that may not call this -> PERMISSION_DENIED
     │   ├── InsufficientScopeError
     │   ├── AppTokenNotAllowedError
@@ -37,6 +38,7 @@ as keyword attributes.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 
 import grpc
@@ -44,6 +46,7 @@ import grpc
 __all__ = [
     "AccessDeniedError",
     "AppTokenNotAllowedError",
+    "AuthContextRequiredError",
     "AuthorityUnavailableError",
     "ClaimsChallengeError",
     "ClientNotAllowedError",
@@ -156,6 +159,29 @@ class NotAnAccessTokenError(TokenValidationError):
     """Neither `scp` nor `roles`: an ID token or something else that is not for this API."""
 
     default_reason = "not_access_token"
+
+
+class AuthContextRequiredError(TokenValidationError):
+    """The sign-in lacks a Conditional Access authentication context (`acrs`) the method needs.
+
+    Answered with a claims challenge (`insufficient_claims`, claims
+    `{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`): the client app signs the user
+    in again with those claims (step-up), as Entra's authentication context guide describes.
+    """
+
+    default_reason = "insufficient_claims"
+
+    def __init__(self, message: str, *, auth_context: str) -> None:
+        super().__init__(message, claim="acrs")
+        self.auth_context = auth_context
+
+    @property
+    def claims(self) -> str:
+        """The claims request a new sign-in must carry (JSON)."""
+        return json.dumps(
+            {"access_token": {"acrs": {"essential": True, "value": self.auth_context}}},
+            separators=(",", ":"),
+        )
 
 
 class AccessDeniedError(GrpcOboError):
@@ -338,6 +364,8 @@ def www_authenticate_for(error: BaseException) -> str | None:
     if isinstance(error, MissingTokenError):
         # RFC 6750 §3.1: no error code when the request had no authentication at all.
         return "Bearer"
+    if isinstance(error, AuthContextRequiredError):
+        return _claims_challenge(error.message, error.claims)
     if isinstance(error, TokenValidationError):
         return f'Bearer error="invalid_token", error_description="{_quote(error.message)}"'
     if isinstance(error, AccessDeniedError):
@@ -353,11 +381,15 @@ def www_authenticate_for(error: BaseException) -> str | None:
     if isinstance(error, ConsentRequiredError):
         return f'Bearer error="insufficient_scope", error_description="{_quote(error.message)}"'
     if isinstance(error, ClaimsChallengeError) and error.claims:
-        encoded = base64.b64encode(error.claims.encode("utf-8")).decode("ascii")
-        return (
-            'Bearer error="insufficient_claims", '
-            f'error_description="{_quote(error.message)}", claims="{encoded}"'
-        )
+        return _claims_challenge(error.message, error.claims)
     if isinstance(error, InvalidGrantError):
         return f'Bearer error="invalid_token", error_description="{_quote(error.message)}"'
     return None
+
+
+def _claims_challenge(message: str, claims: str) -> str:
+    encoded = base64.b64encode(claims.encode("utf-8")).decode("ascii")
+    return (
+        'Bearer error="insufficient_claims", '
+        f'error_description="{_quote(message)}", claims="{encoded}"'
+    )

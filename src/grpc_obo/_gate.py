@@ -3,9 +3,10 @@
 The decisions are elsewhere (the validator, the policy, the error table in `_errors`, the relay
 in `_relay`); a `_Gate` adapts them to grpc for one method: it checks an identity, turns a
 grpc_obo error into (status, details, `www-authenticate`), ends a call for an uncaught
-downstream failure the way `_relay` says, and records the call in telemetry from inside the
-handler. `Authenticator` is the one guarded way to ask the validator, for the interceptor and
-for a gate alike.
+downstream failure the way `_relay` says, and puts the caller on the RPC's span from inside the
+handler (the validation's own span is recorded where it runs, in `intercept_service`).
+`Authenticator` is the one guarded way to ask the validator, for the interceptor and for a gate
+alike.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import grpc
@@ -35,7 +35,7 @@ from grpc_obo._errors import (
     www_authenticate_for,
 )
 from grpc_obo._identity import Identity
-from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed
+from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed, downstream_in
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation._bearer import bearer_token
 
@@ -94,25 +94,6 @@ class Authenticator:
         return identity
 
 
-class Note:
-    """What a call's validation did, kept for the handler to record in telemetry."""
-
-    __slots__ = ("end_ns", "error", "identity", "metadata", "start_ns")
-
-    def __init__(
-        self,
-        start_ns: int,
-        error: GrpcOboError | None,
-        identity: Identity | None,
-        metadata: Any,
-    ) -> None:
-        self.start_ns = start_ns
-        self.end_ns = time.time_ns()
-        self.error = error
-        self.identity = identity
-        self.metadata = metadata or ()
-
-
 Trailing = tuple[tuple[str, str], ...]
 
 
@@ -153,35 +134,26 @@ class Gate:
             await context.abort(*self.refusal(exc))
             raise AssertionError("context.abort returned") from None  # pragma: no cover
 
-    def observe(self, identity: Identity | None, note: Note | None) -> None:
-        """Telemetry for this call, from inside the handler, where the RPC's span is current.
+    def attributes(self, identity: Identity) -> Mapping[str, str]:
+        """The caller's span attributes (as telemetry exports them: plain, hashed or none)."""
+        return self.telemetry.identity_attributes(
+            oid=identity.oid,
+            tid=identity.tid,
+            client_id=identity.client_id,
+            kind=identity.kind.value,
+        )
 
-        NOTE: the validation ran in intercept_service, before an instrumentation's server span
-        existed; its span is recorded here with its real start and end times, as a child of
-        that span. A verified-token cache hit records nothing but the caller's attributes.
+    def observe(self, identity: Identity, attributes: Mapping[str, str] | None) -> None:
+        """The caller on the RPC's span, from inside the handler, where that span is current.
+
+        `attributes` are the caller's as the validation recorded them (None after a
+        verified-token cache hit: computed only if a span records). The validation's own span
+        was recorded in intercept_service (see `Telemetry.validating` for where it nests).
         """
-        telemetry = self.telemetry
-        if note is not None:
-            who = note.identity
-            attributes = (
-                telemetry.identity_attributes(
-                    oid=who.oid, tid=who.tid, client_id=who.client_id, kind=who.kind.value
-                )
-                if who is not None
-                else {}
-            )
-            telemetry.validation(
-                start_ns=note.start_ns or note.end_ns,
-                end_ns=note.end_ns,
-                attributes=attributes,
-                error=note.error,
-                metadata=note.metadata,
-                worked=note.start_ns != 0,
-            )
-            if identity is not None:
-                telemetry.annotate_current(attributes)
-        elif identity is not None:
-            telemetry.annotate_caller(
+        if attributes is not None:
+            self.telemetry.annotate_current(attributes)
+        else:
+            self.telemetry.annotate_caller(
                 oid=identity.oid,
                 tid=identity.tid,
                 client_id=identity.client_id,
@@ -300,9 +272,10 @@ class Gate:
 def relayed_for(error: BaseException, failures: Failures) -> Relayed | None:
     """How `_relay` ends the call for `error`, or None when it is not the relay's business."""
     rpc = _rpc_error_in(error)
-    return failures.settle(
-        None if rpc is None else (code_of(rpc.code()), challenge_values(rpc.trailing_metadata()))
-    )
+    if rpc is not None:
+        return failures.settle((code_of(rpc.code()), challenge_values(rpc.trailing_metadata())))
+    # An HTTP downstream's answer the handler raised (httpx's raise_for_status), or none.
+    return failures.settle(downstream_in(error))
 
 
 def downstream_error(relayed: Relayed) -> DownstreamError:

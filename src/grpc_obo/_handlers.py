@@ -13,19 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
 
 from grpc_obo._errors import GrpcOboError
-from grpc_obo._gate import Gate, Note, Trailing
+from grpc_obo._gate import Gate, Trailing
 from grpc_obo._identity import Identity, _current
 from grpc_obo._relay import Failures, collect, uncollect
 
 __all__ = ["behavior_of", "guarded", "handoff", "rebuild", "refusing", "sync_call"]
 
-Handed = tuple[Identity, "Note | None"]
+# The identity, and its span attributes when the validation computed them (else None).
+Handed = tuple[Identity, "Mapping[str, str] | None"]
 
 # NOTE: a one-item list, not the identity itself: a task that copies this context shares the
 # list, so whoever takes the identity first empties it for every copy. Only code running for
@@ -82,17 +83,13 @@ def refusing(
     code: grpc.StatusCode,
     details: str,
     trailing: Trailing,
-    gate: Gate,
-    note: Note,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind that only ends the call; the request is never deserialized."""
 
     async def refuse(request: Any, context: Any) -> None:
-        gate.observe(None, note)
         await context.abort(code, details, trailing)
 
     async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-        gate.observe(None, note)
         await context.abort(code, details, trailing)
         yield  # pragma: no cover - abort raises; the yield makes this an async generator
 
@@ -112,8 +109,8 @@ def _coroutine(fn: Any, gate: Gate) -> Callable[[Any, Any], Any]:
         cell = None if gate.public else handoff.get()
         identity: Identity | None
         if cell:
-            identity, note = cell.pop()
-            gate.observe(identity, note)
+            identity, attributes = cell.pop()
+            gate.observe(identity, attributes)
         else:
             identity = await gate.recover(context)
         failures = Failures()

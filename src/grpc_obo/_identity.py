@@ -105,6 +105,8 @@ class Identity:
     """`preferred_username` (v2) or `upn`/`unique_name` (v1); informational, never a key."""
     client_capabilities: frozenset[str] = frozenset()
     """`xms_cc`: `cp1` means the client handles claims challenges (CAE)."""
+    auth_contexts: frozenset[str] = frozenset()
+    """`acrs`: the Conditional Access authentication contexts (`c1`...) the sign-in satisfied."""
     token: SecretToken = field(repr=False, compare=False)
     """The validated token itself, kept for On-Behalf-Of; redacted in every repr."""
 

@@ -16,6 +16,7 @@ How declared rules are found behind other interceptors' wrappers lives in `_decl
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -23,6 +24,7 @@ from typing import Any, Literal, TypeVar
 from grpc_obo._errors import (
     AccessDeniedError,
     AppTokenNotAllowedError,
+    AuthContextRequiredError,
     ConfigurationError,
     InsufficientScopeError,
     UserTokenNotAllowedError,
@@ -54,6 +56,7 @@ carry no token. By exact name: anything else registered under these services (a 
 _DECLARED_ATTR = "__grpc_obo_method_policy__"
 
 # RFC 6750 scope tokens are %x21 / %x23-5B / %x5D-7E: printable ASCII without space, `"` or `\`.
+_AUTH_CONTEXT = re.compile(r"c[1-9][0-9]?")
 _SCOPE_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "\\"}
 
 
@@ -90,6 +93,9 @@ class MethodPolicy:
     assigned to the user); app-only tokens must hold `app_roles` (application permissions).
     `match` says whether one of the names ("any", the default) or all of them ("all") is needed,
     for each of the three sets separately. `public=True` means no token is needed at all.
+    `auth_context` (`"c1"`...) requires a Conditional Access authentication context in the
+    user's sign-in (`acrs`): without it the call is refused with UNAUTHENTICATED and a claims
+    challenge, which the client app answers by signing the user in again (step-up).
     """
 
     public: bool = False
@@ -98,6 +104,7 @@ class MethodPolicy:
     user_roles: Collection[str] = frozenset()
     app_roles: Collection[str] = frozenset()
     match: Literal["any", "all"] = "any"
+    auth_context: str | None = None
 
     def __post_init__(self) -> None:
         # Normalise to frozensets so the rule is hashable and immutable whatever was passed in.
@@ -108,8 +115,20 @@ class MethodPolicy:
             raise ConfigurationError("callers must be a grpc_obo.Callers value")
         if self.match not in ("any", "all"):
             raise ConfigurationError('match must be "any" or "all"')
+        if self.auth_context is not None and not (
+            isinstance(self.auth_context, str) and _AUTH_CONTEXT.fullmatch(self.auth_context)
+        ):
+            raise ConfigurationError('auth_context is an authentication context id: "c1" to "c99"')
+        if self.auth_context is not None and self.callers is Callers.APPS:
+            raise ConfigurationError("an authentication context is a user's sign-in: not for apps")
         if self.public:
-            if self.scopes or self.user_roles or self.app_roles or self.callers != Callers.USERS:
+            if (
+                self.scopes
+                or self.user_roles
+                or self.app_roles
+                or self.auth_context
+                or self.callers != Callers.USERS
+            ):
                 raise ConfigurationError("a public method cannot also require callers or scopes")
             return
         if self.callers is Callers.APPS and (self.scopes or self.user_roles):
@@ -148,6 +167,12 @@ class MethodPolicy:
             self._require(identity.scopes, self.scopes, roles=False)
         if self.user_roles:
             self._require(identity.roles, self.user_roles, roles=True)
+        if self.auth_context is not None and self.auth_context not in identity.auth_contexts:
+            raise AuthContextRequiredError(
+                "this method needs a stronger sign-in: sign in again with the claims in the "
+                "challenge",
+                auth_context=self.auth_context,
+            )
 
     def _require(self, held: frozenset[str], needed: Collection[str], *, roles: bool) -> None:
         if not needed:
@@ -346,6 +371,7 @@ def requires(
     user_roles: Collection[str] = frozenset(),
     app_roles: Collection[str] = frozenset(),
     match: Literal["any", "all"] = "any",
+    auth_context: str | None = None,
 ) -> Callable[[_F], _F]:
     """Declare the rule for one servicer method; the server interceptor enforces it.
 
@@ -360,6 +386,7 @@ def requires(
         user_roles=user_roles,
         app_roles=app_roles,
         match=match,
+        auth_context=auth_context,
     )
 
     def mark(func: _F) -> _F:

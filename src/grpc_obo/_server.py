@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,7 +30,7 @@ import grpc.aio
 
 from grpc_obo._declared import explain_uncertain, resolve_declared
 from grpc_obo._errors import ConfigurationError, GrpcOboError
-from grpc_obo._gate import Authenticator, Gate, Note, TokenValidatorLike, deny_uncertain
+from grpc_obo._gate import Authenticator, Gate, TokenValidatorLike, deny_uncertain
 from grpc_obo._handlers import behavior_of, guarded, handoff, rebuild, refusing, sync_call
 from grpc_obo._identity import Identity
 from grpc_obo._policy import Policy
@@ -121,28 +120,38 @@ class AuthServerInterceptor(_InterceptorBase):
         # other per-call work (benchmarks/server_bench.py). A refused call never reaches the
         # handler, nor the request deserializer: an unauthenticated caller's payload is not parsed.
         metadata = handler_call_details.invocation_metadata
-        started = 0  # when validation work started: only then is there something to trace
         identity: Identity | None = None
         try:
             token = bearer_token(metadata)
             # A token verified before costs a lookup, without a coroutine (nor a span).
             identity = self._auth.cached(token)
             if identity is None:
-                started = time.time_ns()
-                with self.telemetry.caller_context(metadata):
-                    identity = await self._auth.validate(token, method)
+                return await self._validate(entry, handler, token, metadata)
             gate.check(identity)
-        except GrpcOboError as exc:
-            refused = Note(started, exc, identity, metadata)
-            return refusing(handler, *gate.refusal(exc), gate, refused)
-        note = Note(started, None, identity, metadata) if started else None
-        if entry.rebuilt is None:  # a sync behaviour: its call carries the identity
-            gate.observe(identity, note)  # its thread would not see the RPC's span anyway
-            return rebuild(handler, sync_call(gate, identity))
-        # grpc.aio runs intercept_service and the handler in the RPC's own task: hand the
-        # identity over through that task's context; the handler sets it for exactly its run.
-        handoff.set([(identity, note)])
-        return entry.rebuilt
+        except GrpcOboError as exc:  # refused without validation work: no token, or the policy
+            attributes = gate.attributes(identity) if identity is not None else {}
+            self.telemetry.refusal(attributes=attributes, error=exc, metadata=metadata)
+            return refusing(handler, *gate.refusal(exc))
+        return _accepted(entry, handler, identity, None)
+
+    async def _validate(
+        self,
+        entry: _Method,
+        handler: grpc.RpcMethodHandler[Any, Any],
+        token: str,
+        metadata: Any,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Validate a token the verified-token cache did not know, inside its span."""
+        gate = entry.gate
+        with self.telemetry.validating(metadata or ()) as record:
+            try:
+                identity = await self._auth.validate(token, gate.method)
+                record.attributes = gate.attributes(identity)
+                gate.check(identity)
+            except GrpcOboError as exc:
+                record.error = exc
+                return refusing(handler, *gate.refusal(exc))
+        return _accepted(entry, handler, identity, record.attributes)
 
     async def _warn_unserved(
         self,
@@ -192,6 +201,21 @@ class AuthServerInterceptor(_InterceptorBase):
         if len(self._methods) < _MAX_METHODS or method in self._methods:
             self._methods[method] = entry
         return entry
+
+
+def _accepted(
+    entry: _Method,
+    handler: grpc.RpcMethodHandler[Any, Any],
+    identity: Identity,
+    attributes: Mapping[str, str] | None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    if entry.rebuilt is None:  # a sync behaviour: its call carries the identity
+        entry.gate.observe(identity, attributes)  # its thread would not see the RPC's span
+        return rebuild(handler, sync_call(entry.gate, identity))
+    # grpc.aio runs intercept_service and the handler in the RPC's own task: hand the identity
+    # over through that task's context; the handler sets it for exactly its run.
+    handoff.set([(identity, attributes)])
+    return entry.rebuilt
 
 
 class _Method:

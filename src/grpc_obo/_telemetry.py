@@ -108,6 +108,9 @@ class Telemetry:
         self.identities: IdentityMode = identities
         self._key = identity_key
         self._hashed: dict[str, str] = {}
+        # NOTE: the metric attributes of a cache hit, built once per grant (never mutated):
+        # every outbound call records one, and a dict per call is garbage the collector chases.
+        self._hit_attributes: dict[str, dict[str, str]] = {}
         self.tracer = trace.get_tracer("grpc_obo", __version__, tracer_provider=tracer_provider)
         self._silent = isinstance(tracer_provider, trace.NoOpTracerProvider)
         meter = metrics.get_meter("grpc_obo", __version__, meter_provider=meter_provider)
@@ -195,6 +198,27 @@ class Telemetry:
         if span.is_recording():
             span.set_attributes(attributes)
 
+    def refusal(
+        self,
+        *,
+        attributes: Mapping[str, str],
+        error: BaseException,
+        metadata: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        """Record a refusal decided without validation work (no token, or a verified token the
+        policy refuses): counted, and a `grpc_obo.validate` span without duration, but not in
+        the duration histogram. Called where the decision is made, in `intercept_service`
+        (see `validating` for the span's parent)."""
+        now = time.time_ns()
+        span = self.tracer.start_span(
+            SPAN_VALIDATE,
+            context=_parent(metadata),
+            kind=SpanKind.INTERNAL,
+            attributes={ATTR_RESULT: "refused", **attributes},
+            start_time=now,
+        )
+        self._finish_validation(span, error, worked_s=None, end_ns=now)
+
     def validation(
         self,
         *,
@@ -205,53 +229,71 @@ class Telemetry:
         metadata: Iterable[tuple[str, Any]] = (),
         worked: bool = True,
     ) -> None:
-        """Record one validation (or refusal), as a span with its real start and end.
+        """Record one validation that ran inside the current span, with its start and end.
 
-        `worked` is False for a refusal decided without validation work (no token, or a
-        verified token the policy refuses): it is counted, and its span has no duration, but
-        it stays out of the duration histogram.
-
-        Called from inside the handler, where an instrumentation's server span is current,
-        although the validation itself ran before it in `intercept_service`. Without a current
-        span, the caller's `traceparent` (from `metadata`) parents it.
+        For a front door that validates from inside its request's span (the ASGI middleware);
+        the gRPC server validates before its RPC's span exists and uses `validating`.
+        Without a current span, the caller's `traceparent` (from `metadata`) parents it.
         """
-        result = "accepted" if error is None else "refused"
-        metric = {ATTR_RESULT: result}
-        span_attributes: dict[str, Any] = {ATTR_RESULT: result, **attributes}
-        if error is not None:
-            failure = _failure_attributes(error)
-            metric[ATTR_ERROR] = failure[ATTR_ERROR]
-            span_attributes.update(failure)
-            self._refusals.add(1, {ATTR_ERROR: failure[ATTR_ERROR]})
-        if worked:
-            self._validation.record((end_ns - start_ns) / 1e9, metric)
         span = self.tracer.start_span(
             SPAN_VALIDATE,
             context=_parent(metadata),
             kind=SpanKind.INTERNAL,
-            attributes=span_attributes,
+            attributes={ATTR_RESULT: "accepted" if error is None else "refused", **attributes},
             start_time=start_ns,
         )
-        if error is not None and _is_fault(error):
-            span.set_status(Status(StatusCode.ERROR))
-        span.end(end_time=end_ns)
+        worked_s = (end_ns - start_ns) / 1e9 if worked else None
+        self._finish_validation(span, error, worked_s=worked_s, end_ns=end_ns)
 
     @contextlib.contextmanager
-    def caller_context(self, metadata: Iterable[tuple[str, Any]]) -> Iterator[None]:
-        """Make the caller's trace current while a validation runs in `intercept_service`.
+    def validating(self, metadata: Iterable[tuple[str, Any]]) -> Iterator[Validation]:
+        """A validation that does work (a token the verified-token cache did not know): its
+        span, current while it runs, so that a key fetch it starts nests under it.
 
-        NOTE: no server span exists yet there (see `validation`); a key fetch that this
-        validation starts would otherwise begin a trace of its own.
+        NOTE: it runs in `intercept_service`, before an instrumentation's server span exists
+        (opentelemetry-instrumentation-grpc's aio server interceptor starts it when the handler
+        runs). A child of that span would start before its parent, which backends flag (Jaeger:
+        clock skew) and draw outside it, so the span's parent is what is current here: the
+        caller's trace context from `metadata` (the caller's client span). The validation is a
+        sibling of the server span that follows; that span gets the caller's identity from the
+        handler (`annotate_current`). A caller that sends no trace context gets a trace of its
+        own for the validation: no span of the RPC exists yet that could contain it.
         """
+        record = Validation()
         parent = _parent(metadata)
-        if parent is None:
-            yield
-            return
-        token = otel_context.attach(parent)
+        start = time.time_ns()
+        span = self.tracer.start_span(
+            SPAN_VALIDATE, context=parent, kind=SpanKind.INTERNAL, start_time=start
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
-            yield
-        finally:
+            yield record
+        except BaseException as exc:  # cancelled: ended, not counted
             otel_context.detach(token)
+            span.set_attributes(_failure_attributes(exc))
+            span.end()
+            raise
+        otel_context.detach(token)
+        end = time.time_ns()
+        span.set_attribute(ATTR_RESULT, "accepted" if record.error is None else "refused")
+        if record.attributes:
+            span.set_attributes(record.attributes)
+        self._finish_validation(span, record.error, worked_s=(end - start) / 1e9, end_ns=end)
+
+    def _finish_validation(
+        self, span: trace.Span, error: BaseException | None, *, worked_s: float | None, end_ns: int
+    ) -> None:
+        metric = {ATTR_RESULT: "accepted" if error is None else "refused"}
+        if error is not None:
+            failure = _failure_attributes(error)
+            metric[ATTR_ERROR] = failure[ATTR_ERROR]
+            span.set_attributes(failure)
+            self._refusals.add(1, {ATTR_ERROR: failure[ATTR_ERROR]})
+            if _is_fault(error):
+                span.set_status(Status(StatusCode.ERROR))
+        if worked_s is not None:
+            self._validation.record(worked_s, metric)
+        span.end(end_time=end_ns)
 
     # -- signing keys --------------------------------------------------------------------------
 
@@ -291,7 +333,13 @@ class Telemetry:
         if trace.get_current_span().is_recording():
             with self.acquisition(grant, scopes):
                 return
-        self._exchange.record(0.0, {ATTR_SOURCE: SOURCE_CACHE, ATTR_GRANT: grant})
+        attributes = self._hit_attributes.get(grant)
+        if attributes is None:  # one per grant: the grants are a fixed vocabulary
+            attributes = self._hit_attributes[grant] = {
+                ATTR_SOURCE: SOURCE_CACHE,
+                ATTR_GRANT: grant,
+            }
+        self._exchange.record(0.0, attributes)
 
     @contextlib.contextmanager
     def acquisition(self, grant: str, scopes: Iterable[str]) -> Iterator[_Acquisition]:
@@ -349,6 +397,16 @@ class Telemetry:
                         span.set_status(Status(StatusCode.ERROR))
         finally:
             self._active.add(-1)
+
+
+class Validation:
+    """What one validation found, filled in by the server while its span is open."""
+
+    __slots__ = ("attributes", "error")
+
+    def __init__(self) -> None:
+        self.attributes: Mapping[str, str] = {}  # the caller's, once a token was verified
+        self.error: BaseException | None = None  # why the call was refused
 
 
 class _Outcome:

@@ -43,9 +43,16 @@ def authority() -> Iterator[DevAuthority]:
 
 @pytest.fixture(autouse=True)
 def _clean_authority(authority: DevAuthority) -> Iterator[None]:
+    # A revocation (revoke_sessions, a password change) moves a user's tokens_valid_from, and
+    # tokens issued in that second are stamped with the next one: restored, so no later test
+    # sees a revocation it did not make.
+    valid_from = {user.username: user.tokens_valid_from for user in authority.world.users}
     yield
     authority.faults.clear()
     authority.requests.clear()
+    for user in authority.world.users:
+        if user.username in valid_from:
+            user.tokens_valid_from = valid_from[user.username]
 
 
 class Http:

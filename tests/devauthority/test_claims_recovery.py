@@ -248,7 +248,9 @@ class TestClaimsInTheOnBehalfOfRequest:
             "original",
             token,
             "downstream",
-            claims_challenge='{"access_token":{"acrs":{"essential":true,"value":"c1"}}}',
+            # (Not `acrs`: an authentication context is a sign-in's, which On-Behalf-Of cannot
+            # add; tests/http/test_step_up.py.)
+            claims_challenge='{"access_token":{"capolids":{"essential":true,"values":["p1"]}}}',
         )
         assert "access_token" in asked, asked
         assert _amr(asked["access_token"]) == ["pwd"]

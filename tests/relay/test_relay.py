@@ -24,7 +24,9 @@ from grpc_obo.devauthority import DevAuthority
 from tests.gen.grpc_obo.testing.v1 import echo_pb2_grpc
 from tests.gen.grpc_obo.testing.v1.echo_pb2 import EchoRequest, EchoResponse
 
-CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}'
+# A CAE challenge (an `nbf` the middle tier's next exchange can meet). Not `acrs`: an
+# authentication context is met only by the user's sign-in (tests/http/test_step_up.py).
+CLAIMS = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'
 CAE_CHALLENGE = (
     'Bearer error="insufficient_claims", error_description="step up", '
     f'claims="{base64.b64encode(CLAIMS.encode()).decode()}"'

@@ -88,12 +88,20 @@ def test_the_chain_trace_in_jaeger_has_every_hop_and_no_secret(jaeger: Jaeger) -
     assert _parent(trace, store) is to_store
     assert _parent(trace, to_vault) is store
     assert _parent(trace, vault) is to_vault
-    # Each server validated its token; each middle tier's exchange sits under its outbound call
-    # (the global client instrumentor goes first) and ends before the next server starts.
+    # Each server validated its token, before its server span started: the validation is that
+    # span's sibling under the caller's client span. Each middle tier's exchange sits under its
+    # outbound call (the global client instrumentor goes first) and ends before the next server
+    # starts.
     validations = trace.named("grpc_obo.validate")
     assert sorted(_parent(trace, v)["span_id"] for v in validations) == sorted(
-        s["span_id"] for s in (workspace, store, vault)
+        s["span_id"] for s in (client, to_store, to_vault)
     )
+    # Every span lies within its parent in time (Jaeger draws a child outside it otherwise).
+    for span in spans:
+        if span.get("parent_span_id"):
+            parent = _parent(trace, span)
+            assert parent["start_ns"] <= span["start_ns"], (span["name"], parent["name"])
+            assert span["end_ns"] <= parent["end_ns"], (span["name"], parent["name"])
     assert all(v["attributes"]["grpc_obo.result"] == "accepted" for v in validations)
     acquires = trace.named("grpc_obo.obo.acquire")
     assert sorted(_parent(trace, a)["span_id"] for a in acquires) == sorted(

@@ -31,6 +31,7 @@ from tests.telemetry.otel import (  # noqa: F401 - the *_fixture names are pytes
     find_leaks,
     recorder_fixture,
     run_every_outcome,
+    service_of,
     token_pieces,
     world_secrets,
 )
@@ -77,6 +78,7 @@ async def test_hashed_identities_are_hmac_hex_of_oid_tid_and_client_id(
     raw = identifiers(chain)
     alice = chain.authority.world.user("alice")
     checked = 0
+    by_id = recorder.by_id()
     for service, caller_app in ((ORIGINAL, "client app id"), (DOWNSTREAM, "Original API app id")):
         expected = {
             "grpc_obo.user.oid": hashed(alice.oid),
@@ -84,9 +86,12 @@ async def test_hashed_identities_are_hmac_hex_of_oid_tid_and_client_id(
             "grpc_obo.client.id": hashed(raw[caller_app]),
         }
         for server in recorder.server(service):  # both calls: cache miss and cache hit
+            # The validate span is the server span's sibling (under the caller's client span).
+            caller = by_id[server.parent.span_id] if server.parent is not None else None
+            siblings = recorder.children(caller) if caller is not None else []
             for span in [
                 server,
-                *(c for c in recorder.children(server) if c.name == SPAN_VALIDATE),
+                *(c for c in siblings if c.name == SPAN_VALIDATE and service_of(c) == service),
             ]:
                 assert {k: attrs(span).get(k) for k in IDENTITY_ATTRIBUTES} == expected, span.name
                 checked += 1

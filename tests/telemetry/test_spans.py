@@ -96,8 +96,10 @@ async def test_first_call_is_one_trace_with_validate_and_acquire_under_the_rpc_s
     outbound = only(recorder.client(ORIGINAL, "UnaryUnary"), "outbound client span")
     downstream = only(recorder.server(DOWNSTREAM, "UnaryUnary"), "Downstream server span")
     validates = recorder.named(SPAN_VALIDATE)
-    [validate_original] = [v for v in validates if is_child(v, original)]
-    [validate_downstream] = [v for v in validates if is_child(v, downstream)]
+    # Validation runs before the instrumentation's server span starts: each validate span is
+    # that server span's sibling, under the caller's client span (see test_span_timing.py).
+    [validate_original] = [v for v in validates if is_child(v, client)]
+    [validate_downstream] = [v for v in validates if is_child(v, outbound)]
     acquire = recorder.one(SPAN_ACQUIRE)
     requests = recorder.named(SPAN_AUTHORITY)
 
@@ -139,11 +141,14 @@ async def test_validate_span_has_its_real_times_and_precedes_its_server_span(
     await chain.call(chain.token("alice"))
     await recorder.expect(FIRST_CALL_SPANS)
 
-    for service in (ORIGINAL, DOWNSTREAM):
+    for service, caller in ((ORIGINAL, CLIENT), (DOWNSTREAM, ORIGINAL)):
         server = only(recorder.server(service, "UnaryUnary"))
-        [validate] = [v for v in recorder.named(SPAN_VALIDATE) if is_child(v, server)]
+        client = only(recorder.client(caller, "UnaryUnary"))
+        [validate] = [v for v in recorder.named(SPAN_VALIDATE) if is_child(v, client)]
         # Validation ran in intercept_service, before the instrumentation started its span;
-        # the span keeps those times (a child that starts and ends before its parent starts).
+        # the span keeps those times, as the server span's sibling under the caller's span.
+        assert is_child(server, client)
+        assert service_of(validate) == service
         assert validate.start_time < validate.end_time <= server.start_time
 
 
@@ -266,7 +271,10 @@ async def test_concurrent_first_calls_of_a_user_share_one_exchange_as_single_fli
 
 def refusal_spans(recorder: Recorder, method: str) -> tuple[ReadableSpan, ReadableSpan]:
     server = only(recorder.server(ORIGINAL, method), f"server span of {method}")
-    [validate] = [v for v in recorder.named(SPAN_VALIDATE) if is_child(v, server)]
+    caller = only(recorder.client(CLIENT, method), f"client span of {method}")
+    # Validation ran before the server span existed: its sibling, under the caller's span.
+    [validate] = [v for v in recorder.named(SPAN_VALIDATE) if is_child(v, caller)]
+    assert is_child(server, caller)
     return server, validate
 
 
@@ -362,9 +370,11 @@ async def test_key_fetches_are_client_spans_with_public_urls_in_the_callers_trac
         assert fetch.kind == SpanKind.CLIENT
         assert fetch.status.status_code == StatusCode.UNSET
         assert "error.type" not in attrs(fetch)
-        # Started while validating in intercept_service, before any server span: the caller's
-        # traceparent parents them (siblings of the server span that follows).
-        assert is_child(fetch, client) or is_child(fetch, outbound), recorder.tree()
+        # Started while validating in intercept_service, before any server span: under the
+        # validate span, itself under the caller's span (a sibling of the server span).
+        [validate] = [v for v in recorder.named(SPAN_VALIDATE) if is_child(fetch, v)]
+        assert service_of(validate) == service_of(fetch)
+        assert is_child(validate, client) or is_child(validate, outbound), recorder.tree()
     assert len({s.context.trace_id for s in recorder.spans()}) == 1
 
     recorder.clear()

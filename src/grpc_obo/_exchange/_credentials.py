@@ -321,8 +321,12 @@ class ConfidentialClient:
     authority_host: str = "https://login.microsoftonline.com"
     """The authority's host; a bare host (`login.microsoftonline.us`) means https, as in
     azure-identity."""
-    client_capabilities: tuple[str, ...] = ()
-    """`("cp1",)` declares the service handles claims challenges (CAE)."""
+    client_capabilities: tuple[str, ...] = ("cp1",)
+    """Declared to the authority (`xms_cc` in the tokens it issues). `cp1`, the default, says
+    this service handles claims challenges, which grpc_obo does (it evicts, exchanges again
+    with the claims, relays what only the user can satisfy): Entra then issues long-lived
+    Continuous Access Evaluation tokens that a resource (Microsoft Graph) revokes at once on a
+    critical event. Pass `()` to opt out (short-lived tokens, revocation at their expiry)."""
     ca_file: str | None = None
     """Trust exactly this CA file for the authority (the dev authority's, a corporate one), as
     `ValidatorOptions(ca_file=...)` does for key fetches; None trusts requests' default CAs."""
@@ -391,7 +395,7 @@ class ConfidentialClient:
         cls,
         environ: Mapping[str, str] | None = None,
         *,
-        client_capabilities: tuple[str, ...] = (),
+        client_capabilities: tuple[str, ...] = ("cp1",),
         ca_file: str | None = None,
     ) -> ConfidentialClient:
         """Read AZURE_TENANT_ID, AZURE_CLIENT_ID and the credentials from the environment.

@@ -13,6 +13,8 @@ gRPC server and client interceptors, an HTTP downstream and an ASGI front door s
     ClaimsMemory          claims per user and scope set: bounded, expiring, forgotten once used
     relayed_status()      the complete mapping for an uncaught downstream failure
     Failures, collect()   the failures On-Behalf-Of calls recorded while one incoming call ran
+    downstream_in()       the downstream failure (gRPC or HTTP) an uncaught exception is or was
+                          raised from
 """
 
 from grpc_obo._relay._challenges import (
@@ -30,6 +32,7 @@ from grpc_obo._relay._status import (
     Failures,
     Relayed,
     collect,
+    downstream_in,
     recording,
     relayed_status,
     uncollect,
@@ -47,6 +50,7 @@ __all__ = [
     "choose_challenge",
     "claims_of",
     "collect",
+    "downstream_in",
     "parse_challenges",
     "rebuild_challenge",
     "recording",

@@ -17,6 +17,7 @@ __all__ = [
     "Failures",
     "Relayed",
     "collect",
+    "downstream_in",
     "recording",
     "relayed_status",
     "uncollect",
@@ -258,3 +259,54 @@ def uncollect(token: contextvars.Token[Failures | None]) -> None:
 def recording() -> Failures | None:
     """Where an outbound call made here records its failure (None outside a served call)."""
     return _recording.get()
+
+
+def downstream_in(error: BaseException) -> tuple[Code, list[str | bytes]] | None:
+    """(code, `WWW-Authenticate` values) of the downstream failure `error` is, or was raised
+    from; None when there is none.
+
+    A gRPC call's error (`code()`, `details()`, `trailing_metadata()`, as `grpc.aio.AioRpcError`)
+    or an HTTP answer's (`response.status_code`, `response.headers`, as httpx's
+    `HTTPStatusError`). Duck-typed: the relay imports neither grpc nor httpx, so the ASGI front
+    door and the gRPC server read both kinds alike.
+    """
+    current: BaseException | None = error
+    for _ in range(8):
+        if current is None:
+            return None
+        found = _grpc_failure(current) or _http_failure(current)
+        if found is not None:
+            return found
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _grpc_failure(error: BaseException) -> tuple[Code, list[str | bytes]] | None:
+    code, details, trailing = (
+        getattr(error, name, None) for name in ("code", "details", "trailing_metadata")
+    )
+    if not (callable(code) and callable(details) and callable(trailing)):
+        return None
+    name = getattr(code(), "name", None)
+    if not isinstance(name, str) or name not in Code.__members__:
+        return None
+    values = [
+        value
+        for key, value in (trailing() or ())
+        if isinstance(key, str) and key.lower() == "www-authenticate"
+    ]
+    return Code[name], values
+
+
+def _http_failure(error: BaseException) -> tuple[Code, list[str | bytes]] | None:
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    headers = getattr(response, "headers", None)
+    if not isinstance(status, int) or isinstance(status, bool) or headers is None:
+        return None
+    code = Code.from_http(status)
+    if code is Code.OK:
+        return None
+    get_list = getattr(headers, "get_list", None)
+    values = get_list("www-authenticate") if callable(get_list) else []
+    return code, [v for v in values if isinstance(v, str | bytes)]

@@ -324,5 +324,6 @@ def check_claims(
         name=_optional_str(claims, "name"),
         username=username,
         client_capabilities=_string_list(claims, "xms_cc", allow_string=True),
+        auth_contexts=_string_list(claims, "acrs", allow_string=False),
         token=SecretToken(token),
     )

@@ -8,9 +8,10 @@ injection and a request log; docs/reference/configuration.md says which Entra be
 models. Secretless clients too: federated identity credentials
 (`World.add_federated_credential`), a workload-identity issuer per cluster
 (`authority.workloads`: projected, rotated token files) and an App Service-style managed
-identity endpoint (`authority.managed_identities`). See `DevAuthority`;
-`DevAuthority.issue_server_certificate` signs TLS certificates for your own servers with the
-same CA (a `ServerCertificate`).
+identity endpoint (`authority.managed_identities`). A Graph-like API
+(`DevAuthority.graph_url`, `GET /me`) with CAE after `World.revoke_sessions`. See
+`DevAuthority`; `DevAuthority.issue_server_certificate` signs TLS certificates for your own
+servers with the same CA (a `ServerCertificate`).
 """
 
 from grpc_obo.devauthority._authority import DevAuthority

@@ -28,6 +28,7 @@ from aiohttp import web
 from grpc_obo.devauthority._authorize import Delivery, PendingSignIn, RedirectError
 from grpc_obo.devauthority._faults import Endpoint, Faults, LoggedRequest, RequestInfo, RequestLog
 from grpc_obo.devauthority._grants import Grants, OAuthError, TokenRequest
+from grpc_obo.devauthority._graph import GraphApi
 from grpc_obo.devauthority._keys import KeyRing
 from grpc_obo.devauthority._world import World
 
@@ -91,6 +92,9 @@ class AuthorityApp:
         app.router.add_post("/devicelogin", self.devicelogin)
         app.router.add_get("/{tenant}/oauth2/v2.0/authorize", self.authorize_page)
         app.router.add_post("/{tenant}/oauth2/v2.0/authorize", self.authorize)
+        GraphApi(world=self.world, minter=self.grants.minter, base_url=self._base_url).add_routes(
+            app
+        )
         return app
 
     # -- middleware: latency, unexpected errors, the log ---------------------------------

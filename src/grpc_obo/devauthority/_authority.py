@@ -39,6 +39,7 @@ from grpc_obo.devauthority._app import AuthorityApp
 from grpc_obo.devauthority._faults import Faults, RequestLog
 from grpc_obo.devauthority._federation import Federation
 from grpc_obo.devauthority._grants import Grants
+from grpc_obo.devauthority._graph import GRAPH_PATH
 from grpc_obo.devauthority._keys import KeyRing
 from grpc_obo.devauthority._managed_identity import ManagedIdentities
 from grpc_obo.devauthority._private import write_private
@@ -255,6 +256,12 @@ class DevAuthority:
     def base_url(self) -> str:
         """`https://127.0.0.1:PORT`, the authority host (Entra's `https://login.microsoftonline.com`)."""
         return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def graph_url(self) -> str:
+        """The Graph-like API's base, `https://127.0.0.1:PORT/graph/v1.0` (Graph's own:
+        `https://graph.microsoft.com/v1.0`): `GET {graph_url}/me`, with CAE."""
+        return f"{self.base_url}{GRAPH_PATH}"
 
     @property
     def tenant_id(self) -> str:

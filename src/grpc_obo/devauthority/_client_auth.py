@@ -149,9 +149,9 @@ def check_client_assertion(
         raise refuse("the signature or claims are invalid") from None
     now = minter.clock()
     exp, nbf = claims.get("exp"), claims.get("nbf", 0)
-    if not _is_number(exp) or exp < now - 60:
+    if not is_number(exp) or exp < now - 60:
         raise refuse("the assertion has expired")
-    if not _is_number(nbf) or nbf > now + 300:
+    if not is_number(nbf) or nbf > now + 300:
         raise refuse("the assertion is not yet valid")
     if claims.get("iss") != client.client_id or claims.get("sub") != client.client_id:
         raise refuse("iss and sub must be the client id")
@@ -180,7 +180,7 @@ def check_federated_assertion(
         ) from None
 
 
-def _is_number(value: object) -> TypeGuard[float]:
+def is_number(value: object) -> TypeGuard[float]:
     # MSAL writes float timestamps in client assertions; JSON booleans are not times.
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

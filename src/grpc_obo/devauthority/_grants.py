@@ -10,7 +10,9 @@ body of a token response, or raises `OAuthError` carrying Entra's error shape. T
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +31,12 @@ from grpc_obo.devauthority._authorize import (
 from grpc_obo.devauthority._client_auth import (
     CLIENT_ASSERTION_TYPE as CLIENT_ASSERTION_TYPE,
 )
-from grpc_obo.devauthority._client_auth import GUID, MAX_ASSERTION_BYTES, authenticate_client
+from grpc_obo.devauthority._client_auth import (
+    GUID,
+    MAX_ASSERTION_BYTES,
+    authenticate_client,
+    is_number,
+)
 from grpc_obo.devauthority._device import (
     DEVICE_CODE_INTERVAL as DEVICE_CODE_INTERVAL,
 )
@@ -45,6 +52,7 @@ from grpc_obo.devauthority._device import (
 from grpc_obo.devauthority._device import UNKNOWN_CODE, DeviceFlows
 from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
 from grpc_obo.devauthority._federation import Federation
+from grpc_obo.devauthority._graph import cae_claims
 from grpc_obo.devauthority._oauth import OAuthError as OAuthError  # re-exported for _app
 from grpc_obo.devauthority._oauth import missing
 from grpc_obo.devauthority._refresh import RefreshTokens
@@ -227,7 +235,15 @@ class Grants:
         scopes = self._parse_scopes(flow.scope)
         granted = self._delegated_grant(client, scopes)
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, flow.amr, id_token=True
+            request,
+            user,
+            client,
+            client_auth,
+            scopes,
+            granted,
+            flow.amr,
+            id_token=True,
+            acrs=_sign_in_acrs(request.get("claims") or flow.claims),
         )
 
     # -- the authorization code grant: the endpoint, the page, the code ---------------------
@@ -370,6 +386,7 @@ class Grants:
             issued.amr,
             id_token=True,
             nonce=issued.nonce,
+            acrs=_sign_in_acrs(request.get("claims") or issued.claims),
         )
 
     # -- tenants and clients -------------------------------------------------------------
@@ -688,6 +705,19 @@ class Grants:
                 f"in the {tid if isinstance(tid, str) else 'given'} directory.",
             )
         user = self._user_in(user, tenant, user.oid, client)
+        revoked = user.tokens_valid_from
+        if revoked and not (is_number(claims.get("iat")) and claims["iat"] >= revoked):
+            # Entra refuses a grant issued before the user's sessions were revoked with
+            # AADSTS50173 (invalid_grant) and the claims a new sign-in must carry.
+            raise OAuthError(
+                "invalid_grant",
+                50173,
+                "The provided grant has expired due to it being revoked, a fresh auth token is "
+                "needed. The user might have changed or reset their password. The grant was "
+                f"issued on '{_iso(claims.get('iat'))}' and the TokensValidFrom date (before "
+                f"which tokens are not valid) for this user is '{_iso(revoked)}'.",
+                claims=cae_claims(revoked),
+            )
         granted = self._delegated_grant(client, scopes)
         amr = tuple(a for a in claims.get("amr", ()) if isinstance(a, str)) or ("pwd",)
         resource_id = scopes.resource.client_id
@@ -698,10 +728,30 @@ class Grants:
             # The middle tier asks for a token meeting a challenge (say, one a downstream API
             # relayed): Entra issues it only if the user's sign-in already did.
             challenge = self._requested_challenge(user, requested_claims)
+        acrs = _string_claims(claims.get("acrs"))
+        wanted_acrs = _requested_acrs(requested_claims)
+        missing_acrs = sorted(wanted_acrs - set(acrs))
+        if missing_acrs:
+            # An authentication context (step-up) is met by the user's sign-in, never by the
+            # middle tier: the assertion must carry it already.
+            wanted: dict[str, Any] = {"essential": True}
+            if len(missing_acrs) == 1:
+                wanted["value"] = missing_acrs[0]
+            else:
+                wanted["values"] = missing_acrs
+            raise OAuthError(
+                "interaction_required",
+                50076,
+                "The user's sign-in does not satisfy the authentication context "
+                f"'{','.join(missing_acrs)}' required to access '{resource_id}'. Sign in "
+                "again with the claims.",
+                suberror="basic_action",
+                claims=json.dumps({"access_token": {"acrs": wanted}}, separators=(",", ":")),
+            )
         if challenge is not None and "mfa" not in amr:
             raise _mfa_required(challenge, resource_id, "interaction_required")
         return self._user_tokens(
-            request, user, client, client_auth, scopes, granted, amr, id_token=False
+            request, user, client, client_auth, scopes, granted, amr, id_token=False, acrs=acrs
         )
 
     def _read_assertion(self, assertion: str, client: App) -> dict[str, Any]:
@@ -762,7 +812,13 @@ class Grants:
         *,
         id_token: bool,
         nonce: str | None = None,
+        acrs: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
+        """`acrs`: the authentication contexts the token carries; by default those a sign-in's
+        `claims` asks for (it stands for the interactive step-up), On-Behalf-Of passes the
+        assertion's on."""
+        if acrs is None:
+            acrs = _sign_in_acrs(request.get("claims"))
         issued = self.minter.access_token(
             client=client,
             resource=scopes.resource,
@@ -772,6 +828,7 @@ class Grants:
             client_auth=client_auth,
             capabilities=_capabilities(request.get("claims")),
             amr=amr,
+            extra={"acrs": list(acrs)} if acrs else None,
         )
         body = _token_body(issued.token, issued.expires_at, self.minter.clock())
         prefix = f"{scopes.resource_prefix}/" if scopes.resource_prefix else ""
@@ -884,12 +941,41 @@ def _access_token_claims(claims_json: str) -> dict[str, Any]:
     return {name: value for name, value in access.items() if name != "xms_cc"}
 
 
+def _sign_in_acrs(claims_json: str | None) -> tuple[str, ...]:
+    """The authentication contexts a sign-in carrying `claims_json` meets (it stands for the
+    interactive step-up those contexts ask for)."""
+    return tuple(sorted(_requested_acrs(claims_json)))
+
+
+def _requested_acrs(claims_json: str | None) -> set[str]:
+    """The authentication contexts (`c1`...) a `claims` request asks for (`value`/`values`)."""
+    if not claims_json:
+        return set()
+    acrs = _access_token_claims(claims_json).get("acrs")
+    if not isinstance(acrs, dict):
+        return set()
+    values = acrs.get("values", [acrs.get("value")])
+    return set(_string_claims(values if isinstance(values, list) else [values]))
+
+
+def _string_claims(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str) and re.fullmatch(r"c[1-9][0-9]?", v))
+
+
 def _load_json(text: str) -> Any:
     """`json.loads` that reports hostile nesting as bad input, not as an internal error."""
     try:
         return json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def _iso(value: object) -> str:
+    if not is_number(value):
+        return "unknown"
+    return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- one handler per grant type -------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import secrets
 import time
 import uuid
@@ -80,6 +81,12 @@ class TokenMinter:
         With `user` it is delegated (`scp`), without it app-only (`roles`, `idtyp=app`).
         """
         iat, exp = self._times(lifetime)
+        if user is not None and user.tokens_valid_from > iat:
+            # NOTE: `iat` counts whole seconds; a token issued in the same second as a
+            # revocation (after it) would read as issued before it. Stamp it with the next whole
+            # second, as the revocation's claims challenge asks (`nbf` >= that second).
+            shift = math.ceil(user.tokens_valid_from) - iat
+            iat, exp = iat + shift, exp + shift
         resource_id = resource.client_id if resource else GRAPH_APP_ID
         ver = version or (resource.access_token_version if resource else 1)
         claims: dict[str, Any] = {

@@ -1,0 +1,93 @@
+"""An HTTP downstream's failure that a gRPC handler does not catch (`raise_for_status()`) ends
+the incoming call through the same relay as a gRPC downstream's: the mapped status, a fixed
+sentence, the challenge rebuilt from the allow-list, none of the downstream's text."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import httpx
+import pytest
+
+import grpc_obo
+from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
+from tests.http.conftest import Users
+from tests.http.downstream import Downstream
+
+TIMEOUT = 20.0
+
+
+class CallsHttp(echo_pb2_grpc.EchoServicer):
+    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
+        self._http = http
+        self._url = url
+
+    async def UnaryUnary(self, request: Any, context: Any) -> Any:
+        answer = await self._http.get(f"{self._url}/whoami")
+        answer.raise_for_status()  # not caught: the relay decides how the call ends
+        return echo_pb2.EchoResponse(text="ok")
+
+
+@pytest.fixture
+async def middle(
+    original_validator: grpc_obo.TokenValidator,
+    obo: grpc_obo.OnBehalfOf,
+    read: str,
+    downstream: Downstream,
+) -> AsyncIterator[echo_pb2_grpc.EchoStub]:
+    async with httpx.AsyncClient(auth=obo.http_auth(scopes=[read])) as http:
+        server = grpc.aio.server(interceptors=[grpc_obo.server_interceptor(original_validator)])
+        echo_pb2_grpc.add_EchoServicer_to_server(CallsHttp(http, downstream.url), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield echo_pb2_grpc.EchoStub(channel)
+        await server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("status", "challenge", "code", "rebuilt"),
+    [
+        (
+            403,
+            'Bearer error="insufficient_scope", scope="Data.Write", '
+            'error_description="db7.corp.internal says no", authorization_uri="https://evil/"',
+            grpc.StatusCode.PERMISSION_DENIED,
+            'Bearer error="insufficient_scope"',
+        ),
+        (401, 'Bearer error="invalid_token"', grpc.StatusCode.UNAUTHENTICATED, "Bearer error="),
+        (404, None, grpc.StatusCode.NOT_FOUND, None),
+        (500, None, grpc.StatusCode.INTERNAL, None),
+        (503, None, grpc.StatusCode.UNAVAILABLE, None),
+    ],
+)
+async def test_an_uncaught_http_failure_is_relayed_like_a_grpc_one(
+    middle: echo_pb2_grpc.EchoStub,
+    users: Users,
+    downstream: Downstream,
+    status: int,
+    challenge: str | None,
+    code: grpc.StatusCode,
+    rebuilt: str | None,
+) -> None:
+    downstream.refuse_next(1, status, challenge)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await middle.UnaryUnary(
+            echo_pb2.EchoRequest(text="x"),
+            metadata=(("authorization", f"Bearer {users.token()}"),),
+            timeout=TIMEOUT,
+        )
+    error = failed.value
+    assert error.code() is code
+    assert "downstream" in (error.details() or "")  # a fixed sentence
+    assert downstream.url not in (error.details() or "") and "127.0.0.1" not in str(error.details())
+    trailing = dict(error.trailing_metadata() or ())
+    if rebuilt is None:
+        assert "www-authenticate" not in trailing
+    else:
+        assert trailing["www-authenticate"].startswith(rebuilt)
+        assert "evil" not in trailing["www-authenticate"]
+        assert "corp" not in trailing["www-authenticate"]
