@@ -53,7 +53,7 @@ jaeger-run: $(STAMP) jaeger
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests examples
-	$(PY) -m ruff format --check src
+	$(PY) -m ruff format --check src tests examples
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
