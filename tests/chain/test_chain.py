@@ -140,11 +140,13 @@ async def test_users_never_get_each_others_documents_or_tokens(chain: Chain) -> 
 async def test_watch_streams_later_changes(chain: Chain) -> None:
     token = chain.token("bob")
     await chain.upload("bob", "first", token=token)
-    watch = asyncio.create_task(chain.watch(token, limit=2))
-    await asyncio.sleep(0.3)  # the watch is open on the store
+    call = chain.stub.WatchDocuments(
+        common_pb2.WatchRequest(limit=2), metadata=chain.auth(token), timeout=TIMEOUT
+    )
+    first = await call.read()  # the snapshot arrived: the watch is open on the store
     await chain.upload("bob", "second", token=token)
-    watched = await asyncio.wait_for(watch, timeout=TIMEOUT)
-    assert [d.id for d in watched] == ["first", "second"]
+    second = await call.read()
+    assert [first.id, second.id] == ["first", "second"]
 
 
 async def test_sync_answers_a_stale_revision_with_the_stores_copy(chain: Chain) -> None:

@@ -16,6 +16,7 @@ import requests
 
 from grpc_obo.devauthority import DevAuthority
 from tests.devauthority.conftest import TIMEOUT, Http, Msal, assert_entra_error, scope
+from tests.waiting import eventually
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
@@ -55,6 +56,11 @@ def redeem(authority: DevAuthority, http: Http, device_code: str, client: str = 
     )
 
 
+def polled(authority: DevAuthority) -> int:
+    """Device-code redemptions the authority has answered (pending or not)."""
+    return authority.requests.count(endpoint="token", grant="device_code")
+
+
 async def test_msal_device_flow_with_a_sign_in_on_the_page(
     authority: DevAuthority, http: Http, msal_apps: Msal, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -64,7 +70,8 @@ async def test_msal_device_flow_with_a_sign_in_on_the_page(
     assert flow["verification_uri"] == f"{authority.base_url}/devicelogin"
     assert flow["user_code"] in flow["message"] and flow["interval"] == 1
     waiting = asyncio.create_task(asyncio.to_thread(app.acquire_token_by_device_flow, flow))
-    await asyncio.sleep(1.2)  # MSAL has polled at least once: authorization_pending
+    # MSAL polls (every `interval` s, its own clock) and is told authorization_pending.
+    await eventually(lambda: polled(authority) >= 1, within=TIMEOUT)
     assert not waiting.done()
     page = await asyncio.to_thread(http.get, "/devicelogin")
     assert page.status_code == 200 and 'name="password"' in page.text

@@ -269,8 +269,10 @@ class Exchanges:
         delay: float = 0.0,
         lifetime: float = 3600,
         refresh_after: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.minted, self.label, self.delay = minted, label, delay
+        self.clock = clock
         self.lifetime = lifetime
         self.refresh_after = refresh_after if refresh_after is not None else lifetime / 2
         self.calls = 0
@@ -284,7 +286,7 @@ class Exchanges:
             raise self.fail_with
         token = self.minted.token(self.label)
         self.issued.append(token)
-        now = time.time()
+        now = self.clock()
         return CachedToken(
             access_token=SecretToken(token),
             expires_on=now + self.lifetime,

@@ -10,7 +10,7 @@ import pytest
 from grpc_obo import SecretToken
 from grpc_obo._exchange import CachedToken, MemoryTokenStore, TokenCache
 
-from .conftest import FakeClock, Minted
+from .conftest import FakeClock, Minted, eventually
 
 
 class RecordingStore(MemoryTokenStore):
@@ -86,7 +86,7 @@ async def test_past_refresh_on_serves_cached_token_and_refreshes_once_in_backgro
     await asyncio.sleep(0)
     assert issue.calls == 2  # exactly one background refresh started
     issue.gate.set()
-    await asyncio.sleep(0.01)
+    await eventually(lambda: cache.peek("k") not in (None, first))
     refreshed = await cache.get_or_fetch("k", issue)
     assert refreshed != first
     assert refreshed.refresh_on == clock.now + 1800
@@ -103,11 +103,11 @@ async def test_failed_background_refresh_keeps_the_valid_token(
     clock.now += 2000
     issue.fail = True
     assert await cache.get_or_fetch("k", issue) == first
-    await asyncio.sleep(0.01)
+    await eventually(lambda: "background refresh" in caplog.text)
     assert "background refresh" in caplog.text and "RuntimeError" in caplog.text
     assert "authority unavailable" not in caplog.text
     assert await cache.get_or_fetch("k", issue) == first  # still served, refresh retried
-    await asyncio.sleep(0.01)
+    await eventually(lambda: issue.calls == 3 and not cache._background)
     assert issue.calls == 3
     issue.fail = False
     clock.now += 1300  # now within the margin: no longer usable, fetched in the foreground
@@ -157,7 +157,7 @@ async def test_no_token_in_reprs_or_debug_logs(minted: Minted, clock: FakeClock)
     token = await cache.get_or_fetch("k", issue)
     clock.now += 2000
     await cache.get_or_fetch("k", issue)
-    await asyncio.sleep(0.01)
+    await eventually(lambda: cache.peek("k") not in (None, token))
     for text in (repr(cache), repr(cache.store), repr(token), str(token)):
         assert all(secret not in text for secret in minted.secrets())
     await cache.close()

@@ -15,7 +15,7 @@ import redis
 
 from grpc_obo import RedisTokenStore, TokenCache
 
-from .conftest import Exchanges, Minted, cache_key_for, eventually
+from .conftest import Exchanges, FakeClock, Minted, cache_key_for, eventually
 
 pytestmark = pytest.mark.redis
 
@@ -131,7 +131,7 @@ async def test_a_caller_joining_with_a_shorter_deadline_hurries_the_wait(
     redis_client.set(lease, b"a-stuck-replica", px=30_000)
     exchange = Exchanges(minted, "erin")
     patient = asyncio.create_task(cache.get_or_fetch(key, exchange))  # no deadline at all
-    await asyncio.sleep(0.05)
+    await eventually(lambda: stats(cache).waited == 1)  # type: ignore[attr-defined]
     started = time.monotonic()
     hurried = await cache.get_or_fetch(key, exchange, timeout=2.0)
     assert time.monotonic() - started < 1.9
@@ -146,7 +146,7 @@ async def test_a_long_exchange_keeps_its_lease_alive(redis_stores: Stores, minte
     key = cache_key_for("frank")
     exchange = Exchanges(minted, "frank", delay=1.4)
     holder = asyncio.create_task(first.get_or_fetch(key, exchange))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: exchange.calls == 1)  # under its lease
     waiter = await second.get_or_fetch(key, exchange)
     assert await holder == waiter
     assert exchange.calls == 1
@@ -155,13 +155,14 @@ async def test_a_long_exchange_keeps_its_lease_alive(redis_stores: Stores, minte
 async def test_a_proactive_refresh_happens_once_across_replicas(
     redis_stores: Stores, minted: Minted
 ) -> None:
-    first, second = replicas(redis_stores, 2)
+    clock = FakeClock(time.time())
+    first, second = (TokenCache(store=redis_stores(clock=clock), clock=clock) for _ in range(2))
     key = cache_key_for("grace")
-    exchange = Exchanges(minted, "grace", delay=0.1, refresh_after=0.3)
+    exchange = Exchanges(minted, "grace", delay=0.1, refresh_after=0.3, clock=clock)
     original = await first.get_or_fetch(key, exchange)
     assert await second.get_or_fetch(key, exchange) == original
     exchange.refresh_after = 1800
-    await asyncio.sleep(0.35)  # past refresh_on on both replicas
+    clock.now += 0.35  # past refresh_on on both replicas
     served = await asyncio.gather(
         first.get_or_fetch(key, exchange), second.get_or_fetch(key, exchange)
     )
@@ -191,7 +192,8 @@ async def test_an_eviction_reaches_every_replica(redis_stores: Stores, minted: M
 async def test_a_lost_message_is_caught_up_within_the_l1_ttl(
     redis_stores: Stores, minted: Minted, redis_client: redis.Redis
 ) -> None:
-    writer, reader = replicas(redis_stores, 2, l1_ttl=0.3)
+    clock = FakeClock(time.time())
+    writer, reader = replicas(redis_stores, 2, l1_ttl=0.3, clock=clock)
     key = cache_key_for("ivan")
     exchange = Exchanges(minted, "ivan")
     token = await writer.get_or_fetch(key, exchange)
@@ -199,7 +201,7 @@ async def test_a_lost_message_is_caught_up_within_the_l1_ttl(
     # Deleted behind every replica's back: no message at all.
     redis_client.delete(RedisTokenStore.redis_keys(reader.store, key)[0])  # type: ignore[arg-type]
     assert reader.peek(key) == token
-    await asyncio.sleep(0.35)
+    clock.now += 0.35
     assert reader.peek(key) is None  # rechecked against Redis at the next call
     assert await reader.get_or_fetch(key, exchange) != token
     assert exchange.calls == 2

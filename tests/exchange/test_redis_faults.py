@@ -14,12 +14,23 @@ import pytest
 
 from grpc_obo import RedisTokenStore, TokenCache, TokenSealer
 
-from .conftest import SEALING_KEY, Exchanges, Minted, cache_key_for, eventually
+from .conftest import SEALING_KEY, Exchanges, FakeClock, Minted, cache_key_for, eventually
 from .redis_nodes import RedisNode, _free_port
 
 pytestmark = pytest.mark.redis
 
 Opened = Callable[..., TokenCache]
+
+L1_DUE = 0.25
+"""Past `l1_ttl=0.2`: an entry is due for a recheck with Redis."""
+BACKOFF = 0.6
+"""Past the first backoff step (0.5 s): a store that saw Redis down may probe it again."""
+
+
+@pytest.fixture
+def store_clock() -> FakeClock:
+    """The stores' clock (L1 recheck times, outage backoff): tests advance it, never sleep."""
+    return FakeClock(time.time())
 
 
 @pytest.fixture
@@ -30,12 +41,14 @@ def node(tmp_path: Path) -> AsyncIterator[RedisNode]:
 
 
 @pytest.fixture
-async def open_cache() -> AsyncIterator[Opened]:
-    """`open(url, **store_options)`: a replica's TokenCache on its own store, closed after."""
+async def open_cache(store_clock: FakeClock) -> AsyncIterator[Opened]:
+    """`open(url, **store_options)`: a replica's TokenCache on its own store (on `store_clock`),
+    closed after."""
     opened: list[TokenCache] = []
 
     def open_(url: str, **options: object) -> TokenCache:
         options.setdefault("timeout", 1.0)
+        options.setdefault("clock", store_clock)
         store = RedisTokenStore.from_url(url, sealer=TokenSealer(SEALING_KEY), **options)  # type: ignore[arg-type]
         cache = TokenCache(store=store)
         opened.append(cache)
@@ -81,7 +94,11 @@ async def test_redis_down_from_the_start(
 
 
 async def test_redis_killed_then_restarted(
-    node: RedisNode, open_cache: Opened, minted: Minted, caplog: pytest.LogCaptureFixture
+    node: RedisNode,
+    open_cache: Opened,
+    store_clock: FakeClock,
+    minted: Minted,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = open_cache(node.url, l1_ttl=0.2)
     store = redis_store(cache)
@@ -89,7 +106,7 @@ async def test_redis_killed_then_restarted(
     before = await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0)
 
     node.kill()
-    await asyncio.sleep(0.25)  # alice's entry is due for a recheck with Redis
+    store_clock.now += L1_DUE  # alice's entry is due for a recheck with Redis
     started = time.monotonic()
     assert await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0) == before
     others = {user: Exchanges(minted, user) for user in ("bob", "carol", "dave")}
@@ -103,7 +120,7 @@ async def test_redis_killed_then_restarted(
 
     node.start()  # same address, empty
     erin = Exchanges(minted, "erin")
-    await asyncio.sleep(0.6)  # the first backoff step
+    store_clock.now += BACKOFF  # the first backoff step
     await cache.get_or_fetch(cache_key_for("erin"), erin, timeout=1.0)
     await eventually(lambda: store.available)
     assert outage_lines(caplog) == (1, 1)
@@ -116,7 +133,11 @@ async def test_redis_killed_then_restarted(
 
 
 async def test_a_hung_redis_never_holds_a_call_past_its_deadline(
-    node: RedisNode, open_cache: Opened, minted: Minted, caplog: pytest.LogCaptureFixture
+    node: RedisNode,
+    open_cache: Opened,
+    store_clock: FakeClock,
+    minted: Minted,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = open_cache(node.url)  # commands time out after 1 s
     store = redis_store(cache)
@@ -139,7 +160,7 @@ async def test_a_hung_redis_never_holds_a_call_past_its_deadline(
         assert outage_lines(caplog) == (1, 0)
     finally:
         node.resume()
-    await asyncio.sleep(0.6)
+    store_clock.now += BACKOFF
     await cache.get_or_fetch(cache_key_for("bob"), Exchanges(minted), timeout=1.0)
     await eventually(lambda: store.available)
     assert outage_lines(caplog) == (1, 1)
@@ -149,6 +170,7 @@ async def test_failing_over_to_a_read_only_replica(
     node: RedisNode,
     tmp_path: Path,
     open_cache: Opened,
+    store_clock: FakeClock,
     minted: Minted,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -161,7 +183,7 @@ async def test_failing_over_to_a_read_only_replica(
     try:
         admin = node.client()
         admin.replicaof("127.0.0.1", primary.port)
-        await asyncio.sleep(0.25)
+        store_clock.now += L1_DUE
         assert await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0) == before
         bob = Exchanges(minted, "bob")
         await cache.get_or_fetch(cache_key_for("bob"), bob, timeout=1.0)
@@ -171,7 +193,7 @@ async def test_failing_over_to_a_read_only_replica(
 
         admin.replicaof("NO", "ONE")  # promoted back
         admin.close()
-        await asyncio.sleep(0.6)
+        store_clock.now += BACKOFF
         await cache.get_or_fetch(cache_key_for("carol"), Exchanges(minted), timeout=1.0)
         await eventually(lambda: store.available)
         assert outage_lines(caplog) == (1, 1)
@@ -180,7 +202,7 @@ async def test_failing_over_to_a_read_only_replica(
 
 
 async def test_an_eviction_during_an_outage_reaches_redis_when_it_returns(
-    node: RedisNode, open_cache: Opened, minted: Minted
+    node: RedisNode, open_cache: Opened, store_clock: FakeClock, minted: Minted
 ) -> None:
     first, second = open_cache(node.url), open_cache(node.url)
     key = cache_key_for("alice")
@@ -200,7 +222,7 @@ async def test_an_eviction_during_an_outage_reaches_redis_when_it_returns(
     # Whether or not Redis got the deletion before the client gave up on it, this replica
     # never takes the evicted token back, and it is replayed once Redis answers again.
     assert await first.get_or_fetch(key, exchange, timeout=1.0) != token
-    await asyncio.sleep(0.6)
+    store_clock.now += BACKOFF
     await first.get_or_fetch(cache_key_for("bob"), Exchanges(minted), timeout=1.0)
     await eventually(lambda: redis_store(first).available)
     await eventually(lambda: second.peek(key) is None)  # the eviction reached it too
@@ -214,7 +236,11 @@ async def test_an_eviction_during_an_outage_reaches_redis_when_it_returns(
 
 
 async def test_a_replica_whose_calls_all_hit_memory_notices_redis_is_back(
-    node: RedisNode, open_cache: Opened, minted: Minted, caplog: pytest.LogCaptureFixture
+    node: RedisNode,
+    open_cache: Opened,
+    store_clock: FakeClock,
+    minted: Minted,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Stale hits probe Redis in the background (one per backoff): with no miss at all, the
     store still learns that Redis answers again, logs it and goes back to rechecking."""
@@ -223,16 +249,14 @@ async def test_a_replica_whose_calls_all_hit_memory_notices_redis_is_back(
     alice = Exchanges(minted, "alice")
     before = await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0)
     node.kill()
-    await asyncio.sleep(0.25)
+    store_clock.now += L1_DUE
     assert await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0) == before
     assert not store.available
 
     node.start()  # same address
-    deadline = time.monotonic() + 5.0
-    while not store.available and time.monotonic() < deadline:
-        # Only alice's cached token: every call is served from memory.
-        assert await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0) == before
-        await asyncio.sleep(0.05)
-    assert store.available
+    store_clock.now += BACKOFF
+    # Only alice's cached token: the call is served from memory and probes in the background.
+    assert await cache.get_or_fetch(cache_key_for("alice"), alice, timeout=1.0) == before
+    await eventually(lambda: store.available)
     assert outage_lines(caplog) == (1, 1)
     assert alice.calls == 1

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from grpc_obo import RedisTokenStore, TokenCache
 
-from .conftest import Exchanges, FakeClock, Minted, cache_key_for
+from .conftest import Exchanges, FakeClock, Minted, cache_key_for, eventually
 
 pytestmark = pytest.mark.redis
 
@@ -126,7 +126,7 @@ async def test_a_lease_reset_to_a_few_milliseconds_never_makes_the_store_poll_fa
 
     holding = asyncio.create_task(keep_it_held())
     try:
-        await asyncio.sleep(0.02)
+        await eventually(lambda: redis_client.exists(lease) == 1)  # the attacker holds it
         redis_client.config_resetstat()
         exchange = Exchanges(minted, "flicker")
         async with asyncio.timeout(BOUND):

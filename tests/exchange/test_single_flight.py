@@ -10,7 +10,7 @@ import pytest
 from grpc_obo import SecretToken
 from grpc_obo._exchange import CachedToken, SingleFlight, TokenCache
 
-from .conftest import Minted
+from .conftest import Minted, eventually
 
 
 def valid(value: str) -> CachedToken:
@@ -123,7 +123,7 @@ async def test_a_caller_deadline_leaves_the_fetch_running_for_the_cache(minted: 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(cache.get_or_fetch("k", fetch), timeout=0.01)
     fetch.release.set()
-    await asyncio.sleep(0.01)
+    await eventually(lambda: cache.peek("k") is not None)
     assert (await cache.get("k")) is not None
     assert fetch.calls == 1
     await cache.close()
@@ -166,5 +166,6 @@ async def test_failure_with_every_waiter_cancelled_is_not_reported_unretrieved()
     await asyncio.sleep(0)
     waiter.cancel()
     gate.set()
-    await asyncio.sleep(0.01)
-    assert len(flight) == 0  # and filterwarnings=error / the loop's handler stay silent
+    await eventually(lambda: len(flight) == 0)
+    await asyncio.sleep(0)  # its done callbacks ran: filterwarnings=error and the loop's
+    # exception handler stay silent

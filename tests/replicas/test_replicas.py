@@ -62,6 +62,8 @@ async def test_a_lease_holder_killed_mid_exchange_costs_the_others_only_its_leas
     # The others miss too and wait on the holder (their deadline's patience is 10 s).
     for replica in others:
         await replica.send({"cmd": "call", "n": 50, "user": alice, "scope": scope, "timeout": 20})
+    # The others are separate processes: nothing here tells when their calls reach the wait on
+    # the holder's lease, so this one sleep stays (a call that arrives later still waits).
     await asyncio.sleep(0.2)
     holder.kill()
     killed = time.time()

@@ -34,6 +34,7 @@ from tests.validation.tokens import (
     record,
     v2_claims,
 )
+from tests.waiting import eventually
 
 MakeRemote = Callable[..., TokenValidator]
 
@@ -55,6 +56,12 @@ def source(validator: TokenValidator) -> RemoteKeySource:
     keys = validator.key_source
     assert isinstance(keys, RemoteKeySource)
     return keys
+
+
+def refresh_settled(validator: TokenValidator) -> bool:
+    """No key refresh in flight (the last one, if any, finished)."""
+    task = source(validator)._refresh
+    return task is None or task.done()
 
 
 async def test_start_fetches_discovery_then_jwks_once(
@@ -183,7 +190,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(
     key_server.delay = 0.1
     first = asyncio.ensure_future(validator.validate(token_for(key_server, clock)))
     second = asyncio.ensure_future(validator.validate(token_for(key_server, clock)))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: key_server.jwks_requests == 1)  # both callers share it
     first.cancel()
     assert (await second).tid == TENANT
     with pytest.raises(asyncio.CancelledError):
@@ -201,7 +208,7 @@ async def test_last_good_key_set_keeps_serving_when_the_authority_is_down(
         clock.advance(3600)  # the scheduled refresh is due each time, and fails
         identity = await validator.validate(token_for(key_server, clock))
         assert identity.tid == TENANT
-        await asyncio.sleep(0.01)  # let the background refresh run (and fail)
+        await eventually(lambda: refresh_settled(validator))  # it ran, and failed
     attempts = key_server.discovery_requests + key_server.jwks_requests
     assert attempts <= 1 + 1 + 3 * 2  # start, then at most one attempt per due refresh
     # An unknown kid while down: refused as unknown (the keys we have still work).
@@ -221,7 +228,7 @@ async def test_failed_refresh_while_down_is_retried_at_most_per_interval(
     for _ in range(50):
         await validator.validate(token_for(key_server, clock))
         await asyncio.sleep(0)
-    await asyncio.sleep(0.01)
+    await eventually(lambda: refresh_settled(validator))
     # Fifty requests, one failed JWKS request: the next attempt waits for the interval.
     assert key_server.discovery_requests + key_server.jwks_requests - before == 1
 
@@ -239,7 +246,7 @@ async def test_scheduled_refresh_replaces_keys_and_drops_cached_tokens(
     key_server.jwks = jwks(jwk("key-b"))
     clock.advance(3600)
     assert await validator.validate(token)  # still served while the refresh runs
-    await asyncio.sleep(0.05)
+    await eventually(lambda: refresh_settled(validator))
     assert key_server.jwks_requests == 2
     clock.advance(60)  # let the unknown-kid refresh (which finds nothing) be allowed
     with pytest.raises(grpc_obo.UnknownKeyError):

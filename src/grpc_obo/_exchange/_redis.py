@@ -133,8 +133,9 @@ class RedisTokenStore:
     `namespace` prefixes every Redis key and the event channel; use it to keep deployments or
     tests apart on one Redis. `timeout` bounds each Redis command (seconds). `l1_max_entries`
     and `l1_ttl` bound the in-process level; `lease_ttl` is how soon a dead replica's lease
-    ends, and twice it the longest a caller waits on another replica's exchange. See the
-    module docstring for the key layout and the rules.
+    ends, and twice it the longest a caller waits on another replica's exchange. `clock`
+    (seconds) times the in-process level and the backoff between probes of a Redis that is
+    down; tests pass one they advance. See the module docstring for the key layout and the rules.
     """
 
     get_nowait: Callable[[str], CachedToken | None]
@@ -194,8 +195,13 @@ class RedisTokenStore:
         self._l1 = LocalTier(max_entries=l1_max_entries, ttl=l1_ttl, clock=clock)
         # The hot path is the L1's own bound method: no extra call in between.
         self.get_nowait = self._l1.get_nowait
+        # One clock for the whole store (L1 recheck times and the outage backoff), so a test
+        # that advances it sees both move together.
         self._outage = Outage(
-            self._where, on_recovery=self._recovered, on_failure=self._drop_idle_connections
+            self._where,
+            on_recovery=self._recovered,
+            on_failure=self._drop_idle_connections,
+            clock=clock,
         )
         self._channel = f"{self._prefix}grpc_obo:events:v1"
         self._events = Notifications(

@@ -1,5 +1,7 @@
-"""The token endpoint's decisions: client authentication, scopes and consent, and the grants
-(password, client credentials, refresh token, On-Behalf-Of, device code).
+"""The token endpoint's decisions: scopes and consent, and the grants (password, client
+credentials, refresh token, On-Behalf-Of, device code, authorization code), one handler per
+grant type in `_HANDLERS`. Client authentication is in `_client_auth.py`, the device codes'
+state in `_device.py`.
 
 Pure logic over the registrations and the key ring: it takes a parsed form and returns the JSON
 body of a token response, or raises `OAuthError` carrying Entra's error shape. The HTTP layer
@@ -8,20 +10,14 @@ body of a token response, or raises `OAuthError` carrying Entra's error shape. T
 
 from __future__ import annotations
 
-import base64
 import datetime
-import hashlib
-import hmac
 import json
 import re
-import secrets
-import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
 import jwt
-from cryptography import x509
 
 from grpc_obo.devauthority._authorize import (
     PROMPTS,
@@ -32,8 +28,30 @@ from grpc_obo.devauthority._authorize import (
     check_pkce,
     redirect_uri_registered,
 )
+from grpc_obo.devauthority._client_auth import (
+    CLIENT_ASSERTION_TYPE as CLIENT_ASSERTION_TYPE,
+)
+from grpc_obo.devauthority._client_auth import (
+    GUID,
+    MAX_ASSERTION_BYTES,
+    authenticate_client,
+    is_number,
+)
+from grpc_obo.devauthority._device import (
+    DEVICE_CODE_INTERVAL as DEVICE_CODE_INTERVAL,
+)
+from grpc_obo.devauthority._device import (
+    DEVICE_CODE_LIFETIME as DEVICE_CODE_LIFETIME,
+)
+from grpc_obo.devauthority._device import (
+    MAX_DEVICE_FLOWS as MAX_DEVICE_FLOWS,
+)
+from grpc_obo.devauthority._device import (
+    MAX_DEVICE_FLOWS_PER_CLIENT as MAX_DEVICE_FLOWS_PER_CLIENT,
+)
+from grpc_obo.devauthority._device import UNKNOWN_CODE, DeviceFlows
 from grpc_obo.devauthority._faults import ClaimsChallenge, Faults, RequestInfo
-from grpc_obo.devauthority._federation import Federation, FederationRefusal
+from grpc_obo.devauthority._federation import Federation
 from grpc_obo.devauthority._graph import cae_claims
 from grpc_obo.devauthority._oauth import OAuthError as OAuthError  # re-exported for _app
 from grpc_obo.devauthority._oauth import missing
@@ -48,23 +66,11 @@ GRANT_REFRESH_TOKEN = "refresh_token"
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 GRANT_AUTHORIZATION_CODE = "authorization_code"
-DEVICE_CODE_LIFETIME = 900
-"""Seconds a device code waits for its sign-in (Entra: 15 minutes)."""
-DEVICE_CODE_INTERVAL = 1
-"""Seconds between polls the authority asks for (Entra asks 5; 1 keeps tests quick)."""
-_USER_CODE_LETTERS = "BCDFGHJKLMNPQRSTVWXZ23456789"  # no vowels, no look-alikes
-CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
-GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-MAX_ASSERTION_BYTES = 16 * 1024
 MAX_SCOPE_CHARS = 2048
 """Longest `scope` parameter taken (hundreds of scopes; anything longer is not a real client)."""
 MAX_CLAIMS_CHARS = 4096
 """Longest `claims` parameter taken (a challenge plus capabilities is well under 1 KiB)."""
-MAX_DEVICE_FLOWS_PER_CLIENT = 50
-"""Pending device flows one client may hold; more are refused with 429 until some end."""
-MAX_DEVICE_FLOWS = 1000
-"""Pending device flows in total (memory stays bounded whoever asks)."""
 
 
 @dataclass(frozen=True)
@@ -85,22 +91,6 @@ class TokenRequest:
         if value is None:
             raise missing(name)
         return value
-
-
-@dataclass
-class _DeviceFlow:
-    """A device code waiting for (or given) its user's sign-in on the sign-in page."""
-
-    user_code: str
-    client_id: str
-    tenant: str | None
-    scope: str
-    claims: str | None
-    expires_at: float
-    user_oid: str | None = None
-    """Set when the user signed in on the page and approved the code."""
-    amr: tuple[str, ...] = ("pwd",)
-    """How the user signed in on the page (with `mfa` after the MFA step)."""
 
 
 @dataclass(frozen=True)
@@ -124,17 +114,13 @@ class Grants:
     refresh_tokens: RefreshTokens = field(init=False)
     authorizations: Authorizations = field(init=False)
     signins: SignIns = field(init=False)
-    _device_flows: dict[str, _DeviceFlow] = field(default_factory=dict)
-    """SHA-256 of the device code -> its flow."""
-    _spent_device_codes: dict[str, float] = field(default_factory=dict)
-    """SHA-256 of a redeemed or expired device code -> when it would have expired (to tell
-    `expired_token` from `bad_verification_code` until then)."""
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    device_flows: DeviceFlows = field(init=False)
 
     def __post_init__(self) -> None:
         self.refresh_tokens = RefreshTokens(lambda: self.minter.clock())
         self.authorizations = Authorizations(lambda: self.minter.clock())
         self.signins = SignIns(self.world, lambda: self.minter.clock())
+        self.device_flows = DeviceFlows(lambda: self.minter.clock())
 
     # -- entry points -------------------------------------------------------------------
 
@@ -146,26 +132,9 @@ class Grants:
         grant = request.get("grant_type")
         client_id = request.get("client_id") or (request.basic_auth or (None, ""))[0]
         user_oid = username = None
-        if grant == GRANT_PASSWORD:
-            username = request.get("username")
-            found = self.world.find_user(username) if username else None
-            user_oid = found.oid if found else None
-        elif grant == GRANT_JWT_BEARER:
-            assertion = request.get("assertion") or ""
-            try:
-                claims = jwt.decode(assertion, options={"verify_signature": False})
-                oid = claims.get("oid")
-                user_oid = oid if isinstance(oid, str) else None
-            except (jwt.InvalidTokenError, ValueError, TypeError):
-                user_oid = None
-        elif grant == GRANT_REFRESH_TOKEN:
-            user_oid = self.refresh_tokens.owner(request.get("refresh_token") or "")
-        elif grant == GRANT_AUTHORIZATION_CODE:
-            user_oid = self.authorizations.owner(request.get("code") or "")
-        elif grant == GRANT_DEVICE_CODE:
-            with self._lock:
-                flow = self._device_flows.get(_hash(request.get("device_code") or ""))
-            user_oid = flow.user_oid if flow else None
+        handler = _HANDLERS.get(grant or "")
+        if handler is not None:
+            user_oid, username = handler.about(self, request)
         if user_oid and not username:
             found = self.world.find_user(user_oid)
             username = found.username if found else None
@@ -181,14 +150,7 @@ class Grants:
     def handle(self, request: TokenRequest) -> dict[str, Any]:
         check_bounds(request)
         grant = request.require("grant_type")
-        if grant not in (
-            GRANT_PASSWORD,
-            GRANT_CLIENT_CREDENTIALS,
-            GRANT_REFRESH_TOKEN,
-            GRANT_JWT_BEARER,
-            GRANT_DEVICE_CODE,
-            GRANT_AUTHORIZATION_CODE,
-        ):
+        if grant not in _HANDLERS:
             raise OAuthError(
                 "unsupported_grant_type",
                 70003,
@@ -196,17 +158,7 @@ class Grants:
             )
         tenant = self._path_tenant(request.tenant)
         client, client_auth = self._authenticate_client(request, tenant)
-        if grant == GRANT_PASSWORD:
-            return self._password(request, tenant, client, client_auth)
-        if grant == GRANT_CLIENT_CREDENTIALS:
-            return self._client_credentials(request, tenant, client, client_auth)
-        if grant == GRANT_REFRESH_TOKEN:
-            return self._refresh(request, tenant, client, client_auth)
-        if grant == GRANT_DEVICE_CODE:
-            return self._device_code(request, tenant, client, client_auth)
-        if grant == GRANT_AUTHORIZATION_CODE:
-            return self._authorization_code(request, client, client_auth)
-        return self._on_behalf_of(request, tenant, client, client_auth)
+        return _HANDLERS[grant].handle(self, request, tenant, client, client_auth)
 
     # -- the device code grant: start, sign in on the page, redeem -----------------------------
 
@@ -220,30 +172,9 @@ class Grants:
         self._parse_scopes(raw_scope)  # an unknown resource is refused now, as Entra does
         claims = request.get("claims")
         _capabilities(claims)
-        device_code = "DAQABAAEAAAD." + secrets.token_urlsafe(48)
-        user_code = "".join(secrets.choice(_USER_CODE_LETTERS) for _ in range(9))
-        now = self.minter.clock()
-        with self._lock:
-            self._prune_device_flows(now)
-            mine = sum(1 for f in self._device_flows.values() if f.client_id == client.client_id)
-            if mine >= MAX_DEVICE_FLOWS_PER_CLIENT or len(self._device_flows) >= MAX_DEVICE_FLOWS:
-                raise OAuthError(
-                    "temporarily_unavailable",
-                    50196,
-                    "Too many device code sign-ins are pending"
-                    + (" for this application" if mine >= MAX_DEVICE_FLOWS_PER_CLIENT else "")
-                    + ". Finish or let some expire, then retry.",
-                    status=429,
-                    retry_after=DEVICE_CODE_INTERVAL * 5,
-                )
-            self._device_flows[_hash(device_code)] = _DeviceFlow(
-                user_code=user_code,
-                client_id=client.client_id,
-                tenant=tenant,
-                scope=raw_scope,
-                claims=claims,
-                expires_at=now + DEVICE_CODE_LIFETIME,
-            )
+        device_code, user_code = self.device_flows.start(
+            client_id=client.client_id, tenant=tenant, scope=raw_scope, claims=claims
+        )
         return {
             "user_code": user_code,
             "device_code": device_code,
@@ -259,7 +190,7 @@ class Grants:
     def device_flow_client(self, user_code: str) -> App | None:
         """The app a pending user code signs in to (the page names it, as Entra's does)."""
         try:
-            flow = self._pending_flow(user_code)
+            flow = self.device_flows.pending(user_code)
         except OAuthError:
             return None
         return self.world.find_app(flow.client_id)
@@ -275,96 +206,32 @@ class Grants:
         page, never naming which of code, username or password was wrong beyond an expired
         code).
         """
-        flow = self._pending_flow(user_code)
+        flow = self.device_flows.pending(user_code)
         user = self.signins.password(username, password)
         if flow.tenant is not None and user.tenant_id != flow.tenant:
             raise bad_credentials()
         client = self.world.find_app(flow.client_id)
         if client is None:
-            raise OAuthError("expired_token", 70019, _UNKNOWN_CODE)
+            raise OAuthError("expired_token", 70019, UNKNOWN_CODE)
         self._tenancy(client, None, user)
         resource = self._parse_scopes(flow.scope).resource
         if self.mfa_challenge(user, resource.client_id, flow.claims) is not None:
             return user, self.signins.start_mfa(user, f"device:{flow.user_code}")
-        self._approve(flow, user, ("pwd",))
+        self.device_flows.approve(flow, user.oid, ("pwd",))
         return user, None
 
     def finish_device_mfa(self, user_code: str, ticket: str) -> User:
         """The MFA step of the page: approves the code with `amr` showing MFA."""
-        flow = self._pending_flow(user_code)
+        flow = self.device_flows.pending(user_code)
         user = self.signins.finish_mfa(ticket, f"device:{flow.user_code}")
-        self._approve(flow, user, ("pwd", "mfa"))
+        self.device_flows.approve(flow, user.oid, ("pwd", "mfa"))
         return user
-
-    def _prune_device_flows(self, now: float) -> None:
-        """Forget expired flows and spent codes past their lifetime (the caller holds the lock)."""
-        for key in [k for k, f in self._device_flows.items() if f.expires_at <= now]:
-            self._spent_device_codes[key] = self._device_flows.pop(key).expires_at
-        for key in [k for k, until in self._spent_device_codes.items() if until <= now - 60]:
-            del self._spent_device_codes[key]
-        while len(self._spent_device_codes) > MAX_DEVICE_FLOWS:
-            del self._spent_device_codes[next(iter(self._spent_device_codes))]
-
-    def _pending_flow(self, user_code: str) -> _DeviceFlow:
-        wanted = user_code.strip().upper().replace("-", "")
-        now = self.minter.clock()
-        with self._lock:
-            flow = next(
-                (
-                    f
-                    for f in self._device_flows.values()
-                    if f.user_code == wanted and not f.user_oid
-                ),
-                None,
-            )
-        if flow is None or flow.expires_at <= now:
-            raise OAuthError("expired_token", 70019, _UNKNOWN_CODE)
-        return flow
-
-    def _approve(self, flow: _DeviceFlow, user: User, amr: tuple[str, ...]) -> None:
-        with self._lock:
-            if flow.user_oid is not None:
-                raise OAuthError("expired_token", 70019, _UNKNOWN_CODE)
-            flow.user_oid, flow.amr = user.oid, amr
 
     def _device_code(
         self, request: TokenRequest, tenant: str | None, client: App, client_auth: str
     ) -> dict[str, Any]:
-        presented = request.require("device_code")
-        key = _hash(presented)
-        now = self.minter.clock()
-        with self._lock:
-            flow = self._device_flows.get(key)
-            if flow is not None and flow.client_id != client.client_id:
-                flow = None  # another client's code: as if unknown, and not consumed
-            expired = flow is not None and flow.expires_at <= now
-            if flow is not None and (flow.user_oid is not None or expired):
-                del self._device_flows[key]  # redeemed once, or gone
-                self._spent_device_codes[key] = flow.expires_at
-            spent = flow is None and key in self._spent_device_codes
-            self._prune_device_flows(now)
-        if flow is None and not spent:
-            raise OAuthError(
-                "bad_verification_code",
-                70000,
-                "The provided value for the input parameter 'device_code' is not valid: this "
-                "device code was not issued to this application.",
-            )
-        if flow is None or expired:
-            raise OAuthError(
-                "expired_token",
-                70019,
-                "Verification code expired or already used. Start a new device flow.",
-            )
-        if flow.user_oid is None:
-            raise OAuthError(
-                "authorization_pending",
-                70016,
-                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
-            )
-        user = self._user_in(
-            self.world.find_user(flow.user_oid), flow.tenant, flow.user_oid, client
-        )
+        flow, oid = self.device_flows.redeem(request.require("device_code"), client.client_id)
+        user = self._user_in(self.world.find_user(oid), flow.tenant, oid, client)
         scopes = self._parse_scopes(flow.scope)
         granted = self._delegated_grant(client, scopes)
         return self._user_tokens(
@@ -539,128 +406,15 @@ class Grants:
         return lowered
 
     def _authenticate_client(self, request: TokenRequest, tenant: str | None) -> tuple[App, str]:
-        """The calling app and its `azpacr` (0 public, 1 secret, 2 certificate)."""
-        client_id = request.get("client_id")
-        secret = request.get("client_secret")
-        if request.basic_auth is not None:
-            basic_id, basic_secret = request.basic_auth
-            if client_id and client_id != basic_id:
-                raise OAuthError(
-                    "invalid_client", 7000216, "The client ids do not match.", status=401
-                )
-            client_id, secret = basic_id, basic_secret
-        if client_id is None:
-            raise missing("client_id")
-        client = self.world.find_app(client_id)
-        if client is None or not GUID.match(client_id.lower()):
-            raise OAuthError(
-                "unauthorized_client",
-                700016,
-                f"Application with identifier '{client_id[:64]}' was not found in the directory "
-                f"'{tenant or 'common'}'. This can happen if the application has not been "
-                "installed by the administrator of the tenant.",
-            )
-        self._tenancy(client, tenant)
-        assertion = request.get("client_assertion")
-        if client.public_client:
-            if secret or assertion:
-                raise OAuthError(
-                    "invalid_request",
-                    700025,
-                    "Client is public so neither 'client_assertion' nor 'client_secret' should "
-                    "be presented.",
-                )
-            return client, "0"
-        if assertion is not None:
-            federation = self.federation
-            if federation is not None and federation.is_federated(assertion, client):
-                _check_federated_assertion(federation, request, client, assertion)
-            else:
-                self._check_client_assertion(request, client, assertion)
-            return client, "2"
-        if secret is not None:
-            if not any(hmac.compare_digest(secret.encode(), s.encode()) for s in client.secrets):
-                raise OAuthError(
-                    "invalid_client",
-                    7000215,
-                    "Invalid client secret provided. Ensure the secret being sent in the request "
-                    f"is the client secret value, not the client secret ID, for a secret added "
-                    f"to app '{client.client_id}'.",
-                    status=401,
-                )
-            return client, "1"
-        raise OAuthError(
-            "invalid_client",
-            7000218,
-            "The request body must contain the following parameter: 'client_assertion' or "
-            "'client_secret'.",
-            status=401,
+        """The calling app and its `azpacr` (see `_client_auth.py`)."""
+        return authenticate_client(
+            request,
+            tenant,
+            world=self.world,
+            minter=self.minter,
+            federation=self.federation,
+            tenancy=self._tenancy,
         )
-
-    def _check_client_assertion(self, request: TokenRequest, client: App, assertion: str) -> None:
-        def refuse(why: str) -> OAuthError:
-            return OAuthError(
-                "invalid_client", 700027, f"Client assertion failed validation: {why}.", status=401
-            )
-
-        if request.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
-            raise OAuthError(
-                "invalid_request",
-                50027,
-                "The client_assertion_type must be "
-                f"'{CLIENT_ASSERTION_TYPE}' when a client_assertion is sent.",
-            )
-        if len(assertion) > MAX_ASSERTION_BYTES:
-            raise refuse("the assertion is too large")
-        try:
-            header = jwt.get_unverified_header(assertion)
-        except jwt.InvalidTokenError:
-            raise refuse("the assertion is not a well-formed JWT") from None
-        alg = header.get("alg")
-        if alg not in ("RS256", "PS256"):
-            raise refuse("the signing algorithm must be RS256 or PS256")
-        # MSAL sends these padded ("=") although JOSE says unpadded; Entra takes both.
-        x5t, x5t256 = (
-            value.rstrip("=") if isinstance(value, str) else None
-            for value in (header.get("x5t"), header.get("x5t#S256"))
-        )
-        cert = None
-        for candidate in client.certificates:
-            if (x5t256 and _b64(candidate.thumbprint_sha256) == x5t256) or (
-                x5t and _b64(candidate.thumbprint_sha1) == x5t
-            ):
-                cert = candidate
-                break
-        if cert is None:
-            raise refuse("no certificate registered for the app has the thumbprint in x5t")
-        try:
-            claims = jwt.decode(
-                assertion,
-                cert.certificate.public_key(),  # type: ignore[arg-type]
-                algorithms=[alg],
-                audience=[request.token_url, self.minter.issuer(client.tenant_id, 2)],
-                options={
-                    "require": ["exp", "aud", "iss", "sub"],
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
-            )
-        except jwt.InvalidAudienceError:
-            raise refuse("the audience must be the token endpoint") from None
-        except jwt.InvalidTokenError:
-            raise refuse("the signature or claims are invalid") from None
-        now = self.minter.clock()
-        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
-        if not _is_number(exp) or exp < now - 60:
-            raise refuse("the assertion has expired")
-        if not _is_number(nbf) or nbf > now + 300:
-            raise refuse("the assertion is not yet valid")
-        if claims.get("iss") != client.client_id or claims.get("sub") != client.client_id:
-            raise refuse("iss and sub must be the client id")
-        now_cert = x509.load_pem_x509_certificate(cert.certificate_pem)
-        if now_cert.not_valid_after_utc.timestamp() < now:
-            raise refuse("the certificate has expired")
 
     # -- scopes and consent -------------------------------------------------------------
 
@@ -952,7 +706,7 @@ class Grants:
             )
         user = self._user_in(user, tenant, user.oid, client)
         revoked = user.tokens_valid_from
-        if revoked and not (_is_number(claims.get("iat")) and claims["iat"] >= revoked):
+        if revoked and not (is_number(claims.get("iat")) and claims["iat"] >= revoked):
             # Entra refuses a grant issued before the user's sessions were revoked with
             # AADSTS50173 (invalid_grant) and the claims a new sign-in must carry.
             raise OAuthError(
@@ -1097,29 +851,6 @@ class Grants:
         return body
 
 
-def _check_federated_assertion(
-    federation: Federation, request: TokenRequest, client: App, assertion: str
-) -> None:
-    """A client assertion from a federated issuer (see `_federation.py`)."""
-    if request.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
-        raise OAuthError(
-            "invalid_request",
-            50027,
-            f"The client_assertion_type must be '{CLIENT_ASSERTION_TYPE}'.",
-        )
-    if len(assertion) > MAX_ASSERTION_BYTES:
-        raise OAuthError("invalid_client", 50027, "JWT token is invalid or malformed.")
-    try:
-        federation.check(client, assertion)
-    except FederationRefusal as refusal:
-        raise OAuthError(
-            refusal.error, refusal.code, refusal.description, status=refusal.status
-        ) from None
-
-
-_UNKNOWN_CODE = "That code is unknown, used already or expired."
-
-
 def _mfa_required(challenge: ClaimsChallenge, resource_id: str, error: str) -> OAuthError:
     """Entra's AADSTS50076 with the challenge's claims (`invalid_grant` for ROPC,
     `interaction_required` for On-Behalf-Of and refresh)."""
@@ -1241,20 +972,60 @@ def _load_json(text: str) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
-def _is_number(value: object) -> TypeGuard[float]:
-    # MSAL writes float timestamps in client assertions; JSON booleans are not times.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _iso(value: object) -> str:
-    if not _is_number(value):
+    if not is_number(value):
         return "unknown"
     return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _hash(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+# -- one handler per grant type -------------------------------------------------------------
+
+Handle = Callable[["Grants", TokenRequest, "str | None", App, str], dict[str, Any]]
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+@dataclass(frozen=True)
+class GrantHandler:
+    """One grant type: who a request is about (unverified, for faults and the log), and its
+    answer once the client is authenticated (tenant from the path, client, its `azpacr`)."""
+
+    about: Callable[[Grants, TokenRequest], tuple[str | None, str | None]]
+    handle: Handle
+
+
+def _about_password(grants: Grants, request: TokenRequest) -> tuple[str | None, str | None]:
+    username = request.get("username")
+    found = grants.world.find_user(username) if username else None
+    return (found.oid if found else None), username
+
+
+def _about_assertion(grants: Grants, request: TokenRequest) -> tuple[str | None, str | None]:
+    try:
+        claims = jwt.decode(request.get("assertion") or "", options={"verify_signature": False})
+    except (jwt.InvalidTokenError, ValueError, TypeError):
+        return None, None
+    oid = claims.get("oid")
+    return (oid if isinstance(oid, str) else None), None
+
+
+def _about_nobody(grants: Grants, request: TokenRequest) -> tuple[str | None, str | None]:
+    return None, None
+
+
+_HANDLERS: dict[str, GrantHandler] = {
+    GRANT_PASSWORD: GrantHandler(_about_password, Grants._password),
+    GRANT_CLIENT_CREDENTIALS: GrantHandler(_about_nobody, Grants._client_credentials),
+    GRANT_REFRESH_TOKEN: GrantHandler(
+        lambda g, r: (g.refresh_tokens.owner(r.get("refresh_token") or ""), None),
+        Grants._refresh,
+    ),
+    GRANT_JWT_BEARER: GrantHandler(_about_assertion, Grants._on_behalf_of),
+    GRANT_DEVICE_CODE: GrantHandler(
+        lambda g, r: (g.device_flows.owner(r.get("device_code") or ""), None),
+        Grants._device_code,
+    ),
+    GRANT_AUTHORIZATION_CODE: GrantHandler(
+        lambda g, r: (g.authorizations.owner(r.get("code") or ""), None),
+        lambda g, r, _tenant, c, a: g._authorization_code(r, c, a),
+    ),
+}
+"""Grant type -> its handler: the token endpoint answers exactly these."""

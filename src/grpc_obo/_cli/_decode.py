@@ -1,0 +1,109 @@
+"""`grpc-obo decode`: a token's header and claims, UNVERIFIED, times as dates."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import datetime
+import json
+import time
+from typing import Any
+
+from ._common import (
+    EXIT_CODES,
+    EXIT_OK,
+    CliError,
+    _read_token,
+    _say,
+    _terminal_safe,
+    _when,
+    _wrap,
+)
+
+_TIME_CLAIMS = ("exp", "nbf", "iat", "auth_time")
+
+
+def _b64json(segment: str, what: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise CliError(f"not a JWT: its {what} is not base64url JSON") from None
+    if not isinstance(value, dict):
+        raise CliError(f"not a JWT: its {what} is not a JSON object")
+    return value
+
+
+def _decode_parts(token: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+    parts = token.split(".")
+    if len(parts) == 5:
+        raise CliError("an encrypted token (JWE): nothing to show without its key")
+    if len(parts) != 3:
+        raise CliError(f"not a JWT: {len(parts)} dot-separated parts, a JWS has 3")
+    header = _b64json(parts[0], "header")
+    claims = _b64json(parts[1], "payload")
+    return header, claims, len(parts[2]) * 3 // 4
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    header, claims, signature_bytes = _decode_parts(_read_token(args.token))
+    now = time.time()
+    dates = {
+        name: datetime.datetime.fromtimestamp(claims[name], datetime.UTC).isoformat()
+        for name in _TIME_CLAIMS
+        if isinstance(claims.get(name), (int, float)) and not isinstance(claims[name], bool)
+    }
+    if args.json:
+        document = {"verified": False, "header": header, "claims": claims, "dates": dates}
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    _say("UNVERIFIED: the signature was not checked; anyone can write these claims.")
+    _say("            (`grpc-obo validate` verifies a token as an API does.)")
+    # Names are escaped before measuring: the columns line up as shown.
+    shown_header = {_terminal_safe(k): _shown(v) for k, v in header.items()}
+    shown_claims = {
+        _terminal_safe(k): f"{_when(float(v), now)}  [{v}]" if k in dates else _shown(v)
+        for k, v in claims.items()
+    }
+    width = max(len(k) for k in (*shown_header, *shown_claims, "signature"))
+    _say("header:")
+    for name, text in shown_header.items():
+        _say(f"  {name:<{width}}  {text}")
+    _say("claims:")
+    for name, text in shown_claims.items():
+        _say(f"  {name:<{width}}  {text}")
+    _say(f"  {'signature':<{width}}  ({signature_bytes} bytes, not shown)")
+    if "exp" in dates:
+        state = "expired" if float(claims["exp"]) < now else "not expired"
+        _say(f"{state} by this machine's clock")
+    return EXIT_OK
+
+
+# -- validate ------------------------------------------------------------------------------------
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    formatter: type[argparse.HelpFormatter],
+) -> None:
+    decode = commands.add_parser(
+        "decode",
+        help="show a token's header and claims (UNVERIFIED)",
+        description=_wrap(
+            "Show a JWT's header and claims, clearly marked UNVERIFIED, with exp/nbf/iat/"
+            "auth_time as dates. The signature is neither checked nor printed."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    decode.add_argument(
+        "token", nargs="?", metavar="TOKEN", help="the token; '-' or none reads it from stdin"
+    )
+    decode.add_argument(
+        "--json", action="store_true", help="print header, claims and dates as JSON"
+    )
