@@ -420,13 +420,10 @@ def _failure_attributes(error: BaseException) -> dict[str, Any]:
 def _is_fault(error: BaseException) -> bool:
     """Whether a failure is the service's problem (an error status), not the caller's.
 
-    Refused tokens and missing permissions are answers (UNAUTHENTICATED, PERMISSION_DENIED),
-    not errors of the span; an unreachable authority or key source is.
+    The error class decides (`GrpcOboError.service_fault`, read by attribute: this module imports
+    nothing of grpc_obo); anything else raised is a fault.
     """
-    names = {cls.__name__ for cls in type(error).__mro__}
-    if names & {"TokenValidationError", "AccessDeniedError", "ClaimsChallengeError"}:
-        return False
-    return not (names & {"InvalidGrantError", "MissingIdentityError"})
+    return getattr(type(error), "service_fault", True) is not False
 
 
 def _guid_or_other(value: str) -> str:
