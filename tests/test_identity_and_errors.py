@@ -224,3 +224,17 @@ def test_a_configuration_error_names_its_setting_and_from_env_maps_it_to_the_var
         grpc_obo.ConfidentialClient.from_env(environ=environ)
     assert caught.value.setting == "authority_host"
     assert str(caught.value).startswith("AZURE_AUTHORITY_HOST: authority_host")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: grpc_obo.Telemetry(identities="loud"),  # type: ignore[arg-type]
+        lambda: grpc_obo.Telemetry(identities="hashed", identity_key=b"short"),
+        lambda: grpc_obo.Telemetry(identity_key=b"0123456789abcdef0123"),
+        lambda: grpc_obo.TokenValidator({"tenant": "x"}),  # type: ignore[arg-type]
+    ],
+)
+def test_every_configuration_error_is_a_configuration_error(build: Callable[[], object]) -> None:
+    with pytest.raises(grpc_obo.ConfigurationError):
+        build()
