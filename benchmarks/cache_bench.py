@@ -32,8 +32,8 @@ from grpc_obo._exchange import (
     RedisTokenStore,
     TokenCache,
     TokenSealer,
-    obo_cache_key,
 )
+from grpc_obo._exchange._keys import obo_cache_key
 from tests.redis_server import redis_server
 
 TOKEN_CHARS = 1_500  # a typical Entra access token is 1.2-2.5 KB

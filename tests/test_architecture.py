@@ -19,6 +19,7 @@ PACKAGE = ROOT / "src" / "grpc_obo"
 # Module name -> room. A package entry covers every module under it.
 ROOMS = {
     "grpc_obo._identity": "identity",
+    "grpc_obo._common": "common",  # stdlib-only shared forms (GUID, URL host, LRU)
     "grpc_obo._errors": "errors",
     "grpc_obo._validation": "validation",
     "grpc_obo._policy": "validation",  # per-method policy decisions: pure, like validation
@@ -41,18 +42,19 @@ ROOMS = {
 
 # Which grpc_obo rooms each room may import (itself always allowed).
 MAY_IMPORT = {
+    "common": set(),
     "identity": set(),
     "errors": {"identity"},
-    "validation": {"identity", "errors"},
-    "exchange": {"identity", "errors"},
-    "server": {"validation", "relay", "identity", "errors", "telemetry"},
+    "validation": {"identity", "errors", "common"},
+    "exchange": {"identity", "errors", "common"},
+    "server": {"validation", "relay", "identity", "errors", "telemetry", "common"},
     # `OnBehalfOf.http_auth` builds the HTTP auth (a lazy import: httpx is an extra).
-    "client": {"exchange", "relay", "identity", "errors", "telemetry", "http"},
-    "relay": {"identity", "errors"},
-    "http": {"exchange", "relay", "identity", "errors", "telemetry"},
+    "client": {"exchange", "relay", "identity", "errors", "telemetry", "http", "common"},
+    "relay": {"identity", "errors", "common"},
+    "http": {"exchange", "relay", "identity", "errors", "telemetry", "common"},
     # `validation` covers the policy module too (see ROOMS).
-    "asgi": {"validation", "relay", "identity", "errors", "telemetry"},
-    "telemetry": set(),
+    "asgi": {"validation", "relay", "identity", "errors", "telemetry", "common"},
+    "telemetry": {"errors"},  # ConfigurationError only: it is told plain values
     "devauthority": set(),  # a separate room: it needs nothing of the runtime
     "testing": {"devauthority", "api"},
     "cli": {"devauthority", "api", "testing"},
@@ -71,6 +73,17 @@ MAY_IMPORT = {
 
 # Third-party packages a room must never import.
 NEVER = {
+    # Stdlib only: every room may use it.
+    "common": {
+        "grpc",
+        "jwt",
+        "msal",
+        "aiocache",
+        "redis",
+        "aiohttp",
+        "cryptography",
+        "opentelemetry",
+    },
     "identity": {"grpc", "jwt", "msal", "aiocache", "redis", "aiohttp", "cryptography"},
     "errors": {"jwt", "msal", "aiocache", "redis", "aiohttp"},
     "validation": {"grpc", "msal", "aiocache", "redis"},
@@ -185,6 +198,9 @@ def test_the_checker_catches_what_it_guards() -> None:
     assert violations("grpc_obo._relay", "from grpc_obo._server import Gate\n")
     assert violations("grpc_obo._identity", "from grpc_obo._relay import Failures\n")
     assert not violations("grpc_obo._client", "from grpc_obo._relay import Failures\n")
+    assert violations("grpc_obo._common", "from grpc_obo._errors import X\n")
+    assert violations("grpc_obo._common", "import grpc\n")
+    assert not violations("grpc_obo._validation._x", "from grpc_obo._common import LRU\n")
     assert not violations("grpc_obo._server", "from grpc_obo._validation import TokenValidator\n")
     assert not violations("grpc_obo._exchange._x", "from ._cache import TokenCache\n")
     assert imports_of("from . import _keys\n", "grpc_obo._validation", is_package=True) >= {
@@ -194,3 +210,60 @@ def test_the_checker_catches_what_it_guards() -> None:
 
 def test_every_module_is_in_a_room() -> None:
     assert all(room_of(module) for module, _ in package_modules())
+
+
+def module_level_imports(path: Path, module: str) -> set[str]:
+    """The grpc_obo modules `path` imports when it is loaded (not in functions, not for typing)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If):  # `if TYPE_CHECKING:` imports run only for the type checker
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            source = ast.unparse(node) + "\n"
+            names = imports_of(source, module, is_package=path.name == "__init__.py")
+            found.update(n for n in names if n.startswith("grpc_obo"))
+    return found
+
+
+def test_no_module_imports_itself_back_through_others() -> None:
+    # A circle (`_keys` -> `_options` -> `_keys`) forces a function-level import and hides
+    # which of the two owns the rule: shared rules get a module of their own instead.
+    modules = {m: p for m, p in package_modules() if room_of(m) != "devauthority"}
+    graph = {m: {n for n in module_level_imports(p, m) if n in modules} for m, p in modules.items()}
+    for path in modules.values():
+        module = next(m for m, p in modules.items() if p == path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.ImportFrom) and inner.module:
+                        name = inner.module
+                        if name in modules and name.startswith(module.rsplit(".", 1)[0]):
+                            graph[module].add(name)
+    circles = []
+    for start in graph:
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start and len(trail) > 1:
+                    circles.append(" -> ".join((*trail, start)))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, (*trail, nxt)))
+    assert circles == []
+
+
+def test_the_public_surface_imports_packages_not_their_private_modules() -> None:
+    # `grpc_obo._exchange._retry` is the exchange package's business: the package says what it
+    # exports, `grpc_obo/__init__` takes it from there.
+    init = PACKAGE / "__init__.py"
+    deep = [
+        node.module
+        for node in ast.parse(init.read_text()).body
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and (PACKAGE / node.module.split(".")[1]).is_dir()
+        and node.module.count(".") > 1
+    ]
+    assert deep == []

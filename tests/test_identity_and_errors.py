@@ -148,3 +148,93 @@ def test_a_role_refusal_has_its_own_reason_and_no_role_in_scope() -> None:
     assert "scope=" not in challenge and "Orders.Admin" not in challenge
     scopes = grpc_obo.InsufficientScopeError("no scope", required_scopes=["Orders.Read"])
     assert scopes.reason == "insufficient_scope"
+
+
+# -- the decisions about an error are attributes of its class -----------------------------------
+
+_USERS_OWN = (
+    grpc_obo.ExpiredTokenError("token expired"),
+    grpc_obo.InsufficientScopeError("no", required_scopes=("a",)),
+    grpc_obo.ClaimsChallengeError("sign in again", claims="{}"),
+    grpc_obo.InvalidGrantError("expired assertion"),
+    grpc_obo.ConsentRequiredError("no consent"),
+    grpc_obo.MissingIdentityError("no identity"),
+)
+_SERVICES_OWN = (
+    grpc_obo.KeySourceUnavailableError(),
+    grpc_obo.AuthorityUnavailableError("down"),
+    grpc_obo.TokenExchangeError("refused"),
+    grpc_obo.ConfigurationError("bad"),
+    grpc_obo.DownstreamError("failed", code=grpc.StatusCode.UNAVAILABLE),
+)
+
+
+@pytest.mark.parametrize("error", _USERS_OWN + _SERVICES_OWN, ids=lambda e: type(e).__name__)
+def test_whose_fault_is_a_class_attribute_that_telemetry_reads(
+    error: grpc_obo.GrpcOboError,
+) -> None:
+    from grpc_obo._telemetry import _is_fault
+
+    assert error.service_fault is (error in _SERVICES_OWN)
+    assert _is_fault(error) is error.service_fault
+
+    # A subclass the application defines under any name inherits the decision, or overrides it.
+    class Renamed(type(error)):  # type: ignore[misc]
+        service_fault = not type(error).service_fault
+
+    assert _is_fault(Renamed.__new__(Renamed)) is not error.service_fault
+
+
+def test_every_error_has_a_message_and_a_reason_on_the_root() -> None:
+    for error in _USERS_OWN + _SERVICES_OWN:
+        assert isinstance(error.message, str) and error.message
+        assert error.reason is None or error.reason.replace("_", "").isalnum()
+    hinted = grpc_obo.TokenExchangeError("refused", hint="check AZURE_CLIENT_ID")
+    assert hinted.message == "refused" and str(hinted) == "refused: check AZURE_CLIENT_ID"
+    keys = grpc_obo.KeySourceUnavailableError(url="https://k.example/keys", detail="HTTP 500")
+    assert keys.message == "signing keys are unavailable" and "HTTP 500" in str(keys)
+
+
+def test_log_levels_are_class_attributes() -> None:
+    import logging
+
+    assert grpc_obo.TokenExchangeError("x").log_level == logging.WARNING
+    assert grpc_obo.ConsentRequiredError("x").log_level == logging.WARNING
+    assert grpc_obo.InvalidGrantError("x").log_level == logging.DEBUG
+    assert grpc_obo.ClaimsChallengeError("x").log_level == logging.DEBUG
+    assert grpc_obo.KeySourceUnavailableError().log_level == logging.WARNING
+    assert grpc_obo.ExpiredTokenError("x").log_level == logging.DEBUG
+
+
+def test_a_configuration_error_names_its_setting_and_from_env_maps_it_to_the_variable() -> None:
+    with pytest.raises(grpc_obo.ConfigurationError) as caught:
+        grpc_obo.ConfidentialClient(
+            client_id="00000000-0000-0000-0000-000000000001",
+            tenant_id="common",
+            credential=grpc_obo.ClientCredential.secret("s3cret-value"),
+        )
+    assert caught.value.setting == "tenant_id"
+    environ = {
+        "AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
+        "AZURE_TENANT_ID": "00000000-0000-0000-0000-000000000002",
+        "AZURE_CLIENT_SECRET": "s3cret-value",
+        "AZURE_AUTHORITY_HOST": "http://login.example",
+    }
+    with pytest.raises(grpc_obo.ConfigurationError) as caught:
+        grpc_obo.ConfidentialClient.from_env(environ=environ)
+    assert caught.value.setting == "authority_host"
+    assert str(caught.value).startswith("AZURE_AUTHORITY_HOST: authority_host")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: grpc_obo.Telemetry(identities="loud"),  # type: ignore[arg-type]
+        lambda: grpc_obo.Telemetry(identities="hashed", identity_key=b"short"),
+        lambda: grpc_obo.Telemetry(identity_key=b"0123456789abcdef0123"),
+        lambda: grpc_obo.TokenValidator({"tenant": "x"}),  # type: ignore[arg-type]
+    ],
+)
+def test_every_configuration_error_is_a_configuration_error(build: Callable[[], object]) -> None:
+    with pytest.raises(grpc_obo.ConfigurationError):
+        build()

@@ -45,11 +45,11 @@ from grpc_obo._exchange import (
     ConfidentialClient,
     MemoryTokenStore,
     RedisTokenStore,
+    RetryPolicy,
     TokenCache,
     TokenSealer,
     TokenStore,
 )
-from grpc_obo._exchange._retry import RetryPolicy
 from grpc_obo._identity import (
     Identity,
     IdentityKind,

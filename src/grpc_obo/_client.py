@@ -14,7 +14,6 @@ helpers: the only public face of this module.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import grpc.aio
 
+from grpc_obo._common import is_loopback
 from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._credentials import ConfidentialClient
@@ -355,18 +355,6 @@ def _target_hosts(target: str) -> list[str]:
     return [_host_of(target.strip())]  # host:port, resolved by grpc's default dns:///
 
 
-def _is_loopback(host: str) -> bool:
-    name = host.lower().rstrip(".")
-    if name == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False  # a name that may resolve anywhere
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
 def _is_plaintext(credentials: grpc.ChannelCredentials | None) -> bool:
     # NOTE: grpc.experimental.insecure_channel_credentials() given to secure_channel is plaintext
     # too; only grpc's private wrapped object says so (if that changes, such channels go unwarned).
@@ -408,7 +396,7 @@ class _Channels:
             *self.client_interceptors(scopes=scopes, method_scopes=method_scopes),
         ]
         if _is_plaintext(credentials):
-            remote = [host for host in _target_hosts(target) if not _is_loopback(host)]
+            remote = [host for host in _target_hosts(target) if not is_loopback(host, by_name=True)]
             if remote:
                 _log.warning(
                     "plaintext channel to %s: every call sends a bearer token unencrypted; "

@@ -27,19 +27,28 @@
     │   ├── InvalidGrantError              the assertion is no longer good -> UNAUTHENTICATED
     │   │   └── ConsentRequiredError       no consent for the downstream API -> PERMISSION_DENIED
     │   └── AuthorityUnavailableError      5xx, 429, timeouts after retries -> UNAVAILABLE
-    └── DownstreamError (code, challenge)  an On-Behalf-Of call failed: relayed by grpc_obo._relay's
-                                           table, with a rebuilt challenge
+    ├── DownstreamError (code, challenge)  an On-Behalf-Of call failed: relayed by grpc_obo._relay's
+    │                                      table, with a rebuilt challenge
+    └── ValidatorFailedError               a validator raised something unexpected -> INTERNAL
 
 Messages are fixed, human-readable sentences. They never contain a token, a secret or key
 material: every class takes only the specific context (`reason`, `claim`, authority error codes)
-as keyword attributes.
+as keyword attributes. Every class carries `message` (the fixed sentence a refused caller is
+told) and `reason` (a bounded machine-readable name, or None).
+
+The decisions about an error are class attributes, read here and nowhere inferred from names:
+`service_fault` (the service must act, so a span is marked as an error; a refused token or a
+missing permission is an answer, not a fault) and `log_level` (how loudly the server logs a
+refusal). `status_for` below is the one table of status codes.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Sequence
+from typing import ClassVar
 
 import grpc
 
@@ -72,6 +81,7 @@ __all__ = [
     "TokenValidationError",
     "UnknownKeyError",
     "UserTokenNotAllowedError",
+    "ValidatorFailedError",
     "status_for",
     "www_authenticate_for",
 ]
@@ -80,24 +90,44 @@ __all__ = [
 class GrpcOboError(Exception):
     """Root of every error grpc_obo raises on purpose."""
 
+    default_reason: ClassVar[str | None] = None
+    service_fault: ClassVar[bool] = True
+    """Whose fault: True when the service (its configuration or dependencies) must act."""
+    log_level: ClassVar[int] = logging.DEBUG
+    """How loudly the server logs a call refused for this error."""
+
+    def __init__(self, message: str = "grpc_obo failed", *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        """The fixed sentence a refused caller is told: never a token, secret or inner host."""
+        self.reason = reason or self.default_reason
+        """A bounded machine-readable name for the failure (telemetry's `reason`), or None."""
+
 
 class ConfigurationError(GrpcOboError, ValueError):
     """Options that cannot work; raised at construction so start-up fails, not the first call."""
 
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+        """The option at fault (`tenant_id`, `authority_host`), when one is; `from_env()` names
+        the variable it reads that option from."""
+
 
 class MissingIdentityError(GrpcOboError):
     """Code asked for the caller's identity outside an authenticated RPC (never falls back)."""
+
+    service_fault = False
 
 
 class TokenValidationError(GrpcOboError):
     """The bearer token is missing, malformed, or fails an Entra rule."""
 
     default_reason = "invalid_token"
+    service_fault = False
 
     def __init__(self, message: str, *, reason: str | None = None, claim: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.reason = reason or self.default_reason
+        super().__init__(message, reason=reason)
         self.claim = claim
 
 
@@ -188,6 +218,7 @@ class AccessDeniedError(GrpcOboError):
     """A valid token whose principal may not call this method."""
 
     default_reason = "access_denied"
+    service_fault = False
 
     def __init__(
         self,
@@ -197,9 +228,7 @@ class AccessDeniedError(GrpcOboError):
         required_scopes: Sequence[str] = (),
         required_roles: Sequence[str] = (),
     ):
-        super().__init__(message)
-        self.message = message
-        self.reason = reason or self.default_reason
+        super().__init__(message, reason=reason)
         self.required_scopes = tuple(required_scopes)
         self.required_roles = tuple(required_roles)
 
@@ -253,6 +282,8 @@ class ClientNotAllowedError(AccessDeniedError):
 class KeySourceUnavailableError(GrpcOboError):
     """Signing keys could not be fetched and no earlier good key set is cached."""
 
+    log_level = logging.WARNING
+
     def __init__(
         self,
         message: str = "signing keys are unavailable",
@@ -260,17 +291,25 @@ class KeySourceUnavailableError(GrpcOboError):
         url: str | None = None,
         detail: str | None = None,
     ) -> None:
-        # NOTE: `str()` (logs, tracebacks, the CLI) names the URL that failed and how; `message`,
-        # which a refused caller gets as the status details, stays the fixed sentence.
-        super().__init__(f"{message} ({detail or 'failed'}: {url})" if url else message)
-        self.message = message
+        super().__init__(message)
         self.url = url
         """The discovery or JWKS URL whose fetch failed last (public; never a secret)."""
         self.detail = detail
 
+    def __str__(self) -> str:
+        # NOTE: `str()` (logs, tracebacks, the CLI) names the URL that failed and how; `message`,
+        # which a refused caller gets as the status details, stays the fixed sentence.
+        if self.url:
+            return f"{self.message} ({self.detail or 'failed'}: {self.url})"
+        return self.message
+
 
 class TokenExchangeError(GrpcOboError):
     """The authority refused or failed a token request. Carries Entra's error fields, no token."""
+
+    # NOTE: an exchange refused for the service's own reasons gets one WARNING line an operator
+    # can take to Entra (its error codes, correlation id and hint); the user's own are DEBUG.
+    log_level = logging.WARNING
 
     def __init__(
         self,
@@ -283,10 +322,7 @@ class TokenExchangeError(GrpcOboError):
         claims: str | None = None,
         hint: str | None = None,
     ):
-        # NOTE: `str()` (logs, tracebacks, start-up) adds the hint naming the setting to fix;
-        # `message`, which a refused caller gets as the status details, stays the fixed sentence.
-        super().__init__(f"{message}: {hint}" if hint else message)
-        self.message = message
+        super().__init__(message)
         self.hint = hint
         """For the operator: which setting or variable to check (never a secret's value)."""
         self.error = error
@@ -296,17 +332,31 @@ class TokenExchangeError(GrpcOboError):
         self.claims = claims
         """A claims challenge (JSON) the client must satisfy by signing in again, if any."""
 
+    def __str__(self) -> str:
+        # NOTE: `str()` (logs, tracebacks, start-up) adds the hint naming the setting to fix;
+        # `message`, which a refused caller gets as the status details, stays the fixed sentence.
+        return f"{self.message}: {self.hint}" if self.hint else self.message
+
 
 class ClaimsChallengeError(TokenExchangeError):
     """The user must sign in again to satisfy a claims challenge (MFA, conditional access, CAE)."""
+
+    service_fault = False
+    log_level = logging.DEBUG
 
 
 class InvalidGrantError(TokenExchangeError):
     """The incoming assertion cannot be exchanged (expired, revoked, not consented)."""
 
+    service_fault = False
+    log_level = logging.DEBUG
+
 
 class ConsentRequiredError(InvalidGrantError):
     """The user or an administrator has not consented to the downstream API (AADSTS65001)."""
+
+    # An administrator must act: the operator hears of it, though the call is refused as usual.
+    log_level = logging.WARNING
 
 
 class DownstreamError(GrpcOboError):
@@ -320,13 +370,19 @@ class DownstreamError(GrpcOboError):
 
     def __init__(self, message: str, *, code: grpc.StatusCode, challenge: str | None = None):
         super().__init__(message)
-        self.message = message
         self.code = code
         self.challenge = challenge
 
 
 class AuthorityUnavailableError(TokenExchangeError):
     """The authority did not answer usably within the call's deadline (5xx, 429, network)."""
+
+
+class ValidatorFailedError(GrpcOboError):
+    """The validator raised something unexpected; the client learns nothing more (INTERNAL)."""
+
+    def __init__(self, message: str = "token validation failed") -> None:
+        super().__init__(message)
 
 
 # The one place that decides status codes. Order matters: first match wins, subclasses first.

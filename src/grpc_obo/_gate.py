@@ -24,13 +24,10 @@ import grpc.aio
 
 from grpc_obo._errors import (
     AccessDeniedError,
-    ClaimsChallengeError,
-    ConsentRequiredError,
     DownstreamError,
     GrpcOboError,
-    InvalidGrantError,
-    KeySourceUnavailableError,
     TokenExchangeError,
+    ValidatorFailedError,
     status_for,
     www_authenticate_for,
 )
@@ -43,8 +40,6 @@ __all__ = ["Authenticator", "TokenValidatorLike"]
 
 _LOGGER = logging.getLogger("grpc_obo.server")
 
-_VALIDATOR_FAILURE = "token validation failed"
-
 
 class TokenValidatorLike(Protocol):
     """What the server interceptor calls on a validator (`grpc_obo.TokenValidator` is one).
@@ -56,10 +51,6 @@ class TokenValidatorLike(Protocol):
     async def validate(self, token: str) -> Identity: ...
 
     def cached(self, token: str) -> Identity | None: ...
-
-
-class _ValidatorFailure(GrpcOboError):
-    """The validator raised something unexpected; the client learns nothing more (INTERNAL)."""
 
 
 class Authenticator:
@@ -87,10 +78,10 @@ class Authenticator:
             raise
         except Exception as exc:
             _log_unexpected(exc, token, method)
-            raise _ValidatorFailure(_VALIDATOR_FAILURE) from None
+            raise ValidatorFailedError() from None
         if not isinstance(identity, Identity):
             _LOGGER.error("validator returned %s, not an Identity", type(identity).__name__)
-            raise _ValidatorFailure(_VALIDATOR_FAILURE)
+            raise ValidatorFailedError()
         return identity
 
 
@@ -242,8 +233,7 @@ class Gate:
         code = status_for(exc)
         challenge = www_authenticate_for(exc)
         trailing = (("www-authenticate", challenge),) if challenge else ()
-        reason = getattr(exc, "reason", None)
-        if isinstance(exc, TokenExchangeError) and _not_the_users_fault(exc):
+        if isinstance(exc, TokenExchangeError) and exc.log_level >= logging.WARNING:
             # One line an operator can take to Entra: its error codes and correlation id.
             _LOGGER.warning(
                 "%s: On-Behalf-Of exchange failed: %s (error=%s, error_codes=%s, "
@@ -258,12 +248,15 @@ class Gate:
                 f": {exc.hint}" if exc.hint else "",
             )
         elif not isinstance(exc, DownstreamError):  # a relayed failure is logged by relay()
-            level = logging.WARNING if isinstance(exc, KeySourceUnavailableError) else logging.DEBUG
             _LOGGER.log(
-                level, "refused %s: %s (%s)", self.method, type(exc).__name__, reason or code.name
+                exc.log_level,
+                "refused %s: %s (%s)",
+                self.method,
+                type(exc).__name__,
+                exc.reason or code.name,
             )
         # The details are the error's fixed message: errors never carry the token or keys.
-        return code, str(getattr(exc, "message", _VALIDATOR_FAILURE)), trailing
+        return code, exc.message, trailing
 
 
 # -- the grpc side of the relay -----------------------------------------------------------------
@@ -314,13 +307,6 @@ _JWTISH = re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){0,2}")
 
 def _scrub(text: str) -> str:
     return _JWTISH.sub("[redacted]", text)[:500]
-
-
-def _not_the_users_fault(error: TokenExchangeError) -> bool:
-    """A claims challenge or an expired assertion is for the user to fix; the rest is ours."""
-    if isinstance(error, ConsentRequiredError):
-        return True
-    return not isinstance(error, ClaimsChallengeError | InvalidGrantError)
 
 
 def deny_uncertain(identity: Identity) -> None:

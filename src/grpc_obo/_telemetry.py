@@ -9,8 +9,9 @@ usernames and every token stay out (see `_failure_attributes`). Identity identif
 HMAC-hashed or left out for deployments that must not export personal identifiers; they never
 go on metrics or span names.
 
-This module imports nothing of grpc_obo: the server, client, validation and exchange parts call
-it (directly, or through their observer hooks) with plain values.
+This module imports nothing of grpc_obo but the error tree (for `ConfigurationError`): the
+server, client, validation and exchange parts call it (directly, or through their observer
+hooks) with plain values.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from grpc_obo._errors import ConfigurationError
 from grpc_obo._version import __version__
 
 __all__ = ["Telemetry"]
@@ -99,12 +101,14 @@ class Telemetry:
         identity_key: bytes | None = None,
     ) -> None:
         if identities not in ("plain", "hashed", "omit"):
-            raise ValueError('identities must be "plain", "hashed" or "omit"')
+            raise ConfigurationError('identities must be "plain", "hashed" or "omit"')
         if identities == "hashed":
             if not isinstance(identity_key, bytes) or len(identity_key) < 16:
-                raise ValueError("hashed identities need identity_key: at least 16 random bytes")
+                raise ConfigurationError(
+                    "hashed identities need identity_key: at least 16 random bytes"
+                )
         elif identity_key is not None:
-            raise ValueError('identity_key is used only with identities="hashed"')
+            raise ConfigurationError('identity_key is used only with identities="hashed"')
         self.identities: IdentityMode = identities
         self._key = identity_key
         self._hashed: dict[str, str] = {}
@@ -478,13 +482,10 @@ def _failure_attributes(error: BaseException) -> dict[str, Any]:
 def _is_fault(error: BaseException) -> bool:
     """Whether a failure is the service's problem (an error status), not the caller's.
 
-    Refused tokens and missing permissions are answers (UNAUTHENTICATED, PERMISSION_DENIED),
-    not errors of the span; an unreachable authority or key source is.
+    The error class decides (`GrpcOboError.service_fault`, read by attribute: this module imports
+    nothing of grpc_obo); anything else raised is a fault.
     """
-    names = {cls.__name__ for cls in type(error).__mro__}
-    if names & {"TokenValidationError", "AccessDeniedError", "ClaimsChallengeError"}:
-        return False
-    return not (names & {"InvalidGrantError", "MissingIdentityError"})
+    return getattr(type(error), "service_fault", True) is not False
 
 
 def _guid_or_other(value: str) -> str:

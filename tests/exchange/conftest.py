@@ -27,8 +27,8 @@ from grpc_obo import (
     TokenValidator,
     ValidatorOptions,
 )
-from grpc_obo._exchange import obo_cache_key
 from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._keys import obo_cache_key
 from grpc_obo.devauthority import DevAuthority
 from tests.redis_server import redis_server
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from grpc_obo import ConfigurationError, SecretToken
-from grpc_obo._exchange import OBO_KEY_PREFIX, obo_cache_key
+from grpc_obo._exchange._keys import OBO_KEY_PREFIX, obo_cache_key
 
 BASE = {
     "assertion": SecretToken("eyJ.user-token.sig"),

@@ -514,7 +514,7 @@ async def test_the_memo_bound_follows_the_store(authority: DevAuthority) -> None
     async with OboExchanger(
         client_for(authority), cache=TokenCache(store=MemoryTokenStore(max_entries=42))
     ) as exchanger:
-        assert exchanger._max_keys == 42
+        assert exchanger._keys.maxsize == 42
 
 
 async def test_what_cached_users_share_is_held_once(

@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from grpc_obo import SecretToken
-from grpc_obo._exchange import CachedToken, RedisTokenStore, TokenCache, TokenSealer, obo_cache_key
+from grpc_obo._exchange import CachedToken, RedisTokenStore, TokenCache, TokenSealer
+from grpc_obo._exchange._keys import obo_cache_key
 
 from .conftest import Minted
 

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from grpc_obo import SecretToken
-from grpc_obo._exchange import CachedToken, SingleFlight, TokenCache
+from grpc_obo._exchange import CachedToken, TokenCache
+from grpc_obo._exchange._singleflight import SingleFlight
 
 from .conftest import Minted, eventually
 

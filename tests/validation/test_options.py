@@ -136,7 +136,7 @@ def test_options_are_frozen_and_repr_hides_keys() -> None:
 
 
 def test_validator_takes_options_only() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(grpc_obo.ConfigurationError):
         grpc_obo.TokenValidator({"tenant": TENANT})  # type: ignore[arg-type]
 
 

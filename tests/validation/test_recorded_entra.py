@@ -12,7 +12,7 @@ import pytest
 
 import grpc_obo
 from grpc_obo import IdentityKind, TokenValidator, ValidatorOptions
-from grpc_obo._validation._keys import parse_jwks
+from grpc_obo._validation._jwks import parse_jwks
 from tests.validation.tokens import FakeClock, record
 
 Load = Callable[[str], Any]

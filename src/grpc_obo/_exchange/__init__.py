@@ -9,24 +9,21 @@ a lease in Redis), single flight, and `TokenCache`, which ties them together for
 from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._credentials import ClientCredential, ConfidentialClient
 from grpc_obo._exchange._crypto import TokenSealer
-from grpc_obo._exchange._keys import OBO_KEY_PREFIX, log_ref, obo_cache_key
 from grpc_obo._exchange._memory import MemoryTokenStore
 from grpc_obo._exchange._redis import RedisTokenStore
-from grpc_obo._exchange._singleflight import SingleFlight
+from grpc_obo._exchange._retry import RetryPolicy
 from grpc_obo._exchange._store import TokenStore
 from grpc_obo._exchange._token import CachedToken
 
+# The names grpc_obo exports; the rest (cache keys, single flight) stay in their modules.
 __all__ = [
-    "OBO_KEY_PREFIX",
     "CachedToken",
     "ClientCredential",
     "ConfidentialClient",
     "MemoryTokenStore",
     "RedisTokenStore",
-    "SingleFlight",
+    "RetryPolicy",
     "TokenCache",
     "TokenSealer",
     "TokenStore",
-    "log_ref",
-    "obo_cache_key",
 ]

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from grpc_obo._common import is_guid, with_scheme
 from grpc_obo._errors import ConfigurationError, TokenExchangeError
 from grpc_obo._exchange._sources import (
     AssertionCallback,
@@ -37,13 +38,13 @@ from grpc_obo._identity import SecretToken
 
 __all__ = ["ClientCredential", "ConfidentialClient", "explain_refusal"]
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # A verified domain name (contoso.onmicrosoft.com, contoso.com): Entra takes one in place of
 # the tenant GUID in an authority URL. Every Entra domain has a dot; a bare word
 # ("northwind") is not a tenant Entra knows, and fails at start-up rather than at the first call.
 _TENANT_DOMAIN = re.compile(
     r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
+_HOST_RULE = "authority_host must be an https:// URL or a host name"
 _TENANT_RULE = (
     "tenant_id must be the tenant GUID, a verified domain name (contoso.onmicrosoft.com) or "
     "'organizations'"
@@ -226,7 +227,7 @@ class ClientCredential:
         `client_id` names a user-assigned identity; None means the system-assigned one. MSAL
         reads IDENTITY_ENDPOINT / IDENTITY_HEADER from the process environment itself (also when
         `ConfidentialClient.from_env` was given a mapping)."""
-        if client_id is not None and not _GUID.match(client_id):
+        if client_id is not None and not is_guid(client_id):
             raise ConfigurationError("a managed identity's client_id must be a GUID")
         return cls("managed_identity", _identity=client_id)
 
@@ -333,26 +334,29 @@ class ConfidentialClient:
     http_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        if not _GUID.match(self.client_id):
-            raise ConfigurationError("client_id must be the app registration's GUID")
+        if not is_guid(self.client_id):
+            raise ConfigurationError(
+                "client_id must be the app registration's GUID", setting="client_id"
+            )
         if not isinstance(self.tenant_id, str):
-            raise ConfigurationError(_TENANT_RULE)
+            raise ConfigurationError(_TENANT_RULE, setting="tenant_id")
         if self.tenant_id.lower() in ("common", "consumers"):
             raise ConfigurationError(
                 "On-Behalf-Of needs the middle tier's tenant (or 'organizations'), not "
-                f"{self.tenant_id!r}"
+                f"{self.tenant_id!r}",
+                setting="tenant_id",
             )
         if not (
-            _GUID.match(self.tenant_id)
+            is_guid(self.tenant_id)
             or _TENANT_DOMAIN.match(self.tenant_id)
             or self.tenant_id.lower() == "organizations"
         ):
-            raise ConfigurationError(_TENANT_RULE)
+            raise ConfigurationError(_TENANT_RULE, setting="tenant_id")
         if not isinstance(self.authority_host, str) or not self.authority_host.strip():
-            raise ConfigurationError("authority_host must be an https:// URL or a host name")
-        host = _with_scheme(self.authority_host)
+            raise ConfigurationError(_HOST_RULE, setting="authority_host")
+        host = with_scheme(self.authority_host)
         if not host.startswith("https://"):
-            raise ConfigurationError("authority_host must be an https:// URL or a host name")
+            raise ConfigurationError(_HOST_RULE, setting="authority_host")
         object.__setattr__(self, "authority_host", host)
         ca_file: object = self.ca_file
         if isinstance(ca_file, os.PathLike):  # a Path works too
@@ -425,7 +429,7 @@ class ConfidentialClient:
             return value
 
         def named(variable: str, exc: ConfigurationError) -> ConfigurationError:
-            return ConfigurationError(f"{variable}: {exc}")
+            return ConfigurationError(f"{variable}: {exc}", setting=exc.setting)
 
         tenant_id, client_id = need("AZURE_TENANT_ID"), need("AZURE_CLIENT_ID")
         # Secretless first, as the issue's order and Microsoft.Identity.Web's examples have it.
@@ -478,25 +482,19 @@ class ConfidentialClient:
                 ca_file=ca_file,
             )
         except ConfigurationError as exc:
-            variable = next((v for o, v in _FROM_ENV if str(exc).startswith(o)), None)
+            variable = _FROM_ENV.get(exc.setting or "")
             if variable is None:
                 raise
             raise named(variable, exc) from None
 
 
 _ENTRA = "https://login.microsoftonline.com"
-_FROM_ENV = (
-    ("client_id", "AZURE_CLIENT_ID"),
-    ("tenant_id", "AZURE_TENANT_ID"),
-    ("On-Behalf-Of needs", "AZURE_TENANT_ID"),
-    ("authority_host", "AZURE_AUTHORITY_HOST"),
-)
-
-
-def _with_scheme(value: str) -> str:
-    """azure-identity's rule for AZURE_AUTHORITY_HOST: a bare host means https."""
-    value = value.strip().rstrip("/")
-    return value if "://" in value else f"https://{value}"
+# The variable `from_env()` reads each setting from, to name it in a ConfigurationError.
+_FROM_ENV = {
+    "client_id": "AZURE_CLIENT_ID",
+    "tenant_id": "AZURE_TENANT_ID",
+    "authority_host": "AZURE_AUTHORITY_HOST",
+}
 
 
 # What each credential kind is called, and the variable `from_env()` reads it from.

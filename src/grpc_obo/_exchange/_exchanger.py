@@ -19,13 +19,13 @@ import contextvars
 import functools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msal
 
+from grpc_obo._common import LRU
 from grpc_obo._errors import (
     AppTokenNotAllowedError,
     AuthorityUnavailableError,
@@ -261,8 +261,9 @@ class OboExchanger:
         """How many token requests this exchanger has started (for tests and metrics)."""
         # Cache keys by (incoming token, scopes, claims): an LRU no larger than the number of
         # tokens the cache itself keeps here, so it holds no more tokens than the caches do.
-        self._keys: OrderedDict[tuple[str, tuple[str, ...], str | None], str] = OrderedDict()
-        self._max_keys = self.cache.max_entries or _MEMO_WITHOUT_BOUND
+        self._keys: LRU[tuple[str, tuple[str, ...], str | None], str] = LRU(
+            self.cache.max_entries or _MEMO_WITHOUT_BOUND
+        )
         # Scope tuples already validated, each to its one shared copy.
         self._checked: dict[tuple[str, ...], tuple[str, ...]] = {}
 
@@ -290,15 +291,10 @@ class OboExchanger:
         used first out, at the cache's own in-process bound (`max_entries`).
         """
         memo = (user.token.reveal(), wanted, claims)
-        keys = self._keys
-        key = keys.get(memo)
-        if key is not None:
-            keys.move_to_end(memo)
-            return key
-        key = self.cache_key(wanted, identity=user, claims=claims)
-        keys[memo] = key
-        if len(keys) > self._max_keys:
-            keys.popitem(last=False)
+        key = self._keys.get(memo)
+        if key is None:
+            key = self.cache_key(wanted, identity=user, claims=claims)
+            self._keys.put(memo, key)
         return key
 
     def cache_key(

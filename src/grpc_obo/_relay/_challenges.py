@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from grpc_obo._common import is_guid
 from grpc_obo._relay._claims import remembered_claims
 
 __all__ = [
@@ -143,7 +144,6 @@ _DESCRIPTIONS = {
     ),
     "invalid_request": "a downstream API refused the request",
 }
-_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 # RFC 6749 scope-token characters; no quote or backslash, so the value needs no escaping.
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,256}")
 _REALM = re.compile(r"[A-Za-z0-9 ._:/@-]{0,128}")
@@ -175,7 +175,7 @@ def rebuild_challenge(challenge: Challenge | None) -> str | None:
         if 0 < len(scopes) <= _MAX_SCOPES and all(_SCOPE.fullmatch(s) for s in scopes):
             parts.append(f'scope="{scope}"')
     client_id = challenge.get("client_id")
-    if client_id is not None and _GUID.fullmatch(client_id):
+    if client_id is not None and is_guid(client_id):
         parts.append(f'client_id="{client_id.lower()}"')
     claims = _claims_param(challenge)
     if claims is not None:

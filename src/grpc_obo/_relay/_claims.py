@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
+from grpc_obo._common import LRU
 from grpc_obo._identity import Identity
 
 __all__ = ["KNOWN_CLAIMS", "ClaimsMemory", "remembered_claims"]
@@ -90,10 +90,9 @@ class ClaimsMemory:
         ttl: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._max = max_entries
         self._ttl = ttl
         self._clock = clock
-        self._claims: OrderedDict[tuple[str, tuple[str, ...]], tuple[str, float]] = OrderedDict()
+        self._claims: LRU[tuple[str, tuple[str, ...]], tuple[str, float]] = LRU(max_entries)
 
     def __len__(self) -> int:
         return len(self._claims)
@@ -102,11 +101,11 @@ class ClaimsMemory:
         if not self._claims or identity is None:
             return None
         key = (identity.principal, scopes)
-        entry = self._claims.get(key)
+        entry = self._claims.peek(key)  # first in, first out: a read does not renew it
         if entry is None:
             return None
         if self._clock() >= entry[1]:
-            del self._claims[key]
+            self._claims.pop(key)
             return None
         return entry[0]
 
@@ -114,17 +113,13 @@ class ClaimsMemory:
         """Remember `claims` (already filtered by `remembered_claims`); None does nothing."""
         if claims is None:
             return
-        key = (identity.principal, scopes)
-        self._claims.pop(key, None)
-        while len(self._claims) >= self._max:
-            self._claims.popitem(last=False)
-        self._claims[key] = (claims, self._clock() + self._ttl)
+        self._claims.put((identity.principal, scopes), (claims, self._clock() + self._ttl))
 
     def forget(self, identity: Identity | None, scopes: tuple[str, ...], claims: str) -> None:
         """An exchange carrying `claims` succeeded: they are met, stop asking for them."""
         if identity is None:
             return
         key = (identity.principal, scopes)
-        entry = self._claims.get(key)
+        entry = self._claims.peek(key)
         if entry is not None and entry[0] == claims:
-            del self._claims[key]
+            self._claims.pop(key)

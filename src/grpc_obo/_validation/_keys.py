@@ -1,4 +1,4 @@
-"""Signing keys: JWKS parsing, and the two key sources (static document, discovery + JWKS).
+"""Signing keys: the two key sources (static document, discovery + JWKS).
 
 The remote source fetches `{authority}/{tenant}/v2.0/.well-known/openid-configuration` once for
 its `jwks_uri` (again only after a JWKS fetch fails), then the JWKS, over https only and without
@@ -24,175 +24,34 @@ following redirects. Its refresh rules follow Entra's signing-key-rollover guida
 * a failed or empty fetch never replaces the last good key set, which keeps serving; while the
   authority is down, attempts are spaced by `unknown_kid_refresh_interval` too.
 
-JWKS parsing is tolerant of real documents and strict about what becomes a key: RSA only, at
-least 2048 bits, not `use: enc`. Accepted on purpose: `n`/`e` in padded or standard-alphabet
-base64 (Microsoft's own test JWKS does this; the key came over TLS from the configured authority,
-so this tolerance does not reach token parsing), unknown members, and a key `alg` that is not a
-JWS algorithm name at all (Microsoft's legacy "SHA256"). A key whose `alg` names another JWS
-algorithm (PS256, RS512, ...) is skipped, since we only ever verify RS256.
+JWKS parsing is `_jwks.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hashlib
 import logging
-from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
-
+from grpc_obo._common import LRU
 from grpc_obo._errors import KeySourceUnavailableError, UnknownKeyError
-from grpc_obo._validation._jose import ALGORITHM, loads_strict
-from grpc_obo._validation._options import ValidatorOptions, check_fetch_url
+from grpc_obo._validation._jose import loads_strict
+from grpc_obo._validation._jwks import KeySet, SigningKey, parse_jwks
+from grpc_obo._validation._options import ValidatorOptions
+from grpc_obo._validation._urls import check_fetch_url
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = [
-    "KeySet",
-    "KeySource",
-    "RemoteKeySource",
-    "SigningKey",
-    "StaticKeySource",
-    "parse_jwks",
-]
+__all__ = ["KeySource", "RemoteKeySource", "StaticKeySource"]
 
 logger = logging.getLogger("grpc_obo.validation")
 
-MIN_RSA_BITS = 2048
-MAX_RSA_BITS = 8192  # bigger moduli only make each verify slower, which helps an attacker
 MAX_DOCUMENT_BYTES = 1024 * 1024
-_MAX_KEYS = 100
 _MAX_MISSING_NAMES = 1024  # names looked up and not found (kids <= 256 chars: < 1 MB)
-
-_JWS_ALGS = frozenset(
-    {
-        "none",
-        *(f"{family}{bits}" for family in ("HS", "RS", "PS", "ES") for bits in (256, 384, 512)),
-        "ES256K",
-        "EdDSA",
-        "Ed25519",
-        "Ed448",
-    }
-)
-_SIGNING_OPS = frozenset({"verify", "sign", "signing"})
-
-
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    """One usable RS256 verification key from a JWKS."""
-
-    kid: str | None
-    x5t: str | None
-    public_key: RSAPublicKey = field(repr=False)
-    issuer: str | None
-    """The key's `issuer` template (Entra: `https://login.microsoftonline.com/{tenantid}/v2.0`)."""
-    fingerprint: str
-    """SHA-256 of the modulus and exponent: identifies the key material, not its name."""
-
-
-@dataclass(frozen=True, slots=True)
-class KeySet:
-    """An immutable key set: replaced as a whole on refresh, so readers never see half of one."""
-
-    keys: tuple[SigningKey, ...] = ()
-    by_kid: Mapping[str, SigningKey] = field(default_factory=dict)
-    by_x5t: Mapping[str, SigningKey] = field(default_factory=dict)
-    fingerprints: frozenset[str] = frozenset()
-
-    def find(self, kid: str | None, x5t: str | None) -> SigningKey | None:
-        # `kid` decides when present; `x5t` is the fallback for old v1 tokens that carry only it.
-        if kid is not None:
-            return self.by_kid.get(kid)
-        if x5t is not None:
-            return self.by_x5t.get(x5t)
-        return None
-
-
-def _b64_int(value: object) -> int | None:
-    if not isinstance(value, str) or not value or len(value) > 2 * MAX_RSA_BITS // 6:
-        return None
-    text = value.rstrip("=").replace("+", "-").replace("/", "_")
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    return int.from_bytes(raw, "big") if raw else None
-
-
-def _parse_key(jwk: object) -> SigningKey | str:
-    """A usable key, or the (loggable, key-free) reason this JWK is skipped."""
-    if not isinstance(jwk, Mapping):
-        return "not an object"
-    if jwk.get("kty") != "RSA":
-        return "not RSA"
-    use = jwk.get("use")
-    if use is not None and use != "sig":
-        return "not a signing key (use)"
-    ops = jwk.get("key_ops")
-    if ops is not None and (not isinstance(ops, list) or not _SIGNING_OPS.intersection(ops)):
-        return "not a signing key (key_ops)"
-    alg = jwk.get("alg")
-    if alg is not None and alg != ALGORITHM and alg in _JWS_ALGS:
-        return "for another algorithm"
-    kid, x5t = jwk.get("kid"), jwk.get("x5t")
-    if kid is not None and not isinstance(kid, str):
-        return "non-string kid"
-    if x5t is not None and not isinstance(x5t, str):
-        return "non-string x5t"
-    if kid is None and x5t is None:
-        return "no kid or x5t"
-    issuer = jwk.get("issuer")
-    if issuer is not None and not isinstance(issuer, str):
-        return "non-string issuer"
-    n, e = _b64_int(jwk.get("n")), _b64_int(jwk.get("e"))
-    if n is None or e is None:
-        return "bad n/e"
-    if not MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS:
-        return "key size out of range"
-    try:
-        public_key = RSAPublicNumbers(e, n).public_key()
-    except ValueError:
-        return "invalid RSA numbers"
-    digest = hashlib.sha256(f"{n:x}.{e:x}".encode("ascii")).hexdigest()
-    return SigningKey(kid=kid, x5t=x5t, public_key=public_key, issuer=issuer, fingerprint=digest)
-
-
-def parse_jwks(document: object) -> KeySet:
-    """Every usable key in a JWKS document (possibly none). Never raises on odd content."""
-    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
-        logger.warning("JWKS document has no 'keys' list")
-        return KeySet()
-    keys: list[SigningKey] = []
-    for jwk in document["keys"][:_MAX_KEYS]:
-        parsed = _parse_key(jwk)
-        if isinstance(parsed, str):
-            name = jwk.get("kid") if isinstance(jwk, Mapping) else None
-            name = name if isinstance(name, str) else None
-            logger.debug("skipping JWKS key %r: %s", name, parsed)
-        else:
-            keys.append(parsed)
-    by_kid: dict[str, SigningKey] = {}
-    by_x5t: dict[str, SigningKey] = {}
-    for key in keys:
-        # First wins on a repeated name, so a later entry cannot shadow an earlier one.
-        if key.kid is not None:
-            by_kid.setdefault(key.kid, key)
-        if key.x5t is not None:
-            by_x5t.setdefault(key.x5t, key)
-    return KeySet(
-        keys=tuple(keys),
-        by_kid=by_kid,
-        by_x5t=by_x5t,
-        fingerprints=frozenset(k.fingerprint for k in keys),
-    )
 
 
 class KeySource:
@@ -287,7 +146,7 @@ class RemoteKeySource(KeySource):
         self._attempted_at: float | None = None  # last fetch attempt, successful or not
         self._unknown_kid_at: float | None = None  # last refresh on the long unknown-kid budget
         self._new_kid_at: float | None = None  # last refresh on the short never-seen-kid budget
-        self._missing: OrderedDict[str, None] = OrderedDict()  # looked up after a good fetch
+        self._missing: LRU[str, bool] = LRU(_MAX_MISSING_NAMES)  # looked up after a good fetch
         self._cold_failures = 0  # failed attempts in a row while no key set was ever loaded
         self._last_failure: tuple[str, str] | None = None  # (url, what happened): for errors
         self._cold_failed_at: float | None = None
@@ -355,10 +214,7 @@ class RemoteKeySource(KeySource):
         return False
 
     def _remember_missing(self, name: str) -> None:
-        self._missing[name] = None
-        self._missing.move_to_end(name)
-        while len(self._missing) > _MAX_MISSING_NAMES:
-            self._missing.popitem(last=False)
+        self._missing.put(name, True)
 
     def _refresh_once(self) -> asyncio.Task[bool]:
         """The refresh in flight, or a new one: the single flight every caller shares."""

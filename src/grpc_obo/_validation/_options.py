@@ -9,7 +9,6 @@ and only when asked) and `from_env()`, which reads azure-identity's variable nam
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import ssl
@@ -20,17 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from grpc_obo._common import is_guid as _is_guid
+from grpc_obo._common import with_scheme
 from grpc_obo._errors import ConfigurationError
+from grpc_obo._validation._jwks import parse_jwks
+from grpc_obo._validation._urls import base_url
 
 __all__ = [
     "GRAPH_AUDIENCES",
     "MULTI_TENANTS",
     "ValidatorOptions",
-    "check_fetch_url",
     "is_guid",
 ]
-
-_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 MULTI_TENANTS = frozenset({"organizations", "common"})
 """Tenant names that accept tokens from many tenants (the issuer is then templated by `tid`)."""
@@ -53,58 +53,7 @@ _VERSIONS = frozenset({"1.0", "2.0"})
 
 def is_guid(value: object) -> bool:
     """True for a lowercase GUID string, the only form Entra puts in `tid` and `oid`."""
-    return isinstance(value, str) and _GUID.fullmatch(value) is not None
-
-
-def _is_loopback_ip(host: str | None) -> bool:
-    # NOTE: only IP literals count. A name like "localhost" is resolved by whatever the host's
-    # resolver says, which is not a promise that the bytes stay on this machine.
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_fetch_url(url: str, *, allow_loopback_http: bool) -> str | None:
-    """Why `url` may not be fetched for keys, or None when it may (https, or loopback http)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return "not a valid URL"
-    if parts.username or parts.password:
-        return "must not carry credentials"
-    if not host:
-        return "has no host"
-    if parts.scheme == "https":
-        return None
-    if parts.scheme == "http" and allow_loopback_http and _is_loopback_ip(host):
-        return None
-    if parts.scheme == "http" and _is_loopback_ip(host):
-        return "uses plain http (allowed for a loopback IP only with allow_loopback_http=True)"
-    return "must use https"
-
-
-def _with_scheme(value: str) -> str:
-    """azure-identity's rule for AZURE_AUTHORITY_HOST: a bare host means https."""
-    value = value.strip().rstrip("/")
-    return value if "://" in value else f"https://{value}"
-
-
-def _base_url(name: str, value: str, *, allow_loopback_http: bool) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{name} must be a non-empty URL")
-    value = _with_scheme(value)
-    problem = check_fetch_url(value, allow_loopback_http=allow_loopback_http)
-    if problem:
-        raise ConfigurationError(f"{name} {problem}")
-    parts = urlsplit(value)
-    if parts.path or parts.query or parts.fragment:
-        raise ConfigurationError(f"{name} must be scheme://host[:port] with no path or query")
-    return value
+    return _is_guid(value, lowercase=True)
 
 
 def _string_set(name: str, value: Iterable[str] | None) -> frozenset[str] | None:
@@ -251,11 +200,11 @@ class ValidatorOptions:
         set_(
             self,
             "authority_host",
-            _base_url("authority_host", self.authority_host, allow_loopback_http=loopback),
+            base_url("authority_host", self.authority_host, allow_loopback_http=loopback),
         )
         if not isinstance(self.v1_issuer_host, str) or not self.v1_issuer_host.strip():
             raise ConfigurationError("v1_issuer_host must be a non-empty URL")
-        v1_host = _with_scheme(self.v1_issuer_host)
+        v1_host = with_scheme(self.v1_issuer_host)
         v1_parts = urlsplit(v1_host)
         if v1_parts.scheme not in ("https", "http") or not v1_parts.netloc or v1_parts.path:
             raise ConfigurationError("v1_issuer_host must be scheme://host[:port]")
@@ -332,9 +281,6 @@ class ValidatorOptions:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"{name} must be a bool")
         if self.jwks is not None:
-            # Imported here: _keys imports this module for the URL rule.
-            from grpc_obo._validation._keys import parse_jwks
-
             if not isinstance(self.jwks, Mapping):
                 raise ConfigurationError("jwks must be a JWKS document (a mapping with 'keys')")
             if not parse_jwks(self.jwks).keys:

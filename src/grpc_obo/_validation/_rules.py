@@ -23,7 +23,7 @@ from grpc_obo._errors import (
     TenantNotAllowedError,
 )
 from grpc_obo._identity import Identity, IdentityKind, SecretToken
-from grpc_obo._validation._keys import SigningKey
+from grpc_obo._validation._jwks import SigningKey
 from grpc_obo._validation._options import GRAPH_AUDIENCES, ValidatorOptions, is_guid
 
 __all__ = ["check_claims", "check_times", "classify"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from types import TracebackType
 
-from grpc_obo._errors import InvalidSignatureError, MalformedTokenError
+from grpc_obo._errors import ConfigurationError, InvalidSignatureError, MalformedTokenError
 from grpc_obo._identity import Identity
 from grpc_obo._validation._cache import VerifiedTokenCache
 from grpc_obo._validation._jose import parse_compact, verify_rs256
@@ -48,7 +48,7 @@ class TokenValidator:
     ) -> None:
         """`telemetry` (a `grpc_obo.Telemetry`) traces discovery and JWKS fetches; none without."""
         if not isinstance(options, ValidatorOptions):
-            raise TypeError("TokenValidator takes a ValidatorOptions")
+            raise ConfigurationError("TokenValidator takes a ValidatorOptions")
         self._options = options
         if options.jwks is not None:
             self._keys: KeySource = StaticKeySource(options.jwks)
