@@ -173,7 +173,7 @@ _SERVICES_OWN = (
 def test_whose_fault_is_a_class_attribute_that_telemetry_reads(
     error: grpc_obo.GrpcOboError,
 ) -> None:
-    from grpc_obo._telemetry import _is_fault
+    from grpc_obo._telemetry._redact import _is_fault
 
     assert error.service_fault is (error in _SERVICES_OWN)
     assert _is_fault(error) is error.service_fault

@@ -1,18 +1,5 @@
-"""OpenTelemetry for grpc_obo: span and metric names, and the one place that decides what leaves
-the process in them.
-
-The library emits, the application configures: only `opentelemetry-api` is used here, with the
-global providers unless `Telemetry` is given others. Nothing in this module ever receives a token:
-attributes come from identifiers (oid, tid, client id), exception *class* names, Entra's numeric
-error codes and correlation ids, and fixed vocabularies. `error_description`, claims values,
-usernames and every token stay out (see `_failure_attributes`). Identity identifiers can be
-HMAC-hashed or left out for deployments that must not export personal identifiers; they never
-go on metrics or span names.
-
-This module imports nothing of grpc_obo but the error tree (for `ConfigurationError`): the
-server, client, validation and exchange parts call it (directly, or through their observer
-hooks) with plain values.
-"""
+"""`Telemetry`: spans and metrics for validation, key fetches and exchanges, with explicit times
+where grpc's order of events needs them (see `validating`)."""
 
 from __future__ import annotations
 
@@ -29,55 +16,42 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from grpc_obo._errors import ConfigurationError
+from grpc_obo._telemetry._names import (
+    _BUCKETS,
+    ATTR_ATTEMPT,
+    ATTR_CLIENT_ID,
+    ATTR_ERROR,
+    ATTR_GRANT,
+    ATTR_KIND,
+    ATTR_OID,
+    ATTR_RESULT,
+    ATTR_RETRY,
+    ATTR_SCOPES,
+    ATTR_SOURCE,
+    ATTR_STEP,
+    ATTR_TID,
+    ATTR_URL,
+    METRIC_ACTIVE,
+    METRIC_EXCHANGE,
+    METRIC_KEYS,
+    METRIC_REFUSALS,
+    METRIC_VALIDATION,
+    SOURCE_CACHE,
+    SPAN_ACQUIRE,
+    SPAN_AUTHORITY,
+    SPAN_KEYS,
+    SPAN_VALIDATE,
+)
+from grpc_obo._telemetry._redact import (
+    _failure_attributes,
+    _guid_or_other,
+    _is_fault,
+    _public_url,
+)
 from grpc_obo._version import __version__
 
-__all__ = ["Telemetry"]
+__all__ = ["Telemetry", "Validation"]
 
-# Span names: fixed, never built from user data.
-SPAN_VALIDATE = "grpc_obo.validate"
-SPAN_KEYS = "grpc_obo.keys.fetch"
-SPAN_ACQUIRE = "grpc_obo.obo.acquire"
-SPAN_AUTHORITY = "grpc_obo.authority.request"
-
-# Attributes with no OpenTelemetry standard take the grpc_obo. prefix.
-ATTR_OID = "grpc_obo.user.oid"
-ATTR_TID = "grpc_obo.user.tid"
-ATTR_CLIENT_ID = "grpc_obo.client.id"
-ATTR_KIND = "grpc_obo.identity.kind"
-ATTR_RESULT = "grpc_obo.result"
-ATTR_REASON = "grpc_obo.refusal.reason"
-ATTR_SOURCE = "grpc_obo.token.source"
-ATTR_GRANT = "grpc_obo.grant"
-ATTR_SCOPES = "grpc_obo.scopes"
-ATTR_ATTEMPT = "grpc_obo.attempt"
-ATTR_STEP = "grpc_obo.authority.step"
-ATTR_RETRY = "grpc_obo.retry"
-ATTR_ENTRA_ERROR = "grpc_obo.entra.error"
-ATTR_ENTRA_CODES = "grpc_obo.entra.error_codes"
-ATTR_CORRELATION = "grpc_obo.entra.correlation_id"
-ATTR_CLAIMS = "grpc_obo.claims_challenge"
-ATTR_ERROR = "error.type"  # OpenTelemetry's: a low-cardinality class of failure
-ATTR_URL = "url.full"
-
-METRIC_VALIDATION = "grpc_obo.validation.duration"
-METRIC_EXCHANGE = "grpc_obo.obo.duration"
-METRIC_KEYS = "grpc_obo.keys.fetch.duration"
-METRIC_ACTIVE = "grpc_obo.obo.active"
-METRIC_REFUSALS = "grpc_obo.server.refusals"
-
-# Seconds: a cached verification is microseconds, an RSA check ~0.1 ms, an exchange with
-# Entra tens to hundreds of ms, a retried one seconds.
-_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-# Values of `grpc_obo.token.source`.
-SOURCE_CACHE = "cache"
-SOURCE_AUTHORITY = "authority"
-SOURCE_SINGLE_FLIGHT = "single_flight"
-
-# Identity error classes and reasons come from grpc_obo's own, bounded tree; anything else is
-# reported as this (a validator of the user's raising its own exception, say).
-_OTHER = "_OTHER"
-_GUIDISH = frozenset("0123456789abcdefABCDEF-")
 _MAX_HASHED = 10_000
 
 IdentityMode = Literal["plain", "hashed", "omit"]
@@ -443,63 +417,6 @@ class _Acquisition(_Outcome):
     def fail(self, error: BaseException | str, *, retry: bool = False) -> None:
         super().fail(error, retry=retry)
         self.fault = isinstance(error, BaseException) and _is_fault(error)
-
-
-def _failure_attributes(error: BaseException) -> dict[str, Any]:
-    """The one redaction point for failures: class, bounded reason, Entra codes, never text.
-
-    Exception messages are not exported (grpc_obo's are fixed sentences, but a validator or
-    an HTTP library of someone else's may put anything in theirs), nor Entra's
-    `error_description`, nor a claims challenge's value: only that there was one.
-    """
-    module = type(error).__module__
-    name = type(error).__name__ if module.startswith("grpc_obo") else _OTHER
-    reason = getattr(error, "reason", None)
-    bounded = isinstance(reason, str) and reason.replace("_", "").isalnum() and len(reason) <= 40
-    if name.startswith("_"):  # a private class (a key fetch failure): its bounded reason
-        name = reason if bounded and isinstance(reason, str) else _OTHER
-    if isinstance(error, TimeoutError):
-        name = "timeout"
-    attributes: dict[str, Any] = {ATTR_ERROR: name}
-    if bounded:
-        attributes[ATTR_REASON] = reason
-    entra_error = getattr(error, "error", None)
-    if isinstance(entra_error, str) and entra_error.replace("_", "").isalnum():
-        attributes[ATTR_ENTRA_ERROR] = entra_error[:64]
-    codes = getattr(error, "error_codes", None)
-    if codes:
-        numbers = [int(c) for c in codes if isinstance(c, int) and not isinstance(c, bool)]
-        if numbers:
-            attributes[ATTR_ENTRA_CODES] = numbers[:8]
-    correlation = getattr(error, "correlation_id", None)
-    if isinstance(correlation, str) and set(correlation) <= _GUIDISH and len(correlation) <= 36:
-        attributes[ATTR_CORRELATION] = correlation
-    if getattr(error, "claims", None):
-        attributes[ATTR_CLAIMS] = True
-    return attributes
-
-
-def _is_fault(error: BaseException) -> bool:
-    """Whether a failure is the service's problem (an error status), not the caller's.
-
-    The error class decides (`GrpcOboError.service_fault`, read by attribute: this module imports
-    nothing of grpc_obo); anything else raised is a fault.
-    """
-    return getattr(type(error), "service_fault", True) is not False
-
-
-def _guid_or_other(value: str) -> str:
-    # oid/tid/azp are GUIDs in every Entra token; anything else is not exported as is.
-    return value if len(value) <= 36 and set(value) <= _GUIDISH else _OTHER
-
-
-def _public_url(url: str) -> str:
-    # Discovery and JWKS URLs carry no credentials; a query string or user info never belongs.
-    base = url.split("?", 1)[0].split("#", 1)[0]
-    scheme, sep, rest = base.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
 
 
 def _parent(metadata: Iterable[tuple[str, Any]]) -> Context | None:
