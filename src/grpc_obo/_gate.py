@@ -224,9 +224,12 @@ class Gate:
                 relayed.code.name,
             )
         if _LOGGER.isEnabledFor(logging.DEBUG):
+            # NOTE: a gRPC downstream's details, JWT-shaped text cut; never `str(error)` of
+            # anything else: an HTTP library's message holds the request URL, whose query may
+            # carry a signature or a code.
             rpc = _rpc_error_in(error)
-            said = rpc.details() if rpc is not None else str(error)
-            _LOGGER.debug("%s: the downstream said: %s", self.method, _scrub(str(said)))
+            said = _scrub(str(rpc.details())) if rpc is not None else type(error).__name__
+            _LOGGER.debug("%s: the downstream said: %s", self.method, said)
 
     def refusal(self, exc: GrpcOboError) -> tuple[grpc.StatusCode, str, Trailing]:
         """(code, details, trailing metadata) that end a call refused for `exc`."""

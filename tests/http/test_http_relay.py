@@ -4,6 +4,7 @@ sentence, the challenge rebuilt from the allow-list, none of the downstream's te
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.http.conftest import Users
 from tests.http.downstream import Downstream
 
 TIMEOUT = 20.0
+SIGNATURE = "sv2-s3cr3t-query-signature"
 
 
 class CallsHttp(echo_pb2_grpc.EchoServicer):
@@ -26,7 +28,8 @@ class CallsHttp(echo_pb2_grpc.EchoServicer):
         self._url = url
 
     async def UnaryUnary(self, request: Any, context: Any) -> Any:
-        answer = await self._http.get(f"{self._url}/whoami")
+        # A query string may carry a signature: it must reach no log line and no caller.
+        answer = await self._http.get(f"{self._url}/whoami", params={"sig": SIGNATURE})
         answer.raise_for_status()  # not caught: the relay decides how the call ends
         return echo_pb2.EchoResponse(text="ok")
 
@@ -62,6 +65,9 @@ async def middle(
         (404, None, grpc.StatusCode.NOT_FOUND, None),
         (500, None, grpc.StatusCode.INTERNAL, None),
         (503, None, grpc.StatusCode.UNAVAILABLE, None),
+        # httpx follows no redirect by default and raise_for_status() raises for one, with the
+        # URL in its message: a failure in fixed words too.
+        (302, None, grpc.StatusCode.INTERNAL, None),
     ],
 )
 async def test_an_uncaught_http_failure_is_relayed_like_a_grpc_one(
@@ -72,7 +78,9 @@ async def test_an_uncaught_http_failure_is_relayed_like_a_grpc_one(
     challenge: str | None,
     code: grpc.StatusCode,
     rebuilt: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     downstream.refuse_next(1, status, challenge)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await middle.UnaryUnary(
@@ -84,6 +92,9 @@ async def test_an_uncaught_http_failure_is_relayed_like_a_grpc_one(
     assert error.code() is code
     assert "downstream" in (error.details() or "")  # a fixed sentence
     assert downstream.url not in (error.details() or "") and "127.0.0.1" not in str(error.details())
+    assert SIGNATURE not in str(error.details())
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("grpc_obo")]
+    assert ours and not any(SIGNATURE in line for line in ours)  # httpx's own lines are its own
     trailing = dict(error.trailing_metadata() or ())
     if rebuilt is None:
         assert "www-authenticate" not in trailing

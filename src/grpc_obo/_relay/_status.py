@@ -56,8 +56,14 @@ class Code(enum.IntEnum):
 
     @classmethod
     def from_http(cls, status: int) -> Code:
-        """The code of an HTTP downstream's answer (2xx/3xx are OK)."""
-        if 200 <= status < 400:
+        """The code of an HTTP downstream's answer: only 2xx is OK.
+
+        NOTE: a 1xx or 3xx answer that reaches the handler (httpx follows no redirect unless
+        asked) is a failure too: `raise_for_status()` raises for it with the URL in its message,
+        so it must be relayed in fixed words like any other (INTERNAL: the middle tier's use of
+        the downstream broke, not the caller's request).
+        """
+        if 200 <= status < 300:
             return cls.OK
         found = _FROM_HTTP.get(status)
         if found is not None:
