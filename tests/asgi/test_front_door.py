@@ -32,7 +32,7 @@ from grpc_obo import Identity, http_requires
 from grpc_obo.devauthority import DevAuthority
 from tests.asgi.conftest import served
 from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
-from tests.http.conftest import FAST, options_for
+from tests.http.conftest import FAST
 
 TIMEOUT = 20.0
 
@@ -234,10 +234,17 @@ def test_misconfiguration_fails_at_construction() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         return None
 
-    with pytest.raises(grpc_obo.ConfigurationError):
+    class Validator:
+        async def validate(self, token: str) -> grpc_obo.Identity:
+            raise AssertionError("never called")
+
+        def cached(self, token: str) -> grpc_obo.Identity | None:
+            return None
+
+    with pytest.raises(grpc_obo.ConfigurationError, match="validator"):
         grpc_obo.BearerAuthMiddleware(app, validator=object())
-    with pytest.raises(grpc_obo.ConfigurationError):
-        grpc_obo.BearerAuthMiddleware(app, validator=options_for, public_paths="/health")
+    with pytest.raises(grpc_obo.ConfigurationError, match="public_paths"):
+        grpc_obo.BearerAuthMiddleware(app, validator=Validator(), public_paths="/health")
     with pytest.raises(grpc_obo.ConfigurationError):
         http_requires(auth_context="c0")
 

@@ -111,11 +111,18 @@ def test_validate_refusals_and_errors_are_terminal_safe(
     refused = run("validate", *flags, stdin=hostile_token)
     assert refused.returncode == 1
     assert_terminal_safe(refused.stdout + refused.stderr)
-    # An error quoting what the user passed (here a header that is not JSON) is safe too.
-    broken = run("decode", stdin=f"{b64(['x'])}.{b64({'a': TITLE})}.sig")
-    assert broken.returncode == 3
-    assert_terminal_safe(broken.stderr)
-    # The error of an invalid --tenant quotes it.
-    bad_tenant = run("validate", "--tenant", TITLE, "--audience", "x", stdin=hostile_token)
-    assert bad_tenant.returncode == 3
-    assert_terminal_safe(bad_tenant.stderr)
+    # An error that quotes what the user passed shows it escaped.
+    quoted = run(
+        "token",
+        "--tenant",
+        grpc_obo_authority.tenant_id,
+        "--client-id",
+        grpc_obo_authority.world.app("client").client_id,
+        "--ca-file",
+        TITLE,
+        "--scope",
+        "x",
+    )
+    assert quoted.returncode == 3
+    assert r"\x1b]0;pwned" in quoted.stderr  # quoted, and escaped
+    assert_terminal_safe(quoted.stderr)

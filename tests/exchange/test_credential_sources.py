@@ -6,6 +6,7 @@ when it changes and never sent past its exp; no secret or assertion in any repr,
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,9 @@ def test_from_env_lists_every_credential_it_finds_secretless_first(
         "secret",
     ]
     shown = repr(client) + repr(client.credentials) + str(client.credentials)
+    # What a source resolves to (MSAL's credential: the secret, the private key) too.
+    secret_source = client.credentials[3].source(ca_file=None, timeout=1.0, clock=time.time)
+    shown += repr(secret_source.resolve())
     assert env["AZURE_CLIENT_SECRET"] not in shown
     assert cert.private_key_pem.decode() not in shown
 

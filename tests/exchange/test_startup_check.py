@@ -254,6 +254,8 @@ async def test_a_refused_token_file_names_azure_federated_token_file(
     credential = ClientCredential.federated_token_file(path)
     with pytest.raises(TokenExchangeError) as caught:
         await make_exchanger(client_for(authority, credential)).start()
+    # The app has no federated credential: Entra reads the assertion as its own and refuses it.
+    assert caught.value.error == "invalid_client" and 700027 in caught.value.error_codes
     assert_names(caught.value, "AZURE_FEDERATED_TOKEN_FILE", never=path.read_text())
     assert "AZURE_CLIENT_SECRET" not in str(caught.value)
 

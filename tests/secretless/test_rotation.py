@@ -128,6 +128,9 @@ async def test_a_certificate_file_rotated_mid_traffic_fails_no_call(
     assert traffic.failures == []
     assert len(traffic.done) >= 3 * STEP
     assert authority.requests.count(grant="obo", ok=False) == 0
+    # Every call exchanged at the authority (a new user's token each time, no cache hit): the
+    # calls after the old certificate was removed were signed with the new one.
+    assert authority.requests.count(grant="obo", ok=True) >= 3 * STEP
 
 
 class Clock:

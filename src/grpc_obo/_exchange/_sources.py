@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,8 +59,8 @@ class SourceUnavailable(Exception):
 class Resolved:
     version: Hashable
     """Equal versions mean the same MSAL app can be kept."""
-    credential: Any = None
-    """MSAL's `client_credential`."""
+    credential: Any = field(default=None, repr=False)
+    """MSAL's `client_credential`: a secret or a private key, never in a repr."""
 
 
 class Source(Protocol):
