@@ -18,13 +18,13 @@ supported (the exchange is async). httpx is imported here only: install `grpc-ob
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 import httpx
 
+from grpc_obo._common import is_loopback
 from grpc_obo._errors import ClaimsChallengeError, ConfigurationError
 from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
 from grpc_obo._identity import Identity, SecretToken, current_identity
@@ -159,13 +159,7 @@ def _check_transport(url: httpx.URL) -> None:
 @functools.lru_cache(maxsize=256)
 def _is_loopback(host: str) -> bool:
     # NOTE: cached: parsing an address costs more than the rest of a cached call's auth flow.
-    name = host.lower().rstrip(".")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(host, by_name=True)
 
 
 def _where(url: httpx.URL) -> str:

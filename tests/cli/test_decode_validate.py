@@ -73,6 +73,16 @@ def test_decode_refuses_what_is_not_a_jwt_without_echoing_it(text: str, why: str
     assert "Traceback" not in result.stderr
 
 
+def test_decode_shows_a_time_claim_no_date_can_hold_undated() -> None:
+    def b64(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    token = f"{b64({'alg': 'RS256', 'kid': 'k'})}.{b64({'exp': 1e20, 'iat': 1e400})}.c2ln"
+    result = run("decode", stdin=token)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "1e+20" in result.stdout
+
+
 # -- validate -------------------------------------------------------------------------------------
 
 

@@ -321,3 +321,15 @@ async def test_json_around_the_object_is_read_as_before(validator: TokenValidato
         with pytest.raises(grpc_obo.MalformedTokenError) as caught:
             await validator.validate(sign_segments(header(), bad))
         assert caught.value.reason == "bad_json"
+
+
+def test_a_remembered_header_cannot_be_changed_through_the_first_token() -> None:
+    """The header a parse returns is the read-only view every later token with the same
+    header shares: changing it (a bug of a caller's) cannot change what was accepted."""
+    from grpc_obo._validation import _jose
+
+    token = mint(v2_claims())
+    first = _jose.parse_compact(token, max_bytes=16384)
+    with pytest.raises(TypeError):
+        first.header["alg"] = "none"  # type: ignore[index]
+    assert _jose.parse_compact(token, max_bytes=16384).header["alg"] == "RS256"

@@ -193,7 +193,7 @@ def _when(epoch: float, now: float) -> str:
 def _print_steps(steps: Sequence[Any], stream: TextIO) -> None:
     for step in steps:
         mark = "ok  " if step.ok else "FAIL"
-        print(f"[{mark}] {step.name}: {step.detail}", file=stream)
+        _say(f"[{mark}] {step.name}: {step.detail}", file=stream)
 
 
 # -- authority ---------------------------------------------------------------------------------

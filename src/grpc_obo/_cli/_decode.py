@@ -50,13 +50,23 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _date(value: float) -> str | None:
+    """The ISO date of a time claim, or None for one no date can show (1e20, inf, NaN)."""
+    try:
+        return datetime.datetime.fromtimestamp(value, datetime.UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     header, claims, signature_bytes = _decode_parts(_read_token(args.token))
     now = time.time()
     dates = {
-        name: datetime.datetime.fromtimestamp(claims[name], datetime.UTC).isoformat()
+        name: date
         for name in _TIME_CLAIMS
-        if isinstance(claims.get(name), (int, float)) and not isinstance(claims[name], bool)
+        if isinstance(claims.get(name), (int, float))
+        and not isinstance(claims[name], bool)
+        and (date := _date(claims[name])) is not None
     }
     if args.json:
         document = {"verified": False, "header": header, "claims": claims, "dates": dates}

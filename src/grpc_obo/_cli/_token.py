@@ -29,6 +29,7 @@ from ._common import (
     _dev_user,
     _expand_scope,
     _load_dev_document,
+    _say,
     _variable_name,
     _with_scheme,
     _wrap,
@@ -133,7 +134,8 @@ def _device_code(app: Any, scopes: list[str], timeout: float) -> dict[str, Any]:
     flow: dict[str, Any] = app.initiate_device_flow(scopes=scopes)
     if "user_code" not in flow:
         return flow  # the authority's error, reported by the caller
-    print(flow.get("message") or flow["user_code"], file=sys.stderr, flush=True)
+    # The authority's words: shown terminal-safe like everything a server says.
+    _say(flow.get("message") or flow["user_code"], file=sys.stderr)
     flow["expires_at"] = min(float(flow.get("expires_at", 0)), time.time() + timeout)
     result: dict[str, Any] = app.acquire_token_by_device_flow(flow)
     return result

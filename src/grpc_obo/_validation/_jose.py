@@ -237,12 +237,14 @@ def _parse_header(
     x5t = _key_name(header, "x5t")
     if kid is None and x5t is None:
         raise _malformed("no_kid", "token header names no key ('kid' or 'x5t')")
+    # A read-only view, returned here too: every later token with this header shares the
+    # object, so the first one's holder must not be able to change what was accepted.
+    view = MappingProxyType(header)
     if alphabet_ok:
         if len(_HEADERS) >= _MAX_HEADERS:
             _HEADERS.clear()
-        # A read-only view: every token with this header shares the object.
-        _HEADERS[segment] = (MappingProxyType(header), kid, x5t)
-    return header, kid, x5t
+        _HEADERS[segment] = (view, kid, x5t)
+    return view, kid, x5t
 
 
 # Stateless, so built once rather than per verification.
