@@ -101,7 +101,7 @@ async def _build_original(kind: str, config: dict[str, Any], port: int) -> grpc.
         obo = grpc_obo.OnBehalfOf(
             grpc_obo.ConfidentialClient(
                 client_id=config["original"]["client_id"],
-                tenant_id=config["tenant"],
+                tenant=config["tenant"],
                 credential=grpc_obo.ClientCredential.secret(config["original"]["secret"]),
                 authority_host=config["authority_host"],
                 ca_file=config["ca_file"],

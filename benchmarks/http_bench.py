@@ -91,7 +91,7 @@ def _client(authority: DevAuthority) -> grpc_obo.ConfidentialClient:
     original = authority.world.app("original")
     return grpc_obo.ConfidentialClient(
         client_id=original.client_id,
-        tenant_id=authority.tenant_id,
+        tenant=authority.tenant_id,
         credential=grpc_obo.ClientCredential.secret(original.secrets[0]),
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),

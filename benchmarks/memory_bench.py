@@ -71,7 +71,7 @@ async def run(bench: h.Bench, *, users: int, step: int) -> dict[str, Any]:
     obo = grpc_obo.OnBehalfOf(
         grpc_obo.ConfidentialClient(
             client_id=config["original"]["client_id"],
-            tenant_id=config["tenant"],
+            tenant=config["tenant"],
             credential=grpc_obo.ClientCredential.secret(config["original"]["secret"]),
             authority_host=config["authority_host"],
             ca_file=config["ca_file"],

@@ -218,7 +218,7 @@ class Narrator:
         daemon = self.settings.app("daemon")
         client = grpc_obo.ConfidentialClient(
             client_id=daemon["client_id"],
-            tenant_id=self.settings.tenant_id,
+            tenant=self.settings.tenant_id,
             credential=grpc_obo.ClientCredential.secret(daemon["secrets"][0]),
             authority_host=self.settings.authority_host,
             ca_file=self.settings.ca_file,

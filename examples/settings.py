@@ -107,7 +107,7 @@ class Settings:
         )
         return grpc_obo.ConfidentialClient(
             client_id=app["client_id"],
-            tenant_id=self.tenant_id,
+            tenant=self.tenant_id,
             credential=credential,
             authority_host=self.authority_host,
             ca_file=self.ca_file,

@@ -210,10 +210,10 @@ def test_a_configuration_error_names_its_setting_and_from_env_maps_it_to_the_var
     with pytest.raises(grpc_obo.ConfigurationError) as caught:
         grpc_obo.ConfidentialClient(
             client_id="00000000-0000-0000-0000-000000000001",
-            tenant_id="common",
+            tenant="common",
             credential=grpc_obo.ClientCredential.secret("s3cret-value"),
         )
-    assert caught.value.setting == "tenant_id"
+    assert caught.value.setting == "tenant"
     environ = {
         "AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
         "AZURE_TENANT_ID": "00000000-0000-0000-0000-000000000002",

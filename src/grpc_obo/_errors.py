@@ -110,7 +110,7 @@ class ConfigurationError(GrpcOboError, ValueError):
     def __init__(self, message: str, *, setting: str | None = None) -> None:
         super().__init__(message)
         self.setting = setting
-        """The option at fault (`tenant_id`, `authority_host`), when one is; `from_env()` names
+        """The option at fault (`tenant`, `authority_host`), when one is; `from_env()` names
         the variable it reads that option from."""
 
 

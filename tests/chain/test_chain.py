@@ -231,7 +231,7 @@ async def test_an_app_only_token_is_refused_on_user_operations(chain: Chain) -> 
     daemon = chain.settings.app("daemon")
     client = grpc_obo.ConfidentialClient(
         client_id=daemon["client_id"],
-        tenant_id=chain.authority.tenant_id,
+        tenant=chain.authority.tenant_id,
         credential=grpc_obo.ClientCredential.secret(daemon["secrets"][0]),
         authority_host=chain.authority.base_url,
         ca_file=str(chain.authority.ca_file),

@@ -318,7 +318,7 @@ def _hop(
         return Hop(name, options, frozenset(scopes))
     client = grpc_obo.ConfidentialClient(
         client_id=app.client_id,
-        tenant_id=app.tenant_id,
+        tenant=app.tenant_id,
         credential=grpc_obo.ClientCredential.secret(app.secrets[0]),
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),

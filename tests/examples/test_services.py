@@ -235,7 +235,7 @@ async def test_an_app_only_token_is_refused_on_a_user_operation(processes: Chain
     daemon = settings.app("daemon")
     client = grpc_obo.ConfidentialClient(
         client_id=daemon["client_id"],
-        tenant_id=settings.tenant_id,
+        tenant=settings.tenant_id,
         credential=grpc_obo.ClientCredential.secret(daemon["secrets"][0]),
         authority_host=settings.authority_host,
         ca_file=settings.ca_file,

@@ -129,7 +129,7 @@ def client_for(
     original = authority.world.app("original")
     return ConfidentialClient(
         client_id=original.client_id,
-        tenant_id=authority.tenant_id,
+        tenant=authority.tenant_id,
         credential=credential or ClientCredential.secret(original.secrets[0]),
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),

@@ -29,7 +29,7 @@ def client_for(authority: DevAuthority, credential: object) -> ConfidentialClien
     """The Original API's confidential client with `credential` (one or a list)."""
     return ConfidentialClient(
         client_id=authority.world.app("original").client_id,
-        tenant_id=authority.tenant_id,
+        tenant=authority.tenant_id,
         credential=credential,  # type: ignore[arg-type]
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),

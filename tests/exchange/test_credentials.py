@@ -275,7 +275,7 @@ def test_from_env_takes_a_guid_a_verified_domain_or_organizations(tenant: str) -
         "AZURE_CLIENT_ID": "3c9a4e21-7d0b-4f5e-a1c2-0c0ffee0a1a1",
         "AZURE_CLIENT_SECRET": "s3cr3t-value",
     }
-    assert ConfidentialClient.from_env(env).tenant_id == tenant
+    assert ConfidentialClient.from_env(env).tenant == tenant
 
 
 def test_from_env_defaults_to_entra_and_reads_nothing_else() -> None:
@@ -517,12 +517,12 @@ def test_credentials_never_show_their_secret(authority: DevAuthority, tmp_path: 
     "options",
     [
         {"client_id": "original"},
-        {"tenant_id": "common"},
-        {"tenant_id": "consumers"},
-        {"tenant_id": "northwind"},
-        {"tenant_id": "contoso."},
-        {"tenant_id": "-contoso.com"},
-        {"tenant_id": "contoso..com"},
+        {"tenant": "common"},
+        {"tenant": "consumers"},
+        {"tenant": "northwind"},
+        {"tenant": "contoso."},
+        {"tenant": "-contoso.com"},
+        {"tenant": "contoso..com"},
         {"authority_host": "http://127.0.0.1"},
         {"client_capabilities": ("cp 1",)},
         {"http_timeout": 0},
@@ -533,7 +533,7 @@ def test_confidential_client_is_checked_at_construction(
 ) -> None:
     settings: dict[str, object] = {
         "client_id": authority.world.app("original").client_id,
-        "tenant_id": authority.tenant_id,
+        "tenant": authority.tenant_id,
         "credential": ClientCredential.secret("x"),
         **options,
     }
@@ -550,7 +550,7 @@ def daemon_client(
     daemon = authority.world.app("daemon")
     return ConfidentialClient(
         client_id=daemon.client_id,
-        tenant_id=authority.tenant_id,
+        tenant=authority.tenant_id,
         credential=credential or ClientCredential.secret(daemon.secrets[0]),
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),

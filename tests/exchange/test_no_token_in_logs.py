@@ -102,7 +102,7 @@ async def test_a_full_flow_logs_no_token_secret_or_key(
     async with AppOnlyExchanger(
         ConfidentialClient(
             client_id=daemon.client_id,
-            tenant_id=authority.tenant_id,
+            tenant=authority.tenant_id,
             credential=ClientCredential.secret(daemon.secrets[0]),
             authority_host=authority.base_url,
             ca_file=str(authority.ca_file),

@@ -63,7 +63,7 @@ async def test_the_public_on_behalf_of_and_app_only_have_start_too(
     daemon = authority.world.app("daemon")
     client = ConfidentialClient(
         client_id=daemon.client_id,
-        tenant_id=authority.tenant_id,
+        tenant=authority.tenant_id,
         credential=ClientCredential.secret(daemon.secrets[0]),
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),
@@ -197,7 +197,7 @@ async def test_an_unknown_client_id_names_azure_client_id(
     unknown = str(uuid.uuid4())
     client = ConfidentialClient(
         client_id=unknown,
-        tenant_id=authority.tenant_id,
+        tenant=authority.tenant_id,
         credential=ClientCredential.secret("whatever-s3cret"),
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),
@@ -211,7 +211,7 @@ async def test_an_unknown_tenant_names_azure_tenant_id(
     authority: DevAuthority, make_exchanger: MakeExchanger
 ) -> None:
     unknown = str(uuid.uuid4())
-    client = dataclasses.replace(client_for(authority), tenant_id=unknown)
+    client = dataclasses.replace(client_for(authority), tenant=unknown)
     with pytest.raises(TokenExchangeError) as caught:
         await make_exchanger(client).start()
     assert not isinstance(caught.value, AuthorityUnavailableError)
@@ -221,7 +221,7 @@ async def test_an_unknown_tenant_names_azure_tenant_id(
 async def test_start_needs_a_home_tenant(
     authority: DevAuthority, make_exchanger: MakeExchanger
 ) -> None:
-    client = dataclasses.replace(client_for(authority), tenant_id="organizations")
+    client = dataclasses.replace(client_for(authority), tenant="organizations")
     with pytest.raises(ConfigurationError, match="home tenant"):
         await make_exchanger(client).start()
 

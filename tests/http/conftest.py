@@ -79,7 +79,7 @@ def client(grpc_obo_authority: DevAuthority) -> grpc_obo.ConfidentialClient:
     original = grpc_obo_authority.world.app("original")
     return grpc_obo.ConfidentialClient(
         client_id=original.client_id,
-        tenant_id=grpc_obo_authority.tenant_id,
+        tenant=grpc_obo_authority.tenant_id,
         credential=grpc_obo.ClientCredential.secret(original.secrets[0]),
         authority_host=grpc_obo_authority.base_url,
         ca_file=str(grpc_obo_authority.ca_file),
@@ -155,7 +155,7 @@ def confidential(
     found = authority.world.app(app)
     return grpc_obo.ConfidentialClient(
         client_id=found.client_id,
-        tenant_id=authority.tenant_id,
+        tenant=authority.tenant_id,
         credential=grpc_obo.ClientCredential.secret(found.secrets[0]),
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),

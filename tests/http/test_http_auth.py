@@ -221,7 +221,7 @@ async def test_cp1_is_declared_by_default_and_can_be_turned_off(
     alice = await users.identity("alice")
     opted_out = grpc_obo.ConfidentialClient(
         client_id=client.client_id,
-        tenant_id=client.tenant_id,
+        tenant=client.tenant,
         credential=client.credential,
         authority_host=client.authority_host,
         ca_file=client.ca_file,

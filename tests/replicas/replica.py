@@ -87,7 +87,7 @@ async def main() -> None:
     assert config is not None
     client = ConfidentialClient(
         client_id=config["client_id"],
-        tenant_id=config["tenant_id"],
+        tenant=config["tenant_id"],
         credential=ClientCredential.secret(config["client_secret"]),
         authority_host=config["authority_host"],
         ca_file=config["ca_file"],

@@ -206,7 +206,7 @@ def confidential_client(authority: DevAuthority, app: App, credential: Any) -> A
 
     return ConfidentialClient(
         client_id=app.client_id,
-        tenant_id=authority.tenant_id,
+        tenant=authority.tenant_id,
         credential=credential,
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),

@@ -157,7 +157,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
         obo = grpc_obo.OnBehalfOf(
             grpc_obo.ConfidentialClient(
                 client_id=config["client_id"],
-                tenant_id=config["tenant_id"],
+                tenant=config["tenant_id"],
                 credential=grpc_obo.ClientCredential.secret(config["client_secret"]),
                 authority_host=config["authority_host"],
                 ca_file=config["ca_file"],

@@ -387,7 +387,7 @@ def confidential_client(authority: DevAuthority, app_name: str) -> grpc_obo.Conf
     app = authority.world.app(app_name)
     return grpc_obo.ConfidentialClient(
         client_id=app.client_id,
-        tenant_id=authority.tenant_id,
+        tenant=authority.tenant_id,
         credential=grpc_obo.ClientCredential.secret(app.secrets[0]),
         authority_host=authority.base_url,
         ca_file=str(authority.ca_file),

@@ -46,7 +46,7 @@ _TENANT_DOMAIN = re.compile(
 )
 _HOST_RULE = "authority_host must be an https:// URL or a host name"
 _TENANT_RULE = (
-    "tenant_id must be the tenant GUID, a verified domain name (contoso.onmicrosoft.com) or "
+    "tenant must be the tenant GUID, a verified domain name (contoso.onmicrosoft.com) or "
     "'organizations'"
 )
 
@@ -315,7 +315,9 @@ class ConfidentialClient:
     """The middle tier's app registration: who exchanges tokens, where, and with what."""
 
     client_id: str
-    tenant_id: str
+    tenant: str
+    """The app's home tenant: its GUID, a verified domain name or 'organizations' (as
+    `ValidatorOptions(tenant=...)`)."""
     credential: ClientCredential | Sequence[ClientCredential] = field(repr=False)
     """One credential, or several in order: the first that works is used for each token
     request, with one WARNING when it falls back (see `credentials`)."""
@@ -338,20 +340,20 @@ class ConfidentialClient:
             raise ConfigurationError(
                 "client_id must be the app registration's GUID", setting="client_id"
             )
-        if not isinstance(self.tenant_id, str):
-            raise ConfigurationError(_TENANT_RULE, setting="tenant_id")
-        if self.tenant_id.lower() in ("common", "consumers"):
+        if not isinstance(self.tenant, str):
+            raise ConfigurationError(_TENANT_RULE, setting="tenant")
+        if self.tenant.lower() in ("common", "consumers"):
             raise ConfigurationError(
                 "On-Behalf-Of needs the middle tier's tenant (or 'organizations'), not "
-                f"{self.tenant_id!r}",
-                setting="tenant_id",
+                f"{self.tenant!r}",
+                setting="tenant",
             )
         if not (
-            is_guid(self.tenant_id)
-            or _TENANT_DOMAIN.match(self.tenant_id)
-            or self.tenant_id.lower() == "organizations"
+            is_guid(self.tenant)
+            or _TENANT_DOMAIN.match(self.tenant)
+            or self.tenant.lower() == "organizations"
         ):
-            raise ConfigurationError(_TENANT_RULE, setting="tenant_id")
+            raise ConfigurationError(_TENANT_RULE, setting="tenant")
         if not isinstance(self.authority_host, str) or not self.authority_host.strip():
             raise ConfigurationError(_HOST_RULE, setting="authority_host")
         host = with_scheme(self.authority_host)
@@ -388,7 +390,7 @@ class ConfidentialClient:
     @property
     def authority(self) -> str:
         """The home tenant's authority (client credentials use it)."""
-        return self.authority_for(self.tenant_id)
+        return self.authority_for(self.tenant)
 
     def authority_for(self, tenant: str) -> str:
         """The authority of `tenant`: On-Behalf-Of goes to the tenant that issued the token."""
@@ -431,7 +433,7 @@ class ConfidentialClient:
         def named(variable: str, exc: ConfigurationError) -> ConfigurationError:
             return ConfigurationError(f"{variable}: {exc}", setting=exc.setting)
 
-        tenant_id, client_id = need("AZURE_TENANT_ID"), need("AZURE_CLIENT_ID")
+        tenant, client_id = need("AZURE_TENANT_ID"), need("AZURE_CLIENT_ID")
         # Secretless first, as the issue's order and Microsoft.Identity.Web's examples have it.
         sources: list[ClientCredential] = []
         if get("AZURE_FEDERATED_TOKEN_FILE"):
@@ -475,7 +477,7 @@ class ConfidentialClient:
         try:
             return cls(
                 client_id=client_id,
-                tenant_id=tenant_id,
+                tenant=tenant,
                 credential=credential,
                 authority_host=get("AZURE_AUTHORITY_HOST") or _ENTRA,
                 client_capabilities=client_capabilities,
@@ -492,7 +494,7 @@ _ENTRA = "https://login.microsoftonline.com"
 # The variable `from_env()` reads each setting from, to name it in a ConfigurationError.
 _FROM_ENV = {
     "client_id": "AZURE_CLIENT_ID",
-    "tenant_id": "AZURE_TENANT_ID",
+    "tenant": "AZURE_TENANT_ID",
     "authority_host": "AZURE_AUTHORITY_HOST",
 }
 
@@ -557,12 +559,12 @@ def explain_refusal(
     elif _UNKNOWN_APP in codes:
         hint = (
             f"the authority knows no application {client.client_id} in tenant {tenant} "
-            "(AADSTS700016): check AZURE_CLIENT_ID (client_id) and AZURE_TENANT_ID (tenant_id)"
+            "(AADSTS700016): check AZURE_CLIENT_ID (client_id) and AZURE_TENANT_ID (tenant)"
         )
     elif _UNKNOWN_TENANT in codes:
         hint = (
             f"the authority knows no tenant {tenant} (AADSTS90002): check AZURE_TENANT_ID "
-            "(tenant_id), and AZURE_AUTHORITY_HOST (authority_host) for a national cloud"
+            "(tenant), and AZURE_AUTHORITY_HOST (authority_host) for a national cloud"
         )
     if hint is None:
         return error

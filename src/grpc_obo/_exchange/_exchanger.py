@@ -212,10 +212,10 @@ class _MsalRunner:
     async def check(self, scope: str | None) -> None:
         """Prove the configuration: the home tenant's metadata (host, tenant, TLS) and one
         client-credentials token (the credential), as `start()` promises."""
-        tenant = self.client.tenant_id
+        tenant = self.client.tenant
         if tenant.lower() == "organizations":
             raise ConfigurationError(
-                "start() proves the credential in the app's home tenant: tenant_id "
+                "start() proves the credential in the app's home tenant: tenant "
                 "(AZURE_TENANT_ID) 'organizations' names none; give the home tenant's GUID"
             )
         wanted = _scope_tuple([scope or f"{self.client.client_id}/.default"])
@@ -377,7 +377,7 @@ class OboExchanger:
         Fetches the home tenant's metadata (authority host, tenant, TLS and `ca_file`) and
         requests one client-credentials token for `scope` (default: this app itself,
         `<client_id>/.default`; any `<resource>/.default` the app may ask for works), which
-        proves the credential. Raises `ConfigurationError` for a `tenant_id` of
+        proves the credential. Raises `ConfigurationError` for a `tenant` of
         'organizations', `TokenExchangeError` whose `str()` names the setting or variable to
         fix (AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_TENANT_ID, ...; the TLS
         problem and GRPC_OBO_CA_FILE), or `AuthorityUnavailableError` once retries are spent.
@@ -444,7 +444,7 @@ class AppOnlyExchanger:
         async def fetch() -> CachedToken:
             self.exchanges += 1
             return await self._runner.acquire(
-                self.client.tenant_id, lambda app: app.acquire_token_for_client(list(wanted))
+                self.client.tenant, lambda app: app.acquire_token_for_client(list(wanted))
             )
 
         hit = self.cache.peek(key)
