@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from grpc_obo import (
 from grpc_obo._exchange._exchanger import OboExchanger
 from grpc_obo._exchange._keys import obo_cache_key
 from grpc_obo.devauthority import DevAuthority
+from tests.outcomes import Outcomes
 from tests.redis_server import redis_server
 
 
@@ -239,13 +241,31 @@ async def redis_stores(
         options.setdefault("namespace", redis_namespace)
         # Generous: a loaded test machine must not trip the breaker where no test means to.
         options.setdefault("timeout", 5.0)
+        observer = options.setdefault("observer", Outcomes())
         store = RedisTokenStore.from_url(url or redis_url, sealer=TokenSealer(key), **options)
-        opened.append(store)
+        opened.append(track(store, observer))
         return store
 
     yield make
     for store in opened:
         await store.close()
+
+
+_OUTCOMES: weakref.WeakKeyDictionary[RedisTokenStore, Outcomes] = weakref.WeakKeyDictionary()
+
+
+def track(store: RedisTokenStore, observer: Outcomes) -> RedisTokenStore:
+    """Remember that `observer` is `store`'s, for `outcomes(store)`."""
+    _OUTCOMES[store] = observer
+    return store
+
+
+def outcomes(store: object) -> Outcomes:
+    """What a store made by `redis_stores` (or a `TokenCache` over one) did on its misses."""
+    if isinstance(store, TokenCache):
+        store = store.store
+    assert isinstance(store, RedisTokenStore)
+    return _OUTCOMES[store]
 
 
 def cache_key_for(label: str) -> str:

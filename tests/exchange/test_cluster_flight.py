@@ -13,9 +13,10 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from grpc_obo import RedisTokenStore, TokenCache
+from grpc_obo import CachedToken, RedisTokenStore, SecretToken, TokenCache
+from grpc_obo._exchange._redis_link import ACQUIRE
 
-from .conftest import Exchanges, FakeClock, Minted, cache_key_for, eventually
+from .conftest import Exchanges, FakeClock, Minted, cache_key_for, eventually, outcomes
 
 pytestmark = pytest.mark.redis
 
@@ -24,12 +25,6 @@ Stores = Callable[..., RedisTokenStore]
 
 def replicas(stores: Stores, count: int, **options: object) -> list[TokenCache]:
     return [TokenCache(store=stores(**options)) for _ in range(count)]
-
-
-def stats(cache: TokenCache) -> object:
-    store = cache.store
-    assert isinstance(store, RedisTokenStore)
-    return store.stats
 
 
 async def test_300_concurrent_first_calls_on_three_replicas_make_one_exchange(
@@ -43,8 +38,8 @@ async def test_300_concurrent_first_calls_on_three_replicas_make_one_exchange(
     )
     assert exchange.calls == 1
     assert {t.access_token.reveal() for t in tokens} == set(exchange.issued)
-    assert sum(stats(c).leased for c in caches) == 1  # type: ignore[attr-defined]
-    assert sum(stats(c).waited for c in caches) >= 2  # type: ignore[attr-defined]
+    assert sum(outcomes(c)["leased"] for c in caches) == 1
+    assert sum(outcomes(c)["waited"] for c in caches) >= 2
     # Every replica now answers from its own memory: no Redis, no coroutine.
     assert all(c.peek(key) == tokens[0] for c in caches)
 
@@ -114,7 +109,7 @@ async def test_a_short_deadline_stops_waiting_at_half_and_exchanges_here(
     elapsed = time.monotonic() - started
     assert token.access_token.reveal() == exchange.issued[0]
     assert 0.9 < elapsed < 1.9  # waited ~1 s (half the deadline), then exchanged
-    assert stats(cache).impatient == 1  # type: ignore[attr-defined]
+    assert outcomes(cache)["impatient"] == 1
     # The token is shared all the same: another replica finds it without exchanging.
     other = TokenCache(store=redis_stores())
     await eventually(lambda: redis_client.exists(lease.removesuffix(":lease")) == 1)
@@ -131,7 +126,7 @@ async def test_a_caller_joining_with_a_shorter_deadline_hurries_the_wait(
     redis_client.set(lease, b"a-stuck-replica", px=30_000)
     exchange = Exchanges(minted, "erin")
     patient = asyncio.create_task(cache.get_or_fetch(key, exchange))  # no deadline at all
-    await eventually(lambda: stats(cache).waited == 1)  # type: ignore[attr-defined]
+    await eventually(lambda: outcomes(cache)["waited"] == 1)
     started = time.monotonic()
     hurried = await cache.get_or_fetch(key, exchange, timeout=2.0)
     assert time.monotonic() - started < 1.9
@@ -233,8 +228,122 @@ async def test_a_read_racing_an_eviction_does_not_bring_the_evicted_token_back(
     key = cache_key_for("ken")
     exchange = Exchanges(minted, "ken")
     token = await exchange()
-    seen = store._evictions  # a read starts here...
+    seen = store._l1.evictions  # a read starts here...
     await store.delete(key)  # ...an eviction lands before its answer
-    assert not store._keep(key, token, 60, seen)
+    assert not store._l1.fill(key, token, 60, seen)
     assert store.get_nowait(key) is None
-    assert store._keep(key, token, 60, store._evictions)  # a read started after it may fill
+    assert store._l1.fill(key, token, 60, store._l1.evictions)  # a read started after it may
+
+
+# -- an ACQUIRE whose answer comes late ------------------------------------------------------
+
+
+class HeldAnswer:
+    """Wraps a store's Redis client: once `armed`, the next ACQUIRE runs on Redis but its answer
+    is held until the caller is cancelled (a timeout ending the wait). With `absorb`, the answer
+    is then returned all the same, as redis-py does on Python 3.11 when a cancellation lands as
+    a send completes (`asyncio.wait_for`, CPython gh-86296); else the cancellation goes on."""
+
+    def __init__(self, store: RedisTokenStore, *, absorb: bool) -> None:
+        self._client = store._client
+        self._eval = self._client.eval
+        self._client.eval = self.eval
+        self.absorb = absorb
+        self.armed = False
+        self.holding = asyncio.Event()
+        self.absorbed = 0
+
+    async def eval(self, script: str, *args: object) -> object:
+        answer = await self._eval(script, *args)
+        if script == ACQUIRE and self.armed:
+            self.armed = False
+            self.holding.set()
+            try:
+                await asyncio.Event().wait()  # the answer is on its way...
+            except asyncio.CancelledError:
+                if not self.absorb:
+                    raise
+                self.absorbed += 1  # ...and arrives with the cancellation: it is lost
+        return answer
+
+
+async def test_a_hurried_wait_ends_even_when_redis_py_loses_the_cancellation(
+    redis_stores: Stores, minted: Minted, redis_client: redis.Redis
+) -> None:
+    """The shortened patience ends during a round trip whose cancellation redis-py swallows:
+    the wait still ends at the patience, not at 2 x lease_ttl (the flaky hurried wait)."""
+    store = redis_stores()
+    cache = TokenCache(store=store)
+    held = HeldAnswer(store, absorb=True)
+    key = cache_key_for("erin-late")
+    redis_client.set(store.redis_keys(key)[1], b"a-stuck-replica", px=30_000)
+    exchange = Exchanges(minted, "erin-late")
+    patient = asyncio.create_task(cache.get_or_fetch(key, exchange))  # no deadline at all
+    held.armed = True
+    await held.holding.wait()  # the patient wait is inside a round trip now
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(5.0):
+        hurried = await cache.get_or_fetch(key, exchange, timeout=0.4)
+    assert held.absorbed == 1
+    assert loop.time() - started < 0.39  # patience 0.2 s, then exchanged here
+    assert await patient == hurried
+    assert exchange.calls == 1
+
+
+async def test_a_wait_without_a_deadline_ends_even_when_redis_py_loses_the_cancellation(
+    redis_stores: Stores, minted: Minted, redis_client: redis.Redis
+) -> None:
+    """2 x lease_ttl ends during a round trip whose cancellation is swallowed: the wait ends
+    all the same, instead of polling a pinned lease until it expires."""
+    store = redis_stores(lease_ttl=0.25)
+    cache = TokenCache(store=store)
+    held = HeldAnswer(store, absorb=True)
+    held.armed = True  # the first look at Redis outlasts the whole wait
+    key = cache_key_for("pinned-late")
+    redis_client.set(store.redis_keys(key)[1], b"a-stuck-replica", px=60_000)
+    exchange = Exchanges(minted, "pinned-late")
+    async with asyncio.timeout(5.0):
+        token = await cache.get_or_fetch(key, exchange)  # no deadline
+    assert held.absorbed == 1
+    assert token.access_token.reveal() == exchange.issued[0]
+    assert outcomes(cache)["impatient"] == 1
+
+
+async def test_a_wait_ending_during_an_acquire_releases_the_lease_it_took(
+    redis_stores: Stores, minted: Minted, redis_client: redis.Redis
+) -> None:
+    """The wait ends while ACQUIRE's answer is on its way, after the script took the lease for
+    us: the lease is released at once (compare-and-delete) while we exchange without it, not
+    left for lease_ttl (5 s) to the other replicas, which nobody renews it for. (The wait is
+    ended by the caller's patience here: at 2 x lease_ttl the lease would be expiring anyway.)"""
+    store = redis_stores()
+    cache = TokenCache(store=store)
+    held = HeldAnswer(store, absorb=False)
+    held.armed = True
+    key = cache_key_for("taken-late")
+    _, lease = store.redis_keys(key)
+    exchanging, finish = asyncio.Event(), asyncio.Event()
+
+    async def exchange() -> CachedToken:
+        exchanging.set()
+        await finish.wait()
+        now = time.time()
+        return CachedToken(
+            access_token=SecretToken(minted.token("taken-late")),
+            expires_on=now + 3600,
+            refresh_on=now + 1800,
+        )
+
+    caller = asyncio.create_task(cache.get_or_fetch(key, exchange, timeout=0.4))
+    await held.holding.wait()
+    assert redis_client.get(lease) is not None  # taken for us; its answer is held
+    await exchanging.wait()  # the wait ended: exchanging here, without the lease
+    await eventually(lambda: redis_client.exists(lease) == 0, within=2.0)
+    assert outcomes(cache)["impatient"] == 1
+    finish.set()
+    token = await caller
+    # Shared all the same: another replica finds it without exchanging.
+    other = TokenCache(store=redis_stores())
+    await eventually(lambda: redis_client.exists(lease.removesuffix(":lease")) == 1)
+    assert await other.get_or_fetch(key, Exchanges(minted, "never")) == token

@@ -17,7 +17,8 @@ import redis
 from grpc_obo import RedisTokenStore, SecretToken, TokenCache, TokenSealer, use_identity
 from grpc_obo._exchange._exchanger import OboExchanger
 from grpc_obo.devauthority import DevAuthority
-from tests.exchange.conftest import Users, verified_claims
+from tests.exchange.conftest import Users, outcomes, track, verified_claims
+from tests.outcomes import Outcomes
 
 pytestmark = pytest.mark.redis
 
@@ -27,8 +28,11 @@ MakeExchanger = Callable[..., OboExchanger]
 def replica(
     make_exchanger: MakeExchanger, redis_url: str, namespace: str, key: bytes
 ) -> OboExchanger:
-    store = RedisTokenStore.from_url(redis_url, sealer=TokenSealer(key), namespace=namespace)
-    return make_exchanger(cache=TokenCache(store=store))
+    seen = Outcomes()
+    store = RedisTokenStore.from_url(
+        redis_url, sealer=TokenSealer(key), namespace=namespace, observer=seen
+    )
+    return make_exchanger(cache=TokenCache(store=track(store, seen)))
 
 
 async def test_second_replica_makes_no_exchange_and_redis_holds_nothing_readable(
@@ -152,6 +156,6 @@ async def test_a_stuck_lease_costs_a_caller_half_its_deadline_not_all_of_it(
     with use_identity(identity):
         token = await exchanger.acquire([downstream_scope], timeout=2.0)
     assert time.monotonic() - started < 1.9
-    assert store.stats.impatient == 1
+    assert outcomes(store)["impatient"] == 1
     assert authority.requests.count(grant="obo", user="alice") == 1
     assert token.reveal()

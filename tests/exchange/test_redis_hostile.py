@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from grpc_obo import RedisTokenStore, TokenCache
 
-from .conftest import Exchanges, FakeClock, Minted, cache_key_for, eventually
+from .conftest import Exchanges, FakeClock, Minted, cache_key_for, eventually, outcomes
 
 pytestmark = pytest.mark.redis
 
@@ -58,7 +58,7 @@ async def test_a_lease_pinned_without_expiry_is_taken_over_at_once(
         token = await cache.get_or_fetch(key, exchange)  # no deadline
     assert exchange.calls == 1
     assert token.access_token.reveal() == exchange.issued[0]
-    assert store.stats.leased == 1
+    assert outcomes(store)["leased"] == 1
     assert evals(redis_client) <= 3  # acquire, write: no polling
     assert redis_client.exists(value) == 1
     assert redis_client.exists(lease) == 0  # ours once taken over, released with the write
@@ -99,7 +99,7 @@ async def test_a_lease_held_for_ever_is_waited_on_for_two_lease_ttls_at_most(
     waited = loop.time() - started
     assert token.access_token.reveal() == exchange.issued[0]
     assert exchange.calls == 1
-    assert store.stats.impatient == 1
+    assert outcomes(store)["impatient"] == 1
     assert 0.5 <= waited < 3.0  # 2 x lease_ttl, then exchanged here
     # At most one look per 50 ms while waiting, plus the write.
     assert evals(redis_client) <= 0.5 / 0.05 + 3

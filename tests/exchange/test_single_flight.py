@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
 
 from grpc_obo import SecretToken
 from grpc_obo._exchange import CachedToken, TokenCache
-from grpc_obo._exchange._singleflight import SingleFlight
+from grpc_obo._exchange._singleflight import Patience, SingleFlight
 
 from .conftest import Minted, eventually
 
@@ -170,3 +171,18 @@ async def test_failure_with_every_waiter_cancelled_is_not_reported_unretrieved()
     await eventually(lambda: len(flight) == 0)
     await asyncio.sleep(0)  # its done callbacks ran: filterwarnings=error and the loop's
     # exception handler stay silent
+
+
+async def test_a_caller_joining_after_the_patience_ran_out_is_not_refused() -> None:
+    """The patience's timeout fired but its cancellation was lost on the way (redis-py on
+    Python 3.11 can swallow one): a caller that joins then, with a shorter deadline still,
+    must not get asyncio's RuntimeError for rescheduling an expiring timeout."""
+    loop = asyncio.get_running_loop()
+    patience = Patience(None)
+    async with patience.scope():
+        patience.shorten(loop.time())  # fires at once...
+        with contextlib.suppress(asyncio.CancelledError):  # ...and its cancellation is lost
+            await asyncio.Event().wait()
+        patience.shorten(loop.time() - 1)
+        remaining = patience.remaining()
+        assert remaining is not None and remaining < 0

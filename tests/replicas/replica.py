@@ -17,7 +17,6 @@ Nothing secret is ever written to stdout.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import sys
@@ -36,6 +35,7 @@ from grpc_obo import (
     TokenSealer,
 )
 from grpc_obo._exchange._exchanger import OboExchanger
+from tests.outcomes import Outcomes
 
 
 def say(message: dict[str, Any]) -> None:
@@ -48,7 +48,7 @@ async def read_line(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return json.loads(line) if line else None
 
 
-async def call(exchanger: OboExchanger, store: RedisTokenStore, command: dict[str, Any]) -> None:
+async def call(exchanger: OboExchanger, outcomes: Outcomes, command: dict[str, Any]) -> None:
     user = command["user"]
     identity = Identity(
         tid=user["tid"],
@@ -65,16 +65,16 @@ async def call(exchanger: OboExchanger, store: RedisTokenStore, command: dict[st
         return hashlib.sha256(token.reveal().encode()).hexdigest(), time.time()
 
     started = time.time()
-    outcomes = await asyncio.gather(*(one() for _ in range(command["n"])), return_exceptions=True)
-    digests = [o[0] for o in outcomes if isinstance(o, tuple)]
+    results = await asyncio.gather(*(one() for _ in range(command["n"])), return_exceptions=True)
+    digests = [o[0] for o in results if isinstance(o, tuple)]
     say(
         {
             "started": started,
-            "finished": max((o[1] for o in outcomes if isinstance(o, tuple)), default=None),
+            "finished": max((o[1] for o in results if isinstance(o, tuple)), default=None),
             "digests": digests,
-            "errors": [type(o).__name__ for o in outcomes if isinstance(o, BaseException)],
+            "errors": [type(o).__name__ for o in results if isinstance(o, BaseException)],
             "exchanges": exchanger.exchanges,
-            "stats": dataclasses.asdict(store.stats),
+            "stats": dict(outcomes),
         }
     )
 
@@ -92,12 +92,14 @@ async def main() -> None:
         authority_host=config["authority_host"],
         ca_file=config["ca_file"],
     )
+    outcomes = Outcomes()
     store = RedisTokenStore.from_url(
         config["redis_url"],
         sealer=TokenSealer(bytes.fromhex(config["sealing_key"])),
         namespace=config["namespace"],
         lease_ttl=config["lease_ttl"],
         timeout=config["redis_timeout"],
+        observer=outcomes,
     )
     exchanger = OboExchanger(
         client,
@@ -118,7 +120,7 @@ async def main() -> None:
             if command["cmd"] == "exit":
                 break
             if command["cmd"] == "call":
-                await call(exchanger, store, command)
+                await call(exchanger, outcomes, command)
     finally:
         await exchanger.close()
 

@@ -40,7 +40,7 @@ async def test_300_first_calls_spread_over_three_replicas_make_one_exchange(
     assert len(digests) == 1  # one token, bob's, everywhere
     assert authority.requests.count(grant="obo", user="bob") == 1
     assert sorted(a["exchanges"] for a in answers) == [0, 0, 1]
-    assert sum(a["stats"]["waited"] for a in answers) >= 2  # the others waited for it
+    assert sum(a["stats"].get("waited", 0) for a in answers) >= 2  # the others waited for it
 
 
 async def test_a_lease_holder_killed_mid_exchange_costs_the_others_only_its_lease(

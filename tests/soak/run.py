@@ -215,7 +215,7 @@ class Phase:
     marks: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     store: Counter[str] = field(default_factory=Counter)
-    """What the replicas' stores did in this phase (`RedisStoreStats` increments, summed)."""
+    """What the replicas' stores did in this phase (`Outcomes` increments, summed)."""
 
     def holds(self, moment: float) -> bool:
         return self.started <= moment < self.ended
@@ -329,7 +329,7 @@ class SoakResult:
             )
         lines.append("")
         lines.append(
-            "What the replicas' Redis stores did, per phase (RedisStoreStats: tokens read from "
+            "What the replicas' Redis stores did, per phase (Outcomes: tokens read from "
             "Redis, exchanges under the lease, waits for another replica's exchange, waits cut "
             "by patience, misses handled without Redis, memory entries served while Redis was "
             "away):"

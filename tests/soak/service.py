@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ import grpc.aio
 
 import grpc_obo
 from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
+from tests.outcomes import Outcomes
 
 _SLACK = 0.05  # seconds of the incoming deadline kept for the answer's way back
 HELD = "held"  # UnaryStream requests whose text starts so get replies 0.1 s apart
@@ -144,6 +144,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
     validator = grpc_obo.TokenValidator(validator_options(config))
     obo: grpc_obo.OnBehalfOf | None = None
     store: grpc_obo.RedisTokenStore | None = None
+    outcomes = Outcomes()
     channel: grpc.aio.Channel | None = None
     next_hop = None
     if config["role"] == "original":
@@ -153,6 +154,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
             namespace=config["namespace"],
             lease_ttl=config["lease_ttl"],
             timeout=config["redis_timeout"],
+            observer=outcomes,
         )
         obo = grpc_obo.OnBehalfOf(
             grpc_obo.ConfidentialClient(
@@ -204,7 +206,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
                             "pid": os.getpid(),
                             "calls": hop.calls,
                             "exchanges": obo.exchanges if obo is not None else 0,
-                            "store": dataclasses.asdict(store.stats) if store else {},
+                            "store": dict(outcomes),
                             "redis_available": store.available if store else None,
                         }
                     )

@@ -10,6 +10,10 @@ Each entry keeps two instants beside the token:
   entry keeps being served until `drop_at` (`get_local(stale_ok=True)`), since no replica can
   change L2 then anyway.
 
+Evictions are numbered (`evict`, `evictions`): a value read from L2 goes in with `fill`, which
+refuses it when its key was evicted after the read began, so a read racing an eviction never
+brings the evicted token back.
+
 The hot path is the same dict read as `MemoryTokenStore.get_nowait`: no aiocache wrapper, no
 coroutine. Bounded like the memory store: least recently used entries go first at
 `max_entries`, and a few expired entries at the cold end are swept on each write.
@@ -26,6 +30,7 @@ from grpc_obo._exchange._token import CachedToken
 __all__ = ["LocalTier"]
 
 _SWEEP_PER_WRITE = 4
+_MAX_RECENT_EVICTIONS = 4_096
 
 # (token, recheck_at, drop_at): a tuple, the cheapest thing to unpack on the hot path.
 _Entry = tuple[CachedToken, float, float]
@@ -41,6 +46,8 @@ class LocalTier:
         self._max_entries = max_entries
         self._ttl = float(ttl)
         self._clock = clock
+        self._evictions = 0
+        self._evicted: OrderedDict[str, int] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,6 +92,27 @@ class LocalTier:
 
     def discard(self, key: str) -> None:
         self._entries.pop(key, None)
+
+    @property
+    def evictions(self) -> int:
+        """How many evictions so far: a read from L2 notes it before it starts (see `fill`)."""
+        return self._evictions
+
+    def evict(self, key: str) -> None:
+        """Forget `key`, and refuse any value for it read from L2 before now."""
+        self._entries.pop(key, None)
+        self._evictions += 1
+        self._evicted[key] = self._evictions
+        self._evicted.move_to_end(key)
+        while len(self._evicted) > _MAX_RECENT_EVICTIONS:
+            self._evicted.popitem(last=False)
+
+    def fill(self, key: str, token: CachedToken, ttl: float, seen: int) -> bool:
+        """`put` a value read from L2, unless `key` was evicted since `seen` (the read began)."""
+        if self._evicted.get(key, 0) > seen:
+            return False
+        self.put(key, token, ttl)
+        return True
 
     def recheck_all(self) -> None:
         """Make every entry go back to L2 before the hot path serves it again.

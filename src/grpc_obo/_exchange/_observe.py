@@ -3,6 +3,9 @@
 The exchange part never imports OpenTelemetry: `grpc_obo.Telemetry` implements these methods,
 and `OnBehalfOf`/`AppOnly` hand it to the exchanger. The default observer does nothing.
 Observers receive exceptions and fixed strings, never a token.
+
+`StoreObserver` is what the Redis store tells about its misses (one fixed word per outcome,
+see `STORE_OUTCOMES`): tests count them, `grpc_obo.Telemetry` may turn them into a metric.
 """
 
 from __future__ import annotations
@@ -12,7 +15,22 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-__all__ = ["AcquisitionNote", "ExchangeObserver", "NoteLike", "Observer"]
+__all__ = [
+    "STORE_OUTCOMES",
+    "AcquisitionNote",
+    "ExchangeObserver",
+    "NoteLike",
+    "Observer",
+    "StoreObserver",
+    "quiet_store",
+]
+
+STORE_OUTCOMES = frozenset({"from_redis", "leased", "waited", "impatient", "unavailable", "stale"})
+"""What the Redis store did, one word each time: a token found in Redis (stored by any replica);
+an exchange run here under the key's lease; a wait for another replica's exchange; an
+exchange here without the lease because the callers' patience (or 2 x lease_ttl) ran out; a
+miss handled without Redis because it did not answer; an in-process entry served past its
+recheck time because Redis did not answer."""
 
 
 class NoteLike(Protocol):
@@ -62,3 +80,17 @@ class ExchangeObserver:
     @contextlib.contextmanager
     def authority_request(self, attempt: int, step: str = "token") -> Iterator[NoteLike]:
         yield _Note()
+
+
+class StoreObserver(Protocol):
+    def store_outcome(self, outcome: str) -> None:
+        """The shared store did `outcome` (one of `STORE_OUTCOMES`; never a key or a token)."""
+
+
+class _QuietStore:
+    def store_outcome(self, outcome: str) -> None:
+        return None
+
+
+quiet_store: StoreObserver = _QuietStore()
+"""The store observer that observes nothing (the default)."""

@@ -10,26 +10,17 @@ AES-256-GCM ciphertexts bound to the full Redis key (`TokenSealer`). Keys, per c
 (`grpc_obo:obo:v1:<sha256>` as built by `obo_cache_key`):
 
     <namespace>:{k}            the sealed token, PX = expires_on - now - margin
-    <namespace>:{k}:lease      the exchange lease: a random owner id, PX = lease_ttl, renewed by
-                               its holder every lease_ttl / 3 while the exchange runs, released
-                               by compare-and-delete
+    <namespace>:{k}:lease      the exchange lease: a random owner id, PX = lease_ttl
     <namespace>:grpc_obo:events:v1   pub/sub channel: "v1|set|<store id>|k", "del", "rel"
 
 `{k}` is a Cluster hash tag: a value and its lease share a slot, so each step is one script.
 
 Across replicas:
 
-- **Single flight.** A miss runs one script: a value that fits is returned; otherwise the lease
-  is taken with SET NX PX and this replica exchanges, then writes the value, deletes its lease
-  and publishes "set" in one script; otherwise it waits for a message about the key (or polls,
-  at most every 0.5 s) for no longer than the lease's remaining time, and looks again (never
-  sooner than 50 ms after the last look). A holder that dies stops renewing: its lease ends
-  within `lease_ttl` and a waiter takes over. A holder whose exchange fails releases its lease
-  ("rel") and its callers get the error; a waiter then tries itself. Waiting ends at the
-  production's patience (half the shortest deadline of the callers waiting on it, see
-  `TokenCache`) and after 2 x `lease_ttl` in any case, after which this replica exchanges
-  without the lease: a caller's deadline is never spent entirely on another replica, and a
-  caller without one never waits on a lease for ever.
+- **Single flight** (`LeaseFlight`, `_redis_flight.py`): a miss takes the key's lease and
+  exchanges, or waits for the replica holding it (at most the callers' patience and
+  2 x `lease_ttl`), then exchanges here; a holder that dies stops renewing and is taken over
+  within `lease_ttl`.
 - **What others write.** Anyone who can write to Redis can pin a lease (no expiry: taken over,
   as no grpc_obo lease lacks one; a long expiry: waited on for 2 x `lease_ttl` at most) or
   leave a key of another type (WRONGTYPE): that key is deleted and is a miss, logged as a
@@ -58,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -72,13 +62,11 @@ from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange._crypto import TokenSealer
 from grpc_obo._exchange._keys import log_ref
 from grpc_obo._exchange._local import LocalTier
+from grpc_obo._exchange._observe import StoreObserver, quiet_store
+from grpc_obo._exchange._redis_flight import VALUE, FlightValues, LeaseFlight, report_damage
 from grpc_obo._exchange._redis_link import (
-    ACQUIRE,
     DELETE,
-    POLL_FLOOR,
     READ,
-    RELEASE,
-    RENEW,
     WRITE,
     Notifications,
     Outage,
@@ -89,36 +77,12 @@ from grpc_obo._exchange._redis_link import (
 from grpc_obo._exchange._singleflight import Patience, SingleFlight
 from grpc_obo._exchange._store import Produce
 from grpc_obo._exchange._token import CachedToken
-from grpc_obo._identity import SecretToken
 
-__all__ = ["RedisStoreStats", "RedisTokenStore"]
+__all__ = ["RedisTokenStore"]
 
 _log = logging.getLogger("grpc_obo.exchange.cache")
 
-_VALUE_VERSION = 1
 _MAX_PENDING_DELETES = 10_000
-_MAX_RECENT_DELETES = 4_096
-# ACQUIRE's answers.
-_VALUE, _ACQUIRED, _HELD = 0, 1, 2
-
-
-@dataclass
-class RedisStoreStats:
-    """What one store did on misses (for tests and metrics; counts only, no keys)."""
-
-    from_redis: int = 0
-    """Tokens found in Redis (stored by any replica)."""
-    leased: int = 0
-    """Exchanges run here under the key's lease."""
-    waited: int = 0
-    """Waits for another replica's exchange."""
-    impatient: int = 0
-    """Exchanges here, without the lease, because the callers' patience (or 2 x lease_ttl)
-    ran out."""
-    unavailable: int = 0
-    """Misses handled without Redis because it did not answer."""
-    stale: int = 0
-    """In-process entries served past their recheck time because Redis did not answer."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +99,9 @@ class RedisTokenStore:
     and `l1_ttl` bound the in-process level; `lease_ttl` is how soon a dead replica's lease
     ends, and twice it the longest a caller waits on another replica's exchange. `clock`
     (seconds) times the in-process level and the backoff between probes of a Redis that is
-    down; tests pass one they advance. See the module docstring for the key layout and the rules.
+    down; tests pass one they advance. `observer` is told what each miss came to (a fixed
+    word, see `STORE_OUTCOMES`; `grpc_obo.Telemetry` counts them). See the module docstring
+    for the key layout and the rules.
     """
 
     get_nowait: Callable[[str], CachedToken | None]
@@ -160,6 +126,7 @@ class RedisTokenStore:
         l1_ttl: float = 10.0,
         lease_ttl: float = 5.0,
         clock: Callable[[], float] = time.time,
+        observer: StoreObserver = quiet_store,
     ) -> None:
         if not isinstance(sealer, TokenSealer):
             raise ConfigurationError("RedisTokenStore needs a TokenSealer (values are encrypted)")
@@ -173,9 +140,6 @@ class RedisTokenStore:
             raise ConfigurationError("namespace must not contain '{', '}' or '|'")
         self._sealer = sealer
         self._timeout = float(timeout)
-        self._lease_ms = max(1, int(lease_ttl * 1000))
-        self._lease_ttl = float(lease_ttl)
-        self._max_wait = 2 * self._lease_ttl
         self._client = build_client(
             host=host,
             port=port,
@@ -213,15 +177,29 @@ class RedisTokenStore:
         )
         # A burst of reads of one key (TokenCache.get) makes one round trip.
         self._reads: SingleFlight[_Read | None] = SingleFlight()
-        # Evictions seen (ours and other replicas'), numbered: a read that started before
-        # one must not put the evicted value back into L1.
-        self._evictions = 0
-        self._evicted: OrderedDict[str, int] = OrderedDict()
         self._pending_deletes: OrderedDict[str, None] = OrderedDict()
         self._replaying: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self.stats = RedisStoreStats()
+        self._observer = observer
+        self._flight = LeaseFlight(
+            client=self._client,
+            run=self._command,
+            events=self._events,
+            l1=self._l1,
+            values=FlightValues(
+                keys=self.redis_keys,
+                open=self._open,
+                write=self._write,
+                spawn=self._spawn,
+                down=lambda: self._outage.down,
+            ),
+            origin=self._origin,
+            channel=self._channel,
+            timeout=self._timeout,
+            lease_ttl=float(lease_ttl),
+            observer=observer,
+        )
 
     @classmethod
     def from_url(
@@ -238,6 +216,7 @@ class RedisTokenStore:
         l1_ttl: float = 10.0,
         lease_ttl: float = 5.0,
         clock: Callable[[], float] = time.time,
+        observer: StoreObserver = quiet_store,
     ) -> RedisTokenStore:
         """From `redis://[user:password@]host[:port][/db]` (or `rediss://` for TLS).
 
@@ -269,6 +248,7 @@ class RedisTokenStore:
             l1_ttl=l1_ttl,
             lease_ttl=lease_ttl,
             clock=clock,
+            observer=observer,
         )
 
     def __repr__(self) -> str:
@@ -303,7 +283,7 @@ class RedisTokenStore:
         stale_ok = self._outage.down
         token = self._l1.get_local(key, stale_ok=stale_ok)
         if stale_ok and token is not None:
-            self.stats.stale += 1
+            self._observer.store_outcome("stale")
             # NOTE: calls served from memory send Redis nothing; without this probe a replica
             # whose traffic is all hits would never notice Redis is back (no recheck, no
             # replayed deletes). One probe per backoff, in the background, never awaited.
@@ -320,7 +300,7 @@ class RedisTokenStore:
         if token is not None:
             return token
         await self._events.started(self._timeout)
-        seen = self._evictions
+        seen = self._l1.evictions
         value_key, _ = self.redis_keys(key)
         try:
             read = await self._reads.do(key, lambda: self._read(key, value_key))
@@ -329,7 +309,7 @@ class RedisTokenStore:
         if read is None:
             return None
         token = self._open(key, value_key, read.blob)
-        if token is not None and self._keep(key, token, read.ttl, seen):
+        if token is not None and self._l1.fill(key, token, read.ttl, seen):
             return token
         return None
 
@@ -344,8 +324,7 @@ class RedisTokenStore:
         """Forget `key` here at once, then in Redis and every replica's L1 (in the background,
         replayed after an outage: an eviction never waits on Redis). Until Redis has taken
         it, this store ignores the value Redis still holds for `key`."""
-        self._l1.discard(key)
-        self._evicted_now(key)
+        self._l1.evict(key)
         self._pending_deletes[key] = None
         self._pending_deletes.move_to_end(key)
         while len(self._pending_deletes) > _MAX_PENDING_DELETES:
@@ -367,7 +346,7 @@ class RedisTokenStore:
         await asyncio.gather(*self._background, return_exceptions=True)
         await close_client(self._client)
 
-    # -- the cluster-wide single flight -------------------------------------------------
+    # -- the cluster-wide single flight (`LeaseFlight`) ---------------------------------
 
     async def coordinate(
         self,
@@ -377,148 +356,7 @@ class RedisTokenStore:
         accept: Callable[[CachedToken], bool],
         patience: Patience,
     ) -> CachedToken:
-        value_key, lease_key = self.redis_keys(key)
-        owner = f"{self._origin}:{secrets.token_hex(8)}"
-        mode = "get"
-        answered = False  # whether Redis said anything about the key
-
-        def acquire() -> Awaitable[Any]:
-            return self._client.eval(  # type: ignore[no-any-return]
-                ACQUIRE, 2, value_key, lease_key, owner, self._lease_ms, mode
-            )
-
-        try:
-            # NOTE: whatever the callers' deadlines, waiting on another replica ends after
-            # 2 x lease_ttl: a lease that someone keeps alive (or pinned with a long expiry)
-            # costs a duplicate exchange, never a caller hung on it.
-            async with patience.scope(), asyncio.timeout(self._max_wait):
-                await self._events.started(self._timeout)
-                while True:
-                    with self._events.watch(key) as woken:
-                        seen = self._evictions
-                        reply = await self._command(acquire)
-                        answered = True
-                        state, value_ms, blob, lease_ms = (
-                            int(reply[0]),
-                            int(reply[1]),
-                            reply[2],
-                            int(reply[3]),
-                        )
-                        self._report_damage(key, state, lease_ms, damaged=int(reply[4]) == 1)
-                        token = self._open(key, value_key, blob) if blob else None
-                        if token is not None and accept(token):
-                            if state == _ACQUIRED:  # taken needlessly: let it go at once
-                                self._spawn(self._release(key, owner))
-                            if self._keep(key, token, value_ms / 1000, seen):
-                                self.stats.from_redis += 1
-                                return token
-                            mode = "get"  # evicted while we read: look again
-                            continue
-                        if state == _ACQUIRED:
-                            break
-                        if state == _VALUE:
-                            mode = "take"  # there, but not good enough: replace it
-                            continue
-                        self.stats.waited += 1
-                        # Until the lease ends, or the next poll, but never sooner than the
-                        # floor: each look is a round trip to the Redis that every replica uses.
-                        wait = max(POLL_FLOOR, min(lease_ms / 1000, self._events.poll_interval()))
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(wait):
-                                await woken.wait()
-                        mode = "get"
-        except TimeoutError:
-            self.stats.impatient += 1
-            # A slow Redis that never answered is as good as a down one for our own entry;
-            # once Redis said the value is gone (evicted), the entry is not served again.
-            if not answered and (stale := self._stale(key, accept)) is not None:
-                return stale
-            _log.debug("gave up waiting for another replica's exchange of %s", log_ref(key))
-            return await self._produce_here(key, produce, owner)
-        except RedisUnavailable:
-            self.stats.unavailable += 1
-            if (stale := self._stale(key, accept)) is not None:
-                return stale
-            return await self._produce_here(key, produce, owner)
-        return await self._produce_leased(key, produce, owner, patience)
-
-    def _report_damage(self, key: str, state: int, lease_ms: int, *, damaged: bool) -> None:
-        """Say what ACQUIRE found that grpc_obo never writes (someone else wrote to Redis)."""
-        if damaged:
-            _log.warning(
-                "redis token cache key %s… held a value of the wrong type (not written by "
-                "grpc_obo); deleted it, treating it as a miss",
-                log_ref(key),
-            )
-        if state == _ACQUIRED and lease_ms == -1:
-            _log.warning(
-                "redis token cache lease of %s… was set without expiry (not by grpc_obo, "
-                "whose leases always expire); taken over",
-                log_ref(key),
-            )
-
-    def _stale(self, key: str, accept: Callable[[CachedToken], bool]) -> CachedToken | None:
-        """Our L1 entry past its recheck time, while Redis cannot confirm it (still usable)."""
-        token = self._l1.get_local(key, stale_ok=True)
-        if token is None or not accept(token):
-            return None
-        self.stats.stale += 1
-        return token
-
-    async def _produce_leased(
-        self, key: str, produce: Produce, owner: str, patience: Patience
-    ) -> CachedToken:
-        _, lease_key = self.redis_keys(key)
-        self.stats.leased += 1
-        renewal = self._spawn(self._renew(lease_key, owner))
-        try:
-            token, ttl = await produce()
-        except BaseException:
-            renewal.cancel()
-            # The waiters try at once instead of waiting for the lease to end.
-            self._spawn(self._release(key, owner))
-            raise
-        renewal.cancel()
-        self._l1.put(key, token, ttl)
-        if ttl > 0:
-            stored = self._spawn(self._write(key, token, ttl, owner=owner))
-        else:
-            stored = self._spawn(self._release(key, owner))
-        # Wait for the write while the callers can afford it (never fail for it): a caller
-        # that invalidates right after must not race our own write.
-        remaining = patience.remaining()
-        if remaining is None or remaining > 0:
-            await asyncio.wait({stored}, timeout=remaining)
-        return token
-
-    async def _produce_here(self, key: str, produce: Produce, owner: str) -> CachedToken:
-        """Exchange without the lease (Redis down, or patience spent): share it if possible."""
-        token, ttl = await produce()
-        self._l1.put(key, token, ttl)
-        if ttl > 0 and not self._outage.down:
-            # Also releases a lease of ours whose answer we did not wait for.
-            self._spawn(self._write(key, token, ttl, owner=owner))
-        return token
-
-    async def _renew(self, lease_key: str, owner: str) -> None:
-        while True:
-            await asyncio.sleep(self._lease_ttl / 3)
-            try:
-                still_ours = await self._command(
-                    lambda: self._client.eval(RENEW, 1, lease_key, owner, self._lease_ms)
-                )
-            except RedisUnavailable:
-                continue
-            if not still_ours:
-                return  # it ended while Redis was away; another replica may hold it now
-
-    async def _release(self, key: str, owner: str) -> None:
-        _, lease_key = self.redis_keys(key)
-        message = self._events.message("rel", key)
-        with contextlib.suppress(RedisUnavailable):
-            await self._command(
-                lambda: self._client.eval(RELEASE, 1, lease_key, owner, self._channel, message)
-            )
+        return await self._flight.coordinate(key, produce, accept=accept, patience=patience)
 
     # -- Redis commands -------------------------------------------------------------------
 
@@ -529,13 +367,13 @@ class RedisTokenStore:
         reply = await self._command(lambda: self._client.eval(READ, 1, value_key))
         if len(reply) < 2:
             if int(reply[0]) == -3:
-                self._report_damage(key, _VALUE, 0, damaged=True)
+                report_damage(key, VALUE, 0, damaged=True)
             return None
         return _Read(blob=bytes(reply[1]), ttl=int(reply[0]) / 1000)
 
     async def _write(self, key: str, token: CachedToken, ttl: float, *, owner: str) -> bool:
         value_key, lease_key = self.redis_keys(key)
-        blob = self._sealer.seal(value_key, _encode(token))
+        blob = self._sealer.seal(value_key, token.encode())
         message = self._events.message("set", key)
         try:
             await self._command(
@@ -594,30 +432,15 @@ class RedisTokenStore:
     def _on_event(self, event: str, key: str) -> None:
         """A message from another replica: its value for `key` changed or went away."""
         if event == "del":
-            self._evicted_now(key)
-            self._l1.discard(key)
+            self._l1.evict(key)
         elif event == "set":
             self._l1.discard(key)
-
-    def _evicted_now(self, key: str) -> None:
-        self._evictions += 1
-        self._evicted[key] = self._evictions
-        self._evicted.move_to_end(key)
-        while len(self._evicted) > _MAX_RECENT_DELETES:
-            self._evicted.popitem(last=False)
-
-    def _keep(self, key: str, token: CachedToken, ttl: float, seen: int) -> bool:
-        """Put a value read from Redis into L1, unless `key` was evicted since the read began."""
-        if self._evicted.get(key, 0) > seen:
-            return False
-        self._l1.put(key, token, ttl)
-        return True
 
     def _open(self, key: str, value_key: str, blob: bytes) -> CachedToken | None:
         if key in self._pending_deletes:
             return None  # evicted here; Redis has not taken the deletion yet
         plaintext = self._sealer.open(value_key, bytes(blob))
-        token = _decode(plaintext) if plaintext is not None else None
+        token = CachedToken.decode(plaintext) if plaintext is not None else None
         if token is None:
             _log.warning(
                 "redis token cache value %s… did not open (tampered, moved or wrong key); "
@@ -631,31 +454,3 @@ class RedisTokenStore:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
-
-
-def _encode(token: CachedToken) -> bytes:
-    return json.dumps(
-        {
-            "v": _VALUE_VERSION,
-            "at": token.access_token.reveal(),
-            "exp": token.expires_on,
-            "ref": token.refresh_on,
-            "typ": token.token_type,
-        },
-        separators=(",", ":"),
-    ).encode("utf-8")
-
-
-def _decode(plaintext: bytes) -> CachedToken | None:
-    try:
-        data = json.loads(plaintext)
-        if data.get("v") != _VALUE_VERSION:
-            return None
-        return CachedToken(
-            access_token=SecretToken(data["at"]),
-            expires_on=float(data["exp"]),
-            refresh_on=float(data["ref"]),
-            token_type=str(data["typ"]),
-        )
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None

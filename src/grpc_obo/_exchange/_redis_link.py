@@ -254,7 +254,13 @@ class Outage:
         self._probing = True
         return True
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: BaseException, *, probe: bool = True) -> None:
+        """A command failed; `probe`: it was sent as the probe of an outage already known."""
+        if self._since is not None and not probe:
+            # NOTE: a command sent before the outage began, failing late (each of them waits
+            # its own timeout): the backoff counts probes, so it must not lengthen it (nor
+            # end a probe that is still running).
+            return
         self._probing = False
         now = self._clock()
         if self._since is None:
@@ -291,6 +297,7 @@ class Outage:
 
     async def run(self, timeout: float, command: Callable[[], Awaitable[T]]) -> T:
         """`command()` bounded by `timeout`; RedisUnavailable when down, failing or slow."""
+        probe = self.down
         if not self.may_try():
             raise RedisUnavailable
         try:
@@ -300,7 +307,7 @@ class Outage:
             self.abandoned()
             raise
         except Exception as exc:
-            self.failed(exc)
+            self.failed(exc, probe=probe)
             raise RedisUnavailable from None
         self.succeeded()
         return result

@@ -80,7 +80,10 @@ class Patience:
             return
         self.until = until
         for scope in self._scopes:
-            scope.reschedule(until)
+            # An expired scope cannot be rescheduled (asyncio raises); its waiter checks
+            # `remaining()` after each step anyway (see `LeaseFlight`).
+            if not scope.expired():
+                scope.reschedule(until)
 
     def remaining(self) -> float | None:
         if self.until is None:

@@ -3,10 +3,14 @@
 Only the access token is kept. An OBO response also carries a refresh token and an ID token;
 they are long-lived secrets we never need (the next exchange uses the incoming assertion), so
 they are dropped before anything reaches a cache.
+
+`encode()` / `decode()` are the value codec of the shared store: the JSON that `TokenSealer`
+encrypts before it reaches Redis (it holds the raw token, so it exists only to be sealed).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Mapping
@@ -16,6 +20,8 @@ from typing import Any
 from grpc_obo._identity import SecretToken
 
 __all__ = ["CachedToken"]
+
+_CODEC_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,3 +73,32 @@ class CachedToken:
 
     def due_for_refresh(self, now: float) -> bool:
         return now >= self.refresh_on
+
+    def encode(self) -> bytes:
+        """The plaintext the Redis store seals: it holds the raw token, never log or keep it."""
+        return json.dumps(
+            {
+                "v": _CODEC_VERSION,
+                "at": self.access_token.reveal(),
+                "exp": self.expires_on,
+                "ref": self.refresh_on,
+                "typ": self.token_type,
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+
+    @classmethod
+    def decode(cls, plaintext: bytes) -> CachedToken | None:
+        """The token `encode()` wrote, or None for anything else (another version, damage)."""
+        try:
+            data = json.loads(plaintext)
+            if data.get("v") != _CODEC_VERSION:
+                return None
+            return cls(
+                access_token=SecretToken(data["at"]),
+                expires_on=float(data["exp"]),
+                refresh_on=float(data["ref"]),
+                token_type=str(data["typ"]),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
