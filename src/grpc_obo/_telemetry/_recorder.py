@@ -24,6 +24,7 @@ from grpc_obo._telemetry._names import (
     ATTR_GRANT,
     ATTR_KIND,
     ATTR_OID,
+    ATTR_OUTCOME,
     ATTR_RESULT,
     ATTR_RETRY,
     ATTR_SCOPES,
@@ -35,6 +36,7 @@ from grpc_obo._telemetry._names import (
     METRIC_EXCHANGE,
     METRIC_KEYS,
     METRIC_REFUSALS,
+    METRIC_SHARED,
     METRIC_VALIDATION,
     SOURCE_CACHE,
     SPAN_ACQUIRE,
@@ -120,6 +122,12 @@ class Telemetry:
             unit="{exchange}",
             description="Token requests to the authority in flight",
         )
+        self._shared = meter.create_counter(
+            METRIC_SHARED,
+            unit="{miss}",
+            description="What the Redis token store did on in-process misses, by outcome",
+        )
+        self._outcome_attributes: dict[str, dict[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"Telemetry(identities={self.identities!r})"
@@ -318,6 +326,14 @@ class Telemetry:
                 ATTR_GRANT: grant,
             }
         self._exchange.record(0.0, attributes)
+
+    def store_outcome(self, outcome: str) -> None:
+        """What a `RedisTokenStore(observer=telemetry)` did on a miss: a fixed word (its
+        `STORE_OUTCOMES`: from_redis, leased, waited, impatient, unavailable, stale)."""
+        attributes = self._outcome_attributes.get(outcome)
+        if attributes is None:  # one per outcome: a fixed vocabulary
+            attributes = self._outcome_attributes[outcome] = {ATTR_OUTCOME: outcome}
+        self._shared.add(1, attributes)
 
     @contextlib.contextmanager
     def acquisition(self, grant: str, scopes: Iterable[str]) -> Iterator[_Acquisition]:
