@@ -24,7 +24,7 @@ import grpc.aio
 from grpc_obo._common import is_loopback
 from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange._cache import TokenCache
-from grpc_obo._exchange._credentials import ConfidentialClient
+from grpc_obo._exchange._confidential import ConfidentialClient
 from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
 from grpc_obo._exchange._retry import RetryPolicy
 from grpc_obo._identity import Identity, SecretToken, current_identity

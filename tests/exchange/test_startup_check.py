@@ -29,6 +29,7 @@ from grpc_obo import (
     status_for,
 )
 from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._refusal import explain_refusal
 from grpc_obo.devauthority import ClientCertificate, DevAuthority
 
 from .conftest import Users, client_for
@@ -275,3 +276,32 @@ async def test_the_refused_source_is_named_not_the_first_of_the_list(
         await make_exchanger(client).start()
     assert_names(caught.value, "AZURE_CLIENT_CERTIFICATE_PATH", "AADSTS700027")
     assert "AZURE_FEDERATED_TOKEN_FILE" not in str(caught.value)
+
+
+def test_a_refusal_of_the_clients_own_configuration_gets_a_hint_on_the_same_error(
+    authority: DevAuthority,
+) -> None:
+    """The hint is set on the error the exchange raised, not on a rebuilt copy: its class,
+    attributes and traceback stay; `message` (what a caller is told) stays the fixed sentence."""
+    client = client_for(authority)
+    try:
+        raise TokenExchangeError(
+            "the authority refused the token request",
+            error="invalid_client",
+            error_codes=[7000215],
+            correlation_id="5d0e9c57-0000-4000-8000-000000000001",
+        )
+    except TokenExchangeError as raised:
+        error = raised
+    traceback = error.__traceback__
+    explained = explain_refusal(client, error, client.tenant)
+    assert explained is error
+    assert error.__traceback__ is traceback
+    assert error.message == "the authority refused the token request"
+    assert error.hint is not None and "AZURE_CLIENT_SECRET" in error.hint
+    assert "AADSTS7000215" in str(error)
+    assert error.correlation_id == "5d0e9c57-0000-4000-8000-000000000001"
+    # Not the client's configuration: no hint, nothing changed.
+    other = TokenExchangeError("refused", error="invalid_grant", error_codes=[50013])
+    assert explain_refusal(client, other, client.tenant) is other
+    assert other.hint is None

@@ -7,7 +7,8 @@ a lease in Redis), single flight, and `TokenCache`, which ties them together for
 """
 
 from grpc_obo._exchange._cache import TokenCache
-from grpc_obo._exchange._credentials import ClientCredential, ConfidentialClient
+from grpc_obo._exchange._confidential import ConfidentialClient
+from grpc_obo._exchange._credentials import ClientCredential
 from grpc_obo._exchange._crypto import TokenSealer
 from grpc_obo._exchange._memory import MemoryTokenStore
 from grpc_obo._exchange._redis import RedisTokenStore

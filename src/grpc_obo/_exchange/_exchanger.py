@@ -35,10 +35,11 @@ from grpc_obo._errors import (
     TokenExchangeError,
 )
 from grpc_obo._exchange._cache import TokenCache
-from grpc_obo._exchange._credentials import ConfidentialClient, explain_refusal
+from grpc_obo._exchange._confidential import ConfidentialClient
 from grpc_obo._exchange._http import AuthorityHttpClient, DiscardingTokenCache, NoHttpCache
 from grpc_obo._exchange._keys import log_ref, obo_cache_key
 from grpc_obo._exchange._observe import ExchangeObserver, Observer
+from grpc_obo._exchange._refusal import explain_refusal
 from grpc_obo._exchange._retry import Outcome, RetryPolicy, classify, unavailable
 from grpc_obo._exchange._sources import CredentialChain, Resolved
 from grpc_obo._exchange._token import CachedToken
