@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from grpc_obo._common import is_guid
 from grpc_obo._errors import ConfigurationError
-from grpc_obo._exchange._sources import (
+from grpc_obo._exchange._source_kinds import (
     AssertionCallback,
     CertificateFile,
     FederatedTokenFile,
@@ -196,8 +196,9 @@ class ClientCredential:
     def federated_token_file(cls, path: str | Path) -> ClientCredential:
         """Workload identity federation: the file (AZURE_FEDERATED_TOKEN_FILE) holds a token from
         an issuer the app registration has a federated credential for (a Kubernetes
-        service-account token the kubelet rotates). Re-read whenever it changes, never sent
-        past its `exp`. A missing file is not an error here: it makes the source unavailable
+        service-account token the kubelet rotates). Looked at near its token's `exp` and once a
+        minute before that, re-read when it changed (and at once when the authority refuses
+        its token), never sent past its `exp`. A missing file is not an error here: it makes the source unavailable
         (the next source in the list is used)."""
         text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
         if not text or not text.strip():
@@ -219,7 +220,7 @@ class ClientCredential:
         return cls("managed_identity", _identity=client_id)
 
     def source(self, *, ca_file: str | None, timeout: float, clock: Callable[[], float]) -> Source:
-        """Where this credential comes from at each token request (see `_sources.py`)."""
+        """Where this credential comes from at each token request (see `_source_kinds.py`)."""
         if self.kind == "federated_token_file":
             return FederatedTokenFile(str(self._path), clock)
         if self.kind == "managed_identity":
