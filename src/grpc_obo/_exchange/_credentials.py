@@ -198,8 +198,8 @@ class ClientCredential:
         an issuer the app registration has a federated credential for (a Kubernetes
         service-account token the kubelet rotates). Looked at near its token's `exp` and once a
         minute before that, re-read when it changed (and at once when the authority refuses
-        its token), never sent past its `exp`. A missing file is not an error here: it makes the source unavailable
-        (the next source in the list is used)."""
+        its token), never sent past its `exp`. A missing file is not an error here: it makes
+        the source unavailable (the next source in the list is used)."""
         text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
         if not text or not text.strip():
             raise ConfigurationError("the federated token file must be a path")
