@@ -1,9 +1,11 @@
-"""Exchange: On-Behalf-Of token caching, with no grpc import.
+"""Exchange: On-Behalf-Of and client credentials via MSAL, and their token cache; no grpc import.
 
-Owns the cache key derivation (`obo_cache_key`), the cached value (`CachedToken`), the stores
-(bounded in-process `MemoryTokenStore`; `RedisTokenStore` for several replicas: an in-process
-level in front of Redis, values sealed with `TokenSealer`, single flight across replicas through
-a lease in Redis), single flight, and `TokenCache`, which ties them together for the exchanger.
+Owns the middle tier's identity (`ConfidentialClient`, its `ClientCredential`s and the sources
+they resolve to for each token request), the cache key derivation (`obo_cache_key`), the cached
+value (`CachedToken`), the stores (bounded in-process `MemoryTokenStore`; `RedisTokenStore` for
+several replicas: an in-process level in front of Redis, values sealed with `TokenSealer`, single
+flight across replicas through a lease in Redis), single flight, and `TokenCache`, which ties
+them together for the exchanger.
 """
 
 from grpc_obo._exchange._cache import TokenCache

@@ -234,8 +234,6 @@ class Outage:
         self._retry_at = 0.0
         self._delay = initial_backoff
         self._probing = False
-        self.outages = 0
-        """How many outages began (for tests and metrics)."""
 
     @property
     def down(self) -> bool:
@@ -266,7 +264,6 @@ class Outage:
         if self._since is None:
             self._since = now
             self._delay = self._initial
-            self.outages += 1
             # Only the type: client library messages may echo arguments (keys, values).
             _log.warning(
                 "redis token cache %s unavailable (%s): serving tokens cached in this process "
