@@ -172,6 +172,9 @@ class FederatedTokenFile(_AssertionSource):
         return self._resolved()
 
     def refused(self, version: Hashable) -> bool:
+        # NOTE: called on the event loop (by the exchanger, after an invalid_client): one stat,
+        # and a read of a token of a few KB if it changed, on a local (projected) volume; only
+        # after a refusal, never on the way of a request that succeeds.
         used = version.generation if isinstance(version, AssertionVersion) else None
         with self._lock:
             if used != self._generation:
