@@ -20,7 +20,7 @@ from grpc_obo.devauthority._tokens import TokenMinter
 from grpc_obo.devauthority._world import App, World
 
 if TYPE_CHECKING:
-    from grpc_obo.devauthority._grants import TokenRequest
+    from grpc_obo.devauthority._grants._request import TokenRequest
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
