@@ -59,8 +59,10 @@ class BearerAuthMiddleware:
 
     `default` is the rule every non-public request must meet (a valid delegated token by
     default); routes add theirs with `http_requires`. `public_paths` need no token (exact
-    paths, or prefixes ending in `/`). Websockets are refused unless public: a browser
-    cannot send them an `Authorization` header. Lifespan events pass through.
+    paths, or prefixes ending in `/`). Websockets are held to the same rules (a browser cannot
+    send them an `Authorization` header: serve those on a public path); refused or failed, one
+    is closed, or denied in HTTP where the server offers it (see `_Reply`). Lifespan events
+    pass through.
     """
 
     def __init__(
@@ -98,42 +100,36 @@ class BearerAuthMiddleware:
         if kind not in ("http", "websocket") or self._is_public(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
+        reply = _Reply(scope, send)
         try:
             identity = await self._authenticate(scope)
         except GrpcOboError as refused:
-            await _refuse(scope, send, refused, kind)
+            await _refuse(scope, reply, refused)
             return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         failures = Failures()  # what the route's On-Behalf-Of calls record (grpc_obo._relay)
         relay = collect(failures)
         try:
             with use_identity(identity):
-                await self.app(scope, receive, tracked)
+                await self.app(scope, receive, reply.tracked)
         except GrpcOboError as error:  # raised in the route: the route's own exchange, say
-            if started:
+            if reply.ended:
                 raise
-            await _refuse(scope, send, error, kind)
+            await _refuse(scope, reply, error)
         except Exception as error:
             # A downstream's failure the route did not catch (or anything raised after one):
             # the relay's status and rebuilt challenge, never the downstream's text.
             relayed = failures.settle(downstream_in(error))
-            if relayed is None or started:
+            if relayed is None or reply.ended:
                 raise
             _log.log(
                 logging.WARNING if relayed.operator else logging.INFO,
-                "%s: relaying a downstream %s to the HTTP caller as %s",
+                "%s: relaying a downstream %s to the %s caller as %s",
                 scope.get("path", ""),
                 relayed.downstream.name if relayed.downstream else type(error).__name__,
+                "websocket" if reply.websocket else "HTTP",
                 relayed.code.name,
             )
-            await _answer(send, relayed.code.http_status, relayed.details, relayed.challenge)
+            await reply.answer(relayed.code.http_status, relayed.details, relayed.challenge)
         finally:
             uncollect(relay)
 
@@ -234,20 +230,63 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str:
 # -- answers ------------------------------------------------------------------------------------
 
 
-async def _refuse(scope: Scope, send: Send, error: GrpcOboError, kind: str) -> None:
+async def _refuse(scope: Scope, reply: _Reply, error: GrpcOboError) -> None:
     status = Code[status_for(error).name].http_status
     if status >= 500:
         _log.warning("front door failed a request: %s", type(error).__name__)
     else:
         _log.debug("refused %s: %s", scope.get("path", ""), type(error).__name__)
-    if kind == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
-        return
-    message = str(getattr(error, "message", "request refused"))
-    await _answer(send, status, message, www_authenticate_for(error) if status < 500 else None)
+    challenge = www_authenticate_for(error) if status < 500 else None
+    await reply.answer(status, error.message, challenge)
 
 
-async def _answer(send: Send, status: int, message: str, challenge: str | None) -> None:
+class _Reply:
+    """What the route has sent on one connection, and the door's answer while it may give one.
+
+    An HTTP request is answered with a JSON body. A websocket is answered in its own protocol
+    (an HTTP response start there is an ASGI protocol error): before `accept`, with the HTTP
+    answer itself when the server offers the websocket denial response extension; otherwise
+    by closing it, 1008 (policy violation) for a refusal, 1011 for an internal failure (a
+    close before `accept` is a 403 handshake answer, as the ASGI spec says).
+    """
+
+    __slots__ = ("_denial", "_send", "accepted", "ended", "websocket")
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self._send = send
+        self.websocket = scope["type"] == "websocket"
+        self._denial = "websocket.http.response" in (scope.get("extensions") or {})
+        self.accepted = False
+        self.ended = False  # an HTTP response started, or the websocket closed or denied
+
+    async def tracked(self, message: Message) -> None:
+        kind = message["type"]
+        if kind in ("http.response.start", "websocket.close", "websocket.http.response.start"):
+            self.ended = True
+        elif kind == "websocket.accept":
+            self.accepted = True
+        await self._send(message)
+
+    async def answer(self, status: int, message: str, challenge: str | None) -> None:
+        self.ended = True
+        if not self.websocket:
+            await _http_answer(self._send, "http.response", status, message, challenge)
+        elif self._denial and not self.accepted:
+            await _http_answer(self._send, "websocket.http.response", status, message, challenge)
+        else:
+            await self._send(
+                {
+                    "type": "websocket.close",
+                    "code": 1008 if status in (401, 403) else 1011,
+                    # A close frame's reason holds at most 123 bytes; the message is fixed text.
+                    "reason": message.encode()[:123].decode(errors="ignore"),
+                }
+            )
+
+
+async def _http_answer(
+    send: Send, prefix: str, status: int, message: str, challenge: str | None
+) -> None:
     body = json.dumps({"detail": message}).encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -256,5 +295,5 @@ async def _answer(send: Send, status: int, message: str, challenge: str | None) 
     ]
     if challenge:
         headers.append((b"www-authenticate", challenge.encode("latin-1", "replace")))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{prefix}.start", "status": status, "headers": headers})
+    await send({"type": f"{prefix}.body", "body": body})
