@@ -38,6 +38,7 @@ from grpc_obo._policy import Callers, MethodPolicy
 from grpc_obo._relay import Code, Failures, collect, downstream_in, uncollect
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation._bearer import bearer_token_from_header
+from grpc_obo._validation._guarded import Authenticator
 
 __all__ = ["BearerAuthMiddleware", "http_requires"]
 
@@ -48,10 +49,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class _ValidatorFailure(GrpcOboError):
-    """The validator raised something unexpected: the caller learns nothing more (500)."""
 
 
 class BearerAuthMiddleware:
@@ -86,7 +83,7 @@ class BearerAuthMiddleware:
         if telemetry is not None and not isinstance(telemetry, Telemetry):
             raise ConfigurationError("telemetry must be a grpc_obo.Telemetry")
         self.app = app
-        self._validator = validator
+        self._auth = Authenticator(validator, _log)
         self._default = default if default is not None else MethodPolicy()
         self._exact = frozenset(p for p in public_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in public_paths if p.endswith("/"))
@@ -138,18 +135,7 @@ class BearerAuthMiddleware:
         started = time.time_ns()
         identity: Identity | None = None
         try:
-            try:
-                found: object = await self._validator.validate(token)
-            except GrpcOboError:
-                raise
-            except Exception as unexpected:
-                # NOTE: its message or traceback may quote the token: the class name only.
-                _log.error("the validator failed unexpectedly: %s", type(unexpected).__name__)
-                raise _ValidatorFailure("token validation failed") from None
-            if not isinstance(found, Identity):
-                _log.error("the validator returned %s, not an Identity", type(found).__name__)
-                raise _ValidatorFailure("token validation failed")
-            identity = found
+            identity = await self._auth.validate(token, scope.get("path", ""))
             self._default.check(identity)
         except GrpcOboError as error:
             self._record(started, identity, error)

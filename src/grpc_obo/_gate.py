@@ -5,8 +5,8 @@ in `_relay`); a `_Gate` adapts them to grpc for one method: it checks an identit
 grpc_obo error into (status, details, `www-authenticate`), ends a call for an uncaught
 downstream failure the way `_relay` says, and puts the caller on the RPC's span from inside the
 handler (the validation's own span is recorded where it runs, in `intercept_service`).
-`Authenticator` is the one guarded way to ask the validator, for the interceptor and for a gate
-alike.
+`Authenticator` (`_validation._guarded`) is the one guarded way to ask the validator, for the
+interceptor, a gate and the ASGI front door alike.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -27,7 +26,6 @@ from grpc_obo._errors import (
     DownstreamError,
     GrpcOboError,
     TokenExchangeError,
-    ValidatorFailedError,
     status_for,
     www_authenticate_for,
 )
@@ -35,8 +33,9 @@ from grpc_obo._identity import Identity
 from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed, downstream_in
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation._bearer import bearer_token
+from grpc_obo._validation._guarded import Authenticator
 
-__all__ = ["Authenticator", "TokenValidatorLike"]
+__all__ = ["Gate", "TokenValidatorLike"]
 
 _LOGGER = logging.getLogger("grpc_obo.server")
 
@@ -51,38 +50,6 @@ class TokenValidatorLike(Protocol):
     async def validate(self, token: str) -> Identity: ...
 
     def cached(self, token: str) -> Identity | None: ...
-
-
-class Authenticator:
-    """The validator, asked safely: a bug in it becomes INTERNAL without the token in a log."""
-
-    __slots__ = ("_validator",)
-
-    def __init__(self, validator: TokenValidatorLike) -> None:
-        self._validator = validator
-
-    def cached(self, token: str) -> Identity | None:
-        try:
-            found: object = self._validator.cached(token)
-        except Exception:  # a cache bug is not a refusal: validate() decides
-            _LOGGER.debug("the validator's cached() failed; validating")
-            return None
-        return found if isinstance(found, Identity) else None
-
-    async def validate(self, token: str, method: str) -> Identity:
-        """The validator's verdict on `token`: an Identity, or a `GrpcOboError` saying why not."""
-        try:
-            # `object`: a validator outside our control is checked, not trusted, to return Identity.
-            identity: object = await self._validator.validate(token)
-        except GrpcOboError:
-            raise
-        except Exception as exc:
-            _log_unexpected(exc, token, method)
-            raise ValidatorFailedError() from None
-        if not isinstance(identity, Identity):
-            _LOGGER.error("validator returned %s, not an Identity", type(identity).__name__)
-            raise ValidatorFailedError()
-        return identity
 
 
 Trailing = tuple[tuple[str, str], ...]
@@ -316,13 +283,3 @@ def deny_uncertain(identity: Identity) -> None:
     raise AccessDeniedError(
         "this method's access rule could not be established", reason="rule_unavailable"
     )
-
-
-def _log_unexpected(exc: Exception, token: str, method: str) -> None:
-    # NOTE: a validator bug may put the token (or one of its segments) in its message; log the
-    # traceback for whoever debugs it, with every piece of the token cut out.
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    for secret in sorted({token, *token.split(".")}, key=len, reverse=True):
-        if len(secret) >= 8:
-            text = text.replace(secret, "[redacted]")
-    _LOGGER.error("validator failed unexpectedly on %s:\n%s", method, text)

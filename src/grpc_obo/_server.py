@@ -30,12 +30,13 @@ import grpc.aio
 
 from grpc_obo._declared import explain_uncertain, resolve_declared
 from grpc_obo._errors import ConfigurationError, GrpcOboError
-from grpc_obo._gate import Authenticator, Gate, TokenValidatorLike, deny_uncertain
+from grpc_obo._gate import Gate, TokenValidatorLike, deny_uncertain
 from grpc_obo._handlers import behavior_of, guarded, handoff, rebuild, refusing, sync_call
 from grpc_obo._identity import Identity
 from grpc_obo._policy import Policy
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation._bearer import bearer_token
+from grpc_obo._validation._guarded import Authenticator
 
 __all__ = ["AuthServerInterceptor", "TokenValidatorLike", "server_interceptor"]
 
@@ -84,7 +85,7 @@ class AuthServerInterceptor(_InterceptorBase):
             raise ConfigurationError("policy must be a grpc_obo.Policy")
         if telemetry is not None and not isinstance(telemetry, Telemetry):
             raise ConfigurationError("telemetry must be a grpc_obo.Telemetry")
-        self._auth = Authenticator(validator)
+        self._auth = Authenticator(validator, _LOGGER)
         self._policy = policy
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         # What each method needs, built on its first call (rule resolved, async handler
