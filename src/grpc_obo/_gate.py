@@ -30,7 +30,7 @@ from grpc_obo._errors import (
     www_authenticate_for,
 )
 from grpc_obo._identity import Identity
-from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed, downstream_in
+from grpc_obo._relay import UNHANDLED, Failures, Relayed, downstream_in
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation._bearer import bearer_token
 from grpc_obo._validation._guarded import Authenticator
@@ -234,10 +234,6 @@ class Gate:
 
 def relayed_for(error: BaseException, failures: Failures) -> Relayed | None:
     """How `_relay` ends the call for `error`, or None when it is not the relay's business."""
-    rpc = _rpc_error_in(error)
-    if rpc is not None:
-        return failures.settle((code_of(rpc.code()), challenge_values(rpc.trailing_metadata())))
-    # An HTTP downstream's answer the handler raised (httpx's raise_for_status), or none.
     return failures.settle(downstream_in(error))
 
 
@@ -245,19 +241,6 @@ def downstream_error(relayed: Relayed) -> DownstreamError:
     return DownstreamError(
         relayed.details, code=grpc.StatusCode[relayed.code.name], challenge=relayed.challenge
     )
-
-
-def code_of(status: grpc.StatusCode | None) -> Code:
-    return Code.UNKNOWN if status is None else Code[status.name]
-
-
-def challenge_values(trailing: Any) -> list[str | bytes]:
-    """The `www-authenticate` values of a call's trailing metadata (any container grpc gives)."""
-    return [
-        value
-        for key, value in (trailing or ())
-        if isinstance(key, str) and key.lower() == "www-authenticate"
-    ]
 
 
 def _rpc_error_in(error: BaseException) -> grpc.aio.AioRpcError | None:

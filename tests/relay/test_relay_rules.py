@@ -15,6 +15,7 @@ from grpc_obo._relay import (
     ClaimsMemory,
     Code,
     Failures,
+    challenge_values,
     choose_challenge,
     parse_challenges,
     rebuild_challenge,
@@ -67,6 +68,27 @@ class TestParser:
     )
     def test_malformed_challenges_are_dropped(self, value: str | bytes) -> None:
         assert [c for c in parse_challenges([value]) if c.params] == []
+
+
+class TestWhereChallengesAreRead:
+    def test_from_trailing_metadata_in_any_container(self) -> None:
+        import grpc.aio  # the relay itself never imports grpc: only its containers are used
+
+        pairs = (("x-other", "a"), ("WWW-Authenticate", "Bearer"), ("www-authenticate", b"B"))
+        for trailing in (pairs, list(pairs), grpc.aio.Metadata(*pairs)):
+            assert challenge_values(trailing) == ["Bearer", b"B"]
+        assert challenge_values(None) == []
+
+    def test_from_http_headers(self) -> None:
+        import httpx
+
+        headers = httpx.Headers([("WWW-Authenticate", "Bearer"), ("www-authenticate", "Basic")])
+        assert challenge_values(headers) == ["Bearer", "Basic"]
+
+    def test_anything_else_is_nothing_a_downstream_said(self) -> None:
+        odd: list[object] = ["ab", ("www-authenticate",), ("www-authenticate", 7), 3, (b"k", "v")]
+        assert challenge_values(odd) == []
+        assert challenge_values("www-authenticate") == []
 
 
 class TestChoice:

@@ -6,6 +6,7 @@ nothing it says reaches the caller verbatim. This package decides, with no grpc 
 gRPC server and client interceptors, an HTTP downstream and an ASGI front door share it:
 
     Code                  canonical status codes (gRPC's numbers, google.rpc.Code), HTTP equivalents
+    challenge_values()    the `WWW-Authenticate` values of trailing metadata or HTTP headers
     parse_challenges()    the one `WWW-Authenticate` parser (RFC 7235: several per value allowed)
     choose_challenge()    the one choice of *the* challenge among several, made on both sides
     rebuild_challenge()   what the caller gets: an allow-list, validated, fixed descriptions
@@ -19,6 +20,7 @@ gRPC server and client interceptors, an HTTP downstream and an ASGI front door s
 
 from grpc_obo._relay._challenges import (
     Challenge,
+    challenge_values,
     choose_challenge,
     claims_of,
     parse_challenges,
@@ -47,6 +49,7 @@ __all__ = [
     "Code",
     "Failures",
     "Relayed",
+    "challenge_values",
     "choose_challenge",
     "claims_of",
     "collect",

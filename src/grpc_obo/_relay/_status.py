@@ -8,7 +8,12 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from grpc_obo._relay._challenges import Challenge, choose_challenge, rebuild_challenge
+from grpc_obo._relay._challenges import (
+    Challenge,
+    challenge_values,
+    choose_challenge,
+    rebuild_challenge,
+)
 
 __all__ = [
     "RELAY_TABLE",
@@ -296,12 +301,7 @@ def _grpc_failure(error: BaseException) -> tuple[Code, list[str | bytes]] | None
     name = getattr(code(), "name", None)
     if not isinstance(name, str) or name not in Code.__members__:
         return None
-    values = [
-        value
-        for key, value in (trailing() or ())
-        if isinstance(key, str) and key.lower() == "www-authenticate"
-    ]
-    return Code[name], values
+    return Code[name], challenge_values(trailing())
 
 
 def _http_failure(error: BaseException) -> tuple[Code, list[str | bytes]] | None:
@@ -313,6 +313,4 @@ def _http_failure(error: BaseException) -> tuple[Code, list[str | bytes]] | None
     code = Code.from_http(status)
     if code is Code.OK:
         return None
-    get_list = getattr(headers, "get_list", None)
-    values = get_list("www-authenticate") if callable(get_list) else []
-    return code, [v for v in values if isinstance(v, str | bytes)]
+    return code, challenge_values(headers)
