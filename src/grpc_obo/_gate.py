@@ -141,6 +141,26 @@ class Gate:
             self._log_relayed(relayed, error)
             await self.fail(context, downstream_error(relayed))
 
+    async def relay_ended(self, error: Exception, failures: Failures) -> bool:
+        """`relay` for a call that ended before its handler finished closing (the client
+        cancelled a streaming call, and the handler's `finally` called downstream): nothing
+        reaches the caller any more, so the failure is logged as `relay` logs it and goes no
+        further (raised, it would reach asyncio's log with the downstream's text). False when
+        it is not the relay's business: the handler's own error, to raise."""
+        if isinstance(error, grpc.aio.AbortError):
+            return False
+        if isinstance(error, GrpcOboError):  # the handler's own exchange, say
+            self.refusal(error)  # its log line; the status has nowhere to go
+            return True
+        relayed = relayed_for(error, failures)
+        if relayed is None or relayed is UNHANDLED:
+            await asyncio.sleep(0)  # the client's done callback may run just after our await
+            relayed = relayed_for(error, failures)
+        if relayed is None:
+            return False
+        self._log_relayed(relayed, error, ended=True)
+        return True
+
     def sync_relay(
         self,
         context: Any,
@@ -168,11 +188,19 @@ class Gate:
         context.set_details(details)
         return True
 
-    def _log_relayed(self, relayed: Relayed, error: Exception) -> None:
+    def _log_relayed(self, relayed: Relayed, error: Exception, *, ended: bool = False) -> None:
         # One line an operator can act on (the method, the downstream's code); what the
         # downstream said only at DEBUG, with anything shaped like a JWT cut out.
         level = logging.WARNING if relayed.operator else logging.INFO
-        if relayed.downstream is None:
+        if ended:
+            _LOGGER.log(
+                level,
+                "%s: an On-Behalf-Of call failed with %s while the handler closed after the "
+                "call ended (nothing more reaches the caller)",
+                self.method,
+                relayed.downstream.name if relayed.downstream else type(error).__name__,
+            )
+        elif relayed.downstream is None:
             _LOGGER.log(
                 level,
                 "%s: the handler raised %s after an On-Behalf-Of call failed: ending the call "
