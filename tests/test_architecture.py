@@ -57,7 +57,7 @@ MAY_IMPORT = {
     "telemetry": {"errors"},  # ConfigurationError only: it is told plain values
     "devauthority": set(),  # a separate room: it needs nothing of the runtime
     "testing": {"devauthority", "api"},
-    "cli": {"devauthority", "api", "testing"},
+    "cli": {"devauthority", "api", "testing", "common"},  # common: stdlib-only shared forms
     "api": {
         "identity",
         "errors",

@@ -11,14 +11,13 @@ import time
 from typing import Any
 
 from ._common import (
-    EXIT_CODES,
     EXIT_OK,
     CliError,
     _read_token,
     _say,
     _terminal_safe,
     _when,
-    _wrap,
+    add_token_verb,
 )
 
 _TIME_CLAIMS = ("exp", "nbf", "iat", "auth_time")
@@ -101,19 +100,14 @@ def add_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     formatter: type[argparse.HelpFormatter],
 ) -> None:
-    decode = commands.add_parser(
+    add_token_verb(
+        commands,
+        formatter,
         "decode",
-        help="show a token's header and claims (UNVERIFIED)",
-        description=_wrap(
+        summary="show a token's header and claims (UNVERIFIED)",
+        description=(
             "Show a JWT's header and claims, clearly marked UNVERIFIED, with exp/nbf/iat/"
             "auth_time as dates. The signature is neither checked nor printed."
         ),
-        epilog=EXIT_CODES,
-        formatter_class=formatter,
-    )
-    decode.add_argument(
-        "token", nargs="?", metavar="TOKEN", help="the token; '-' or none reads it from stdin"
-    )
-    decode.add_argument(
-        "--json", action="store_true", help="print header, claims and dates as JSON"
+        json_help="print header, claims and dates as JSON",
     )
