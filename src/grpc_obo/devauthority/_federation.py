@@ -27,7 +27,8 @@ from typing import Any, TypeGuard
 import aiohttp
 import jwt
 
-from grpc_obo.devauthority._world import App, FederatedCredential, World
+from grpc_obo.devauthority._registrations import App, FederatedCredential
+from grpc_obo.devauthority._world import World
 
 __all__ = ["Federation", "FederationRefusal"]
 

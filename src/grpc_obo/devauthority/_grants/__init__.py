@@ -66,8 +66,9 @@ from grpc_obo.devauthority._grants._request import (
 )
 from grpc_obo.devauthority._grants._shared import GrantContext, GrantHandler
 from grpc_obo.devauthority._oauth import OAuthError as OAuthError  # re-exported for _app
+from grpc_obo.devauthority._registrations import App, User
 from grpc_obo.devauthority._tokens import TokenMinter
-from grpc_obo.devauthority._world import App, User, World
+from grpc_obo.devauthority._world import World
 
 __all__ = ["Grants", "OAuthError", "TokenRequest"]
 

@@ -12,8 +12,8 @@ from grpc_obo.devauthority._grants._claims import capabilities, sign_in_acrs
 from grpc_obo.devauthority._grants._request import TokenRequest, check_bounds
 from grpc_obo.devauthority._grants._shared import GrantContext, GrantHandler
 from grpc_obo.devauthority._oauth import OAuthError
+from grpc_obo.devauthority._registrations import App, User
 from grpc_obo.devauthority._signin import bad_credentials
-from grpc_obo.devauthority._world import App, User
 
 
 def start(context: GrantContext, request: TokenRequest, verification_uri: str) -> dict[str, Any]:

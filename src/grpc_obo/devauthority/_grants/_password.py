@@ -9,7 +9,7 @@ from typing import Any
 
 from grpc_obo.devauthority._grants._request import TokenRequest
 from grpc_obo.devauthority._grants._shared import GrantContext, GrantHandler, mfa_required
-from grpc_obo.devauthority._world import App
+from grpc_obo.devauthority._registrations import App
 
 
 def _about(context: GrantContext, request: TokenRequest) -> tuple[str | None, str | None]:

@@ -15,7 +15,7 @@ from grpc_obo.devauthority._grants._shared import (
     mfa_required,
 )
 from grpc_obo.devauthority._oauth import OAuthError
-from grpc_obo.devauthority._world import App
+from grpc_obo.devauthority._registrations import App
 
 
 def _about(context: GrantContext, request: TokenRequest) -> tuple[str | None, str | None]:

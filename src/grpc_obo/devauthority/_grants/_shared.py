@@ -26,9 +26,10 @@ from grpc_obo.devauthority._grants._claims import (
 from grpc_obo.devauthority._grants._request import TokenRequest
 from grpc_obo.devauthority._oauth import OAuthError, missing
 from grpc_obo.devauthority._refresh import RefreshTokens
+from grpc_obo.devauthority._registrations import GRAPH_APP_ID, GRAPH_APP_ID_URI, App, User
 from grpc_obo.devauthority._signin import SignIns
 from grpc_obo.devauthority._tokens import TokenMinter, client_info
-from grpc_obo.devauthority._world import GRAPH_APP_ID, GRAPH_APP_ID_URI, App, User, World
+from grpc_obo.devauthority._world import World
 
 RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 
