@@ -202,6 +202,10 @@ def test_the_checker_catches_what_it_guards() -> None:
     assert violations("grpc_obo._common", "import grpc\n")
     assert not violations("grpc_obo._validation._x", "from grpc_obo._common import LRU\n")
     assert not violations("grpc_obo._server", "from grpc_obo._validation import TokenValidator\n")
+    # One guarded validate for every front door: the ASGI one reaches it without grpc.
+    assert not violations("grpc_obo._asgi", "from grpc_obo._validation._guarded import A\n")
+    assert violations("grpc_obo._asgi", "from grpc_obo._gate import Authenticator\n")
+    assert not violations("grpc_obo._cli._token", "from grpc_obo._common import with_scheme\n")
     assert not violations("grpc_obo._exchange._x", "from ._cache import TokenCache\n")
     assert imports_of("from . import _keys\n", "grpc_obo._validation", is_package=True) >= {
         "grpc_obo._validation._keys"
