@@ -208,8 +208,7 @@ class Gate:
         if relayed.downstream is None:
             _LOGGER.log(
                 level,
-                "%s: the handler raised %s after an On-Behalf-Of call failed: ending the call "
-                "with %s",
+                "%s: the handler raised %s after an outbound call failed: ending the call with %s",
                 self.method,
                 type(error).__name__,
                 relayed.code.name,
@@ -217,7 +216,7 @@ class Gate:
         else:
             _LOGGER.log(
                 level,
-                "%s: an On-Behalf-Of call failed with %s and the handler did not catch it: "
+                "%s: an outbound call failed with %s and the handler did not catch it: "
                 "ending the call with %s",
                 self.method,
                 relayed.downstream.name,
