@@ -30,6 +30,7 @@ ROOMS = {
     "grpc_obo._handlers": "server",
     "grpc_obo._relay": "relay",
     "grpc_obo._client": "client",
+    "grpc_obo._client_interceptors": "client",
     "grpc_obo._http_auth": "http",
     "grpc_obo._asgi": "asgi",
     "grpc_obo._telemetry": "telemetry",
