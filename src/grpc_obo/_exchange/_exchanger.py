@@ -102,6 +102,9 @@ class Exchanger:
         self.cache = cache_of(cache, store)
         self.claims = claims if grant.as_user else None
         """Claims remembered per subject and scope set: the user's, never the service's."""
+        # Looked up once: `ready` is the hot path of every outbound call.
+        self._subject = grant.subject
+        self._name = grant.name
         self._observer: Observer = observer if observer is not None else ExchangeObserver()
         self._runner = MsalRunner(
             client, retry=retry or RetryPolicy(), max_workers=max_workers, observer=self._observer
@@ -162,7 +165,7 @@ class Exchanger:
         coroutine, task or lock (issue 23). `wanted` comes checked (`scopes()`).
         """
         try:
-            subject = self.grant.subject(None)
+            subject = self._subject(None)
         except GrpcOboError:
             return None  # `acquire` raises it
         memory = self.claims
@@ -171,7 +174,7 @@ class Exchanger:
         hit = self.cache.peek(self._key_for(subject, wanted, None))
         if hit is None:
             return None
-        self._observer.hit(self.grant.name, wanted)
+        self._observer.hit(self._name, wanted)
         return hit.access_token
 
     async def acquire(
