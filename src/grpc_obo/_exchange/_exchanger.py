@@ -25,7 +25,6 @@ from grpc_obo._errors import (
     AuthorityUnavailableError,
     ConfigurationError,
     ConsentRequiredError,
-    GrpcOboError,
 )
 from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._credentials import ConfidentialClient
@@ -36,7 +35,7 @@ from grpc_obo._exchange._retry import RetryPolicy
 from grpc_obo._exchange._runner import MsalRunner
 from grpc_obo._exchange._store import TokenStore
 from grpc_obo._exchange._token import CachedToken
-from grpc_obo._identity import Identity, SecretToken
+from grpc_obo._identity import Identity, SecretToken, current_identity
 
 __all__ = ["ClaimsLike", "Exchanger", "cache_of"]
 
@@ -103,7 +102,7 @@ class Exchanger:
         self.claims = claims if grant.as_user else None
         """Claims remembered per subject and scope set: the user's, never the service's."""
         # Looked up once: `ready` is the hot path of every outbound call.
-        self._subject = grant.subject
+        self._as_user = grant.as_user
         self._name = grant.name
         self._observer: Observer = observer if observer is not None else ExchangeObserver()
         self._runner = MsalRunner(
@@ -164,14 +163,22 @@ class Exchanger:
         NOTE: the hot path of every outbound call, synchronous: a cached token costs no
         coroutine, task or lock (issue 23). `wanted` comes checked (`scopes()`).
         """
-        try:
-            subject = self._subject(None)
-        except GrpcOboError:
-            return None  # `acquire` raises it
-        memory = self.claims
-        if memory is not None and memory.get(subject, wanted) is not None:
-            return None
-        hit = self.cache.peek(self._key_for(subject, wanted, None))
+        subject: Identity | None = None
+        if self._as_user:
+            # NOTE: the grant's rule (a user in context) as a yes/no, not a call to its
+            # `subject()`: a frame less on every call; a no goes to `acquire`, which raises.
+            subject = current_identity()
+            if subject is None or not subject.is_user:
+                return None
+            memory = self.claims
+            if memory is not None and memory.get(subject, wanted) is not None:
+                return None
+        return self._cached(self._key_for(subject, wanted, None), wanted)
+
+    def _cached(self, key: str, wanted: tuple[str, ...]) -> SecretToken | None:
+        """The one cache-hit path: a token needing no work (no task, timer or coroutine; a
+        deadline bounds the exchange, never this lookup), reported to telemetry."""
+        hit = self.cache.peek(key)
         if hit is None:
             return None
         self._observer.hit(self._name, wanted)
@@ -196,13 +203,8 @@ class Exchanger:
         if claims is None and memory is not None:
             claims = memory.get(subject, wanted)
         key = self._key_for(subject, wanted, claims)
-        # The hot path: a cached token needs no task, timer or coroutine of its own; the
-        # deadline bounds the exchange below, not this lookup.
-        hit = self.cache.peek(key)
-        if hit is not None:
-            self._observer.hit(self.grant.name, wanted)
-            token = hit.access_token
-        else:
+        token = self._cached(key, wanted)
+        if token is None:
             token = await self._exchange(subject, wanted, claims, key, timeout)
         if claims is not None and memory is not None and subject is not None:
             # A token carrying the claims was obtained: they are met, stop asking for them.
