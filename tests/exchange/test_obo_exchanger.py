@@ -1,7 +1,9 @@
-"""`Exchanger` against the dev authority with real MSAL: what comes back, and how often we ask.
+"""The On-Behalf-Of exchanger core against the dev authority with real MSAL: what comes back,
+and how often we ask.
 
 Incoming identities are built the real way: a token minted by the authority for the Original API,
-validated by a `TokenValidator`. Exchange counts come from the authority's own request log.
+validated by a `TokenValidator`. Exchange counts come from the authority's own request log and
+from the observer hooks telemetry gets (`tests.exchangers.Counted`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Two replicas of the Original API share exchanged tokens through a real Redis, sealed.
 
-Each replica has its own `Exchanger`, MSAL client and `RedisTokenStore` (as separate
+Each replica has its own On-Behalf-Of exchanger core, MSAL client and `RedisTokenStore` (as separate
 processes would); only the Redis server and the sealing key are shared.
 """
 
