@@ -213,3 +213,30 @@ async def test_a_certificate_file_caught_half_written_keeps_the_last_good_one(
         await exchanger.close()
     assert old.private_key_pem is not None
     assert old.private_key_pem.decode() not in caplog.text
+
+
+async def test_a_rotated_certificate_retires_the_msal_app_built_with_the_old_one(
+    authority: DevAuthority, middle_tier: App, tmp_path: Path
+) -> None:
+    """MSAL apps are kept per credential version so a flapping source costs nothing, but a
+    source whose credential changed drops the app holding the old key: when the old
+    certificate comes back, its app is built again (one discovery round trip each)."""
+    old, new = ClientCertificate.generate("old"), ClientCertificate.generate("new")
+    middle_tier.certificates.extend([old, new])
+    path = tmp_path / "middle-tier.pem"
+    path.write_bytes(_pem(old))
+    credential = ClientCredential.certificate_file(path)
+    exchanger = on_behalf_of(confidential_client(authority, middle_tier, credential))
+    try:
+        for cert in (old, new, old):
+            _replace(path, _pem(cert))
+            with use_identity(user_identity(authority, middle_tier)):
+                await exchanger.acquire([downstream_scope(authority)])
+    finally:
+        await exchanger.close()
+    built = [
+        e
+        for e in authority.requests.matching(endpoint="discovery")
+        if e.path.startswith(f"/{authority.tenant_id}/")
+    ]
+    assert len(built) == 3
