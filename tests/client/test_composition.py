@@ -14,6 +14,7 @@ import redis
 import grpc_obo
 from examples.settings import Settings
 from grpc_obo.devauthority import DevAuthority
+from tests.exchangers import Metered
 from tests.redis_server import redis_server
 
 FAST = grpc_obo.RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.05, budget=5.0)
@@ -119,3 +120,17 @@ async def test_app_only_replicas_share_one_token_through_redis(
         token = await first.acquire([scope])
         assert await second.acquire([scope]) == token
     assert grpc_obo_authority.requests.count(grant="client_credentials") == 1
+
+
+async def test_exchanges_are_observable_through_telemetry_not_a_counter(
+    grpc_obo_authority: DevAuthority, client: grpc_obo.ConfidentialClient
+) -> None:
+    """What tests (and operators) count is what the metrics say: no runtime class keeps a
+    counter for tests (`exchanges` is gone)."""
+    metered = Metered()
+    scope = f"{grpc_obo_authority.world.app('downstream').app_id_uri}/.default"
+    async with grpc_obo.AppOnly(client, retry=FAST, telemetry=metered.telemetry()) as app:
+        for _ in range(3):
+            await app.acquire([scope])
+    assert metered.exchanges == 1 == grpc_obo_authority.requests.count(grant="client_credentials")
+    assert not hasattr(app, "exchanges")
