@@ -45,7 +45,8 @@ MAY_IMPORT = {
     "common": set(),
     "identity": set(),
     "errors": {"identity"},
-    "validation": {"identity", "errors", "common"},
+    # `TokenValidator(telemetry=...)` turns the settings into its key source's observer.
+    "validation": {"identity", "errors", "common", "telemetry"},
     "exchange": {"identity", "errors", "common"},
     "server": {"validation", "relay", "identity", "errors", "telemetry", "common"},
     # `OnBehalfOf.http_auth` builds the HTTP auth (a lazy import: httpx is an extra).
@@ -54,7 +55,8 @@ MAY_IMPORT = {
     "http": {"exchange", "relay", "identity", "errors", "telemetry", "common"},
     # `validation` covers the policy module too (see ROOMS).
     "asgi": {"validation", "relay", "identity", "errors", "telemetry", "common"},
-    "telemetry": {"errors"},  # ConfigurationError only: it is told plain values
+    # ConfigurationError and the LRU only: it is told plain values.
+    "telemetry": {"errors", "common"},
     "devauthority": set(),  # a separate room: it needs nothing of the runtime
     "testing": {"devauthority", "api"},
     "cli": {"devauthority", "api", "testing"},

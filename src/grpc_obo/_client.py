@@ -29,7 +29,7 @@ from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
 from grpc_obo._exchange._retry import RetryPolicy
 from grpc_obo._identity import Identity, SecretToken, current_identity
 from grpc_obo._relay import ClaimsMemory, Code, Failures, choose_challenge, claims_of, recording
-from grpc_obo._telemetry import Telemetry
+from grpc_obo._telemetry import Telemetry, recorder_for
 
 __all__ = ["AppOnly", "OnBehalfOf"]
 
@@ -439,7 +439,7 @@ class OnBehalfOf(OboExchanger, _Channels):
             cache=cache,
             retry=retry,
             max_workers=max_workers,
-            observer=telemetry if telemetry is not None else Telemetry(),
+            observer=recorder_for(telemetry),
         )
 
     def client_interceptors(
@@ -535,7 +535,7 @@ class AppOnly(AppOnlyExchanger, _Channels):
             client,
             retry=retry,
             max_workers=max_workers,
-            observer=telemetry if telemetry is not None else Telemetry(),
+            observer=recorder_for(telemetry),
         )
 
     def client_interceptors(

@@ -13,14 +13,10 @@ from types import TracebackType
 
 from grpc_obo._errors import ConfigurationError, InvalidSignatureError, MalformedTokenError
 from grpc_obo._identity import Identity
+from grpc_obo._telemetry import Telemetry, recorder_for
 from grpc_obo._validation._cache import VerifiedTokenCache
 from grpc_obo._validation._jose import parse_compact, verify_rs256
-from grpc_obo._validation._keys import (
-    KeyFetchObserver,
-    KeySource,
-    RemoteKeySource,
-    StaticKeySource,
-)
+from grpc_obo._validation._keys import KeySource, RemoteKeySource, StaticKeySource
 from grpc_obo._validation._options import ValidatorOptions
 from grpc_obo._validation._rules import check_claims
 
@@ -43,20 +39,17 @@ class TokenValidator:
     `v1_issuer_host=` (its v1 issuers live on the same host) and `ssl_context=` are all it takes.
     """
 
-    def __init__(
-        self, options: ValidatorOptions, *, telemetry: KeyFetchObserver | None = None
-    ) -> None:
+    def __init__(self, options: ValidatorOptions, *, telemetry: Telemetry | None = None) -> None:
         """`telemetry` (a `grpc_obo.Telemetry`) traces discovery and JWKS fetches; none without."""
         if not isinstance(options, ValidatorOptions):
             raise ConfigurationError("TokenValidator takes a ValidatorOptions")
+        # Checked with or without a key source to observe: a wrong value fails here.
+        observer = recorder_for(telemetry) if telemetry is not None else None
         self._options = options
         if options.jwks is not None:
             self._keys: KeySource = StaticKeySource(options.jwks)
         else:
-            remote = RemoteKeySource(options)
-            if telemetry is not None:
-                remote.observer = telemetry  # our own key source: set once, at construction
-            self._keys = remote
+            self._keys = RemoteKeySource(options, observer=observer)
         self._cache = VerifiedTokenCache(
             options.verified_cache_size,
             max_bytes=options.verified_cache_bytes,
