@@ -77,8 +77,10 @@ class BearerAuthMiddleware:
             raise ConfigurationError("validator must have an async validate(token) method")
         if default is not None and not isinstance(default, MethodPolicy):
             raise ConfigurationError("default must be a grpc_obo.MethodPolicy")
-        if isinstance(public_paths, str) or not all(
-            isinstance(p, str) and p.startswith("/") for p in public_paths
+        if (
+            not isinstance(public_paths, Collection)
+            or isinstance(public_paths, str)
+            or not all(isinstance(p, str) and p.startswith("/") for p in public_paths)
         ):
             raise ConfigurationError("public_paths is a collection of paths starting with '/'")
         self.app = app
