@@ -77,11 +77,10 @@ class TokenValidator:
 
         Raises `KeySourceUnavailableError` when signing keys have never been obtained.
         """
-        digest = self._digest(token)
-        if digest is None:
+        if not self._fits(token):
             # Before anything else: an oversized input must cost nothing.
             raise MalformedTokenError("token is too large or not a string", reason="too_large")
-        cached = self._cached(digest)
+        cached = self._cached(token)
         if cached is not None:
             return cached
         options = self._options
@@ -95,7 +94,7 @@ class TokenValidator:
         identity = check_claims(
             parsed.claims, key=key, options=options, now=options.clock(), token=token
         )
-        self._cache.put(digest, identity, key_fingerprint=key.fingerprint)
+        self._cache.put(token, identity, key_fingerprint=key.fingerprint)
         return identity
 
     def cached(self, token: str) -> Identity | None:
@@ -107,10 +106,9 @@ class TokenValidator:
         Always None in a subclass that overrides `validate`: checks it adds (a revocation
         list, say) must see every call, cached tokens included.
         """
-        if self._validate_is_extended:
+        if self._validate_is_extended or not self._fits(token):
             return None
-        digest = self._digest(token)
-        return None if digest is None else self._cached(digest)
+        return self._cached(token)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -118,15 +116,16 @@ class TokenValidator:
 
     _validate_is_extended = False
 
-    def _digest(self, token: str) -> str | None:
-        """The verified-token cache's key for `token` (the token itself), or None if unusable."""
-        if type(token) is not str or len(token) > self._options.max_token_bytes:
-            return None
-        return token
+    def _fits(self, token: str) -> bool:
+        """Whether `token` is a str within `max_token_bytes`: worth a lookup or a parse.
 
-    def _cached(self, digest: str) -> Identity | None:
+        The verified-token cache is keyed by the token itself (see `_cache`), not a digest.
+        """
+        return type(token) is str and len(token) <= self._options.max_token_bytes
+
+    def _cached(self, token: str) -> Identity | None:
         self._keys.poll()  # on hits too: traffic of cached tokens still notices withdrawn keys
-        return self._cache.get(digest, self._options.clock())
+        return self._cache.get(token, self._options.clock())
 
     async def close(self) -> None:
         """Stop background refreshes and close the HTTP session. Idempotent."""
