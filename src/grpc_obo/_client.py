@@ -24,7 +24,7 @@ from grpc_obo._exchange._grants import CLIENT_CREDENTIALS, ON_BEHALF_OF
 from grpc_obo._exchange._retry import RetryPolicy
 from grpc_obo._identity import Identity, SecretToken
 from grpc_obo._relay import ClaimsMemory
-from grpc_obo._telemetry import Telemetry
+from grpc_obo._telemetry import Telemetry, recorder_for
 
 __all__ = ["AppOnly", "OnBehalfOf"]
 
@@ -135,7 +135,7 @@ class OnBehalfOf:
             store=store,
             retry=retry,
             max_workers=max_workers,
-            observer=telemetry if telemetry is not None else Telemetry(),
+            observer=recorder_for(telemetry),
             claims=ClaimsMemory(),
         )
 
@@ -282,7 +282,7 @@ class AppOnly:
             store=store,
             retry=retry,
             max_workers=max_workers,
-            observer=telemetry if telemetry is not None else Telemetry(),
+            observer=recorder_for(telemetry),
         )
 
     def __repr__(self) -> str:

@@ -33,7 +33,7 @@ from grpc_obo._errors import (
 )
 from grpc_obo._identity import Identity
 from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed, downstream_in
-from grpc_obo._telemetry import Telemetry
+from grpc_obo._telemetry import Recorder
 from grpc_obo._validation._bearer import bearer_token
 
 __all__ = ["Authenticator", "TokenValidatorLike"]
@@ -42,10 +42,13 @@ _LOGGER = logging.getLogger("grpc_obo.server")
 
 
 class TokenValidatorLike(Protocol):
-    """What the server interceptor calls on a validator (`grpc_obo.TokenValidator` is one).
+    """All grpc_obo calls on a validator (`grpc_obo.TokenValidator` is one), and nothing more.
 
-    `cached` answers a token verified before without I/O, or None ("call `validate`", never
-    "invalid"); a validator without such a cache returns None.
+    The gRPC server interceptor asks `cached` first and `validate` on a miss; the HTTP front
+    door (`BearerAuthMiddleware`) calls `validate` only. `cached` answers a token verified
+    before without I/O, or None ("call `validate`", never "invalid"); a validator without such
+    a cache returns None. Neither may return anything but an `Identity` or raise anything but
+    a grpc_obo error: anything else refuses the call as an internal failure.
     """
 
     async def validate(self, token: str) -> Identity: ...
@@ -96,7 +99,7 @@ class Gate:
     def __init__(
         self,
         auth: Authenticator,
-        telemetry: Telemetry,
+        telemetry: Recorder,
         method: str,
         *,
         public: bool,
@@ -139,7 +142,7 @@ class Gate:
 
         `attributes` are the caller's as the validation recorded them (None after a
         verified-token cache hit: computed only if a span records). The validation's own span
-        was recorded in intercept_service (see `Telemetry.validating` for where it nests).
+        was recorded in intercept_service (see `Recorder.validating` for where it nests).
         """
         if attributes is not None:
             self.telemetry.annotate_current(attributes)
