@@ -36,7 +36,7 @@ from grpc_obo._errors import (
 from grpc_obo._identity import Identity, current_identity, use_identity
 from grpc_obo._policy import Callers, MethodPolicy
 from grpc_obo._relay import Code, Failures, collect, downstream_in, uncollect
-from grpc_obo._telemetry import Telemetry
+from grpc_obo._telemetry import Telemetry, recorder_for
 from grpc_obo._validation._bearer import bearer_token_from_header
 from grpc_obo._validation._guarded import Authenticator
 
@@ -76,18 +76,18 @@ class BearerAuthMiddleware:
             raise ConfigurationError("validator must have an async validate(token) method")
         if default is not None and not isinstance(default, MethodPolicy):
             raise ConfigurationError("default must be a grpc_obo.MethodPolicy")
-        if isinstance(public_paths, str) or not all(
-            isinstance(p, str) and p.startswith("/") for p in public_paths
+        if (
+            not isinstance(public_paths, Collection)
+            or isinstance(public_paths, str)
+            or not all(isinstance(p, str) and p.startswith("/") for p in public_paths)
         ):
             raise ConfigurationError("public_paths is a collection of paths starting with '/'")
-        if telemetry is not None and not isinstance(telemetry, Telemetry):
-            raise ConfigurationError("telemetry must be a grpc_obo.Telemetry")
         self.app = app
         self._auth = Authenticator(validator, _log)
         self._default = default if default is not None else MethodPolicy()
         self._exact = frozenset(p for p in public_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in public_paths if p.endswith("/"))
-        self._telemetry = telemetry if telemetry is not None else Telemetry()
+        self._telemetry = recorder_for(telemetry)
 
     def _is_public(self, path: str) -> bool:
         return path in self._exact or path.startswith(self._prefixes)

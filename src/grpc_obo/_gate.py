@@ -31,7 +31,7 @@ from grpc_obo._errors import (
 )
 from grpc_obo._identity import Identity
 from grpc_obo._relay import UNHANDLED, Failures, Relayed, downstream_in
-from grpc_obo._telemetry import Telemetry
+from grpc_obo._telemetry import Recorder
 from grpc_obo._validation._bearer import bearer_token
 from grpc_obo._validation._guarded import Authenticator
 
@@ -41,10 +41,13 @@ _LOGGER = logging.getLogger("grpc_obo.server")
 
 
 class TokenValidatorLike(Protocol):
-    """What the server interceptor calls on a validator (`grpc_obo.TokenValidator` is one).
+    """All grpc_obo calls on a validator (`grpc_obo.TokenValidator` is one), and nothing more.
 
-    `cached` answers a token verified before without I/O, or None ("call `validate`", never
-    "invalid"); a validator without such a cache returns None.
+    The gRPC server interceptor asks `cached` first and `validate` on a miss; the HTTP front
+    door (`BearerAuthMiddleware`) calls `validate` only. `cached` answers a token verified
+    before without I/O, or None ("call `validate`", never "invalid"); a validator without such
+    a cache returns None. Neither may return anything but an `Identity` or raise anything but
+    a grpc_obo error: anything else refuses the call as an internal failure.
     """
 
     async def validate(self, token: str) -> Identity: ...
@@ -63,7 +66,7 @@ class Gate:
     def __init__(
         self,
         auth: Authenticator,
-        telemetry: Telemetry,
+        telemetry: Recorder,
         method: str,
         *,
         public: bool,
@@ -106,7 +109,7 @@ class Gate:
 
         `attributes` are the caller's as the validation recorded them (None after a
         verified-token cache hit: computed only if a span records). The validation's own span
-        was recorded in intercept_service (see `Telemetry.validating` for where it nests).
+        was recorded in intercept_service (see `Recorder.validating` for where it nests).
         """
         if attributes is not None:
             self.telemetry.annotate_current(attributes)
@@ -195,7 +198,7 @@ class Gate:
         if ended:
             _LOGGER.log(
                 level,
-                "%s: an On-Behalf-Of call failed with %s while the handler closed after the "
+                "%s: an outbound call failed with %s while the handler closed after the "
                 "call ended (nothing more reaches the caller)",
                 self.method,
                 relayed.downstream.name if relayed.downstream else type(error).__name__,
@@ -203,8 +206,7 @@ class Gate:
         elif relayed.downstream is None:
             _LOGGER.log(
                 level,
-                "%s: the handler raised %s after an On-Behalf-Of call failed: ending the call "
-                "with %s",
+                "%s: the handler raised %s after an outbound call failed: ending the call with %s",
                 self.method,
                 type(error).__name__,
                 relayed.code.name,
@@ -212,7 +214,7 @@ class Gate:
         else:
             _LOGGER.log(
                 level,
-                "%s: an On-Behalf-Of call failed with %s and the handler did not catch it: "
+                "%s: an outbound call failed with %s and the handler did not catch it: "
                 "ending the call with %s",
                 self.method,
                 relayed.downstream.name,

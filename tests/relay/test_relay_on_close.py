@@ -136,7 +136,7 @@ async def chain(
 
 @pytest.fixture
 async def lines() -> AsyncIterator[Lines]:
-    handler = Lines(asyncio.get_running_loop(), "an On-Behalf-Of call failed with")
+    handler = Lines(asyncio.get_running_loop(), "an outbound call failed with")
     for name in ("grpc_obo", "asyncio", "grpc"):
         logging.getLogger(name).addHandler(handler)
     previous = logging.getLogger("grpc_obo").level

@@ -11,6 +11,7 @@ import pytest
 
 from grpc_obo import Identity, IdentityKind, SecretToken
 from grpc_obo._relay import (
+    APP_REFUSED,
     UNHANDLED,
     ClaimsMemory,
     Code,
@@ -240,6 +241,24 @@ class TestStatus:
 
     def test_challenges_only_with_authentication_codes(self) -> None:
         assert relayed_status(Code.NOT_FOUND, choose_challenge([ENTRA_CAE])).challenge is None
+
+    @pytest.mark.parametrize("code", [Code.UNAUTHENTICATED, Code.PERMISSION_DENIED])
+    def test_a_refusal_of_the_services_own_token_is_internal_without_a_challenge(
+        self, code: Code
+    ) -> None:
+        relayed = relayed_status(code, choose_challenge([ENTRA_CAE]), as_user=False)
+        assert (relayed.code, relayed.challenge, relayed.operator) == (Code.INTERNAL, None, True)
+        assert relayed.details == APP_REFUSED and relayed.downstream is code
+
+    def test_other_codes_of_app_only_calls_follow_the_table(self) -> None:
+        assert relayed_status(Code.NOT_FOUND, as_user=False) == relayed_status(Code.NOT_FOUND)
+
+    def test_a_failure_seen_on_both_kinds_of_call_is_relayed_as_the_app_only_one(self) -> None:
+        failures = Failures()
+        failures.record(Code.UNAUTHENTICATED, choose_challenge([ENTRA_CAE]))
+        failures.record(Code.UNAUTHENTICATED, choose_challenge([ENTRA_CAE]), as_user=False)
+        relayed = failures.relayed(Code.UNAUTHENTICATED, [ENTRA_CAE])
+        assert relayed is not None and (relayed.code, relayed.challenge) == (Code.INTERNAL, None)
 
     def test_http_equivalents(self) -> None:
         assert Code.from_http(404) is Code.NOT_FOUND and Code.NOT_FOUND.http_status == 404

@@ -35,7 +35,8 @@ from grpc_obo import (
     TokenCache,
     TokenSealer,
 )
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
+from tests.exchangers import Counted, on_behalf_of
 
 
 def say(message: dict[str, Any]) -> None:
@@ -48,7 +49,9 @@ async def read_line(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return json.loads(line) if line else None
 
 
-async def call(exchanger: OboExchanger, store: RedisTokenStore, command: dict[str, Any]) -> None:
+async def call(
+    exchanger: Exchanger, counted: Counted, store: RedisTokenStore, command: dict[str, Any]
+) -> None:
     user = command["user"]
     identity = Identity(
         tid=user["tid"],
@@ -73,7 +76,7 @@ async def call(exchanger: OboExchanger, store: RedisTokenStore, command: dict[st
             "finished": max((o[1] for o in outcomes if isinstance(o, tuple)), default=None),
             "digests": digests,
             "errors": [type(o).__name__ for o in outcomes if isinstance(o, BaseException)],
-            "exchanges": exchanger.exchanges,
+            "exchanges": counted.exchanges,
             "stats": dataclasses.asdict(store.stats),
         }
     )
@@ -99,15 +102,17 @@ async def main() -> None:
         lease_ttl=config["lease_ttl"],
         timeout=config["redis_timeout"],
     )
-    exchanger = OboExchanger(
+    counted = Counted()
+    exchanger = on_behalf_of(
         client,
         cache=TokenCache(store=store),
         retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, budget=5.0),
+        observer=counted,
     )
     try:
         # Warm up what every replica has done long before a burst: MSAL's discovery, the
         # Redis connection and the subscription to the store's notifications.
-        await exchanger._runner._application(config["tenant_id"])
+        await exchanger._runner.application(config["tenant_id"])
         await store.get("warm-up")
         for _ in range(1000):
             if store.notifications_live:
@@ -118,7 +123,7 @@ async def main() -> None:
             if command["cmd"] == "exit":
                 break
             if command["cmd"] == "call":
-                await call(exchanger, store, command)
+                await call(exchanger, counted, store, command)
     finally:
         await exchanger.close()
 

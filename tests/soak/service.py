@@ -36,6 +36,7 @@ import grpc
 import grpc.aio
 
 import grpc_obo
+from tests.exchangers import Metered
 from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
 
 _SLACK = 0.05  # seconds of the incoming deadline kept for the answer's way back
@@ -143,6 +144,7 @@ def validator_options(config: dict[str, Any]) -> grpc_obo.ValidatorOptions:
 async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
     validator = grpc_obo.TokenValidator(validator_options(config))
     obo: grpc_obo.OnBehalfOf | None = None
+    metered: Metered | None = None
     store: grpc_obo.RedisTokenStore | None = None
     channel: grpc.aio.Channel | None = None
     next_hop = None
@@ -154,6 +156,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
             lease_ttl=config["lease_ttl"],
             timeout=config["redis_timeout"],
         )
+        metered = Metered()  # exchanges counted from the metrics grpc_obo exports
         obo = grpc_obo.OnBehalfOf(
             grpc_obo.ConfidentialClient(
                 client_id=config["client_id"],
@@ -164,6 +167,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
             ),
             cache=grpc_obo.TokenCache(store=store),
             retry=grpc_obo.RetryPolicy(**config["retry"]),
+            telemetry=metered.telemetry(),
         )
         channel = obo.channel(config["downstream"], scopes=[config["downstream_scope"]])
         next_hop = echo_pb2_grpc.EchoStub(channel)
@@ -203,7 +207,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
                             "name": config["name"],
                             "pid": os.getpid(),
                             "calls": hop.calls,
-                            "exchanges": obo.exchanges if obo is not None else 0,
+                            "exchanges": metered.exchanges if metered is not None else 0,
                             "store": dataclasses.asdict(store.stats) if store else {},
                             "redis_available": store.available if store else None,
                         }

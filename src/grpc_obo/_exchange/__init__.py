@@ -1,9 +1,11 @@
-"""Exchange: On-Behalf-Of token caching, with no grpc import.
+"""Exchange: tokens for downstream APIs, exchanged and cached, with no grpc import.
 
-Owns the cache key derivation (`obo_cache_key`), the cached value (`CachedToken`), the stores
-(bounded in-process `MemoryTokenStore`; `RedisTokenStore` for several replicas: an in-process
-level in front of Redis, values sealed with `TokenSealer`, single flight across replicas through
-a lease in Redis), single flight, and `TokenCache`, which ties them together for the exchanger.
+Owns the exchanger core (`Exchanger`) and its grants (On-Behalf-Of, client credentials), MSAL
+behind it (`MsalRunner`: apps per tenant and credential, worker threads, retries), the client
+credentials, the cache key derivation (`obo_cache_key`), the cached value (`CachedToken`), the
+stores (bounded in-process `MemoryTokenStore`; `RedisTokenStore` for several replicas: an
+in-process level in front of Redis, values sealed with `TokenSealer`, single flight across
+replicas through a lease in Redis), single flight, and `TokenCache`, which ties them together.
 """
 
 from grpc_obo._exchange._cache import TokenCache

@@ -1,7 +1,7 @@
 """Hooks through which the client part observes token acquisitions (telemetry plugs in here).
 
-The exchange part never imports OpenTelemetry: `grpc_obo.Telemetry` implements these methods,
-and `OnBehalfOf`/`AppOnly` hand it to the exchanger. The default observer does nothing.
+The exchange part never imports OpenTelemetry: telemetry's private recorder implements these
+methods, and `OnBehalfOf`/`AppOnly` hand it to the exchanger. The default observer does nothing.
 Observers receive exceptions and fixed strings, never a token.
 """
 

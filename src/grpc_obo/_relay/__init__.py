@@ -13,7 +13,7 @@ gRPC server and client interceptors, an HTTP downstream and an ASGI front door s
     remembered_claims()   the part of a claims challenge that may go to the authority
     ClaimsMemory          claims per user and scope set: bounded, expiring, forgotten once used
     relayed_status()      the complete mapping for an uncaught downstream failure
-    Failures, collect()   the failures On-Behalf-Of calls recorded while one incoming call ran
+    Failures, collect()   the failures outbound calls recorded while one incoming call ran
     downstream_in()       the downstream failure (gRPC or HTTP) an uncaught exception is or was
                           raised from
 """
@@ -28,6 +28,7 @@ from grpc_obo._relay._challenges import (
 )
 from grpc_obo._relay._claims import KNOWN_CLAIMS, ClaimsMemory, remembered_claims
 from grpc_obo._relay._status import (
+    APP_REFUSED,
     RELAY_TABLE,
     UNHANDLED,
     Code,
@@ -41,6 +42,7 @@ from grpc_obo._relay._status import (
 )
 
 __all__ = [
+    "APP_REFUSED",
     "KNOWN_CLAIMS",
     "RELAY_TABLE",
     "UNHANDLED",
