@@ -263,12 +263,11 @@ def _sync_generator(fn: Any, call: _SyncCall) -> Callable[[Any, Any], Iterator[A
                     return
                 yield item
         finally:
+            # NOTE: the handler's `finally` runs in the call's own context (its failures are
+            # this call's). After a cancel grpc never gets here: its pool thread waits to queue
+            # the next item for a consumer that is gone (grpc's generator_to_async_generator).
             close = getattr(inner, "close", None)
             if close is not None:
-                try:
-                    call.run(close)  # the handler's `finally`, in the call's own context
-                except Exception as exc:
-                    if not call.fail(context, exc):
-                        raise
+                call.run(close)
 
     return behavior
