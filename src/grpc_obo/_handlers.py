@@ -264,7 +264,7 @@ def _sync_generator(fn: Any, call: _SyncCall) -> Callable[[Any, Any], Iterator[A
                 yield item
         finally:
             # NOTE: the handler's `finally` runs in the call's own context (its failures are
-            # this call's). After a cancel grpc never gets here: its pool thread waits to queue
+            # this call's). After a cancel grpc does not close it: its pool thread waits to queue
             # the next item for a consumer that is gone (grpc's generator_to_async_generator).
             close = getattr(inner, "close", None)
             if close is not None:
