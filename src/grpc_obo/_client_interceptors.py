@@ -22,7 +22,14 @@ import grpc.aio
 from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo._identity import Identity, SecretToken, current_identity
-from grpc_obo._relay import Code, Failures, choose_challenge, claims_of, recording
+from grpc_obo._relay import (
+    Code,
+    Failures,
+    challenge_values,
+    choose_challenge,
+    claims_of,
+    recording,
+)
 
 __all__ = ["client_interceptors"]
 
@@ -140,11 +147,9 @@ class _Core:
         identity: Identity | None,
         failures: Failures | None,
     ) -> None:
-        trailing = _result_now(call.trailing_metadata()) or ()
-        # The same choice the server interceptor makes when it relays: one function decides.
-        challenge = choose_challenge(
-            value for key, value in trailing if str(key).lower() == "www-authenticate"
-        )
+        trailing = _result_now(call.trailing_metadata())
+        # The same reading and choice the server interceptor makes when it relays.
+        challenge = choose_challenge(challenge_values(trailing))
         if failures is not None:
             failures.record(Code[code.name], challenge, as_user=self._as_user)
         if (

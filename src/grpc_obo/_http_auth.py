@@ -31,7 +31,15 @@ from grpc_obo._common import is_loopback
 from grpc_obo._errors import ClaimsChallengeError, ConfigurationError
 from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo._identity import SecretToken, current_identity
-from grpc_obo._relay import Challenge, Code, Failures, choose_challenge, claims_of, recording
+from grpc_obo._relay import (
+    Challenge,
+    Code,
+    Failures,
+    challenge_values,
+    choose_challenge,
+    claims_of,
+    recording,
+)
 
 __all__ = ["http_auth"]
 
@@ -120,7 +128,7 @@ def _challenge(response: httpx.Response) -> Challenge | None:
     """*The* challenge of a refusal, chosen as the gRPC side chooses (grpc_obo._relay)."""
     if response.status_code < 400:
         return None
-    return choose_challenge(response.headers.get_list("www-authenticate"))
+    return choose_challenge(challenge_values(response.headers))
 
 
 def _check_transport(url: httpx.URL) -> None:
