@@ -87,7 +87,7 @@ async def run(bench: h.Bench, *, users: int, step: int) -> dict[str, Any]:
         )
 
     # NOTE: the one private hook used (as in scale_bench): the MSAL runner's acquire.
-    obo._runner.acquire = exchange  # type: ignore[method-assign]
+    obo._exchanger._runner.acquire = exchange  # type: ignore[method-assign]
     # One-time allocations (first validation, first exchange) stay out of the baseline.
     warm = bench.mint()
     await obo.acquire([scope], identity=await validator.validate(warm))
@@ -110,7 +110,7 @@ async def run(bench: h.Bench, *, users: int, step: int) -> dict[str, Any]:
             "rss_mib": (rss_bytes() - baseline) / 2**20,
             "verified_entries": len(validator._cache),
             "obo_entries": len(obo.cache.store),  # type: ignore[arg-type]
-            "memo_entries": len(obo._keys),
+            "memo_entries": len(obo._exchanger._keys),
         }
         points.append(point)
         h.log(

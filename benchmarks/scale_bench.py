@@ -158,7 +158,7 @@ async def client_side(bench: h.Bench, tiers: list[int]) -> list[dict[str, Any]]:
 
         # NOTE: the one private hook used: the MSAL runner's acquire, so the exchange costs
         # nothing and everything in front of it is the code in the tree.
-        obo._runner.acquire = exchange  # type: ignore[method-assign]
+        obo._exchanger._runner.acquire = exchange  # type: ignore[method-assign]
 
         async def fill(obo: Any = obo, identities: list[Any] = identities) -> None:
             for identity in identities:

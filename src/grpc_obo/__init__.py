@@ -58,7 +58,7 @@ from grpc_obo._identity import (
     use_identity,
 )
 from grpc_obo._policy import Callers, MethodPolicy, Policy, requires
-from grpc_obo._server import AuthServerInterceptor, TokenValidatorLike, server_interceptor
+from grpc_obo._server import TokenValidatorLike, server_interceptor
 from grpc_obo._telemetry import Telemetry
 from grpc_obo._validation import TokenValidator, ValidatorOptions
 from grpc_obo._version import __version__
@@ -68,7 +68,6 @@ __all__ = [
     "AppOnly",
     "AppTokenNotAllowedError",
     "AuthContextRequiredError",
-    "AuthServerInterceptor",
     "AuthorityUnavailableError",
     "BearerAuthMiddleware",
     "CachedToken",

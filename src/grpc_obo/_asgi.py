@@ -36,8 +36,9 @@ from grpc_obo._errors import (
 from grpc_obo._identity import Identity, current_identity, use_identity
 from grpc_obo._policy import Callers, MethodPolicy
 from grpc_obo._relay import Code, Failures, collect, downstream_in, uncollect
-from grpc_obo._telemetry import Telemetry
+from grpc_obo._telemetry import Telemetry, recorder_for
 from grpc_obo._validation._bearer import bearer_token_from_header
+from grpc_obo._validation._guarded import Authenticator
 
 __all__ = ["BearerAuthMiddleware", "http_requires"]
 
@@ -50,17 +51,15 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _ValidatorFailure(GrpcOboError):
-    """The validator raised something unexpected: the caller learns nothing more (500)."""
-
-
 class BearerAuthMiddleware:
     """Authenticates every HTTP request of an ASGI app (see the module docstring).
 
     `default` is the rule every non-public request must meet (a valid delegated token by
     default); routes add theirs with `http_requires`. `public_paths` need no token (exact
-    paths, or prefixes ending in `/`). Websockets are refused unless public: a browser
-    cannot send them an `Authorization` header. Lifespan events pass through.
+    paths, or prefixes ending in `/`). Websockets are held to the same rules (a browser cannot
+    send them an `Authorization` header: serve those on a public path); refused or failed, one
+    is closed, or denied in HTTP where the server offers it (see `_Reply`). Lifespan events
+    pass through.
     """
 
     def __init__(
@@ -77,18 +76,18 @@ class BearerAuthMiddleware:
             raise ConfigurationError("validator must have an async validate(token) method")
         if default is not None and not isinstance(default, MethodPolicy):
             raise ConfigurationError("default must be a grpc_obo.MethodPolicy")
-        if isinstance(public_paths, str) or not all(
-            isinstance(p, str) and p.startswith("/") for p in public_paths
+        if (
+            not isinstance(public_paths, Collection)
+            or isinstance(public_paths, str)
+            or not all(isinstance(p, str) and p.startswith("/") for p in public_paths)
         ):
             raise ConfigurationError("public_paths is a collection of paths starting with '/'")
-        if telemetry is not None and not isinstance(telemetry, Telemetry):
-            raise ConfigurationError("telemetry must be a grpc_obo.Telemetry")
         self.app = app
-        self._validator = validator
+        self._auth = Authenticator(validator, _log)
         self._default = default if default is not None else MethodPolicy()
         self._exact = frozenset(p for p in public_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in public_paths if p.endswith("/"))
-        self._telemetry = telemetry if telemetry is not None else Telemetry()
+        self._telemetry = recorder_for(telemetry)
 
     def _is_public(self, path: str) -> bool:
         return path in self._exact or path.startswith(self._prefixes)
@@ -98,42 +97,36 @@ class BearerAuthMiddleware:
         if kind not in ("http", "websocket") or self._is_public(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
+        reply = _Reply(scope, send)
         try:
             identity = await self._authenticate(scope)
         except GrpcOboError as refused:
-            await _refuse(scope, send, refused, kind)
+            await _refuse(scope, reply, refused)
             return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         failures = Failures()  # what the route's On-Behalf-Of calls record (grpc_obo._relay)
         relay = collect(failures)
         try:
             with use_identity(identity):
-                await self.app(scope, receive, tracked)
+                await self.app(scope, receive, reply.tracked)
         except GrpcOboError as error:  # raised in the route: the route's own exchange, say
-            if started:
+            if reply.ended:
                 raise
-            await _refuse(scope, send, error, kind)
+            await _refuse(scope, reply, error)
         except Exception as error:
             # A downstream's failure the route did not catch (or anything raised after one):
             # the relay's status and rebuilt challenge, never the downstream's text.
             relayed = failures.settle(downstream_in(error))
-            if relayed is None or started:
+            if relayed is None or reply.ended:
                 raise
             _log.log(
                 logging.WARNING if relayed.operator else logging.INFO,
-                "%s: relaying a downstream %s to the HTTP caller as %s",
+                "%s: relaying a downstream %s to the %s caller as %s",
                 scope.get("path", ""),
                 relayed.downstream.name if relayed.downstream else type(error).__name__,
+                "websocket" if reply.websocket else "HTTP",
                 relayed.code.name,
             )
-            await _answer(send, relayed.code.http_status, relayed.details, relayed.challenge)
+            await reply.answer(relayed.code.http_status, relayed.details, relayed.challenge)
         finally:
             uncollect(relay)
 
@@ -142,18 +135,7 @@ class BearerAuthMiddleware:
         started = time.time_ns()
         identity: Identity | None = None
         try:
-            try:
-                found: object = await self._validator.validate(token)
-            except GrpcOboError:
-                raise
-            except Exception as unexpected:
-                # NOTE: its message or traceback may quote the token: the class name only.
-                _log.error("the validator failed unexpectedly: %s", type(unexpected).__name__)
-                raise _ValidatorFailure("token validation failed") from None
-            if not isinstance(found, Identity):
-                _log.error("the validator returned %s, not an Identity", type(found).__name__)
-                raise _ValidatorFailure("token validation failed")
-            identity = found
+            identity = await self._auth.validate(token, scope.get("path", ""))
             self._default.check(identity)
         except GrpcOboError as error:
             self._record(started, identity, error)
@@ -234,20 +216,63 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str:
 # -- answers ------------------------------------------------------------------------------------
 
 
-async def _refuse(scope: Scope, send: Send, error: GrpcOboError, kind: str) -> None:
+async def _refuse(scope: Scope, reply: _Reply, error: GrpcOboError) -> None:
     status = Code[status_for(error).name].http_status
     if status >= 500:
         _log.warning("front door failed a request: %s", type(error).__name__)
     else:
         _log.debug("refused %s: %s", scope.get("path", ""), type(error).__name__)
-    if kind == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
-        return
-    message = str(getattr(error, "message", "request refused"))
-    await _answer(send, status, message, www_authenticate_for(error) if status < 500 else None)
+    challenge = www_authenticate_for(error) if status < 500 else None
+    await reply.answer(status, error.message, challenge)
 
 
-async def _answer(send: Send, status: int, message: str, challenge: str | None) -> None:
+class _Reply:
+    """What the route has sent on one connection, and the door's answer while it may give one.
+
+    An HTTP request is answered with a JSON body. A websocket is answered in its own protocol
+    (an HTTP response start there is an ASGI protocol error): before `accept`, with the HTTP
+    answer itself when the server offers the websocket denial response extension; otherwise
+    by closing it, 1008 (policy violation) for a refusal, 1011 for an internal failure (a
+    close before `accept` is a 403 handshake answer, as the ASGI spec says).
+    """
+
+    __slots__ = ("_denial", "_send", "accepted", "ended", "websocket")
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self._send = send
+        self.websocket = scope["type"] == "websocket"
+        self._denial = "websocket.http.response" in (scope.get("extensions") or {})
+        self.accepted = False
+        self.ended = False  # an HTTP response started, or the websocket closed or denied
+
+    async def tracked(self, message: Message) -> None:
+        kind = message["type"]
+        if kind in ("http.response.start", "websocket.close", "websocket.http.response.start"):
+            self.ended = True
+        elif kind == "websocket.accept":
+            self.accepted = True
+        await self._send(message)
+
+    async def answer(self, status: int, message: str, challenge: str | None) -> None:
+        self.ended = True
+        if not self.websocket:
+            await _http_answer(self._send, "http.response", status, message, challenge)
+        elif self._denial and not self.accepted:
+            await _http_answer(self._send, "websocket.http.response", status, message, challenge)
+        else:
+            await self._send(
+                {
+                    "type": "websocket.close",
+                    "code": 1008 if status in (401, 403) else 1011,
+                    # A close frame's reason holds at most 123 bytes; the message is fixed text.
+                    "reason": message.encode()[:123].decode(errors="ignore"),
+                }
+            )
+
+
+async def _http_answer(
+    send: Send, prefix: str, status: int, message: str, challenge: str | None
+) -> None:
     body = json.dumps({"detail": message}).encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -256,5 +281,5 @@ async def _answer(send: Send, status: int, message: str, challenge: str | None) 
     ]
     if challenge:
         headers.append((b"www-authenticate", challenge.encode("latin-1", "replace")))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{prefix}.start", "status": status, "headers": headers})
+    await send({"type": f"{prefix}.body", "body": body})

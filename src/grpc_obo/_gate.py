@@ -5,8 +5,8 @@ in `_relay`); a `_Gate` adapts them to grpc for one method: it checks an identit
 grpc_obo error into (status, details, `www-authenticate`), ends a call for an uncaught
 downstream failure the way `_relay` says, and puts the caller on the RPC's span from inside the
 handler (the validation's own span is recorded where it runs, in `intercept_service`).
-`Authenticator` is the one guarded way to ask the validator, for the interceptor and for a gate
-alike.
+`Authenticator` (`_validation._guarded`) is the one guarded way to ask the validator, for the
+interceptor, a gate and the ASGI front door alike.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -27,62 +26,33 @@ from grpc_obo._errors import (
     DownstreamError,
     GrpcOboError,
     TokenExchangeError,
-    ValidatorFailedError,
     status_for,
     www_authenticate_for,
 )
 from grpc_obo._identity import Identity
-from grpc_obo._relay import UNHANDLED, Code, Failures, Relayed, downstream_in
-from grpc_obo._telemetry import Telemetry
+from grpc_obo._relay import UNHANDLED, Failures, Relayed, downstream_in
+from grpc_obo._telemetry import Recorder
 from grpc_obo._validation._bearer import bearer_token
+from grpc_obo._validation._guarded import Authenticator
 
-__all__ = ["Authenticator", "TokenValidatorLike"]
+__all__ = ["Gate", "TokenValidatorLike"]
 
 _LOGGER = logging.getLogger("grpc_obo.server")
 
 
 class TokenValidatorLike(Protocol):
-    """What the server interceptor calls on a validator (`grpc_obo.TokenValidator` is one).
+    """All grpc_obo calls on a validator (`grpc_obo.TokenValidator` is one), and nothing more.
 
-    `cached` answers a token verified before without I/O, or None ("call `validate`", never
-    "invalid"); a validator without such a cache returns None.
+    The gRPC server interceptor asks `cached` first and `validate` on a miss; the HTTP front
+    door (`BearerAuthMiddleware`) calls `validate` only. `cached` answers a token verified
+    before without I/O, or None ("call `validate`", never "invalid"); a validator without such
+    a cache returns None. Neither may return anything but an `Identity` or raise anything but
+    a grpc_obo error: anything else refuses the call as an internal failure.
     """
 
     async def validate(self, token: str) -> Identity: ...
 
     def cached(self, token: str) -> Identity | None: ...
-
-
-class Authenticator:
-    """The validator, asked safely: a bug in it becomes INTERNAL without the token in a log."""
-
-    __slots__ = ("_validator",)
-
-    def __init__(self, validator: TokenValidatorLike) -> None:
-        self._validator = validator
-
-    def cached(self, token: str) -> Identity | None:
-        try:
-            found: object = self._validator.cached(token)
-        except Exception:  # a cache bug is not a refusal: validate() decides
-            _LOGGER.debug("the validator's cached() failed; validating")
-            return None
-        return found if isinstance(found, Identity) else None
-
-    async def validate(self, token: str, method: str) -> Identity:
-        """The validator's verdict on `token`: an Identity, or a `GrpcOboError` saying why not."""
-        try:
-            # `object`: a validator outside our control is checked, not trusted, to return Identity.
-            identity: object = await self._validator.validate(token)
-        except GrpcOboError:
-            raise
-        except Exception as exc:
-            _log_unexpected(exc, token, method)
-            raise ValidatorFailedError() from None
-        if not isinstance(identity, Identity):
-            _LOGGER.error("validator returned %s, not an Identity", type(identity).__name__)
-            raise ValidatorFailedError()
-        return identity
 
 
 Trailing = tuple[tuple[str, str], ...]
@@ -96,7 +66,7 @@ class Gate:
     def __init__(
         self,
         auth: Authenticator,
-        telemetry: Telemetry,
+        telemetry: Recorder,
         method: str,
         *,
         public: bool,
@@ -139,7 +109,7 @@ class Gate:
 
         `attributes` are the caller's as the validation recorded them (None after a
         verified-token cache hit: computed only if a span records). The validation's own span
-        was recorded in intercept_service (see `Telemetry.validating` for where it nests).
+        was recorded in intercept_service (see `Recorder.validating` for where it nests).
         """
         if attributes is not None:
             self.telemetry.annotate_current(attributes)
@@ -174,6 +144,26 @@ class Gate:
             self._log_relayed(relayed, error)
             await self.fail(context, downstream_error(relayed))
 
+    async def relay_ended(self, error: Exception, failures: Failures) -> bool:
+        """`relay` for a call that ended before its handler finished closing (the client
+        cancelled a streaming call, and the handler's `finally` called downstream): nothing
+        reaches the caller any more, so the failure is logged as `relay` logs it and goes no
+        further (raised, it would reach asyncio's log with the downstream's text). False when
+        it is not the relay's business: the handler's own error, to raise."""
+        if isinstance(error, grpc.aio.AbortError):
+            return False
+        if isinstance(error, GrpcOboError):  # the handler's own exchange, say
+            self.refusal(error)  # its log line; the status has nowhere to go
+            return True
+        relayed = relayed_for(error, failures)
+        if relayed is None or relayed is UNHANDLED:
+            await asyncio.sleep(0)  # the client's done callback may run just after our await
+            relayed = relayed_for(error, failures)
+        if relayed is None:
+            return False
+        self._log_relayed(relayed, error, ended=True)
+        return True
+
     def sync_relay(
         self,
         context: Any,
@@ -201,15 +191,22 @@ class Gate:
         context.set_details(details)
         return True
 
-    def _log_relayed(self, relayed: Relayed, error: Exception) -> None:
+    def _log_relayed(self, relayed: Relayed, error: Exception, *, ended: bool = False) -> None:
         # One line an operator can act on (the method, the downstream's code); what the
         # downstream said only at DEBUG, with anything shaped like a JWT cut out.
         level = logging.WARNING if relayed.operator else logging.INFO
-        if relayed.downstream is None:
+        if ended:
             _LOGGER.log(
                 level,
-                "%s: the handler raised %s after an On-Behalf-Of call failed: ending the call "
-                "with %s",
+                "%s: an outbound call failed with %s while the handler closed after the "
+                "call ended (nothing more reaches the caller)",
+                self.method,
+                relayed.downstream.name if relayed.downstream else type(error).__name__,
+            )
+        elif relayed.downstream is None:
+            _LOGGER.log(
+                level,
+                "%s: the handler raised %s after an outbound call failed: ending the call with %s",
                 self.method,
                 type(error).__name__,
                 relayed.code.name,
@@ -217,7 +214,7 @@ class Gate:
         else:
             _LOGGER.log(
                 level,
-                "%s: an On-Behalf-Of call failed with %s and the handler did not catch it: "
+                "%s: an outbound call failed with %s and the handler did not catch it: "
                 "ending the call with %s",
                 self.method,
                 relayed.downstream.name,
@@ -267,10 +264,6 @@ class Gate:
 
 def relayed_for(error: BaseException, failures: Failures) -> Relayed | None:
     """How `_relay` ends the call for `error`, or None when it is not the relay's business."""
-    rpc = _rpc_error_in(error)
-    if rpc is not None:
-        return failures.settle((code_of(rpc.code()), challenge_values(rpc.trailing_metadata())))
-    # An HTTP downstream's answer the handler raised (httpx's raise_for_status), or none.
     return failures.settle(downstream_in(error))
 
 
@@ -278,19 +271,6 @@ def downstream_error(relayed: Relayed) -> DownstreamError:
     return DownstreamError(
         relayed.details, code=grpc.StatusCode[relayed.code.name], challenge=relayed.challenge
     )
-
-
-def code_of(status: grpc.StatusCode | None) -> Code:
-    return Code.UNKNOWN if status is None else Code[status.name]
-
-
-def challenge_values(trailing: Any) -> list[str | bytes]:
-    """The `www-authenticate` values of a call's trailing metadata (any container grpc gives)."""
-    return [
-        value
-        for key, value in (trailing or ())
-        if isinstance(key, str) and key.lower() == "www-authenticate"
-    ]
 
 
 def _rpc_error_in(error: BaseException) -> grpc.aio.AioRpcError | None:
@@ -316,13 +296,3 @@ def deny_uncertain(identity: Identity) -> None:
     raise AccessDeniedError(
         "this method's access rule could not be established", reason="rule_unavailable"
     )
-
-
-def _log_unexpected(exc: Exception, token: str, method: str) -> None:
-    # NOTE: a validator bug may put the token (or one of its segments) in its message; log the
-    # traceback for whoever debugs it, with every piece of the token cut out.
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    for secret in sorted({token, *token.split(".")}, key=len, reverse=True):
-        if len(secret) >= 8:
-            text = text.replace(secret, "[redacted]")
-    _LOGGER.error("validator failed unexpectedly on %s:\n%s", method, text)

@@ -140,6 +140,7 @@ def _async_generator(fn: Any, gate: Gate) -> Callable[[Any, Any], AsyncIterator[
             identity = None if gate.public else await gate.recover(context)
         inner = fn(request, context)
         failures = Failures()
+        rpc_task = asyncio.current_task()
         try:
             while True:
                 # NOTE: set the identity only while the handler's own code runs, never across
@@ -161,10 +162,25 @@ def _async_generator(fn: Any, gate: Gate) -> Callable[[Any, Any], AsyncIterator[
                     _current.reset(token)
                 yield item
         finally:
+            # NOTE: closing runs the handler's own `finally`, whose On-Behalf-Of calls are this
+            # call's: recorded here, never in the context of whoever closes us (grpc leaves a
+            # cancelled call's generator to asyncio's finalizer, an unrelated task).
             token = _current.set(identity)
+            relay_token = collect(failures)
             try:
                 await inner.aclose()
+            except Exception as exc:
+                # Closed in the call's own task: early, by a wrapper, while the call goes on.
+                # In another: grpc has given up on the call (the client cancelled it).
+                if asyncio.current_task() is rpc_task and not context.done():
+                    if isinstance(exc, GrpcOboError):
+                        await gate.fail(context, exc)
+                    await gate.relay(context, exc, failures)
+                    raise
+                if not await gate.relay_ended(exc, failures):
+                    raise
             finally:
+                uncollect(relay_token)
                 _current.reset(token)
 
     return behavior
@@ -247,6 +263,9 @@ def _sync_generator(fn: Any, call: _SyncCall) -> Callable[[Any, Any], Iterator[A
                     return
                 yield item
         finally:
+            # NOTE: the handler's `finally` runs in the call's own context (its failures are
+            # this call's). After a cancel grpc does not close it: its pool thread waits to queue
+            # the next item for a consumer that is gone (grpc's generator_to_async_generator).
             close = getattr(inner, "close", None)
             if close is not None:
                 call.run(close)

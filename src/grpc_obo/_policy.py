@@ -76,6 +76,8 @@ def _names(value: Collection[str], what: str) -> frozenset[str]:
     # {"r", "e", "a", "d"}. Refuse it instead of guessing.
     if isinstance(value, str | bytes):
         raise ConfigurationError(f"{what} must be a collection of names, not a single string")
+    if not isinstance(value, Iterable):
+        raise ConfigurationError(f"{what} must be a collection of names")
     names = frozenset(value)
     for name in names:
         if not isinstance(name, str) or not name or not set(name) <= _SCOPE_CHARS:
@@ -107,6 +109,8 @@ class MethodPolicy:
     auth_context: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.public, bool):
+            raise ConfigurationError("public must be a bool")
         # Normalise to frozensets so the rule is hashable and immutable whatever was passed in.
         object.__setattr__(self, "scopes", _names(self.scopes, "scopes"))
         object.__setattr__(self, "user_roles", _names(self.user_roles, "user_roles"))
@@ -218,14 +222,23 @@ class Policy:
             raise ConfigurationError("strict=True refuses unnamed methods; drop default")
         if self.default is not None and not isinstance(self.default, MethodPolicy):
             raise ConfigurationError("default must be a MethodPolicy")
+        for flag in ("strict", "builtin_public"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigurationError(f"{flag} must be a bool")
         if isinstance(self.public, str | bytes):
             raise ConfigurationError("public must be a collection of names, not a single string")
+        if not isinstance(self.public, Iterable):
+            raise ConfigurationError("public must be a collection of names")
+        if not isinstance(self.methods, Mapping):
+            raise ConfigurationError("methods must be a mapping of names to MethodPolicy")
         exact: dict[str, MethodPolicy] = {}
         services: dict[str, MethodPolicy] = {}
         named = [(name, _PUBLIC) for name in self.public]
         named += list(self.methods.items())
         seen: set[str] = set()
         for name, rule in named:
+            if not isinstance(name, str):
+                raise ConfigurationError("method and service names are strings")
             if not isinstance(rule, MethodPolicy):
                 raise ConfigurationError(f"the rule for {name!r} must be a MethodPolicy")
             if name in seen:

@@ -30,14 +30,15 @@ import grpc.aio
 
 from grpc_obo._declared import explain_uncertain, resolve_declared
 from grpc_obo._errors import ConfigurationError, GrpcOboError
-from grpc_obo._gate import Authenticator, Gate, TokenValidatorLike, deny_uncertain
+from grpc_obo._gate import Gate, TokenValidatorLike, deny_uncertain
 from grpc_obo._handlers import behavior_of, guarded, handoff, rebuild, refusing, sync_call
 from grpc_obo._identity import Identity
 from grpc_obo._policy import Policy
-from grpc_obo._telemetry import Telemetry
+from grpc_obo._telemetry import Telemetry, recorder_for
 from grpc_obo._validation._bearer import bearer_token
+from grpc_obo._validation._guarded import Authenticator
 
-__all__ = ["AuthServerInterceptor", "TokenValidatorLike", "server_interceptor"]
+__all__ = ["TokenValidatorLike", "server_interceptor"]
 
 _LOGGER = logging.getLogger("grpc_obo.server")
 
@@ -55,15 +56,21 @@ def server_interceptor(
 ) -> grpc.aio.ServerInterceptor[Any, Any]:
     """Build the interceptor that authenticates and authorizes every call of a grpc.aio server.
 
+    It validates `authorization: Bearer` with `validator` (a `TokenValidator`, or anything with
+    its `validate` and `cached`: see `TokenValidatorLike`) and applies `policy` to each call.
     `policy` defaults to `Policy()`: every method needs a valid delegated token, health and
     reflection are public. `telemetry` defaults to the global OpenTelemetry providers. Pass it
     to `grpc.aio.server(interceptors=[...])`, last (see the README on interceptor order).
+    Misconfiguration raises `ConfigurationError` here, not on the first call.
     """
     return AuthServerInterceptor(validator, policy=policy, telemetry=telemetry)
 
 
 class AuthServerInterceptor(_InterceptorBase):
-    """Validates `authorization: Bearer` and applies a `Policy` to each call (see module doc)."""
+    """Validates `authorization: Bearer` and applies a `Policy` to each call (see module doc).
+
+    Private: `server_interceptor` is the one public way to build it.
+    """
 
     def __init__(
         self,
@@ -82,11 +89,9 @@ class AuthServerInterceptor(_InterceptorBase):
             policy = Policy()
         if not isinstance(policy, Policy):
             raise ConfigurationError("policy must be a grpc_obo.Policy")
-        if telemetry is not None and not isinstance(telemetry, Telemetry):
-            raise ConfigurationError("telemetry must be a grpc_obo.Telemetry")
-        self._auth = Authenticator(validator)
+        self._auth = Authenticator(validator, _LOGGER)
         self._policy = policy
-        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        self._recorder = recorder_for(telemetry)
         # What each method needs, built on its first call (rule resolved, async handler
         # rebuilt) so the per-call work is the token check itself. Bounded in case a generic
         # handler serves an open-ended set of method names.
@@ -130,7 +135,7 @@ class AuthServerInterceptor(_InterceptorBase):
             gate.check(identity)
         except GrpcOboError as exc:  # refused without validation work: no token, or the policy
             attributes = gate.attributes(identity) if identity is not None else {}
-            self.telemetry.refusal(attributes=attributes, error=exc, metadata=metadata)
+            self._recorder.refusal(attributes=attributes, error=exc, metadata=metadata)
             return refusing(handler, *gate.refusal(exc))
         return _accepted(entry, handler, identity, None)
 
@@ -143,7 +148,7 @@ class AuthServerInterceptor(_InterceptorBase):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         """Validate a token the verified-token cache did not know, inside its span."""
         gate = entry.gate
-        with self.telemetry.validating(metadata or ()) as record:
+        with self._recorder.validating(metadata or ()) as record:
             try:
                 identity = await self._auth.validate(token, gate.method)
                 record.attributes = gate.attributes(identity)
@@ -195,7 +200,7 @@ class AuthServerInterceptor(_InterceptorBase):
             if method not in self._reported:  # once: a rebuilt wrapper comes with every call
                 self._reported.add(method)
                 _log_uncertain(method, explain_uncertain(behavior, method))
-        gate = Gate(self._auth, self.telemetry, method, public=public, check=check)
+        gate = Gate(self._auth, self._recorder, method, public=public, check=check)
         is_async = inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
         entry = _Method(handler, gate, rebuild(handler, guarded(gate)) if is_async else None)
         if len(self._methods) < _MAX_METHODS or method in self._methods:

@@ -18,9 +18,15 @@ from tests.http.conftest import (  # noqa: F401
 
 
 @contextlib.asynccontextmanager
-async def served(app: Any) -> AsyncIterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1 (a free port); yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+async def served(app: Any, *, ws: str = "auto") -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 (a free port); yield its base URL.
+
+    `ws`: uvicorn's websocket implementation ("websockets-sansio" offers the ASGI websocket denial
+    response extension, "wsproto" does not).
+    """
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", ws=ws
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

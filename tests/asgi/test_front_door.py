@@ -267,3 +267,31 @@ async def test_a_failing_validator_is_a_500_that_quotes_nothing(
     assert answer.status_code == 500
     assert secret not in answer.text + caplog.text
     assert "www-authenticate" not in answer.headers
+
+
+async def test_a_failing_validator_is_logged_as_the_grpc_gate_logs_it_token_cut_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One guarded validate for both front doors: the traceback for whoever debugs the
+    # validator, every piece of the token cut out of it (as the gRPC server logs it).
+    secret = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+    class Broken:
+        async def validate(self, token: str) -> Identity:
+            raise RuntimeError(f"cannot parse {token} / {token.split('.')[1]}")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never reached")
+
+    door = grpc_obo.BearerAuthMiddleware(app, validator=Broken())
+    caplog.set_level(logging.DEBUG, logger="grpc_obo")
+    async with served(door) as url, httpx.AsyncClient() as http:
+        answer = await http.get(f"{url}/x", headers={"Authorization": f"Bearer {secret}"})
+    assert answer.status_code == 500
+    [line] = [r for r in caplog.records if "validator failed unexpectedly" in r.getMessage()]
+    assert line.name == "grpc_obo.asgi" and line.levelno == logging.ERROR
+    logged = line.getMessage()
+    assert "Traceback" in logged and "RuntimeError: cannot parse [redacted] / [redacted]" in logged
+    assert "/x" in logged  # where it failed, as the gRPC gate names the method
+    for piece in (secret, *secret.split(".")):
+        assert piece not in caplog.text + "".join(str(r.args) for r in caplog.records)

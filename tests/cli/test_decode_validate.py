@@ -83,6 +83,47 @@ def test_decode_shows_a_time_claim_no_date_can_hold_undated() -> None:
     assert "Traceback" not in result.stderr and "1e+20" in result.stdout
 
 
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+_HEADER = _b64(b'{"alg":"RS256","kid":"k","typ":"JWT"}')
+_PADDED = base64.urlsafe_b64encode(b'{"exp":10}').decode()
+assert _PADDED.endswith("=")
+
+
+@pytest.mark.parametrize(
+    ("token", "claim", "reason"),
+    [
+        # `=` padding: decode reads it, the validator's strict base64url does not.
+        (_HEADER + "." + _PADDED + ".c2ln", "exp", "bad_encoding"),
+        # Duplicate keys: decode shows the last (as PyJWT would read it), the validator refuses.
+        (_HEADER + "." + _b64(b'{"oid":"a","oid":"b"}') + ".c2ln", "oid", "bad_json"),
+        (_b64(b'{"alg":"HS256","kid":"k"}') + "." + _b64(b'{"exp":1}') + ".c2ln", "exp", "bad_alg"),
+    ],
+    ids=["padding", "duplicate keys", "algorithm"],
+)
+def test_decode_says_when_the_validator_would_refuse_what_it_shows(
+    token: str, claim: str, reason: str
+) -> None:
+    """Decoding is lenient (it shows what it can); the strict parser's verdict is said too."""
+    result = run("decode", stdin=token)
+    assert result.returncode == 0, result.stderr
+    assert claim in result.stdout
+    refusal = [line for line in result.stdout.splitlines() if "would refuse" in line]
+    assert len(refusal) == 1
+    assert refusal[0].startswith("the validator would refuse this token: ")
+    assert refusal[0].endswith(f"({reason})")
+    document = json.loads(run("decode", "--json", stdin=token).stdout)
+    assert document["refused"]["reason"] == reason
+    assert document["refused"]["message"] in refusal[0]
+
+
+def test_decode_says_nothing_of_refusal_for_a_well_formed_token(token: str) -> None:
+    assert "would refuse" not in run("decode", stdin=token).stdout
+    assert json.loads(run("decode", "--json", stdin=token).stdout)["refused"] is None
+
+
 # -- validate -------------------------------------------------------------------------------------
 
 

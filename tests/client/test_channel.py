@@ -155,12 +155,13 @@ async def test_plaintext_to_any_other_host_warns_once_naming_it(
 
 
 async def test_app_only_channels_warn_too(
-    app_only: grpc_obo.AppOnly, read: str, logs: pytest.LogCaptureFixture
+    app_only: grpc_obo.AppOnly, settings: Settings, logs: pytest.LogCaptureFixture
 ) -> None:
-    async with app_only.channel("downstream.internal:443", scopes=[read]):
+    itself = [f"{settings.app('downstream')['app_id_uri']}/.default"]
+    async with app_only.channel("downstream.internal:443", scopes=itself):
         pass
     assert len(warnings_of(logs)) == 1
-    async with app_only.channel("localhost:443", scopes=[read]):
+    async with app_only.channel("localhost:443", scopes=itself):
         pass
     assert len(warnings_of(logs)) == 1
 
@@ -186,6 +187,7 @@ async def test_insecure_channel_credentials_count_as_plaintext(
 
 
 async def test_the_warning_is_logged_once_per_channel_not_per_call(
+    grpc_obo_authority: DevAuthority,
     obo: grpc_obo.OnBehalfOf,
     read: str,
     alice: grpc_obo.Identity,
@@ -204,7 +206,8 @@ async def test_the_warning_is_logged_once_per_channel_not_per_call(
                     )
             assert len(warnings_of(logs)) == expected
         downstream_token = await obo.acquire([read])
-    assert obo.exchanges == 1  # every call really went through the interceptors' exchange
+    # Every call really went through the interceptors' exchange: one, seen by the authority.
+    assert grpc_obo_authority.requests.count(grant="obo") == 1
     text = logs.text + "".join(str(r.args) for r in logs.records)
     for secret in (alice.token.reveal(), downstream_token.reveal()):
         for piece in (secret, *secret.split(".")[1:]):

@@ -28,9 +28,11 @@ from grpc_obo import (
     TokenValidator,
     ValidatorOptions,
 )
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo._exchange._keys import obo_cache_key
+from grpc_obo._exchange._observe import Observer
 from grpc_obo.devauthority import DevAuthority
+from tests.exchangers import on_behalf_of
 from tests.outcomes import Outcomes
 from tests.redis_server import redis_server
 
@@ -193,17 +195,21 @@ def users(authority: DevAuthority, original_validator: TokenValidator) -> Users:
 @pytest.fixture
 async def make_exchanger(
     authority: DevAuthority,
-) -> AsyncIterator[Callable[..., OboExchanger]]:
-    """`make(client=None, *, retry=FAST_RETRY, cache=None)`: closed after the test."""
-    made: list[OboExchanger] = []
+) -> AsyncIterator[Callable[..., Exchanger]]:
+    """`make(client=None, *, retry=FAST_RETRY, cache=None, observer=None)`: an On-Behalf-Of
+    exchanger core, closed after the test (`observer=Counted()` counts its exchanges)."""
+    made: list[Exchanger] = []
 
     def make(
         client: ConfidentialClient | None = None,
         *,
         retry: RetryPolicy = FAST_RETRY,
         cache: TokenCache | None = None,
-    ) -> OboExchanger:
-        exchanger = OboExchanger(client or client_for(authority), retry=retry, cache=cache)
+        observer: Observer | None = None,
+    ) -> Exchanger:
+        exchanger = on_behalf_of(
+            client or client_for(authority), retry=retry, cache=cache, observer=observer
+        )
         made.append(exchanger)
         return exchanger
 

@@ -252,3 +252,38 @@ async def test_the_last_source_refused_is_the_error(
         await exchange_as_alice(authority, users, exchanger, downstream_scope)
     assert caught.value.error_codes == (7000215,)
     assert "wrong-value" not in caught.value.message
+
+
+async def test_a_source_that_works_again_takes_back_its_app_without_building_it_again(
+    authority: DevAuthority,
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    tmp_path: Path,
+) -> None:
+    """MSAL apps are kept per (tenant, credential version): a source that flaps (a token file
+    that is briefly missing) costs no new app, hence no new discovery round trip, when it is
+    back. Building one fetches the tenant's metadata: the authority counts them."""
+    token_file = tmp_path / "token"
+    # Tokens within 5 minutes of their exp: the file is looked at on every request (a fresher
+    # one is looked at once a minute), so its removal is seen by the next request.
+    token_file.write_text(client_assertion(authority, lifetime=240), encoding="utf-8")
+    secret = authority.world.app("original").secrets[0]
+    client = client_for(
+        authority,
+        [ClientCredential.federated_token_file(token_file), ClientCredential.secret(secret)],
+    )
+    exchanger = make_exchanger(client)
+    for expected, present in (("2", True), ("1", False), ("2", True), ("1", False)):
+        if present:
+            token_file.write_text(client_assertion(authority, lifetime=240), encoding="utf-8")
+        else:
+            token_file.unlink()
+        claims = await exchange_as_alice(authority, users, exchanger, downstream_scope)
+        assert claims["azpacr"] == expected
+    built = [
+        e
+        for e in authority.requests.matching(endpoint="discovery")
+        if e.path.startswith(f"/{authority.tenant_id}/")  # the validator reads /organizations
+    ]
+    assert len(built) == 2  # one app per source, each built once

@@ -25,11 +25,12 @@ from grpc_obo import (
     status_for,
     use_identity,
 )
-from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo.devauthority import ClientCertificate, DevAuthority
 from tests.exchange.conftest import FAST_RETRY, Users, client_for, verified_claims
+from tests.exchangers import Counted, client_credentials
 
-MakeExchanger = Callable[..., OboExchanger]
+MakeExchanger = Callable[..., Exchanger]
 
 
 def certificate_of(authority: DevAuthority, app: str = "original") -> ClientCertificate:
@@ -65,7 +66,7 @@ def client_assertion(
 
 
 async def exchange_as_alice(
-    authority: DevAuthority, users: Users, exchanger: OboExchanger, scope: str
+    authority: DevAuthority, users: Users, exchanger: Exchanger, scope: str
 ) -> dict[str, object]:
     with use_identity(await users.identity("alice")):
         token = await exchanger.acquire([scope])
@@ -572,7 +573,8 @@ async def test_app_only_token_has_roles_and_is_cached(
         )
     client = daemon_client(authority, credential)
     scope = f"{downstream.app_id_uri}/.default"
-    async with AppOnlyExchanger(client, retry=FAST_RETRY) as exchanger:
+    counted = Counted()
+    async with client_credentials(client, retry=FAST_RETRY, observer=counted) as exchanger:
         # A user in the context changes nothing: app-only never acts for a user.
         with use_identity(await users.identity("alice")):
             tokens = await asyncio.gather(*(exchanger.acquire([scope]) for _ in range(50)))
@@ -587,13 +589,13 @@ async def test_app_only_token_has_roles_and_is_cached(
     assert "scp" not in claims
     assert claims["oid"] != authority.world.user("alice").oid
     assert authority.requests.count(grant="client_credentials") == 1
-    assert exchanger.exchanges == 1
+    assert counted.exchanges == 1
 
 
 async def test_app_only_retries_a_transient_failure(authority: DevAuthority) -> None:
     authority.faults.fail(503, grant="client_credentials", times=1)
     client = daemon_client(authority)
     scope = f"{authority.world.app('downstream').app_id_uri}/.default"
-    async with AppOnlyExchanger(client, retry=FAST_RETRY) as exchanger:
+    async with client_credentials(client, retry=FAST_RETRY) as exchanger:
         await exchanger.acquire([scope])
     assert authority.requests.count(grant="client_credentials") == 2

@@ -11,11 +11,12 @@ import pytest
 
 from grpc_obo import AuthorityUnavailableError, RedisTokenStore, TokenCache, use_identity
 from grpc_obo._exchange import _cache
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo.devauthority import DevAuthority
 from tests.exchange.conftest import Users
+from tests.exchangers import Counted
 
-MakeExchanger = Callable[..., OboExchanger]
+MakeExchanger = Callable[..., Exchanger]
 
 
 async def test_a_cache_hit_starts_no_task_and_ignores_a_spent_deadline(
@@ -25,7 +26,8 @@ async def test_a_cache_hit_starts_no_task_and_ignores_a_spent_deadline(
     downstream_scope: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    exchanger = make_exchanger()
+    counted = Counted()
+    exchanger = make_exchanger(observer=counted)
     with use_identity(await users.identity("alice")):
         first = await exchanger.acquire([downstream_scope])
         tasks = len(asyncio.all_tasks())
@@ -38,7 +40,7 @@ async def test_a_cache_hit_starts_no_task_and_ignores_a_spent_deadline(
         again = await exchanger.acquire([downstream_scope], timeout=1e-9)
         assert again == first
         assert len(asyncio.all_tasks()) == tasks
-    assert exchanger.exchanges == 1
+    assert counted.exchanges == 1
 
 
 async def test_a_miss_with_a_spent_deadline_is_still_refused(
@@ -57,14 +59,14 @@ async def test_the_cache_key_is_computed_once_per_user_and_scope_set(
 ) -> None:
     exchanger = make_exchanger()
     computed: list[str] = []
-    real = exchanger.cache_key
+    real = exchanger.grant.key
 
     def counting(*args: object, **kwargs: object) -> str:
         key = real(*args, **kwargs)  # type: ignore[arg-type]
         computed.append(key)
         return key
 
-    monkeypatch.setattr(exchanger, "cache_key", counting)
+    monkeypatch.setattr(exchanger.grant, "key", counting)  # the grant derives the key
     with use_identity(await users.identity("alice")):
         for _ in range(5):
             await exchanger.acquire((downstream_scope,))
@@ -110,7 +112,8 @@ async def test_a_hit_on_the_redis_stores_memory_level_is_the_same_dict_read(
     """Several replicas (Redis store): a hit in this process's level needs no Redis, no task,
     no timer, and a spent deadline does not matter, exactly as with the memory store."""
     store = redis_stores()
-    exchanger = make_exchanger(cache=TokenCache(store=store))
+    counted = Counted()
+    exchanger = make_exchanger(cache=TokenCache(store=store), observer=counted)
     with use_identity(await users.identity("alice")):
         first = await exchanger.acquire([downstream_scope])
         tasks = len(asyncio.all_tasks())
@@ -123,4 +126,4 @@ async def test_a_hit_on_the_redis_stores_memory_level_is_the_same_dict_read(
         for _ in range(100):
             assert await exchanger.acquire([downstream_scope], timeout=1e-9) == first
         assert len(asyncio.all_tasks()) == tasks
-    assert exchanger.exchanges == 1
+    assert counted.exchanges == 1

@@ -17,7 +17,7 @@ import certifi
 import pytest
 
 from grpc_obo import AuthorityUnavailableError, ConfigurationError, OnBehalfOf, TokenExchangeError
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo.devauthority import DevAuthority
 from tests.exchange.conftest import Users, client_for
 from tests.https_environment import (
@@ -38,7 +38,7 @@ def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_a_bogus_ca_bundle_in_the_environment_changes_nothing(
     monkeypatch: pytest.MonkeyPatch,
     users: Users,
-    make_exchanger: Callable[..., OboExchanger],
+    make_exchanger: Callable[..., Exchanger],
     downstream_scope: str,
     variable: str,
     value: str,
@@ -55,7 +55,7 @@ async def test_the_environment_cannot_add_trust_to_an_explicit_ca(
     tmp_path: Path,
     authority: DevAuthority,
     users: Users,
-    make_exchanger: Callable[..., OboExchanger],
+    make_exchanger: Callable[..., Exchanger],
     downstream_scope: str,
     variable: str,
 ) -> None:
@@ -81,7 +81,7 @@ async def test_the_environment_cannot_add_trust_to_an_explicit_ca(
 async def test_proxy_variables_do_not_route_an_exchange_with_an_explicit_ca(
     monkeypatch: pytest.MonkeyPatch,
     users: Users,
-    make_exchanger: Callable[..., OboExchanger],
+    make_exchanger: Callable[..., Exchanger],
     downstream_scope: str,
     variable: str,
 ) -> None:

@@ -25,11 +25,12 @@ from grpc_obo import (
     TokenSealer,
     use_identity,
 )
-from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo.devauthority import DevAuthority
 from tests.exchange.conftest import FAST_RETRY, Users, client_for
+from tests.exchangers import client_credentials
 
-MakeExchanger = Callable[..., OboExchanger]
+MakeExchanger = Callable[..., Exchanger]
 
 
 @pytest.mark.redis
@@ -51,7 +52,7 @@ async def test_a_full_flow_logs_no_token_secret_or_key(
     returned: list[SecretToken] = []
     errors: list[BaseException] = []
 
-    async def attempt(exchanger: OboExchanger, identity: Identity, scope: str) -> None:
+    async def attempt(exchanger: Exchanger, identity: Identity, scope: str) -> None:
         try:
             returned.append(await exchanger.acquire([scope], identity=identity))
         except GrpcOboError as exc:
@@ -99,7 +100,7 @@ async def test_a_full_flow_logs_no_token_secret_or_key(
     await attempt(local, alice, write)  # consent_required
     with use_identity(None):
         await attempt(local, None, downstream_scope)  # type: ignore[arg-type]
-    async with AppOnlyExchanger(
+    async with client_credentials(
         ConfidentialClient(
             client_id=daemon.client_id,
             tenant=authority.tenant_id,

@@ -1,7 +1,9 @@
-"""`OboExchanger` against the dev authority with real MSAL: what comes back, and how often we ask.
+"""The On-Behalf-Of exchanger core against the dev authority with real MSAL: what comes back,
+and how often we ask.
 
 Incoming identities are built the real way: a token minted by the authority for the Original API,
-validated by a `TokenValidator`. Exchange counts come from the authority's own request log.
+validated by a `TokenValidator`. Exchange counts come from the authority's own request log and
+from the observer hooks telemetry gets (`tests.exchangers.Counted`).
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from grpc_obo import (
     use_identity,
     www_authenticate_for,
 )
-from grpc_obo._exchange import _exchanger
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange import _runner
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo.devauthority import CONTOSO, FABRIKAM, DevAuthority
 from tests.exchange.conftest import Users, client_for, verified_claims
+from tests.exchangers import Counted, on_behalf_of
 
-MakeExchanger = Callable[..., OboExchanger]
+MakeExchanger = Callable[..., Exchanger]
 
 
 def obo_count(authority: DevAuthority, user: str | None = None) -> int:
@@ -114,14 +117,15 @@ async def test_client_capabilities_reach_the_exchanged_token(
 async def test_second_acquire_for_the_same_user_token_makes_no_new_exchange(
     authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
 ) -> None:
-    exchanger = make_exchanger()
+    counted = Counted()
+    exchanger = make_exchanger(observer=counted)
     identity = await users.identity("alice")
     with use_identity(identity):
         first = await exchanger.acquire([downstream_scope])
         second = await exchanger.acquire([downstream_scope])
     assert first == second
     assert obo_count(authority) == 1
-    assert exchanger.exchanges == 1
+    assert counted.exchanges == 1
 
 
 async def test_a_new_user_token_is_a_new_exchange(
@@ -137,7 +141,8 @@ async def test_a_new_user_token_is_a_new_exchange(
 async def test_thousand_concurrent_first_calls_of_one_user_make_exactly_one_exchange(
     authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
 ) -> None:
-    exchanger = make_exchanger()
+    counted = Counted()
+    exchanger = make_exchanger(observer=counted)
     identity = await users.identity("alice")
 
     async def call() -> SecretToken:
@@ -147,7 +152,7 @@ async def test_thousand_concurrent_first_calls_of_one_user_make_exactly_one_exch
     tokens = await asyncio.gather(*(call() for _ in range(1000)))
     assert len({t.reveal() for t in tokens}) == 1
     assert obo_count(authority) == 1
-    assert exchanger.exchanges == 1
+    assert counted.exchanges == 1
 
 
 async def test_users_never_get_each_others_tokens_under_concurrency(
@@ -220,13 +225,14 @@ async def test_invalidate_makes_the_next_acquire_exchange_again(
 async def test_no_identity_in_context_is_a_clear_error_never_an_app_token(
     authority: DevAuthority, make_exchanger: MakeExchanger, downstream_scope: str
 ) -> None:
-    exchanger = make_exchanger()
+    counted = Counted()
+    exchanger = make_exchanger(observer=counted)
     with pytest.raises(MissingIdentityError):
         await exchanger.acquire([downstream_scope])
     with use_identity(None), pytest.raises(MissingIdentityError):
         await exchanger.acquire([downstream_scope])
     assert authority.requests.count(endpoint="token") == 0
-    assert exchanger.exchanges == 0
+    assert counted.exchanges == 0
 
 
 async def test_app_identity_is_refused_before_any_request(
@@ -391,7 +397,7 @@ async def test_msal_default_http_cache_would_throttle_across_users(
 ) -> None:
     """The trap the test above guards against, shown with MSAL's default (a plain dict): if
     this stops failing Bob, MSAL changed and `NoHttpCache` may no longer be needed."""
-    monkeypatch.setattr(_exchanger, "NoHttpCache", dict)
+    monkeypatch.setattr(_runner, "NoHttpCache", dict)
     alice, bob = await users.identity("alice"), await users.identity("bob")
     exchanger = make_exchanger()
     authority.faults.fail(503, user="alice", times=None)
@@ -511,7 +517,7 @@ async def test_the_memo_bound_follows_the_store(authority: DevAuthority) -> None
 
     assert TokenCache().max_entries == 100_000
     assert TokenCache(store=MemoryTokenStore(max_entries=42)).max_entries == 42
-    async with OboExchanger(
+    async with on_behalf_of(
         client_for(authority), cache=TokenCache(store=MemoryTokenStore(max_entries=42))
     ) as exchanger:
         assert exchanger._keys.maxsize == 42

@@ -1,6 +1,6 @@
 """Two replicas of the Original API share exchanged tokens through a real Redis, sealed.
 
-Each replica has its own `OboExchanger`, MSAL client and `RedisTokenStore` (as separate
+Each replica has its own On-Behalf-Of exchanger core, MSAL client and `RedisTokenStore` (as separate
 processes would); only the Redis server and the sealing key are shared.
 """
 
@@ -15,24 +15,29 @@ import pytest
 import redis
 
 from grpc_obo import RedisTokenStore, SecretToken, TokenCache, TokenSealer, use_identity
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo.devauthority import DevAuthority
 from tests.exchange.conftest import Users, outcomes, track, verified_claims
+from tests.exchangers import Counted
 from tests.outcomes import Outcomes
 
 pytestmark = pytest.mark.redis
 
-MakeExchanger = Callable[..., OboExchanger]
+MakeExchanger = Callable[..., Exchanger]
 
 
 def replica(
-    make_exchanger: MakeExchanger, redis_url: str, namespace: str, key: bytes
-) -> OboExchanger:
+    make_exchanger: MakeExchanger,
+    redis_url: str,
+    namespace: str,
+    key: bytes,
+    counted: Counted | None = None,
+) -> Exchanger:
     seen = Outcomes()
     store = RedisTokenStore.from_url(
         redis_url, sealer=TokenSealer(key), namespace=namespace, observer=seen
     )
-    return make_exchanger(cache=TokenCache(store=track(store, seen)))
+    return make_exchanger(cache=TokenCache(store=track(store, seen)), observer=counted)
 
 
 async def test_second_replica_makes_no_exchange_and_redis_holds_nothing_readable(
@@ -45,8 +50,9 @@ async def test_second_replica_makes_no_exchange_and_redis_holds_nothing_readable
     redis_client: redis.Redis,
 ) -> None:
     key = TokenSealer.generate_key()
-    first = replica(make_exchanger, redis_url, redis_namespace, key)
-    second = replica(make_exchanger, redis_url, redis_namespace, key)
+    counts = Counted(), Counted()
+    first = replica(make_exchanger, redis_url, redis_namespace, key, counts[0])
+    second = replica(make_exchanger, redis_url, redis_namespace, key, counts[1])
     alice, carol = await users.identity("alice"), await users.identity("carol")
     returned: list[SecretToken] = []
     for identity in (alice, carol):
@@ -54,7 +60,7 @@ async def test_second_replica_makes_no_exchange_and_redis_holds_nothing_readable
             returned.append(await first.acquire([downstream_scope]))
             returned.append(await second.acquire([downstream_scope]))
             returned.append(await second.acquire([downstream_scope]))
-    assert (first.exchanges, second.exchanges) == (2, 0)
+    assert (counts[0].exchanges, counts[1].exchanges) == (2, 0)
     assert authority.requests.count(grant="obo") == 2
     assert len({t.reveal() for t in returned}) == 2
     assert returned[0] == returned[1] == returned[2]
@@ -120,10 +126,11 @@ async def test_concurrent_first_calls_on_two_replicas_exchange_at_most_once_each
 ) -> None:
     """Single flight is per process; across replicas the shared cache bounds the stampede."""
     key = TokenSealer.generate_key()
-    replicas = [replica(make_exchanger, redis_url, redis_namespace, key) for _ in range(2)]
+    counts = [Counted() for _ in range(2)]
+    replicas = [replica(make_exchanger, redis_url, redis_namespace, key, c) for c in counts]
     identity = await users.identity("bob")
 
-    async def call(exchanger: OboExchanger) -> str:
+    async def call(exchanger: Exchanger) -> str:
         with use_identity(identity):
             return (await exchanger.acquire([downstream_scope])).reveal()
 
@@ -132,7 +139,7 @@ async def test_concurrent_first_calls_on_two_replicas_exchange_at_most_once_each
     assert len(set(tokens)) == authority.requests.count(grant="obo")
     # Afterwards both replicas serve from Redis: no more exchanges.
     await asyncio.gather(*(call(replicas[i % 2]) for i in range(100)))
-    assert sum(r.exchanges for r in replicas) == authority.requests.count(grant="obo")
+    assert sum(c.exchanges for c in counts) == authority.requests.count(grant="obo")
 
 
 async def test_a_stuck_lease_costs_a_caller_half_its_deadline_not_all_of_it(

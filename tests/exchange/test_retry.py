@@ -23,12 +23,13 @@ from grpc_obo import (
     TokenExchangeError,
     status_for,
 )
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo._exchange._retry import Outcome, classify, unavailable
 from grpc_obo.devauthority import DevAuthority
 from tests.exchange.conftest import FAST_RETRY, Users, client_for
+from tests.exchangers import Counted, on_behalf_of
 
-MakeExchanger = Callable[..., OboExchanger]
+MakeExchanger = Callable[..., Exchanger]
 
 # -- classify: pure ------------------------------------------------------------------------
 
@@ -231,10 +232,11 @@ async def test_one_503_then_success(
     authority: DevAuthority, users: Users, make_exchanger: MakeExchanger, downstream_scope: str
 ) -> None:
     authority.faults.fail(503, user="alice", times=1)
-    exchanger = make_exchanger()
+    counted = Counted()
+    exchanger = make_exchanger(observer=counted)
     await exchanger.acquire([downstream_scope], identity=await users.identity("alice"))
     assert obo_requests(authority) == [503, 200]
-    assert exchanger.exchanges == 1  # one fetch, two HTTP attempts
+    assert counted.exchanges == 1  # one fetch, two HTTP attempts
 
 
 async def test_throttle_retry_after_is_honoured(
@@ -355,7 +357,7 @@ async def test_an_earlier_503_on_the_same_thread_does_not_make_a_local_error_tra
 ) -> None:
     """The HTTP facts are per worker thread: a status left over from another user's request
     must not classify a later attempt that never reached the network."""
-    async with OboExchanger(client_for(authority), retry=FAST_RETRY, max_workers=1) as exchanger:
+    async with on_behalf_of(client_for(authority), retry=FAST_RETRY, max_workers=1) as exchanger:
         authority.faults.fail(503, user="alice", times=None)
         with pytest.raises(AuthorityUnavailableError):
             await exchanger.acquire([downstream_scope], identity=await users.identity("alice"))
@@ -373,7 +375,7 @@ async def test_close_waits_for_the_request_in_flight(
     authority: DevAuthority, users: Users, downstream_scope: str
 ) -> None:
     """After close() nothing more reaches the authority (no request lands in a later test)."""
-    exchanger = OboExchanger(client_for(authority), retry=FAST_RETRY)
+    exchanger = on_behalf_of(client_for(authority), retry=FAST_RETRY)
     identity = await users.identity("alice")
     authority.faults.latency = 0.3
     with pytest.raises(AuthorityUnavailableError):

@@ -28,13 +28,14 @@ from grpc_obo import (
     TokenExchangeError,
     status_for,
 )
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo._exchange._refusal import explain_refusal
 from grpc_obo.devauthority import ClientCertificate, DevAuthority
+from tests.exchangers import Counted
 
 from .conftest import Users, client_for
 
-MakeExchanger = Callable[..., OboExchanger]
+MakeExchanger = Callable[..., Exchanger]
 
 # Retries that would show: a transient classification would wait seconds between attempts.
 SLOW_RETRY = RetryPolicy(max_attempts=4, base_delay=2.0, max_delay=2.0, budget=30.0)
@@ -47,11 +48,12 @@ def retried(caplog: pytest.LogCaptureFixture) -> bool:
 async def test_start_proves_a_good_configuration_with_one_client_credentials_request(
     authority: DevAuthority, make_exchanger: MakeExchanger, users: Users, downstream_scope: str
 ) -> None:
-    exchanger = make_exchanger()
+    counted = Counted()
+    exchanger = make_exchanger(observer=counted)
     await exchanger.start()
     assert authority.requests.count(endpoint="token") == 1
     assert authority.requests.count(grant="client_credentials", ok=True) == 1
-    assert exchanger.exchanges == 0  # no user token was exchanged
+    assert counted.exchanges == 0  # no user token was exchanged
     identity = await users.identity("alice")
     assert await exchanger.acquire([downstream_scope], identity=identity)
 

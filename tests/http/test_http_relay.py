@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 import grpc_obo
+from grpc_obo.devauthority import DevAuthority
 from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
-from tests.http.conftest import Users
+from tests.http.conftest import FAST, Users
 from tests.http.downstream import Downstream
 
 TIMEOUT = 20.0
@@ -49,6 +50,63 @@ async def middle(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield echo_pb2_grpc.EchoStub(channel)
         await server.stop(None)
+
+
+@pytest.fixture
+async def app_middle(
+    grpc_obo_authority: DevAuthority,
+    original_validator: grpc_obo.TokenValidator,
+    downstream: Downstream,
+) -> AsyncIterator[echo_pb2_grpc.EchoStub]:
+    """The same middle tier calling the HTTP downstream as itself (the daemon app's token)."""
+    daemon = grpc_obo_authority.world.app("daemon")
+    client = grpc_obo.ConfidentialClient(
+        client_id=daemon.client_id,
+        tenant=grpc_obo_authority.tenant_id,
+        credential=grpc_obo.ClientCredential.secret(daemon.secrets[0]),
+        authority_host=grpc_obo_authority.base_url,
+        ca_file=str(grpc_obo_authority.ca_file),
+    )
+    scope = f"{grpc_obo_authority.world.app('downstream').app_id_uri}/.default"
+    async with (
+        grpc_obo.AppOnly(client, retry=FAST) as app,
+        httpx.AsyncClient(auth=app.http_auth(scopes=[scope])) as http,
+    ):
+        server = grpc.aio.server(interceptors=[grpc_obo.server_interceptor(original_validator)])
+        echo_pb2_grpc.add_EchoServicer_to_server(CallsHttp(http, downstream.url), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield echo_pb2_grpc.EchoStub(channel)
+        await server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("status", "challenge"),
+    [
+        (401, 'Bearer error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnt9fQ=="'),
+        (403, 'Bearer error="insufficient_scope", scope="Data.Write"'),
+    ],
+)
+async def test_a_refusal_of_the_services_own_token_is_internal_without_a_challenge(
+    app_middle: echo_pb2_grpc.EchoStub,
+    users: Users,
+    downstream: Downstream,
+    status: int,
+    challenge: str,
+) -> None:
+    """App-only (`AppOnly.http_auth`): the caller is not told to sign in again for a refusal
+    only the service's operator can fix."""
+    downstream.refuse_next(1, status, challenge)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await app_middle.UnaryUnary(
+            echo_pb2.EchoRequest(text="x"),
+            metadata=(("authorization", f"Bearer {users.token()}"),),
+            timeout=TIMEOUT,
+        )
+    assert failed.value.code() is grpc.StatusCode.INTERNAL
+    assert failed.value.details() == "a downstream API refused this service's own credentials"
+    assert "www-authenticate" not in dict(failed.value.trailing_metadata() or ())
 
 
 @pytest.mark.parametrize(

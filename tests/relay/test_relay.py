@@ -117,16 +117,24 @@ async def _one(text: str) -> AsyncIterator[EchoRequest]:
 
 class Middle(echo_pb2_grpc.EchoServicer):
     """Calls downstream with the same RPC kind; "catch:" requests handle the failure themselves,
-    "plain:" requests use a channel without On-Behalf-Of (its errors are not relayed), "wrap:"
-    requests raise a RuntimeError quoting the downstream's error instead, "after:" requests
-    catch it and then raise one, outside the `except` block."""
+    "plain:" requests use a channel without On-Behalf-Of (its errors are not relayed), "app:"
+    requests the app-only channel (the service's own token), "wrap:" requests raise a
+    RuntimeError quoting the downstream's error instead, "after:" requests catch it and then
+    raise one, outside the `except` block."""
 
-    def __init__(self, obo: echo_pb2_grpc.EchoStub, plain: echo_pb2_grpc.EchoStub) -> None:
-        self._obo, self._plain = obo, plain
+    def __init__(
+        self,
+        obo: echo_pb2_grpc.EchoStub,
+        plain: echo_pb2_grpc.EchoStub,
+        app: echo_pb2_grpc.EchoStub | None = None,
+    ) -> None:
+        self._obo, self._plain, self._app = obo, plain, app
 
     def _route(self, text: str) -> tuple[echo_pb2_grpc.EchoStub, str, bool]:
         if text.startswith("plain:"):
             return self._plain, text.removeprefix("plain:"), False
+        if text.startswith("app:") and self._app is not None:
+            return self._app, text.removeprefix("app:"), False
         if text.startswith("catch:"):
             return self._obo, text.removeprefix("catch:"), True
         return self._obo, text, False
@@ -187,9 +195,12 @@ class Hops:
 
 
 async def _serve(
-    stack: contextlib.AsyncExitStack, validator: grpc_obo.TokenValidator, servicer: Any
+    stack: contextlib.AsyncExitStack,
+    validator: grpc_obo.TokenValidator,
+    servicer: Any,
+    policy: grpc_obo.Policy | None = None,
 ) -> str:
-    server = grpc.aio.server(interceptors=[grpc_obo.server_interceptor(validator)])
+    server = grpc.aio.server(interceptors=[grpc_obo.server_interceptor(validator, policy=policy)])
     echo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -204,18 +215,32 @@ async def hops(grpc_obo_authority: DevAuthority) -> AsyncIterator[Hops]:
         down_validator = grpc_obo.TokenValidator(settings.validator_options("downstream"))
         mid_validator = grpc_obo.TokenValidator(settings.validator_options("original"))
         obo = grpc_obo.OnBehalfOf(settings.confidential_client("original"), retry=FAST_RETRY)
-        for closer in (down_validator, mid_validator, obo):
+        app = grpc_obo.AppOnly(settings.confidential_client("daemon"), retry=FAST_RETRY)
+        for closer in (down_validator, mid_validator, obo, app):
             stack.push_async_callback(closer.close)
-        downstream = await _serve(stack, down_validator, Downstream())
+        # Users, and apps as themselves (the middle tier's app-only channel).
+        either = grpc_obo.Policy(
+            default=grpc_obo.MethodPolicy(
+                callers=grpc_obo.Callers.USERS_AND_APPS, app_roles={"Data.Read.All"}
+            )
+        )
+        downstream = await _serve(stack, down_validator, Downstream(), either)
         obo_channel = obo.channel(downstream, scopes=[settings.scope("downstream", "Data.Read")])
+        app_channel = app.channel(
+            downstream, scopes=[f"{settings.app('downstream')['app_id_uri']}/.default"]
+        )
         plain_channel = grpc.aio.insecure_channel(downstream)
         middle_address = await _serve(
             stack,
             mid_validator,
-            Middle(echo_pb2_grpc.EchoStub(obo_channel), echo_pb2_grpc.EchoStub(plain_channel)),
+            Middle(
+                echo_pb2_grpc.EchoStub(obo_channel),
+                echo_pb2_grpc.EchoStub(plain_channel),
+                echo_pb2_grpc.EchoStub(app_channel),
+            ),
         )
         client_channel = grpc.aio.insecure_channel(middle_address)
-        for channel in (obo_channel, plain_channel, client_channel):
+        for channel in (obo_channel, app_channel, plain_channel, client_channel):
             stack.push_async_callback(channel.close)
         yield Hops(grpc_obo_authority, settings, echo_pb2_grpc.EchoStub(client_channel), obo)
 
@@ -320,6 +345,45 @@ class TestRelayedFromTheDownstream:
         # The plain channel carried no token: the downstream refused, the handler did not
         # catch it, and grpc reports the handler's own failure. Not ours to relay.
         assert error.code() is grpc.StatusCode.UNKNOWN
+
+
+class TestAppOnlyChannels:
+    """An app-only channel carries the service's own token: its failures are relayed in fixed
+    words like an On-Behalf-Of channel's (the downstream's text never reaches the caller), but a
+    refusal of the service's own credentials is never handed to the caller as theirs: no
+    challenge (the user cannot meet it by signing in again), no UNAUTHENTICATED or
+    PERMISSION_DENIED, only INTERNAL, an operator's problem."""
+
+    @pytest.mark.parametrize("kind", KIND_NAMES)
+    @pytest.mark.parametrize("text", ["cae", "deny"])
+    async def test_a_refusal_of_the_services_own_token_is_internal_without_a_challenge(
+        self, hops: Hops, kind: str, text: str
+    ) -> None:
+        error = await _failure(_call(hops.middle, kind, f"app:{text}", hops.token()))
+        assert error.code() is grpc.StatusCode.INTERNAL, (kind, error.code(), error.details())
+        assert _challenge(error) is None
+        assert error.details() == "a downstream API refused this service's own credentials"
+        _clean(error)
+
+    async def test_its_other_failures_are_relayed_in_fixed_words(self, hops: Hops) -> None:
+        md = (("authorization", f"Bearer {hops.token()}"),)
+        error = await _failure(
+            hops.middle.UnaryUnary(EchoRequest(text="app:code:NOT_FOUND"), metadata=md)
+        )
+        assert error.code() is grpc.StatusCode.NOT_FOUND, error.details()
+        assert error.details() == "a downstream API did not find what was asked for"
+        _clean(error)
+
+    async def test_an_app_only_claims_challenge_is_not_the_users(self, hops: Hops) -> None:
+        """The user's next On-Behalf-Of exchange carries no claims an app-only call was told of."""
+        token = hops.token()
+        md = (("authorization", f"Bearer {token}"),)
+        await _failure(hops.middle.UnaryUnary(EchoRequest(text="app:cae"), metadata=md))
+        await hops.middle.UnaryUnary(EchoRequest(text="ok"), metadata=md)
+        async with grpc_obo.TokenValidator(hops.settings.validator_options("original")) as v:
+            alice = await v.validate(token)
+        scopes = [hops.settings.scope("downstream", "Data.Read")]
+        assert await hops.obo.cache.get(hops.obo.cache_key(scopes, identity=alice)) is not None
 
 
 class TestRelayedFromTheExchange:

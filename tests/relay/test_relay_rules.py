@@ -11,10 +11,12 @@ import pytest
 
 from grpc_obo import Identity, IdentityKind, SecretToken
 from grpc_obo._relay import (
+    APP_REFUSED,
     UNHANDLED,
     ClaimsMemory,
     Code,
     Failures,
+    challenge_values,
     choose_challenge,
     parse_challenges,
     rebuild_challenge,
@@ -67,6 +69,27 @@ class TestParser:
     )
     def test_malformed_challenges_are_dropped(self, value: str | bytes) -> None:
         assert [c for c in parse_challenges([value]) if c.params] == []
+
+
+class TestWhereChallengesAreRead:
+    def test_from_trailing_metadata_in_any_container(self) -> None:
+        import grpc.aio  # the relay itself never imports grpc: only its containers are used
+
+        pairs = (("x-other", "a"), ("WWW-Authenticate", "Bearer"), ("www-authenticate", b"B"))
+        for trailing in (pairs, list(pairs), grpc.aio.Metadata(*pairs)):
+            assert challenge_values(trailing) == ["Bearer", b"B"]
+        assert challenge_values(None) == []
+
+    def test_from_http_headers(self) -> None:
+        import httpx
+
+        headers = httpx.Headers([("WWW-Authenticate", "Bearer"), ("www-authenticate", "Basic")])
+        assert challenge_values(headers) == ["Bearer", "Basic"]
+
+    def test_anything_else_is_nothing_a_downstream_said(self) -> None:
+        odd: list[object] = ["ab", ("www-authenticate",), ("www-authenticate", 7), 3, (b"k", "v")]
+        assert challenge_values(odd) == []
+        assert challenge_values("www-authenticate") == []
 
 
 class TestChoice:
@@ -218,6 +241,24 @@ class TestStatus:
 
     def test_challenges_only_with_authentication_codes(self) -> None:
         assert relayed_status(Code.NOT_FOUND, choose_challenge([ENTRA_CAE])).challenge is None
+
+    @pytest.mark.parametrize("code", [Code.UNAUTHENTICATED, Code.PERMISSION_DENIED])
+    def test_a_refusal_of_the_services_own_token_is_internal_without_a_challenge(
+        self, code: Code
+    ) -> None:
+        relayed = relayed_status(code, choose_challenge([ENTRA_CAE]), as_user=False)
+        assert (relayed.code, relayed.challenge, relayed.operator) == (Code.INTERNAL, None, True)
+        assert relayed.details == APP_REFUSED and relayed.downstream is code
+
+    def test_other_codes_of_app_only_calls_follow_the_table(self) -> None:
+        assert relayed_status(Code.NOT_FOUND, as_user=False) == relayed_status(Code.NOT_FOUND)
+
+    def test_a_failure_seen_on_both_kinds_of_call_is_relayed_as_the_app_only_one(self) -> None:
+        failures = Failures()
+        failures.record(Code.UNAUTHENTICATED, choose_challenge([ENTRA_CAE]))
+        failures.record(Code.UNAUTHENTICATED, choose_challenge([ENTRA_CAE]), as_user=False)
+        relayed = failures.relayed(Code.UNAUTHENTICATED, [ENTRA_CAE])
+        assert relayed is not None and (relayed.code, relayed.challenge) == (Code.INTERNAL, None)
 
     def test_http_equivalents(self) -> None:
         assert Code.from_http(404) is Code.NOT_FOUND and Code.NOT_FOUND.http_status == 404

@@ -34,7 +34,8 @@ from grpc_obo import (
     TokenCache,
     TokenSealer,
 )
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
+from tests.exchangers import Counted, on_behalf_of
 from tests.outcomes import Outcomes
 
 
@@ -48,7 +49,9 @@ async def read_line(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return json.loads(line) if line else None
 
 
-async def call(exchanger: OboExchanger, outcomes: Outcomes, command: dict[str, Any]) -> None:
+async def call(
+    exchanger: Exchanger, counted: Counted, outcomes: Outcomes, command: dict[str, Any]
+) -> None:
     user = command["user"]
     identity = Identity(
         tid=user["tid"],
@@ -73,7 +76,7 @@ async def call(exchanger: OboExchanger, outcomes: Outcomes, command: dict[str, A
             "finished": max((o[1] for o in results if isinstance(o, tuple)), default=None),
             "digests": digests,
             "errors": [type(o).__name__ for o in results if isinstance(o, BaseException)],
-            "exchanges": exchanger.exchanges,
+            "exchanges": counted.exchanges,
             "stats": dict(outcomes),
         }
     )
@@ -101,15 +104,17 @@ async def main() -> None:
         timeout=config["redis_timeout"],
         observer=outcomes,
     )
-    exchanger = OboExchanger(
+    counted = Counted()
+    exchanger = on_behalf_of(
         client,
         cache=TokenCache(store=store),
         retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, budget=5.0),
+        observer=counted,
     )
     try:
         # Warm up what every replica has done long before a burst: MSAL's discovery, the
         # Redis connection and the subscription to the store's notifications.
-        await exchanger._runner._application(config["tenant_id"])
+        await exchanger._runner.application(config["tenant_id"])
         await store.get("warm-up")
         for _ in range(1000):
             if store.notifications_live:
@@ -120,7 +125,7 @@ async def main() -> None:
             if command["cmd"] == "exit":
                 break
             if command["cmd"] == "call":
-                await call(exchanger, outcomes, command)
+                await call(exchanger, counted, outcomes, command)
     finally:
         await exchanger.close()
 

@@ -14,9 +14,9 @@ import pytest
 import requests
 
 from grpc_obo import ClientCredential, TokenExchangeError, use_identity
-from grpc_obo._exchange._exchanger import AppOnlyExchanger, OboExchanger
 from grpc_obo.devauthority import App, DevAuthority
 from grpc_obo.devauthority._managed_identity import ManagedIdentity
+from tests.exchangers import client_credentials, on_behalf_of
 
 from .conftest import TIMEOUT, confidential_client, downstream_scope, user_identity, verified
 
@@ -106,7 +106,7 @@ async def test_on_behalf_of_with_the_managed_identity_as_the_credential(
     client = confidential_client(
         authority, middle_tier, ClientCredential.managed_identity(identity.client_id)
     )
-    exchanger = OboExchanger(client)
+    exchanger = on_behalf_of(client)
     try:
         served = authority.managed_identities.served
         with use_identity(user_identity(authority, middle_tier, "alice")):
@@ -139,7 +139,7 @@ async def test_a_ca_bundle_in_the_environment_does_not_override_the_configured_c
     client = confidential_client(
         authority, middle_tier, ClientCredential.managed_identity(identity.client_id)
     )
-    exchanger = OboExchanger(client)
+    exchanger = on_behalf_of(client)
     try:
         with use_identity(user_identity(authority, middle_tier)):
             await exchanger.acquire([downstream_scope(authority)])
@@ -153,7 +153,7 @@ async def test_app_only_with_the_managed_identity_as_the_credential(
     client = confidential_client(
         authority, middle_tier, ClientCredential.managed_identity(identity.client_id)
     )
-    exchanger = AppOnlyExchanger(client)
+    exchanger = client_credentials(client)
     try:
         token = await exchanger.acquire([downstream_scope(authority, ".default")])
     finally:
@@ -169,7 +169,7 @@ async def test_an_identity_the_app_does_not_federate_is_refused_with_700213(
     client = confidential_client(
         authority, middle_tier, ClientCredential.managed_identity(other.client_id)
     )
-    exchanger = OboExchanger(client)
+    exchanger = on_behalf_of(client)
     try:
         with (
             use_identity(user_identity(authority, middle_tier)),
@@ -194,7 +194,7 @@ async def test_a_wrong_identity_header_makes_the_source_unavailable_without_leak
     client = confidential_client(
         authority, middle_tier, ClientCredential.managed_identity(identity.client_id)
     )
-    exchanger = OboExchanger(client)
+    exchanger = on_behalf_of(client)
     try:
         with (
             use_identity(user_identity(authority, middle_tier)),

@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from grpc_obo import ClientCredential, use_identity
-from grpc_obo._exchange._exchanger import OboExchanger
+from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo.devauthority import App, ClientCertificate, DevAuthority
+from tests.exchangers import on_behalf_of
 
 from .conftest import confidential_client, downstream_scope, user_identity
 
@@ -29,7 +30,7 @@ STEP = 12
 class Traffic:
     """Workers exchanging tokens for new user tokens (so every call reaches the authority)."""
 
-    def __init__(self, exchanger: OboExchanger, identity: Callable[[], Any], scope: str) -> None:
+    def __init__(self, exchanger: Exchanger, identity: Callable[[], Any], scope: str) -> None:
         self.exchanger = exchanger
         self.identity = identity
         self.scope = scope
@@ -110,7 +111,7 @@ async def test_a_certificate_file_rotated_mid_traffic_fails_no_call(
     path.write_bytes(encode(old))
     middle_tier.certificates.append(old)
     credential = ClientCredential.certificate_file(path, passphrase=password)
-    exchanger = OboExchanger(confidential_client(authority, middle_tier, credential))
+    exchanger = on_behalf_of(confidential_client(authority, middle_tier, credential))
     traffic = Traffic(
         exchanger, lambda: user_identity(authority, middle_tier), downstream_scope(authority)
     )
@@ -159,7 +160,7 @@ async def test_a_federated_token_file_rotated_mid_traffic_fails_no_call(tmp_path
         )
         path = tmp_path / "token"
         projected = authority.workloads.project(path, subject, lifetime=600)
-        exchanger = OboExchanger(
+        exchanger = on_behalf_of(
             confidential_client(authority, app, ClientCredential.federated_token_file(path))
         )
         traffic = Traffic(
@@ -200,7 +201,7 @@ async def test_a_certificate_file_caught_half_written_keeps_the_last_good_one(
     path = tmp_path / "middle-tier.pem"
     path.write_bytes(_pem(old))
     credential = ClientCredential.certificate_file(path)
-    exchanger = OboExchanger(confidential_client(authority, middle_tier, credential))
+    exchanger = on_behalf_of(confidential_client(authority, middle_tier, credential))
     scope = downstream_scope(authority)
     try:
         with use_identity(user_identity(authority, middle_tier)):
@@ -219,3 +220,30 @@ async def test_a_certificate_file_caught_half_written_keeps_the_last_good_one(
         await exchanger.close()
     assert old.private_key_pem is not None
     assert old.private_key_pem.decode() not in caplog.text
+
+
+async def test_a_rotated_certificate_retires_the_msal_app_built_with_the_old_one(
+    authority: DevAuthority, middle_tier: App, tmp_path: Path
+) -> None:
+    """MSAL apps are kept per credential version so a flapping source costs nothing, but a
+    source whose credential changed drops the app holding the old key: when the old
+    certificate comes back, its app is built again (one discovery round trip each)."""
+    old, new = ClientCertificate.generate("old"), ClientCertificate.generate("new")
+    middle_tier.certificates.extend([old, new])
+    path = tmp_path / "middle-tier.pem"
+    path.write_bytes(_pem(old))
+    credential = ClientCredential.certificate_file(path)
+    exchanger = on_behalf_of(confidential_client(authority, middle_tier, credential))
+    try:
+        for cert in (old, new, old):
+            _replace(path, _pem(cert))
+            with use_identity(user_identity(authority, middle_tier)):
+                await exchanger.acquire([downstream_scope(authority)])
+    finally:
+        await exchanger.close()
+    built = [
+        e
+        for e in authority.requests.matching(endpoint="discovery")
+        if e.path.startswith(f"/{authority.tenant_id}/")
+    ]
+    assert len(built) == 3

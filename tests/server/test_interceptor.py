@@ -12,7 +12,6 @@ import grpc.aio
 import pytest
 
 from grpc_obo import (
-    AuthServerInterceptor,
     ConfigurationError,
     MethodPolicy,
     Policy,
@@ -395,7 +394,7 @@ class TestConstruction:
 
     def test_policy_type_is_checked(self, validator: TokenValidator) -> None:
         with pytest.raises(ConfigurationError):
-            AuthServerInterceptor(validator, policy={"strict": True})  # type: ignore[arg-type]
+            server_interceptor(validator, policy={"strict": True})  # type: ignore[arg-type]
 
     def test_factory_returns_an_aio_interceptor(self, validator: TokenValidator) -> None:
         assert isinstance(server_interceptor(validator), grpc.aio.ServerInterceptor)

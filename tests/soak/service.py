@@ -35,6 +35,7 @@ import grpc
 import grpc.aio
 
 import grpc_obo
+from tests.exchangers import Metered
 from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
 from tests.outcomes import Outcomes
 
@@ -143,6 +144,7 @@ def validator_options(config: dict[str, Any]) -> grpc_obo.ValidatorOptions:
 async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
     validator = grpc_obo.TokenValidator(validator_options(config))
     obo: grpc_obo.OnBehalfOf | None = None
+    metered: Metered | None = None
     store: grpc_obo.RedisTokenStore | None = None
     outcomes = Outcomes()
     channel: grpc.aio.Channel | None = None
@@ -156,6 +158,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
             timeout=config["redis_timeout"],
             observer=outcomes,
         )
+        metered = Metered()  # exchanges counted from the metrics grpc_obo exports
         obo = grpc_obo.OnBehalfOf(
             grpc_obo.ConfidentialClient(
                 client_id=config["client_id"],
@@ -166,6 +169,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
             ),
             cache=grpc_obo.TokenCache(store=store),
             retry=grpc_obo.RetryPolicy(**config["retry"]),
+            telemetry=metered.telemetry(),
         )
         channel = obo.channel(config["downstream"], scopes=[config["downstream_scope"]])
         next_hop = echo_pb2_grpc.EchoStub(channel)
@@ -205,7 +209,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
                             "name": config["name"],
                             "pid": os.getpid(),
                             "calls": hop.calls,
-                            "exchanges": obo.exchanges if obo is not None else 0,
+                            "exchanges": metered.exchanges if metered is not None else 0,
                             "store": dict(outcomes),
                             "redis_available": store.available if store else None,
                         }

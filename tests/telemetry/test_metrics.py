@@ -8,15 +8,11 @@ only bounded attributes: no identity, no free text.
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from typing import Any
 
 import grpc
 import pytest
 
-import grpc_obo
-from tests.redis_server import redis_server
 from tests.telemetry.otel import (  # noqa: F401 - the *_fixture names are pytest fixtures
     WAIT_TIMEOUT,
     ChainFactory,
@@ -31,7 +27,6 @@ EXCHANGE = "grpc_obo.obo.duration"
 KEYS = "grpc_obo.keys.fetch.duration"
 ACTIVE = "grpc_obo.obo.active"
 REFUSALS = "grpc_obo.server.refusals"
-SHARED = "grpc_obo.cache.shared.outcomes"
 
 # Which attributes each metric may carry (bounded vocabularies, never identities).
 ALLOWED_KEYS = {
@@ -215,42 +210,3 @@ async def test_every_metric_has_only_bounded_attributes(
         "ClaimsChallengeError",
         "AuthorityUnavailableError",
     }
-
-
-async def test_a_redis_store_counts_what_its_misses_came_to(recorder: Recorder) -> None:
-    """`RedisTokenStore(observer=telemetry)`: one count per outcome, by a fixed word only."""
-    with redis_server() as url:
-        telemetry = recorder.telemetry()
-        namespace = f"metrics-{uuid.uuid4().hex[:8]}"
-        stores = [
-            grpc_obo.RedisTokenStore.from_url(
-                url,
-                sealer=grpc_obo.TokenSealer(bytes(range(32))),
-                namespace=namespace,
-                observer=telemetry,
-            )
-            for _ in range(2)
-        ]
-        first, second = (grpc_obo.TokenCache(store=store) for store in stores)
-        secret = f"a-token-{uuid.uuid4().hex}"
-
-        async def fetch() -> grpc_obo.CachedToken:
-            now = time.time()
-            return grpc_obo.CachedToken(
-                access_token=grpc_obo.SecretToken(secret),
-                expires_on=now + 3600,
-                refresh_on=now + 1800,
-            )
-
-        cache_key = "grpc_obo:obo:v1:" + "ab" * 32
-        try:
-            await first.get_or_fetch(cache_key, fetch)  # exchanged under the lease
-            await second.get_or_fetch(cache_key, fetch)  # found in Redis
-        finally:
-            await first.close()
-            await second.close()
-    assert totals(recorder, SHARED) == {
-        key(grpc_obo__cache__outcome="leased"): 1,
-        key(grpc_obo__cache__outcome="from_redis"): 1,
-    }
-    assert all(secret not in str(point) for point in recorder.metric_points(SHARED))

@@ -231,10 +231,11 @@ def test_switched_off_telemetry_puts_no_identity_on_anyone_s_span() -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
     import grpc_obo
+    from grpc_obo._telemetry import recorder_for
 
     recording = TracerProvider().get_tracer("test")
-    silent = grpc_obo.Telemetry(tracer_provider=trace.NoOpTracerProvider())
-    loud = grpc_obo.Telemetry(tracer_provider=TracerProvider())
+    silent = recorder_for(grpc_obo.Telemetry(tracer_provider=trace.NoOpTracerProvider()))
+    loud = recorder_for(grpc_obo.Telemetry(tracer_provider=TracerProvider()))
     oid, tid = "a11ce000-0000-4000-8000-00000000a11c", "7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001"
     with recording.start_as_current_span("rpc") as span:
         silent.annotate_caller(oid=oid, tid=tid, client_id=None, kind="user")

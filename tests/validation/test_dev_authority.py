@@ -17,6 +17,9 @@ from typing import Any
 
 import jwt
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import grpc_obo
 from grpc_obo import (
@@ -73,8 +76,13 @@ async def make_validator() -> AsyncIterator[MakeValidator]:
     """`make(authority, api="original", multi_tenant=False, **options)`; all closed after."""
     made: list[TokenValidator] = []
 
-    def make(authority: DevAuthority, api: str = "original", **overrides: Any) -> TokenValidator:
-        validator = TokenValidator(dev_options(authority, api, **overrides))
+    def make(
+        authority: DevAuthority,
+        api: str = "original",
+        telemetry: grpc_obo.Telemetry | None = None,
+        **overrides: Any,
+    ) -> TokenValidator:
+        validator = TokenValidator(dev_options(authority, api, **overrides), telemetry=telemetry)
         made.append(validator)
         return validator
 
@@ -366,8 +374,15 @@ class TestRandomKidFlood:
         one per `new_kid_refresh_interval`; kids already looked up cost nothing more."""
         authority = grpc_obo_authority
         clock = frozen_clock()
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
         validator = make_validator(
-            authority, clock=clock, unknown_kid_refresh_interval=300, new_kid_refresh_interval=30
+            authority,
+            clock=clock,
+            unknown_kid_refresh_interval=300,
+            new_kid_refresh_interval=30,
+            telemetry=grpc_obo.Telemetry(tracer_provider=provider),
         )
         good = record(authority.mint_user_token("alice"))
         await validator.validate(good)
@@ -415,7 +430,14 @@ class TestRandomKidFlood:
         clock.advance(1)
         await flood(first)
         assert requests_to(authority) == (1, 5)  # the next interval: one more
-        assert validator.key_source.fetch_count == 5  # type: ignore[attr-defined]
+        # The validator's own telemetry saw the same fetches (one span each, URL public).
+        fetched = [
+            span.attributes["url.full"]
+            for span in spans.get_finished_spans()
+            if span.name == "grpc_obo.keys.fetch" and span.attributes is not None
+        ]
+        discovery = validator.options.discovery_url
+        assert (fetched.count(discovery), len(fetched) - fetched.count(discovery)) == (1, 5)
 
     async def test_cold_flood_shares_the_first_fetch(
         self, grpc_obo_authority: DevAuthority, make_validator: MakeValidator

@@ -242,17 +242,49 @@ def test_from_env_multi_tenant_with_allowed_tenants() -> None:
         ({**ENV, "AZURE_AUTHORITY_HOST": "http://s3cret-looking-value"}, "AZURE_AUTHORITY_HOST"),
         ({**ENV, "GRPC_OBO_TOKEN_VERSIONS": "3.0"}, "GRPC_OBO_TOKEN_VERSIONS"),
         ({**ENV, "GRPC_OBO_CA_FILE": "/nonexistent/ca.pem"}, "GRPC_OBO_CA_FILE"),
-        ({**ENV, "GRPC_OBO_AUDIENCES": "https://graph.microsoft.com"}, None),
+        ({**ENV, "GRPC_OBO_AUDIENCES": "https://graph.microsoft.com"}, "GRPC_OBO_AUDIENCES"),
+        ({**ENV, "GRPC_OBO_ALLOWED_TENANTS": "s3cret-looking-value"}, "GRPC_OBO_ALLOWED_TENANTS"),
+        (
+            {**ENV, "AZURE_TENANT_ID": "s3cret-looking-value", "GRPC_OBO_ALLOWED_TENANTS": TENANT},
+            "AZURE_TENANT_ID",
+        ),
+        (
+            {**ENV, "GRPC_OBO_V1_ISSUER_HOST": "ftp://s3cret-looking-value"},
+            "GRPC_OBO_V1_ISSUER_HOST",
+        ),
     ],
 )
 def test_from_env_errors_name_the_variable_not_its_value(
     env: dict[str, str], variable: str | None
 ) -> None:
+    """The variable comes from the error's `setting`, whatever its message says."""
     with pytest.raises(grpc_obo.ConfigurationError) as caught:
         ValidatorOptions.from_env(env)
     if variable is not None:
         assert str(caught.value).startswith(variable)
+        assert caught.value.setting == variable
     assert "s3cret-looking-value" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "setting"),
+    [
+        ({"tenant": "contoso.com"}, "tenant"),
+        ({"audiences": frozenset()}, "audiences"),
+        ({"audiences": frozenset({"https://graph.microsoft.com"})}, "audiences"),
+        ({"versions": frozenset({"3.0"})}, "versions"),
+        ({"leeway": 9999}, "leeway"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "ca_file"),
+        ({"authority_host": "ftp://login"}, "authority_host"),
+        ({"allowed_tenants": frozenset({"not-a-guid"})}, "allowed_tenants"),
+        ({"clock": None}, "clock"),
+    ],
+    ids=str,
+)
+def test_option_errors_name_their_setting(options: dict[str, Any], setting: str) -> None:
+    with pytest.raises(grpc_obo.ConfigurationError) as caught:
+        ValidatorOptions(**{"tenant": TENANT, "audiences": frozenset({API_CLIENT_ID}), **options})
+    assert caught.value.setting == setting
 
 
 async def test_a_refused_version_says_which_and_names_the_option(

@@ -14,7 +14,7 @@ import pytest
 
 from grpc_obo import TokenValidator, server_interceptor
 from grpc_obo.devauthority import DevAuthority
-from grpc_obo.devauthority._world import User
+from grpc_obo.devauthority._registrations import User
 from tests.gen.grpc_obo.testing.v1 import echo_pb2, echo_pb2_grpc
 from tests.server.echo import AsyncEcho
 from tests.validation.devtokens import dev_options

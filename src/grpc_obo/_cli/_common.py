@@ -1,5 +1,6 @@
 """What every verb shares: exit codes, `CliError`, terminal-safe output, private files,
-the dev authority's JSON document (apps, users, scopes), and the argument parser's class."""
+the dev authority's JSON document (apps, users, scopes), the argument parser's class, and the
+parser of a verb that reads one token (`decode`, `validate`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import shlex
 import sys
 import tempfile
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -169,11 +170,6 @@ def _expand_scope(document: Mapping[str, Any] | None, scope: str) -> str:
     return f"{app['app_id_uri']}/{name}"
 
 
-def _with_scheme(host: str) -> str:
-    host = host.strip().rstrip("/")
-    return host if "://" in host else f"https://{host}"
-
-
 def _when(epoch: float, now: float) -> str:
     moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
     delta = epoch - now
@@ -223,3 +219,31 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def add_token_verb(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    formatter: type[argparse.HelpFormatter],
+    name: str,
+    *,
+    summary: str,
+    description: str,
+    json_help: str,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
+    """A verb that reads one token (the argument, or stdin for `-` or none: keeps it out of
+    `ps`) and can answer in JSON; `options` adds the verb's own between the two."""
+    verb = commands.add_parser(
+        name,
+        help=summary,
+        description=_wrap(description),
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    verb.add_argument(
+        "token", nargs="?", metavar="TOKEN", help="the token; '-' or none reads it from stdin"
+    )
+    if options is not None:
+        options(verb)
+    verb.add_argument("--json", action="store_true", help=json_help)
+    return verb

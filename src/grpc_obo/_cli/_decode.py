@@ -1,4 +1,9 @@
-"""`grpc-obo decode`: a token's header and claims, UNVERIFIED, times as dates."""
+"""`grpc-obo decode`: a token's header and claims, UNVERIFIED, times as dates.
+
+Decoding is lenient on purpose (`=` padding, duplicate JSON keys: the last one is shown, as
+PyJWT would read it), so that a token the validator refuses can still be looked at; the
+validator's own strict parser then says whether, and why, it would refuse what is shown.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,20 @@ import binascii
 import datetime
 import json
 import time
+from dataclasses import fields
 from typing import Any
 
+from grpc_obo import MalformedTokenError, ValidatorOptions
+from grpc_obo._validation import parse_compact
+
 from ._common import (
-    EXIT_CODES,
     EXIT_OK,
     CliError,
     _read_token,
     _say,
     _terminal_safe,
     _when,
-    _wrap,
+    add_token_verb,
 )
 
 _TIME_CLAIMS = ("exp", "nbf", "iat", "auth_time")
@@ -46,6 +54,21 @@ def _decode_parts(token: str) -> tuple[dict[str, Any], dict[str, Any], int]:
     return header, claims, len(parts[2]) * 3 // 4
 
 
+# The size the validator accepts unless configured otherwise.
+_MAX_TOKEN_BYTES: int = next(
+    f.default for f in fields(ValidatorOptions) if f.name == "max_token_bytes"
+)  # type: ignore[assignment]
+
+
+def _refusal(token: str) -> MalformedTokenError | None:
+    """Why the validator's strict parser refuses `token` before any key or claim, or None."""
+    try:
+        parse_compact(token, max_bytes=_MAX_TOKEN_BYTES)
+    except MalformedTokenError as refused:
+        return refused
+    return None
+
+
 def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -59,7 +82,9 @@ def _date(value: float) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    header, claims, signature_bytes = _decode_parts(_read_token(args.token))
+    token = _read_token(args.token)
+    header, claims, signature_bytes = _decode_parts(token)
+    refused = _refusal(token)
     now = time.time()
     dates = {
         name: date
@@ -69,7 +94,15 @@ def run(args: argparse.Namespace) -> int:
         and (date := _date(claims[name])) is not None
     }
     if args.json:
-        document = {"verified": False, "header": header, "claims": claims, "dates": dates}
+        document = {
+            "verified": False,
+            "header": header,
+            "claims": claims,
+            "dates": dates,
+            "refused": (
+                None if refused is None else {"reason": refused.reason, "message": refused.message}
+            ),
+        }
         print(json.dumps(document, indent=2))
         return EXIT_OK
     _say("UNVERIFIED: the signature was not checked; anyone can write these claims.")
@@ -91,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     if "exp" in dates:
         state = "expired" if float(claims["exp"]) < now else "not expired"
         _say(f"{state} by this machine's clock")
+    if refused is not None:
+        # A fixed sentence and a bounded name: nothing of the token's own text.
+        _say(f"the validator would refuse this token: {refused.message} ({refused.reason})")
     return EXIT_OK
 
 
@@ -101,19 +137,14 @@ def add_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     formatter: type[argparse.HelpFormatter],
 ) -> None:
-    decode = commands.add_parser(
+    add_token_verb(
+        commands,
+        formatter,
         "decode",
-        help="show a token's header and claims (UNVERIFIED)",
-        description=_wrap(
+        summary="show a token's header and claims (UNVERIFIED)",
+        description=(
             "Show a JWT's header and claims, clearly marked UNVERIFIED, with exp/nbf/iat/"
             "auth_time as dates. The signature is neither checked nor printed."
         ),
-        epilog=EXIT_CODES,
-        formatter_class=formatter,
-    )
-    decode.add_argument(
-        "token", nargs="?", metavar="TOKEN", help="the token; '-' or none reads it from stdin"
-    )
-    decode.add_argument(
-        "--json", action="store_true", help="print header, claims and dates as JSON"
+        json_help="print header, claims and dates as JSON",
     )

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import requests
 
+from grpc_obo._common import with_scheme
+
 from ._common import (
     _MICROSOFT_HOSTS,
     _ROPC_WARNING,
@@ -31,7 +33,6 @@ from ._common import (
     _load_dev_document,
     _say,
     _variable_name,
-    _with_scheme,
     _wrap,
 )
 
@@ -72,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
                 "for a device code sign-in"
             )
         client_id, tenant, user = args.client_id, args.tenant, None
-        host, ca_file = _with_scheme(args.authority_host), args.ca_file
-    authority_url = f"{_with_scheme(host)}/{tenant}"
+        host, ca_file = with_scheme(args.authority_host), args.ca_file
+    authority_url = f"{with_scheme(host)}/{tenant}"
     hostname = urllib.parse.urlsplit(authority_url).hostname or ""
     http = _http_client(ca_file, authority_url, dev=document is not None)
     try:

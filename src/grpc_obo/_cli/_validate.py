@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     import grpc_obo
 
 from ._common import (
-    EXIT_CODES,
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
@@ -23,7 +22,7 @@ from ._common import (
     _read_token,
     _say,
     _when,
-    _wrap,
+    add_token_verb,
 )
 
 
@@ -148,22 +147,26 @@ def add_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     formatter: type[argparse.HelpFormatter],
 ) -> None:
-    validate = commands.add_parser(
+    add_token_verb(
+        commands,
+        formatter,
         "validate",
-        help="verify a token as an API would",
-        description=_wrap(
+        summary="verify a token as an API would",
+        description=(
             "Verify a token with grpc_obo's TokenValidator (signature from the authority's keys, "
             "issuer, audience, times, version) and print the resulting Identity, or the refusal: "
             "its class, reason and the gRPC status an API would answer. Exit 0 accepted, 1 "
             "refused, 4 keys unavailable. Configure with --dev-authority FILE --api NAME, or "
             "--from-env (ValidatorOptions.from_env()), or --tenant and --audience; flags win."
         ),
-        epilog=EXIT_CODES,
-        formatter_class=formatter,
+        json_help="print the identity or the refusal as JSON",
+        options=_options,
     )
-    validate.add_argument(
-        "token", nargs="?", metavar="TOKEN", help="the token; '-' or none reads it from stdin"
-    )
+
+
+def _options(validate: argparse.ArgumentParser) -> None:
+    """Where the validator's settings come from: the dev authority's file, the environment,
+    or flags (flags win)."""
     validate.add_argument(
         "--dev-authority", metavar="FILE", help="the JSON file `authority --write-env` wrote"
     )
@@ -208,7 +211,4 @@ def add_parser(
     )
     validate.add_argument(
         "--leeway", type=float, metavar="SECONDS", help="clock skew tolerated (default 60)"
-    )
-    validate.add_argument(
-        "--json", action="store_true", help="print the identity or the refusal as JSON"
     )

@@ -1,11 +1,13 @@
-"""Exchange: On-Behalf-Of and client credentials via MSAL, and their token cache; no grpc import.
+"""Exchange: tokens for downstream APIs, exchanged and cached, with no grpc import.
 
-Owns the middle tier's identity (`ConfidentialClient`, its `ClientCredential`s and the sources
-they resolve to for each token request), the cache key derivation (`obo_cache_key`), the cached
-value (`CachedToken`), the stores (bounded in-process `MemoryTokenStore`; `RedisTokenStore` for
+Owns the exchanger core (`Exchanger`) and its grants (On-Behalf-Of, client credentials), MSAL
+behind it (`MsalRunner`: apps per tenant and credential, worker threads, retries), the client
+credentials (`ConfidentialClient`, its `ClientCredential`s and the sources they resolve to
+for each token request), the cache key derivation (`obo_cache_key`), the cached value
+(`CachedToken`), the stores (bounded in-process `MemoryTokenStore`; `RedisTokenStore` for
 several replicas: an in-process level in front of Redis, values sealed with `TokenSealer`, single
 flight across replicas through a lease in Redis), single flight, and `TokenCache`, which ties
-them together for the exchanger.
+them together.
 """
 
 from grpc_obo._exchange._cache import TokenCache

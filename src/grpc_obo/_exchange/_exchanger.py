@@ -1,314 +1,188 @@
-"""The exchangers: On-Behalf-Of for the current user, and client credentials for app-only calls.
+"""The exchanger core: one cache-or-exchange path for every grant (`_grants.py`).
 
     acquire(scopes)
-      └── identity from the request context (a user, or a clear error: never an app fallback)
-          └── TokenCache.get_or_fetch(key = H(assertion, client, authority, scopes, claims))
-                └── one fetch per key: MSAL in a worker thread, retried with backoff + jitter
-                    on 429/5xx/network within a time budget, errors classified (`_retry.py`)
+      └── the grant's subject: the user in context (On-Behalf-Of: a user, or a clear error,
+          never an app fallback), or the service itself (client credentials)
+          └── claims remembered for that subject and scope set (a downstream's challenge)
+              └── TokenCache: a usable token needing no work (`ready`: no coroutine), else
+                  get_or_fetch(key) -> one fetch per key: MSAL in a worker thread (`_runner.py`)
 
-MSAL is synchronous: it runs in a bounded thread pool owned by the exchanger, so a slow
-authority ties up those threads, never the event loop. `start()` proves the configuration at
-start-up (the home tenant's metadata and one client-credentials token); a refusal of this
-client's own configuration names the setting to fix (`explain_refusal`). No grpc import here.
+One instance serves every user of the service; `OnBehalfOf` and `AppOnly` each hold one, with
+their grant, and hand it to their gRPC channels and HTTP auths, which so share its cache, single
+flight, retries, telemetry and claims memory. `start()` proves the configuration at start-up
+(the home tenant's metadata and one client-credentials token). No grpc import here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import logging
-import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-import msal
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
 
 from grpc_obo._common import LRU
 from grpc_obo._errors import (
-    AppTokenNotAllowedError,
     AuthorityUnavailableError,
     ConfigurationError,
     ConsentRequiredError,
-    MissingIdentityError,
-    TokenExchangeError,
 )
 from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._confidential import ConfidentialClient
-from grpc_obo._exchange._http import AuthorityHttpClient, DiscardingTokenCache, NoHttpCache
-from grpc_obo._exchange._keys import log_ref, obo_cache_key
+from grpc_obo._exchange._grants import CLIENT_CREDENTIALS, Grant, scope_tuple
+from grpc_obo._exchange._keys import log_ref
 from grpc_obo._exchange._observe import ExchangeObserver, Observer
-from grpc_obo._exchange._refusal import explain_refusal
-from grpc_obo._exchange._retry import Outcome, RetryPolicy, classify, unavailable
-from grpc_obo._exchange._sources import CredentialChain, Resolved
+from grpc_obo._exchange._retry import RetryPolicy
+from grpc_obo._exchange._runner import MsalRunner
+from grpc_obo._exchange._store import TokenStore
 from grpc_obo._exchange._token import CachedToken
 from grpc_obo._identity import Identity, SecretToken, current_identity
 
-__all__ = ["AppOnlyExchanger", "OboExchanger"]
+__all__ = ["ClaimsLike", "Exchanger", "cache_of"]
 
 _log = logging.getLogger("grpc_obo.exchange")
 
 
 _MEMO_WITHOUT_BOUND = 10_000
 """The key memo's size when the cache's store states no in-process bound of its own."""
+_MAX_SCOPE_SETS = 1024
 
 
-def _scope_tuple(scopes: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(scopes, str):
-        raise ConfigurationError("scopes must be a collection of strings, not a string")
-    result = tuple(scopes)
-    if not result or not all(isinstance(s, str) and s and " " not in s for s in result):
-        raise ConfigurationError("scopes must be non-empty strings without spaces")
-    return result
+class ClaimsLike(Protocol):
+    """Claims a downstream asked for, per subject and scope set (`grpc_obo._relay.ClaimsMemory`)."""
+
+    def get(self, identity: Identity | None, scopes: tuple[str, ...]) -> str | None: ...
+
+    def put(self, identity: Identity, scopes: tuple[str, ...], claims: str | None) -> None: ...
+
+    def forget(self, identity: Identity | None, scopes: tuple[str, ...], claims: str) -> None: ...
 
 
-class _MsalRunner:
-    """One MSAL ConfidentialClientApplication, built lazily off the loop, and its retries."""
+def cache_of(cache: TokenCache | None, store: TokenStore | None) -> TokenCache:
+    """The cache an exchanger uses: `cache` as given, or one over `store` (wrapped once, here),
+    or an in-process one."""
+    if cache is not None and store is not None:
+        raise ConfigurationError(
+            "give cache= (a TokenCache) or store= (a token store), not both", setting="store"
+        )
+    if cache is not None and not isinstance(cache, TokenCache):
+        raise ConfigurationError(
+            f"cache= takes a TokenCache, not a {type(cache).__name__}: pass a store as store=",
+            setting="cache",
+        )
+    if isinstance(store, TokenCache):
+        raise ConfigurationError(
+            "store= takes a token store, not a TokenCache: pass a cache as cache=",
+            setting="store",
+        )
+    if cache is not None:
+        return cache
+    return TokenCache(store=store) if store is not None else TokenCache()
+
+
+class Exchanger:
+    """Tokens for downstream scopes by one grant, cached: the core under `OnBehalfOf`/`AppOnly`."""
 
     def __init__(
         self,
         client: ConfidentialClient,
-        *,
-        retry: RetryPolicy,
-        max_workers: int,
-        token_cache: Any,
-        observer: Observer,
-    ) -> None:
-        self.client = client
-        self.retry = retry
-        self.observer = observer
-        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="grpc-obo-msal")
-        self._http = AuthorityHttpClient(
-            ca_file=client.ca_file, timeout=client.http_timeout, pool_size=max_workers
-        )
-        self._token_cache = token_cache
-        self._credentials = CredentialChain(
-            [
-                c.source(ca_file=client.ca_file, timeout=client.http_timeout, clock=time.time)
-                for c in client.credentials
-            ]
-        )
-        # One MSAL app per tenant: On-Behalf-Of must go to the tenant that issued the user's
-        # token (a multi-tenant middle tier serves users of several tenants). Each is kept with
-        # the version of the credential it was built with: a fallback or a rotated certificate
-        # builds a new one.
-        self._apps: dict[str, tuple[Hashable, Any]] = {}
-        self._app_lock = asyncio.Lock()
-
-    async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        # NOTE: run_in_executor does not carry contextvars into the thread (asyncio.to_thread
-        # does): copy them, so the current span parents whatever MSAL's HTTP client traces.
-        context = contextvars.copy_context()
-        return await loop.run_in_executor(
-            self._executor, lambda: context.run(func, *args, **kwargs)
-        )
-
-    def _build(self, tenant: str, credential: Resolved) -> Any:
-        # Constructing the app fetches the authority's discovery document (network I/O).
-        return msal.ConfidentialClientApplication(
-            self.client.client_id,
-            client_credential=credential.credential,
-            authority=self.client.authority_for(tenant),
-            # Anything but Microsoft's own hosts would otherwise be checked against
-            # login.microsoftonline.com's instance discovery.
-            instance_discovery=False,
-            http_client=self._http,
-            http_cache=NoHttpCache(),
-            token_cache=self._token_cache,
-            client_capabilities=list(self.client.client_capabilities) or None,
-        )
-
-    async def _application(self, tenant: str) -> tuple[Resolved, Any]:
-        # The credential is resolved for every token request (a file read, a cached assertion;
-        # the managed identity's endpoint when its assertion is due), off the loop.
-        credential = self._credentials.static or await self._run(self._credentials.resolve)
-        held = self._apps.get(tenant)
-        if held is None or held[0] != credential.version:
-            async with self._app_lock:
-                held = self._apps.get(tenant)
-                if held is None or held[0] != credential.version:
-                    built = await self._with_retries(
-                        lambda: self._build_attempt(tenant, credential),
-                        "set-up",
-                        tenant,
-                        self._credentials.index_of(credential.version),
-                    )
-                    held = self._apps[tenant] = (credential.version, built["app"])
-        return credential, held[1]
-
-    def _build_attempt(self, tenant: str, credential: Resolved) -> Outcome:
-        # NOTE: facts are per worker thread and outlive a request: a status left from another
-        # user's earlier request on this thread must not decide this attempt's outcome.
-        self._http.facts.clear()
-        try:
-            app = self._build(tenant, credential)
-        except Exception as exc:  # classified below; MSAL raises plain exceptions
-            facts = self._http.facts
-            return classify(
-                None,
-                raised=exc,
-                status=facts.status,
-                error_body=facts.error_body,
-                ca_file=self.client.ca_file,
-            )
-        return Outcome(result={"app": app})
-
-    def _token_attempt(self, call: Callable[[], Any]) -> Outcome:
-        facts = self._http.facts
-        facts.clear()  # see _build_attempt
-        try:
-            result = call()
-        except Exception as exc:
-            return classify(
-                None,
-                raised=exc,
-                status=facts.status,
-                retry_after=facts.retry_after,
-                error_body=facts.error_body,
-                ca_file=self.client.ca_file,
-            )
-        return classify(result, status=facts.status, retry_after=facts.retry_after)
-
-    async def _with_retries(
-        self, attempt: Callable[[], Outcome], what: str, tenant: str, source: int = 0
-    ) -> Mapping[str, Any]:
-        started = time.monotonic()
-        last: Outcome | None = None
-        for number in range(self.retry.max_attempts):
-            with self.observer.authority_request(number + 1, what) as note:
-                outcome: Outcome = await self._run(attempt)
-                if outcome.error is not None:
-                    note.fail(outcome.error)
-                    raise explain_refusal(self.client, outcome.error, tenant, source)
-                if not outcome.retry and outcome.result is not None:
-                    return outcome.result
-                note.fail(unavailable("transient failure", outcome), retry=True)
-            last = outcome
-            delay = self.retry.delay(number, outcome.retry_after)
-            if number + 1 >= self.retry.max_attempts:
-                break
-            if time.monotonic() - started + delay > self.retry.budget:
-                raise unavailable("retry budget exhausted", last)
-            _log.info("authority %s attempt %d failed transiently; retrying", what, number + 1)
-            await asyncio.sleep(delay)
-        raise unavailable(f"{self.retry.max_attempts} attempts failed", last)
-
-    async def acquire(self, tenant: str, call: Callable[[Any], Any]) -> CachedToken:
-        while True:  # at most once per credential source: each refusal skips one
-            credential, app = await self._application(tenant)
-            attempt = functools.partial(self._token_attempt, functools.partial(call, app))
-            try:
-                source = self._credentials.index_of(credential.version)
-                result = await self._with_retries(attempt, "token", tenant, source)
-            except TokenExchangeError as exc:
-                if exc.error == "invalid_client" and self._credentials.refused(
-                    credential.version, exc.error_codes
-                ):
-                    continue
-                raise
-            return CachedToken.from_msal(result)
-
-    async def check(self, scope: str | None) -> None:
-        """Prove the configuration: the home tenant's metadata (host, tenant, TLS) and one
-        client-credentials token (the credential), as `start()` promises."""
-        tenant = self.client.tenant
-        if tenant.lower() == "organizations":
-            raise ConfigurationError(
-                "start() proves the credential in the app's home tenant: tenant "
-                "(AZURE_TENANT_ID) 'organizations' names none; give the home tenant's GUID"
-            )
-        wanted = _scope_tuple([scope or f"{self.client.client_id}/.default"])
-        await self.acquire(tenant, lambda app: app.acquire_token_for_client(list(wanted)))
-
-    async def close(self) -> None:
-        # Wait for the requests already running in the worker threads (each bounded by
-        # http_timeout): once close() returns, this client sends nothing more.
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-        self._http.close()
-        self._credentials.close()
-
-
-class OboExchanger:
-    """Exchanges the current user's token for one to a downstream API (On-Behalf-Of), cached.
-
-    One instance serves every user of the service; share it. Build the outbound channel's
-    interceptors from it with `client_interceptors()` (see `grpc_obo.OnBehalfOf`).
-    """
-
-    def __init__(
-        self,
-        client: ConfidentialClient,
+        grant: Grant,
         *,
         cache: TokenCache | None = None,
+        store: TokenStore | None = None,
         retry: RetryPolicy | None = None,
         max_workers: int = 16,
         observer: Observer | None = None,
+        claims: ClaimsLike | None = None,
     ) -> None:
         if not isinstance(client, ConfidentialClient):
             raise ConfigurationError("client must be a ConfidentialClient")
         self.client = client
-        self.cache = cache if cache is not None else TokenCache()
+        self.grant = grant
+        self.cache = cache_of(cache, store)
+        self.claims = claims if grant.as_user else None
+        """Claims remembered per subject and scope set: the user's, never the service's."""
+        # Looked up once: `ready` is the hot path of every outbound call.
+        self._as_user = grant.as_user
+        self._name = grant.name
         self._observer: Observer = observer if observer is not None else ExchangeObserver()
-        self._runner = _MsalRunner(
-            client,
-            retry=retry or RetryPolicy(),
-            max_workers=max_workers,
-            token_cache=DiscardingTokenCache(),
-            observer=self._observer,
+        self._runner = MsalRunner(
+            client, retry=retry or RetryPolicy(), max_workers=max_workers, observer=self._observer
         )
-        self.exchanges = 0
-        """How many token requests this exchanger has started (for tests and metrics)."""
-        # Cache keys by (incoming token, scopes, claims): an LRU no larger than the number of
+        # Cache keys by (subject's token, scopes, claims): an LRU no larger than the number of
         # tokens the cache itself keeps here, so it holds no more tokens than the caches do.
-        self._keys: LRU[tuple[str, tuple[str, ...], str | None], str] = LRU(
+        self._keys: LRU[tuple[str | None, tuple[str, ...], str | None], str] = LRU(
             self.cache.max_entries or _MEMO_WITHOUT_BOUND
         )
-        # Scope tuples already validated, each to its one shared copy.
+        # Scope tuples already checked, each to its one shared copy.
         self._checked: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(client_id={self.client.client_id!r})"
+        return f"Exchanger({self.grant.name}, client_id={self.client.client_id!r})"
 
-    def _user(self, identity: Identity | None) -> Identity:
-        identity = identity if identity is not None else current_identity()
-        if identity is None:
-            raise MissingIdentityError(
-                "no verified user identity in this context: On-Behalf-Of runs only inside an "
-                "authenticated call (never falls back to an app token)"
-            )
-        if not identity.is_user:
-            raise AppTokenNotAllowedError(
-                "the caller is an application: there is no user to act on behalf of"
-            )
-        return identity
+    def scopes(self, scopes: Sequence[str], what: str = "scopes") -> tuple[str, ...]:
+        """`scopes` checked (`scope_tuple`, and what the grant can ask for), memoized."""
+        wanted = self._checked.get(scopes) if type(scopes) is tuple else None
+        if wanted is not None:
+            return wanted
+        wanted = scope_tuple(scopes, what)
+        self.grant.check(wanted)
+        # One tuple per scope set, shared by every memo entry that names it.
+        known = self._checked.get(wanted)
+        if known is not None:
+            return known
+        if len(self._checked) < _MAX_SCOPE_SETS:
+            self._checked[wanted] = wanted
+        return wanted
 
-    def _key_for(self, user: Identity, wanted: tuple[str, ...], claims: str | None) -> str:
-        """`cache_key`, memoized per token, scope set and claims (computed once per user).
+    def _key_for(
+        self, subject: Identity | None, wanted: tuple[str, ...], claims: str | None
+    ) -> str:
+        """The grant's cache key, memoized per subject token, scope set and claims.
 
         NOTE: keyed by the token string in this process only (like the verified-token cache);
         the key it maps to is the SHA-256 digest that may leave the process. Least recently
         used first out, at the cache's own in-process bound (`max_entries`).
         """
-        memo = (user.token.reveal(), wanted, claims)
+        memo = (subject.token.reveal() if subject is not None else None, wanted, claims)
         key = self._keys.get(memo)
         if key is None:
-            key = self.cache_key(wanted, identity=user, claims=claims)
+            key = self.grant.key(self.client, subject, wanted, claims)
             self._keys.put(memo, key)
         return key
 
     def cache_key(
-        self, scopes: Iterable[str], *, identity: Identity | None = None, claims: str | None = None
+        self, scopes: Sequence[str], *, identity: Identity | None = None, claims: str | None = None
     ) -> str:
-        user = self._user(identity)
-        return obo_cache_key(
-            assertion=user.token,
-            client_id=self.client.client_id,
-            authority=self.client.authority_for(user.tid),
-            scopes=_scope_tuple(scopes),
-            claims=claims,
-        )
+        subject = self.grant.subject(identity)
+        return self.grant.key(self.client, subject, self.scopes(scopes), claims)
+
+    def ready(self, wanted: tuple[str, ...]) -> SecretToken | None:
+        """A cached token for the subject in context that needs no work at all, or None (then
+        `acquire`: no subject, claims to send, a miss, a token due for refresh).
+
+        NOTE: the hot path of every outbound call, synchronous: a cached token costs no
+        coroutine, task or lock (issue 23). `wanted` comes checked (`scopes()`).
+        """
+        subject: Identity | None = None
+        if self._as_user:
+            # NOTE: the grant's rule (a user in context) as a yes/no, not a call to its
+            # `subject()`: a frame less on every call; a no goes to `acquire`, which raises.
+            subject = current_identity()
+            if subject is None or not subject.is_user:
+                return None
+            memory = self.claims
+            if memory is not None and memory.get(subject, wanted) is not None:
+                return None
+        return self._cached(self._key_for(subject, wanted, None), wanted)
+
+    def _cached(self, key: str, wanted: tuple[str, ...]) -> SecretToken | None:
+        """The one cache-hit path: a token needing no work (no task, timer or coroutine; a
+        deadline bounds the exchange, never this lookup), reported to telemetry."""
+        hit = self.cache.peek(key)
+        if hit is None:
+            return None
+        self._observer.hit(self._name, wanted)
+        return hit.access_token
 
     async def acquire(
         self,
@@ -318,41 +192,42 @@ class OboExchanger:
         claims: str | None = None,
         timeout: float | None = None,
     ) -> SecretToken:
-        """A token for the downstream `scopes`, for the user in `identity` (default: current).
+        """A token for `scopes`, for the grant's subject (On-Behalf-Of: `identity`, default
+        the current one), with `claims` (default: those a downstream asked for, remembered).
 
         `timeout` bounds this caller's wait; the shared exchange may go on and fill the cache.
         """
-        user = self._user(identity)
-        checked = self._checked
-        wanted = checked.get(scopes) if type(scopes) is tuple else None
-        if wanted is None:
-            wanted = _scope_tuple(scopes)
-            # One tuple per scope set, shared by every memo entry that names it.
-            known = checked.get(wanted)
-            if known is not None:
-                wanted = known
-            elif len(checked) < 1024:
-                checked[wanted] = wanted
-        key = self._key_for(user, wanted, claims)
-        # The hot path: a cached token needs no task, timer or coroutine of its own; the
-        # deadline bounds the exchange below, not this lookup.
-        hit = self.cache.peek(key)
-        if hit is not None:
-            self._observer.hit("on_behalf_of", wanted)
-            return hit.access_token
-        assertion = user.token
+        subject = self.grant.subject(identity)
+        wanted = self.scopes(scopes)
+        memory = self.claims
+        if claims is None and memory is not None:
+            claims = memory.get(subject, wanted)
+        key = self._key_for(subject, wanted, claims)
+        token = self._cached(key, wanted)
+        if token is None:
+            token = await self._exchange(subject, wanted, claims, key, timeout)
+        if claims is not None and memory is not None and subject is not None:
+            # A token carrying the claims was obtained: they are met, stop asking for them.
+            memory.forget(subject, wanted, claims)
+        return token
+
+    async def _exchange(
+        self,
+        subject: Identity | None,
+        wanted: tuple[str, ...],
+        claims: str | None,
+        key: str,
+        timeout: float | None,
+    ) -> SecretToken:
+        grant = self.grant
+        request = grant.request(subject, wanted, claims)
+        tenant = grant.tenant(self.client, subject)
 
         async def fetch() -> CachedToken:
-            self.exchanges += 1
-            _log.debug("On-Behalf-Of exchange for %s (%s)", user.principal, log_ref(key))
-            return await self._runner.acquire(
-                user.tid,
-                lambda app: app.acquire_token_on_behalf_of(
-                    assertion.reveal(), list(wanted), claims_challenge=claims
-                ),
-            )
+            _log.debug("%s (%s)", grant.describe(subject), log_ref(key))
+            return await self._runner.acquire(tenant, request)
 
-        with self._observer.acquisition("on_behalf_of", wanted) as note:
+        with self._observer.acquisition(grant.name, wanted) as note:
             try:
                 # `timeout=` also to the cache: waiting on another replica's exchange (Redis
                 # store) stops early enough to exchange here within the deadline.
@@ -360,11 +235,10 @@ class OboExchanger:
                     self.cache.get_or_fetch(key, fetch, note=note, timeout=timeout), timeout
                 )
             except ConsentRequiredError as missing:
-                # Name what lacks consent: the client app's user or admin must grant exactly
-                # this (scope names are configuration, never secrets).
+                # Name what lacks consent and who grants it (scope names are configuration,
+                # never secrets).
                 raise ConsentRequiredError(
-                    f"consent is missing for {' '.join(wanted)}: the user or an administrator "
-                    "must grant it to this API",
+                    f"consent is missing for {' '.join(wanted)}: {grant.consent}",
                     error=missing.error,
                     suberror=missing.suberror,
                     error_codes=missing.error_codes,
@@ -372,18 +246,27 @@ class OboExchanger:
                 ) from None
         return token.access_token
 
-    async def start(self, *, scope: str | None = None) -> None:
-        """Check the configuration now, at start-up, instead of at the first call.
+    def challenged(
+        self, scopes: Sequence[str], identity: Identity, claims: str | None
+    ) -> Coroutine[Any, Any, None]:
+        """A downstream refused the subject's token with a claims challenge: remember `claims`
+        for the next exchange (now, for every transport sharing this core) and evict the tokens
+        that cannot meet them (the returned coroutine; on every replica with a shared store):
+        the one cached under the claims remembered until now (the refused token, most likely),
+        and any under `claims` (asked for again: the token obtained with them did not do)."""
+        wanted = self.scopes(scopes)
+        memory = self.claims
+        remembered = memory.get(identity, wanted) if memory is not None else None
+        refused = {self.cache_key(wanted, identity=identity, claims=remembered)}
+        if claims is not None:
+            refused.add(self.cache_key(wanted, identity=identity, claims=claims))
+        if memory is not None:
+            memory.put(identity, wanted, claims)
+        return self._evict(refused)
 
-        Fetches the home tenant's metadata (authority host, tenant, TLS and `ca_file`) and
-        requests one client-credentials token for `scope` (default: this app itself,
-        `<client_id>/.default`; any `<resource>/.default` the app may ask for works), which
-        proves the credential. Raises `ConfigurationError` for a `tenant` of
-        'organizations', `TokenExchangeError` whose `str()` names the setting or variable to
-        fix (AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_TENANT_ID, ...; the TLS
-        problem and GRPC_OBO_CA_FILE), or `AuthorityUnavailableError` once retries are spent.
-        """
-        await self._runner.check(scope)
+    async def _evict(self, keys: set[str]) -> None:
+        for key in keys:
+            await self.cache.invalidate(key)
 
     async def invalidate(
         self, scopes: Sequence[str], *, identity: Identity | None = None, claims: str | None = None
@@ -391,76 +274,23 @@ class OboExchanger:
         """Forget the cached token (the downstream answered with a claims challenge)."""
         await self.cache.invalidate(self.cache_key(scopes, identity=identity, claims=claims))
 
-    async def close(self) -> None:
-        await self.cache.close()
-        await self._runner.close()
-
-    async def __aenter__(self) -> OboExchanger:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-
-class AppOnlyExchanger:
-    """Client-credentials tokens for calls the service makes as itself (never for a user)."""
-
-    def __init__(
-        self,
-        client: ConfidentialClient,
-        *,
-        retry: RetryPolicy | None = None,
-        max_workers: int = 4,
-        observer: Observer | None = None,
-    ) -> None:
-        if not isinstance(client, ConfidentialClient):
-            raise ConfigurationError("client must be a ConfidentialClient")
-        self.client = client
-        self._observer: Observer = observer if observer is not None else ExchangeObserver()
-        # Our cache (single flight, proactive refresh) fronts MSAL's, so MSAL's would only
-        # duplicate it.
-        self._runner = _MsalRunner(
-            client,
-            retry=retry or RetryPolicy(),
-            max_workers=max_workers,
-            token_cache=DiscardingTokenCache(),
-            observer=self._observer,
-        )
-        self.cache = TokenCache()
-        self.exchanges = 0
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(client_id={self.client.client_id!r})"
-
     async def start(self, *, scope: str | None = None) -> None:
-        """Check the configuration now, as `OboExchanger.start()` does."""
-        await self._runner.check(scope)
-
-    async def acquire(self, scopes: Sequence[str], *, timeout: float | None = None) -> SecretToken:
-        wanted = _scope_tuple(scopes)
-        if len(wanted) != 1 or not wanted[0].endswith("/.default"):
-            raise ConfigurationError("app-only tokens take exactly one '<resource>/.default' scope")
-        key = "grpc_obo:app:v1:" + "|".join((self.client.client_id, self.client.authority, *wanted))
-
-        async def fetch() -> CachedToken:
-            self.exchanges += 1
-            return await self._runner.acquire(
-                self.client.tenant, lambda app: app.acquire_token_for_client(list(wanted))
+        """Prove the configuration: the home tenant's metadata (host, tenant, TLS) and one
+        client-credentials token for `scope` (default `<client_id>/.default`)."""
+        tenant = self.client.tenant
+        if tenant.lower() == "organizations":
+            raise ConfigurationError(
+                "start() proves the credential in the app's home tenant: tenant "
+                "(AZURE_TENANT_ID) 'organizations' names none; give the home tenant's GUID"
             )
-
-        hit = self.cache.peek(key)
-        if hit is not None:
-            self._observer.hit("client_credentials", wanted)
-            return hit.access_token
-        with self._observer.acquisition("client_credentials", wanted) as note:
-            token = await _bounded(self.cache.get_or_fetch(key, fetch, note=note), timeout)
-        return token.access_token
+        wanted = scope_tuple([scope or f"{self.client.client_id}/.default"], "scope")
+        await self._runner.acquire(tenant, CLIENT_CREDENTIALS.request(None, wanted, None))
 
     async def close(self) -> None:
         await self.cache.close()
         await self._runner.close()
 
-    async def __aenter__(self) -> AppOnlyExchanger:
+    async def __aenter__(self) -> Exchanger:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -1,11 +1,11 @@
 """Hooks through which the client part observes token acquisitions (telemetry plugs in here).
 
-The exchange part never imports OpenTelemetry: `grpc_obo.Telemetry` implements these methods,
-and `OnBehalfOf`/`AppOnly` hand it to the exchanger. The default observer does nothing.
+The exchange part never imports OpenTelemetry: telemetry's private recorder implements these
+methods, and `OnBehalfOf`/`AppOnly` hand it to the exchanger. The default observer does nothing.
 Observers receive exceptions and fixed strings, never a token.
 
 `StoreObserver` is what the Redis store tells about its misses (one fixed word per outcome,
-see `STORE_OUTCOMES`): tests count them, `grpc_obo.Telemetry` may turn them into a metric.
+see `STORE_OUTCOMES`), to whoever counts them (`RedisTokenStore(observer=...)`; tests do).
 """
 
 from __future__ import annotations

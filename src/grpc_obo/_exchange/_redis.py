@@ -100,7 +100,7 @@ class RedisTokenStore:
     ends, and twice it the longest a caller waits on another replica's exchange. `clock`
     (seconds) times the in-process level and the backoff between probes of a Redis that is
     down; tests pass one they advance. `observer` is told what each miss came to (a fixed
-    word, see `STORE_OUTCOMES`; `grpc_obo.Telemetry` counts them). See the module docstring
+    word, see `STORE_OUTCOMES`). See the module docstring
     for the key layout and the rules.
     """
 

@@ -6,19 +6,21 @@ nothing it says reaches the caller verbatim. This package decides, with no grpc 
 gRPC server and client interceptors, an HTTP downstream and an ASGI front door share it:
 
     Code                  canonical status codes (gRPC's numbers, google.rpc.Code), HTTP equivalents
+    challenge_values()    the `WWW-Authenticate` values of trailing metadata or HTTP headers
     parse_challenges()    the one `WWW-Authenticate` parser (RFC 7235: several per value allowed)
     choose_challenge()    the one choice of *the* challenge among several, made on both sides
     rebuild_challenge()   what the caller gets: an allow-list, validated, fixed descriptions
     remembered_claims()   the part of a claims challenge that may go to the authority
     ClaimsMemory          claims per user and scope set: bounded, expiring, forgotten once used
     relayed_status()      the complete mapping for an uncaught downstream failure
-    Failures, collect()   the failures On-Behalf-Of calls recorded while one incoming call ran
+    Failures, collect()   the failures outbound calls recorded while one incoming call ran
     downstream_in()       the downstream failure (gRPC or HTTP) an uncaught exception is or was
                           raised from
 """
 
 from grpc_obo._relay._challenges import (
     Challenge,
+    challenge_values,
     choose_challenge,
     claims_of,
     parse_challenges,
@@ -26,6 +28,7 @@ from grpc_obo._relay._challenges import (
 )
 from grpc_obo._relay._claims import KNOWN_CLAIMS, ClaimsMemory, remembered_claims
 from grpc_obo._relay._status import (
+    APP_REFUSED,
     RELAY_TABLE,
     UNHANDLED,
     Code,
@@ -39,6 +42,7 @@ from grpc_obo._relay._status import (
 )
 
 __all__ = [
+    "APP_REFUSED",
     "KNOWN_CLAIMS",
     "RELAY_TABLE",
     "UNHANDLED",
@@ -47,6 +51,7 @@ __all__ = [
     "Code",
     "Failures",
     "Relayed",
+    "challenge_values",
     "choose_challenge",
     "claims_of",
     "collect",

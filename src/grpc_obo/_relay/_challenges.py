@@ -1,5 +1,6 @@
-"""`WWW-Authenticate` challenges from a downstream: the one parser, the one choice among several,
-and the rebuilt value a caller may see."""
+"""`WWW-Authenticate` challenges from a downstream: where they are read (a gRPC call's trailing
+metadata, an HTTP response's headers), the one parser, the one choice among several, and the
+rebuilt value a caller may see."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import binascii
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from grpc_obo._common import is_guid
 from grpc_obo._relay._claims import remembered_claims
 
 __all__ = [
     "Challenge",
+    "challenge_values",
     "choose_challenge",
     "claims_of",
     "parse_challenges",
@@ -37,6 +40,28 @@ class Challenge:
     @property
     def is_bearer(self) -> bool:
         return self.scheme.lower() == "bearer"
+
+
+def challenge_values(source: object) -> list[str | bytes]:
+    """The `WWW-Authenticate` values a downstream sent: from a gRPC call's trailing metadata
+    (key-value pairs, in any container grpc gives, or None) or an HTTP response's headers
+    (anything with httpx's `get_list`). Duck-typed: the relay imports neither grpc nor httpx.
+    """
+    get_list = getattr(source, "get_list", None)
+    if callable(get_list):
+        pairs: Iterable[Any] = (("www-authenticate", v) for v in get_list("www-authenticate"))
+    else:
+        pairs = source if isinstance(source, Iterable) else ()
+    values: list[str | bytes] = []
+    for pair in pairs:
+        try:
+            key, value = pair
+        except (TypeError, ValueError):  # not a pair: nothing a downstream said
+            continue
+        is_challenge = isinstance(key, str) and key.lower() == "www-authenticate"
+        if is_challenge and isinstance(value, str | bytes):
+            values.append(value)
+    return values
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

@@ -1,5 +1,6 @@
 """Canonical status codes, the complete mapping of an uncaught downstream failure to the caller's
-status, and the failures On-Behalf-Of calls record while one incoming call runs."""
+status, and the failures outbound calls (On-Behalf-Of and app-only) record while one incoming
+call runs."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from grpc_obo._relay._challenges import Challenge, choose_challenge, rebuild_challenge
+from grpc_obo._relay._challenges import (
+    Challenge,
+    challenge_values,
+    choose_challenge,
+    rebuild_challenge,
+)
 
 __all__ = [
+    "APP_REFUSED",
     "RELAY_TABLE",
     "UNHANDLED",
     "Code",
@@ -191,32 +198,48 @@ UNHANDLED = Relayed(
 """A handler raised something else (not the downstream's error) after such a failure."""
 
 _CHALLENGED = frozenset({Code.UNAUTHENTICATED, Code.PERMISSION_DENIED})
+APP_REFUSED = "a downstream API refused this service's own credentials"
 
 
-def relayed_status(code: Code, challenge: Challenge | None = None) -> Relayed:
-    """The caller's status for a downstream failure with `code` (not OK) and its challenge."""
+def relayed_status(
+    code: Code, challenge: Challenge | None = None, *, as_user: bool = True
+) -> Relayed:
+    """The caller's status for a downstream failure with `code` (not OK) and its challenge.
+
+    `as_user=False`: the call carried the service's own (app-only) token. A refusal of it
+    (UNAUTHENTICATED, PERMISSION_DENIED) is the service's problem, never the caller's: INTERNAL,
+    no challenge (the user could not meet it by signing in again, and the client app must not be
+    told to try). Every other code follows the table, as for On-Behalf-Of calls.
+    """
+    if not as_user and code in _CHALLENGED:
+        return Relayed(Code.INTERNAL, APP_REFUSED, None, code, operator=True)
     mapped, details, operator = RELAY_TABLE.get(code, (Code.INTERNAL, _FAILED, True))
     rebuilt = rebuild_challenge(challenge) if code in _CHALLENGED else None
     return Relayed(mapped, details, rebuilt, code, operator)
 
 
 class Failures:
-    """The failed On-Behalf-Of calls of one incoming call, as (code, rebuilt challenge)."""
+    """The failed outbound calls of one incoming call: (code, rebuilt challenge, as the user).
+
+    NOTE: app-only calls record too. Left out, their uncaught failures would reach the caller as
+    grpc's `UNKNOWN` with the downstream's own text; recorded, they end in fixed words.
+    """
 
     __slots__ = ("_seen",)
 
     _MAX = 64  # a handler looping over failing calls stays bounded
 
     def __init__(self) -> None:
-        self._seen: list[tuple[Code, str | None]] = []
+        self._seen: list[tuple[Code, str | None, bool]] = []
 
     def __bool__(self) -> bool:
         return bool(self._seen)
 
-    def record(self, code: Code, challenge: Challenge | None) -> None:
-        """An outbound On-Behalf-Of call ended with `code` (not OK) and this chosen challenge."""
+    def record(self, code: Code, challenge: Challenge | None, *, as_user: bool = True) -> None:
+        """An outbound call ended with `code` (not OK) and this chosen challenge; `as_user`:
+        it carried the user's token (On-Behalf-Of), not the service's own (app-only)."""
         if len(self._seen) < self._MAX:
-            self._seen.append((code, rebuild_challenge(challenge)))
+            self._seen.append((code, rebuild_challenge(challenge), as_user))
 
     def relayed(self, code: Code, challenge_values: Iterable[str | bytes]) -> Relayed | None:
         """How to end the incoming call for an uncaught downstream error, or None when it is
@@ -227,13 +250,17 @@ class Failures:
         if code is Code.OK or not self._seen:
             return None
         challenge = choose_challenge(challenge_values)
-        if (code, rebuild_challenge(challenge)) not in self._seen:
+        rebuilt = rebuild_challenge(challenge)
+        matched = [as_user for seen, said, as_user in self._seen if (seen, said) == (code, rebuilt)]
+        if not matched:
             return None
-        return relayed_status(code, challenge)
+        # NOTE: the same failure seen on an app-only and an On-Behalf-Of call cannot be told
+        # apart: it is relayed as the app-only one (no challenge for the user to act on).
+        return relayed_status(code, challenge, as_user=all(matched))
 
     def settle(self, downstream: tuple[Code, Iterable[str | bytes]] | None) -> Relayed | None:
         """How to end the incoming call for an exception its handler did not catch, or None
-        (no On-Behalf-Of call failed meanwhile: the exception is the handler's own business).
+        (no outbound call failed meanwhile: the exception is the handler's own business).
 
         `downstream` is the (code, `WWW-Authenticate` values) of the downstream error the
         exception is, or was raised from; None when there is none. Anything else raised after
@@ -296,12 +323,7 @@ def _grpc_failure(error: BaseException) -> tuple[Code, list[str | bytes]] | None
     name = getattr(code(), "name", None)
     if not isinstance(name, str) or name not in Code.__members__:
         return None
-    values = [
-        value
-        for key, value in (trailing() or ())
-        if isinstance(key, str) and key.lower() == "www-authenticate"
-    ]
-    return Code[name], values
+    return Code[name], challenge_values(trailing())
 
 
 def _http_failure(error: BaseException) -> tuple[Code, list[str | bytes]] | None:
@@ -313,6 +335,4 @@ def _http_failure(error: BaseException) -> tuple[Code, list[str | bytes]] | None
     code = Code.from_http(status)
     if code is Code.OK:
         return None
-    get_list = getattr(headers, "get_list", None)
-    values = get_list("www-authenticate") if callable(get_list) else []
-    return code, [v for v in values if isinstance(v, str | bytes)]
+    return code, challenge_values(headers)

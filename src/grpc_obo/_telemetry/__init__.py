@@ -9,14 +9,16 @@ usernames and every token stay out (see `_failure_attributes`). Identity identif
 HMAC-hashed or left out for deployments that must not export personal identifiers; they never
 go on metrics or span names.
 
-This module imports nothing of grpc_obo but the error tree (for `ConfigurationError`): the
-server, client, validation and exchange parts call it (directly, or through their observer
-hooks) with plain values.
+This package imports nothing of grpc_obo but the error tree (for `ConfigurationError`) and the
+shared LRU: the server, client, validation and exchange parts call it (directly, or through
+their observer hooks) with plain values.
 
-`_names` holds the vocabulary (span, attribute and metric names), `_redact` the one redaction
-point for failures and URLs, `_recorder` the `Telemetry` that records spans and metrics.
+`_settings` holds `Telemetry`, the public, frozen settings; `_recorder` the private `Recorder`
+built from them (`recorder_for`), whose hooks record spans and metrics; `_names` the vocabulary
+(span, attribute and metric names); `_redact` the one redaction point for failures and URLs.
 """
 
-from grpc_obo._telemetry._recorder import Telemetry, Validation
+from grpc_obo._telemetry._recorder import Recorder, Validation, recorder_for
+from grpc_obo._telemetry._settings import Telemetry
 
-__all__ = ["Telemetry", "Validation"]
+__all__ = ["Recorder", "Telemetry", "Validation", "recorder_for"]

@@ -30,14 +30,12 @@ ATTR_CORRELATION = "grpc_obo.entra.correlation_id"
 ATTR_CLAIMS = "grpc_obo.claims_challenge"
 ATTR_ERROR = "error.type"  # OpenTelemetry's: a low-cardinality class of failure
 ATTR_URL = "url.full"
-ATTR_OUTCOME = "grpc_obo.cache.outcome"
 
 METRIC_VALIDATION = "grpc_obo.validation.duration"
 METRIC_EXCHANGE = "grpc_obo.obo.duration"
 METRIC_KEYS = "grpc_obo.keys.fetch.duration"
 METRIC_ACTIVE = "grpc_obo.obo.active"
 METRIC_REFUSALS = "grpc_obo.server.refusals"
-METRIC_SHARED = "grpc_obo.cache.shared.outcomes"
 
 # Seconds: a cached verification is microseconds, an RSA check ~0.1 ms, an exchange with
 # Entra tens to hundreds of ms, a retried one seconds.

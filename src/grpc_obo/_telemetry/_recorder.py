@@ -1,5 +1,11 @@
-"""`Telemetry`: spans and metrics for validation, key fetches and exchanges, with explicit times
-where grpc's order of events needs them (see `validating`)."""
+"""The private recorder behind `Telemetry`: spans and metrics for validation, key fetches and
+exchanges, with explicit times where grpc's order of events needs them (see `validating`).
+
+`recorder_for(settings)` gives one `Recorder` per settings object (equal settings share one), so
+a server and a client given the same `Telemetry` record through the same instruments. The
+hooks (`validating`, `key_fetch`, `acquisition`, `hit`, ...) are what the server, client,
+validation and exchange parts call; none of them is public.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,16 @@ import contextlib
 import hashlib
 import hmac
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from grpc_obo._common import LRU
 from grpc_obo._errors import ConfigurationError
 from grpc_obo._telemetry._names import (
     _BUCKETS,
@@ -24,7 +32,6 @@ from grpc_obo._telemetry._names import (
     ATTR_GRANT,
     ATTR_KIND,
     ATTR_OID,
-    ATTR_OUTCOME,
     ATTR_RESULT,
     ATTR_RETRY,
     ATTR_SCOPES,
@@ -36,7 +43,6 @@ from grpc_obo._telemetry._names import (
     METRIC_EXCHANGE,
     METRIC_KEYS,
     METRIC_REFUSALS,
-    METRIC_SHARED,
     METRIC_VALIDATION,
     SOURCE_CACHE,
     SPAN_ACQUIRE,
@@ -50,50 +56,46 @@ from grpc_obo._telemetry._redact import (
     _is_fault,
     _public_url,
 )
+from grpc_obo._telemetry._settings import IdentityMode, Telemetry
 from grpc_obo._version import __version__
 
-__all__ = ["Telemetry", "Validation"]
+__all__ = ["Recorder", "Validation", "recorder_for"]
 
 _MAX_HASHED = 10_000
 
-IdentityMode = Literal["plain", "hashed", "omit"]
+# NOTE: weak keys: a recorder lives as long as some holder of its settings does. A recorder
+# never refers to its settings (that would keep every key alive).
+_RECORDERS: weakref.WeakKeyDictionary[Telemetry, Recorder] = weakref.WeakKeyDictionary()
+_DEFAULT = Telemetry()  # the global providers: what a part given no settings records through
 
 
-class Telemetry:
-    """Where grpc_obo's spans and metrics go, and whether identities are exported.
+def recorder_for(settings: Telemetry | None) -> Recorder:
+    """The recorder for `settings` (the global providers for None), built on first use."""
+    if settings is None:
+        settings = _DEFAULT
+    elif not isinstance(settings, Telemetry):
+        raise ConfigurationError("telemetry must be a grpc_obo.Telemetry", setting="telemetry")
+    recorder = _RECORDERS.get(settings)
+    if recorder is None:
+        recorder = _RECORDERS[settings] = Recorder(settings)
+    return recorder
 
-    `identities`: "plain" puts the caller's `oid`, `tid` and client app id on spans (what lets
-    an operator find a user's requests in Jaeger); "hashed" puts an HMAC-SHA-256 of each under
-    `identity_key` instead (the same user hashes the same everywhere the key is shared);
-    "omit" leaves them out. Providers default to the global ones (set by the application).
-    """
 
-    def __init__(
-        self,
-        *,
-        tracer_provider: trace.TracerProvider | None = None,
-        meter_provider: metrics.MeterProvider | None = None,
-        identities: IdentityMode = "plain",
-        identity_key: bytes | None = None,
-    ) -> None:
-        if identities not in ("plain", "hashed", "omit"):
-            raise ConfigurationError('identities must be "plain", "hashed" or "omit"')
-        if identities == "hashed":
-            if not isinstance(identity_key, bytes) or len(identity_key) < 16:
-                raise ConfigurationError(
-                    "hashed identities need identity_key: at least 16 random bytes"
-                )
-        elif identity_key is not None:
-            raise ConfigurationError('identity_key is used only with identities="hashed"')
-        self.identities: IdentityMode = identities
-        self._key = identity_key
-        self._hashed: dict[str, str] = {}
+class Recorder:
+    """Records what `Telemetry` settings ask for; built by `recorder_for`, never by users."""
+
+    def __init__(self, settings: Telemetry) -> None:
+        tracer_provider = settings.tracer_provider
+        self.identities: IdentityMode = settings.identities
+        self._key = settings.identity_key
+        # The HMAC of each identifier seen lately: a user's calls hash their oid once.
+        self._hashed: LRU[str, str] = LRU(_MAX_HASHED)
         # NOTE: the metric attributes of a cache hit, built once per grant (never mutated):
         # every outbound call records one, and a dict per call is garbage the collector chases.
         self._hit_attributes: dict[str, dict[str, str]] = {}
         self.tracer = trace.get_tracer("grpc_obo", __version__, tracer_provider=tracer_provider)
         self._silent = isinstance(tracer_provider, trace.NoOpTracerProvider)
-        meter = metrics.get_meter("grpc_obo", __version__, meter_provider=meter_provider)
+        meter = metrics.get_meter("grpc_obo", __version__, meter_provider=settings.meter_provider)
         self._validation = meter.create_histogram(
             METRIC_VALIDATION,
             unit="s",
@@ -122,15 +124,9 @@ class Telemetry:
             unit="{exchange}",
             description="Token requests to the authority in flight",
         )
-        self._shared = meter.create_counter(
-            METRIC_SHARED,
-            unit="{miss}",
-            description="What the Redis token store did on in-process misses, by outcome",
-        )
-        self._outcome_attributes: dict[str, dict[str, str]] = {}
 
     def __repr__(self) -> str:
-        return f"Telemetry(identities={self.identities!r})"
+        return f"Recorder(identities={self.identities!r})"
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -140,9 +136,7 @@ class Telemetry:
         hashed = self._hashed.get(value)
         if hashed is None:
             hashed = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
-            if len(self._hashed) >= _MAX_HASHED:
-                self._hashed.clear()
-            self._hashed[value] = hashed
+            self._hashed.put(value, hashed)
         return hashed
 
     def identity_attributes(
@@ -326,14 +320,6 @@ class Telemetry:
                 ATTR_GRANT: grant,
             }
         self._exchange.record(0.0, attributes)
-
-    def store_outcome(self, outcome: str) -> None:
-        """What a `RedisTokenStore(observer=telemetry)` did on a miss: a fixed word (its
-        `STORE_OUTCOMES`: from_redis, leased, waited, impatient, unavailable, stale)."""
-        attributes = self._outcome_attributes.get(outcome)
-        if attributes is None:  # one per outcome: a fixed vocabulary
-            attributes = self._outcome_attributes[outcome] = {ATTR_OUTCOME: outcome}
-        self._shared.add(1, attributes)
 
     @contextlib.contextmanager
     def acquisition(self, grant: str, scopes: Iterable[str]) -> Iterator[_Acquisition]:

@@ -8,7 +8,9 @@ _cache.py      the bounded cache of verified tokens
 _validator.py  TokenValidator: the async entry point that ties them together
 """
 
+from grpc_obo._validation._jose import parse_compact
 from grpc_obo._validation._options import ValidatorOptions
 from grpc_obo._validation._validator import TokenValidator
 
-__all__ = ["TokenValidator", "ValidatorOptions"]
+# `parse_compact`: the strict parser, for `grpc-obo decode` to say what the validator refuses.
+__all__ = ["TokenValidator", "ValidatorOptions", "parse_compact"]

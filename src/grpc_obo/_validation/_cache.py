@@ -61,29 +61,29 @@ class VerifiedTokenCache:
         """The bytes charged for the entries held now (see `ENTRY_OVERHEAD`)."""
         return self._bytes
 
-    def get(self, digest: str, now: float) -> Identity | None:
-        entry = self._entries.get(digest)
+    def get(self, token: str, now: float) -> Identity | None:
+        entry = self._entries.get(token)
         if entry is None:
             return None
         if now > entry[1] + self._leeway or not self._has_key(entry[2]):
             # Expired or its key was withdrawn: forget it; a fresh validation decides the error.
-            del self._entries[digest]
+            del self._entries[token]
             self._bytes -= entry[3]
             return None
-        self._entries.move_to_end(digest)
+        self._entries.move_to_end(token)
         return entry[0]
 
-    def put(self, digest: str, identity: Identity, *, key_fingerprint: str) -> None:
+    def put(self, token: str, identity: Identity, *, key_fingerprint: str) -> None:
         if self._max_size <= 0:
             return
-        charge = sys.getsizeof(digest) + ENTRY_OVERHEAD
+        charge = sys.getsizeof(token) + ENTRY_OVERHEAD
         if self._max_bytes is not None and charge > self._max_bytes:
             return
         entries = self._entries
-        old = entries.pop(digest, None)
+        old = entries.pop(token, None)
         if old is not None:
             self._bytes -= old[3]
-        entries[digest] = (identity, identity.expires_at, key_fingerprint, charge)
+        entries[token] = (identity, identity.expires_at, key_fingerprint, charge)
         self._bytes += charge
         limit = self._max_bytes
         while len(entries) > self._max_size or (limit is not None and self._bytes > limit):

@@ -106,7 +106,7 @@ class StaticKeySource(KeySource):
 
 
 class KeyFetchObserver(Protocol):
-    """Hooks for observing key fetches (no OpenTelemetry here: `grpc_obo.Telemetry` is one).
+    """Hooks for observing key fetches (no OpenTelemetry here: telemetry's recorder is one).
 
     The context manager sees the fetch's exception, if any; the URL is public.
     """
@@ -137,7 +137,9 @@ class _FetchError(Exception):
 class RemoteKeySource(KeySource):
     """OIDC discovery + JWKS over https, with the refresh rules in the module docstring."""
 
-    def __init__(self, options: ValidatorOptions) -> None:
+    def __init__(
+        self, options: ValidatorOptions, *, observer: KeyFetchObserver | None = None
+    ) -> None:
         self._options = options
         self._clock = options.clock
         self._keys: KeySet | None = None
@@ -153,10 +155,8 @@ class RemoteKeySource(KeySource):
         self._refresh: asyncio.Task[bool] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        self.fetch_count = 0
-        """JWKS fetches started (for tests and metrics)."""
-        self.observer: KeyFetchObserver = _NO_OBSERVER
-        """Told about each discovery/JWKS fetch; the server interceptor plugs telemetry in."""
+        # Told about each discovery/JWKS fetch (spans and metrics, which tests count too).
+        self._observer: KeyFetchObserver = observer if observer is not None else _NO_OBSERVER
 
     # -- refresh decisions -------------------------------------------------------------------
 
@@ -297,7 +297,6 @@ class RemoteKeySource(KeySource):
         try:
             if self._jwks_uri is None:
                 self._jwks_uri = await self._discover()
-            self.fetch_count += 1
             try:
                 document = await self._get_json(self._jwks_uri)
             except _FetchError:
@@ -353,7 +352,7 @@ class RemoteKeySource(KeySource):
         return self._session
 
     async def _get_json(self, url: str) -> Any:
-        with self.observer.key_fetch(url):
+        with self._observer.key_fetch(url):
             return await self._fetch_json(url)
 
     async def _fetch_json(self, url: str) -> Any:

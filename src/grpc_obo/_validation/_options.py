@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from grpc_obo._common import is_guid as _is_guid
@@ -61,10 +61,14 @@ def _string_set(name: str, value: Iterable[str] | None) -> frozenset[str] | None
         return None
     if isinstance(value, str):
         # NOTE: frozenset("abc") would silently become {"a", "b", "c"}.
-        raise ConfigurationError(f"{name} must be a collection of strings, not one string")
+        raise ConfigurationError(
+            f"{name} must be a collection of strings, not one string", setting=name
+        )
+    if not isinstance(value, Iterable):
+        raise ConfigurationError(f"{name} must be a collection of strings", setting=name)
     items = frozenset(value)
     if not all(isinstance(item, str) and item for item in items):
-        raise ConfigurationError(f"{name} must contain only non-empty strings")
+        raise ConfigurationError(f"{name} must contain only non-empty strings", setting=name)
     return items
 
 
@@ -74,7 +78,7 @@ def _guid_set(name: str, value: Iterable[str] | None) -> frozenset[str] | None:
         return None
     lowered = frozenset(item.lower() for item in items)
     if not all(is_guid(item) for item in lowered):
-        raise ConfigurationError(f"{name} must contain only tenant/client GUIDs")
+        raise ConfigurationError(f"{name} must contain only tenant/client GUIDs", setting=name)
     return lowered
 
 
@@ -88,11 +92,11 @@ def ca_context(ca_file: object, name: str = "ca_file") -> ssl.SSLContext:
     try:
         path = os.fspath(ca_file)  # type: ignore[call-overload]
     except TypeError:
-        raise ConfigurationError(f"{name} must be a path") from None
+        raise ConfigurationError(f"{name} must be a path", setting=name) from None
     if not isinstance(path, str) or not path.strip():
-        raise ConfigurationError(f"{name} is empty")
+        raise ConfigurationError(f"{name} is empty", setting=name)
     if not os.path.exists(path):
-        raise ConfigurationError(f"{name} {path!r} does not exist")
+        raise ConfigurationError(f"{name} {path!r} does not exist", setting=name)
     try:
         if os.path.isdir(path):
             context = ssl.create_default_context(capath=path)
@@ -100,26 +104,44 @@ def ca_context(ca_file: object, name: str = "ca_file") -> ssl.SSLContext:
             # NOTE: with `cafile`, the default context loads no system CAs: exactly this CA.
             context = ssl.create_default_context(cafile=path)
     except (ssl.SSLError, OSError, ValueError):
-        raise ConfigurationError(f"{name} {path!r} is not a readable PEM CA file") from None
+        raise ConfigurationError(
+            f"{name} {path!r} is not a readable PEM CA file", setting=name
+        ) from None
     _CA_CONTEXTS.add(context)
     return context
 
 
-def _check_tenant(value: object, prefix: str = "") -> str:
+def _check_tenant(value: object) -> str:
     """The tenant, lowercased: a GUID, or 'organizations'/'common' (issuers carry the GUID, so
     a domain name cannot be checked against a token)."""
     tenant = value.lower() if isinstance(value, str) else ""
     if tenant not in MULTI_TENANTS and not is_guid(tenant):
         raise ConfigurationError(
-            f"{prefix}tenant must be a tenant GUID, 'organizations' or 'common' (a domain "
-            "name will not do: token issuers carry the GUID)"
+            "tenant must be a tenant GUID, 'organizations' or 'common' (a domain "
+            "name will not do: token issuers carry the GUID)",
+            setting="tenant",
         )
     return tenant
 
 
+_T = TypeVar("_T")
+
+
+def _env_error(read: Mapping[str, str], build: Callable[..., _T], *args: object) -> _T:
+    """`build(*args)`, its `ConfigurationError` naming the variable its setting was read from
+    (`read`: option -> variable); one about a setting read from no variable as it is."""
+    try:
+        return build(*args)
+    except ConfigurationError as exc:
+        variable = read.get(exc.setting) if exc.setting is not None else None
+        if variable is None:
+            raise
+        raise ConfigurationError(f"{variable}: {exc.message}", setting=variable) from None
+
+
 def _bounded(name: str, value: float, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ConfigurationError(f"{name} must be a number between {low} and {high}")
+        raise ConfigurationError(f"{name} must be a number between {low} and {high}", setting=name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,7 +217,9 @@ class ValidatorOptions:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise through the back door, once, here
         if not isinstance(self.allow_loopback_http, bool):
-            raise ConfigurationError("allow_loopback_http must be a bool")
+            raise ConfigurationError(
+                "allow_loopback_http must be a bool", setting="allow_loopback_http"
+            )
         loopback = self.allow_loopback_http
         set_(
             self,
@@ -203,11 +227,15 @@ class ValidatorOptions:
             base_url("authority_host", self.authority_host, allow_loopback_http=loopback),
         )
         if not isinstance(self.v1_issuer_host, str) or not self.v1_issuer_host.strip():
-            raise ConfigurationError("v1_issuer_host must be a non-empty URL")
+            raise ConfigurationError(
+                "v1_issuer_host must be a non-empty URL", setting="v1_issuer_host"
+            )
         v1_host = with_scheme(self.v1_issuer_host)
         v1_parts = urlsplit(v1_host)
         if v1_parts.scheme not in ("https", "http") or not v1_parts.netloc or v1_parts.path:
-            raise ConfigurationError("v1_issuer_host must be scheme://host[:port]")
+            raise ConfigurationError(
+                "v1_issuer_host must be scheme://host[:port]", setting="v1_issuer_host"
+            )
         set_(self, "v1_issuer_host", v1_host)
 
         tenant = _check_tenant(self.tenant)
@@ -218,47 +246,73 @@ class ValidatorOptions:
         if tenant in MULTI_TENANTS:
             if allowed is None and not self.allow_all_tenants:
                 raise ConfigurationError(
-                    "a multi-tenant validator needs allowed_tenants, or allow_all_tenants=True"
+                    "a multi-tenant validator needs allowed_tenants, or allow_all_tenants=True",
+                    setting="allowed_tenants",
                 )
             if allowed is not None and self.allow_all_tenants:
-                raise ConfigurationError("give allowed_tenants or allow_all_tenants, not both")
+                raise ConfigurationError(
+                    "give allowed_tenants or allow_all_tenants, not both", setting="allowed_tenants"
+                )
             if allowed is not None and not allowed:
-                raise ConfigurationError("allowed_tenants must not be empty")
+                raise ConfigurationError(
+                    "allowed_tenants must not be empty", setting="allowed_tenants"
+                )
         else:
             if self.allow_all_tenants:
-                raise ConfigurationError("allow_all_tenants needs tenant='organizations'/'common'")
+                raise ConfigurationError(
+                    "allow_all_tenants needs tenant='organizations'/'common'",
+                    setting="allow_all_tenants",
+                )
             if allowed is not None and allowed != {tenant}:
-                raise ConfigurationError("a single-tenant validator accepts only its own tenant")
+                raise ConfigurationError(
+                    "a single-tenant validator accepts only its own tenant",
+                    setting="allowed_tenants",
+                )
 
         audiences = _string_set("audiences", self.audiences)
         if not audiences:
-            raise ConfigurationError("audiences must name at least one identifier of this API")
+            raise ConfigurationError(
+                "audiences must name at least one identifier of this API", setting="audiences"
+            )
         # GUID client ids appear lowercase in `aud`; App ID URIs are compared exactly.
         audiences = frozenset(a.lower() if is_guid(a.lower()) else a for a in audiences)
         if audiences & GRAPH_AUDIENCES:
-            raise ConfigurationError("Microsoft Graph tokens are not ours to validate")
+            raise ConfigurationError(
+                "Microsoft Graph tokens are not ours to validate", setting="audiences"
+            )
         set_(self, "audiences", audiences)
 
         versions = _string_set("versions", self.versions)
         if not versions or not versions <= _VERSIONS:
-            raise ConfigurationError('versions must be a non-empty subset of {"1.0", "2.0"}')
+            raise ConfigurationError(
+                'versions must be a non-empty subset of {"1.0", "2.0"}', setting="versions"
+            )
         set_(self, "versions", versions)
 
         set_(self, "allowed_client_ids", _guid_set("allowed_client_ids", self.allowed_client_ids))
         if self.allowed_client_ids is not None and not self.allowed_client_ids:
-            raise ConfigurationError("allowed_client_ids must not be empty (None means any)")
+            raise ConfigurationError(
+                "allowed_client_ids must not be empty (None means any)",
+                setting="allowed_client_ids",
+            )
 
         _bounded("leeway", self.leeway, 0, 300)
         _bounded("max_token_bytes", self.max_token_bytes, 1024, 64 * 1024)
         _bounded("key_refresh_interval", self.key_refresh_interval, 1, 24 * 3600)
         _bounded("unknown_kid_refresh_interval", self.unknown_kid_refresh_interval, 1, 24 * 3600)
         if self.unknown_kid_refresh_interval > self.key_refresh_interval:
-            raise ConfigurationError("unknown_kid_refresh_interval exceeds key_refresh_interval")
+            raise ConfigurationError(
+                "unknown_kid_refresh_interval exceeds key_refresh_interval",
+                setting="unknown_kid_refresh_interval",
+            )
         _bounded("new_kid_refresh_interval", self.new_kid_refresh_interval, 1, 24 * 3600)
         _bounded("key_fetch_backoff_initial", self.key_fetch_backoff_initial, 0.01, 300)
         _bounded("key_fetch_backoff_max", self.key_fetch_backoff_max, 0.01, 3600)
         if self.key_fetch_backoff_initial > self.key_fetch_backoff_max:
-            raise ConfigurationError("key_fetch_backoff_initial exceeds key_fetch_backoff_max")
+            raise ConfigurationError(
+                "key_fetch_backoff_initial exceeds key_fetch_backoff_max",
+                setting="key_fetch_backoff_initial",
+            )
         if self.max_lifetime is not None:
             _bounded("max_lifetime", self.max_lifetime, 60, 30 * 86400)
         _bounded("verified_cache_size", self.verified_cache_size, 0, 10_000_000)
@@ -266,25 +320,31 @@ class ValidatorOptions:
         _bounded("http_timeout", self.http_timeout, 0.001, 120)
         for name in ("max_token_bytes", "verified_cache_size", "verified_cache_bytes"):
             if not isinstance(getattr(self, name), int):
-                raise ConfigurationError(f"{name} must be an int")
+                raise ConfigurationError(f"{name} must be an int", setting=name)
         if not callable(self.clock):
-            raise ConfigurationError("clock must be a callable returning epoch seconds")
+            raise ConfigurationError(
+                "clock must be a callable returning epoch seconds", setting="clock"
+            )
         if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
-            raise ConfigurationError("ssl_context must be an ssl.SSLContext")
+            raise ConfigurationError("ssl_context must be an ssl.SSLContext", setting="ssl_context")
         if self.ca_file is not None:
             if self.ssl_context is not None and self.ssl_context not in _CA_CONTEXTS:
-                raise ConfigurationError("give ca_file or ssl_context, not both")
-            ca_file = os.fspath(self.ca_file)
-            set_(self, "ca_file", ca_file)
-            set_(self, "ssl_context", ca_context(ca_file))
+                raise ConfigurationError("give ca_file or ssl_context, not both", setting="ca_file")
+            context = ca_context(self.ca_file)  # checks the path first
+            set_(self, "ca_file", os.fspath(self.ca_file))
+            set_(self, "ssl_context", context)
         for name in ("allow_all_tenants", "accept_app_tokens_without_roles"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigurationError(f"{name} must be a bool")
+                raise ConfigurationError(f"{name} must be a bool", setting=name)
         if self.jwks is not None:
             if not isinstance(self.jwks, Mapping):
-                raise ConfigurationError("jwks must be a JWKS document (a mapping with 'keys')")
+                raise ConfigurationError(
+                    "jwks must be a JWKS document (a mapping with 'keys')", setting="jwks"
+                )
             if not parse_jwks(self.jwks).keys:
-                raise ConfigurationError("jwks has no usable RSA signing key (>= 2048 bits)")
+                raise ConfigurationError(
+                    "jwks has no usable RSA signing key (>= 2048 bits)", setting="jwks"
+                )
 
     @classmethod
     def from_env(
@@ -347,7 +407,7 @@ class ValidatorOptions:
             # NOTE: the home tenant is replaced below, never used: check it here all the same,
             # or a wrong AZURE_TENANT_ID would pass until ConfidentialClient meets the authority.
             if tenant is not None and "tenant" not in overrides:
-                _check_tenant(tenant, "AZURE_TENANT_ID: ")
+                _env_error(read, _check_tenant, tenant)
             values["allowed_tenants"] = frozenset(items("GRPC_OBO_ALLOWED_TENANTS"))
             read["allowed_tenants"] = "GRPC_OBO_ALLOWED_TENANTS"
             # NOTE: an allow-list only means something to a multi-tenant API; AZURE_TENANT_ID
@@ -359,15 +419,10 @@ class ValidatorOptions:
         values.update(overrides)
         for option, variable in (("tenant", "AZURE_TENANT_ID"), ("audiences", "AZURE_CLIENT_ID")):
             if option not in values:
-                raise ConfigurationError(f"{variable} is not set (needed for {option})")
-        try:
-            return cls(**values)
-        except ConfigurationError as exc:
-            message = str(exc)
-            source = next((v for o, v in read.items() if message.startswith(o)), None)
-            if source is None:
-                raise
-            raise ConfigurationError(f"{source}: {message}") from None
+                raise ConfigurationError(
+                    f"{variable} is not set (needed for {option})", setting=variable
+                )
+        return _env_error(read, lambda: cls(**values))
 
     @property
     def is_multi_tenant(self) -> bool:

@@ -13,14 +13,10 @@ from types import TracebackType
 
 from grpc_obo._errors import ConfigurationError, InvalidSignatureError, MalformedTokenError
 from grpc_obo._identity import Identity
+from grpc_obo._telemetry import Telemetry, recorder_for
 from grpc_obo._validation._cache import VerifiedTokenCache
 from grpc_obo._validation._jose import parse_compact, verify_rs256
-from grpc_obo._validation._keys import (
-    KeyFetchObserver,
-    KeySource,
-    RemoteKeySource,
-    StaticKeySource,
-)
+from grpc_obo._validation._keys import KeySource, RemoteKeySource, StaticKeySource
 from grpc_obo._validation._options import ValidatorOptions
 from grpc_obo._validation._rules import check_claims
 
@@ -43,20 +39,17 @@ class TokenValidator:
     `v1_issuer_host=` (its v1 issuers live on the same host) and `ssl_context=` are all it takes.
     """
 
-    def __init__(
-        self, options: ValidatorOptions, *, telemetry: KeyFetchObserver | None = None
-    ) -> None:
+    def __init__(self, options: ValidatorOptions, *, telemetry: Telemetry | None = None) -> None:
         """`telemetry` (a `grpc_obo.Telemetry`) traces discovery and JWKS fetches; none without."""
         if not isinstance(options, ValidatorOptions):
             raise ConfigurationError("TokenValidator takes a ValidatorOptions")
+        # Checked with or without a key source to observe: a wrong value fails here.
+        observer = recorder_for(telemetry) if telemetry is not None else None
         self._options = options
         if options.jwks is not None:
             self._keys: KeySource = StaticKeySource(options.jwks)
         else:
-            remote = RemoteKeySource(options)
-            if telemetry is not None:
-                remote.observer = telemetry  # our own key source: set once, at construction
-            self._keys = remote
+            self._keys = RemoteKeySource(options, observer=observer)
         self._cache = VerifiedTokenCache(
             options.verified_cache_size,
             max_bytes=options.verified_cache_bytes,
@@ -84,11 +77,10 @@ class TokenValidator:
 
         Raises `KeySourceUnavailableError` when signing keys have never been obtained.
         """
-        digest = self._digest(token)
-        if digest is None:
+        if not self._fits(token):
             # Before anything else: an oversized input must cost nothing.
             raise MalformedTokenError("token is too large or not a string", reason="too_large")
-        cached = self._cached(digest)
+        cached = self._cached(token)
         if cached is not None:
             return cached
         options = self._options
@@ -102,7 +94,7 @@ class TokenValidator:
         identity = check_claims(
             parsed.claims, key=key, options=options, now=options.clock(), token=token
         )
-        self._cache.put(digest, identity, key_fingerprint=key.fingerprint)
+        self._cache.put(token, identity, key_fingerprint=key.fingerprint)
         return identity
 
     def cached(self, token: str) -> Identity | None:
@@ -114,10 +106,9 @@ class TokenValidator:
         Always None in a subclass that overrides `validate`: checks it adds (a revocation
         list, say) must see every call, cached tokens included.
         """
-        if self._validate_is_extended:
+        if self._validate_is_extended or not self._fits(token):
             return None
-        digest = self._digest(token)
-        return None if digest is None else self._cached(digest)
+        return self._cached(token)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -125,15 +116,16 @@ class TokenValidator:
 
     _validate_is_extended = False
 
-    def _digest(self, token: str) -> str | None:
-        """The verified-token cache's key for `token` (the token itself), or None if unusable."""
-        if type(token) is not str or len(token) > self._options.max_token_bytes:
-            return None
-        return token
+    def _fits(self, token: str) -> bool:
+        """Whether `token` is a str within `max_token_bytes`: worth a lookup or a parse.
 
-    def _cached(self, digest: str) -> Identity | None:
+        The verified-token cache is keyed by the token itself (see `_cache`), not a digest.
+        """
+        return type(token) is str and len(token) <= self._options.max_token_bytes
+
+    def _cached(self, token: str) -> Identity | None:
         self._keys.poll()  # on hits too: traffic of cached tokens still notices withdrawn keys
-        return self._cache.get(digest, self._options.clock())
+        return self._cache.get(token, self._options.clock())
 
     async def close(self) -> None:
         """Stop background refreshes and close the HTTP session. Idempotent."""

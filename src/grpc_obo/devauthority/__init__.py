@@ -15,6 +15,7 @@ servers with the same CA (a `ServerCertificate`).
 """
 
 from grpc_obo.devauthority._authority import DevAuthority
+from grpc_obo.devauthority._default_world import CONTOSO, FABRIKAM, default_world
 from grpc_obo.devauthority._faults import (
     ClaimsChallenge,
     FaultRule,
@@ -25,11 +26,7 @@ from grpc_obo.devauthority._faults import (
 from grpc_obo.devauthority._keys import KeyRing
 from grpc_obo.devauthority._managed_identity import ManagedIdentity
 from grpc_obo.devauthority._private import StateDirError
-from grpc_obo.devauthority._tls import ServerCertificate, client_ssl_context, msal_http_client
-from grpc_obo.devauthority._workload import ProjectedToken, WorkloadIssuer
-from grpc_obo.devauthority._world import (
-    CONTOSO,
-    FABRIKAM,
+from grpc_obo.devauthority._registrations import (
     GRAPH_APP_ID,
     GRAPH_APP_ID_URI,
     TOKEN_EXCHANGE_AUDIENCE,
@@ -38,9 +35,10 @@ from grpc_obo.devauthority._world import (
     FederatedCredential,
     Tenant,
     User,
-    World,
-    default_world,
 )
+from grpc_obo.devauthority._tls import ServerCertificate, client_ssl_context, msal_http_client
+from grpc_obo.devauthority._workload import ProjectedToken, WorkloadIssuer
+from grpc_obo.devauthority._world import World
 from grpc_obo.devauthority._worldfile import WorldFileError, load_world, world_from_dict
 
 __all__ = [

@@ -1,23 +1,18 @@
 """The dev authority's HTTP surface: Entra-shaped routes on aiohttp, faults, errors and the log.
 
-Every answer is JSON except the sign-in pages (`/devicelogin` for device codes and the
-authorization endpoint's page: small HTML, every reflected value escaped, no script, no
-framing). Bad input of any kind (wrong content type, malformed or oversized form,
-duplicated parameters, unknown routes, unexpected exceptions) gets an Entra-shaped error body
-with the right status: never a stack trace, never a hang.
+Every answer is JSON except the sign-in pages (`_pages.py`: `/devicelogin` for device codes
+and the authorization endpoint's page). Requests are read by `_http.py`. Bad input of any kind
+(wrong content type, malformed or oversized form, duplicated parameters, unknown routes,
+unexpected exceptions) gets an Entra-shaped error body with the right status: never a stack
+trace, never a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextvars
 import datetime
-import hashlib
-import html
 import logging
-import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,17 +20,15 @@ from typing import Any
 
 from aiohttp import web
 
-from grpc_obo.devauthority._authorize import Delivery, PendingSignIn, RedirectError
 from grpc_obo.devauthority._faults import Endpoint, Faults, LoggedRequest, RequestInfo, RequestLog
 from grpc_obo.devauthority._grants import Grants, OAuthError, TokenRequest
 from grpc_obo.devauthority._graph import GraphApi
+from grpc_obo.devauthority._http import MAX_BODY_BYTES, NO_STORE, basic_auth, read_form
 from grpc_obo.devauthority._keys import KeyRing
+from grpc_obo.devauthority._pages import SignInPages
 from grpc_obo.devauthority._world import World
 
 logger = logging.getLogger("grpc_obo.devauthority")
-
-MAX_BODY_BYTES = 64 * 1024
-MAX_FORM_FIELDS = 64
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -88,10 +81,9 @@ class AuthorityApp:
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self.token)
         app.router.add_get("/common/userrealm/{username}", self.userrealm)
         app.router.add_post("/{tenant}/oauth2/v2.0/devicecode", self.devicecode)
-        app.router.add_get("/devicelogin", self.devicelogin_page)
-        app.router.add_post("/devicelogin", self.devicelogin)
-        app.router.add_get("/{tenant}/oauth2/v2.0/authorize", self.authorize_page)
-        app.router.add_post("/{tenant}/oauth2/v2.0/authorize", self.authorize)
+        SignInPages(
+            world=self.world, grants=self.grants, apply_faults=self._apply_faults
+        ).add_routes(app)
         GraphApi(world=self.world, minter=self.grants.minter, base_url=self._base_url).add_routes(
             app
         )
@@ -353,12 +345,12 @@ class AuthorityApp:
 
     async def token(self, request: web.Request) -> web.Response:
         tenant = request.match_info["tenant"]
-        form = await _read_form(request)
+        form = await read_form(request)
         token_request = TokenRequest(
             tenant=tenant,
             form=form,
             token_url=f"{self._base_url()}/{tenant}/oauth2/v2.0/token",
-            basic_auth=_basic_auth(request),
+            basic_auth=basic_auth(request),
         )
         info = self.grants.peek(token_request)
         _state.get().scopes = tuple((form.get("scope") or "").split())[:20]
@@ -367,259 +359,23 @@ class AuthorityApp:
             await self.grants.federation.prefetch(info.client_id, form.get("client_assertion"))
         # MSAL is synchronous and RSA signing is CPU work: neither is slow enough at dev
         # scale to justify a thread hop, and staying on the loop keeps faults deterministic.
-        return web.json_response(self.grants.handle(token_request), headers=_NO_STORE)
+        return web.json_response(self.grants.handle(token_request), headers=NO_STORE)
 
     async def devicecode(self, request: web.Request) -> web.Response:
         """The device authorization endpoint (MSAL's `initiate_device_flow`)."""
         tenant = request.match_info["tenant"]
-        form = await _read_form(request)
+        form = await read_form(request)
         token_request = TokenRequest(
             tenant=tenant,
             form=form,
             token_url=f"{self._base_url()}/{tenant}/oauth2/v2.0/token",
-            basic_auth=_basic_auth(request),
+            basic_auth=basic_auth(request),
         )
         client_id = (form.get("client_id") or "").lower() or None
         _state.get().scopes = tuple((form.get("scope") or "").split())[:20]
         await self._apply_faults(request, RequestInfo(endpoint="devicecode", client_id=client_id))
         body = self.grants.start_device_flow(token_request, f"{self._base_url()}/devicelogin")
-        return web.json_response(body, headers=_NO_STORE)
-
-    async def devicelogin_page(self, request: web.Request) -> web.Response:
-        """The sign-in page a device code's user opens (Entra: microsoft.com/devicelogin)."""
-        await self._apply_faults(request, RequestInfo(endpoint="devicelogin"))
-        code = request.query.get("code", "")[:16]
-        client = self.grants.device_flow_client(code) if code else None
-        return _page(
-            _SIGN_IN_FORM.format(
-                code=html.escape(code), app=_app_line(client.name if client else None)
-            )
-        )
-
-    async def devicelogin(self, request: web.Request) -> web.Response:
-        form = await _read_form(request)
-        username = form.get("username", "")
-        found = self.world.find_user(username)
-        info = RequestInfo(
-            endpoint="devicelogin",
-            user_oid=found.oid if found else None,
-            username=found.username if found else None,
-        )
-        await self._apply_faults(request, info)
-        code = form.get("code", "")[:16]
-        client = self.grants.device_flow_client(code)
-        try:
-            if "mfa_ticket" in form:
-                user = self.grants.finish_device_mfa(code, form["mfa_ticket"])
-                ticket = None
-            else:
-                user, ticket = self.grants.approve_device_flow(
-                    code, username, form.get("password", "")
-                )
-        except OAuthError as exc:
-            again = _SIGN_IN_FORM.format(
-                code=html.escape(code), app=_app_line(client.name if client else None)
-            )
-            return _page(
-                f"<p class=error>AADSTS{exc.code}: {html.escape(exc.description)}</p>{again}",
-                status=400,
-            )
-        if ticket is not None:
-            return _page(
-                _MFA_FORM.format(
-                    action="/devicelogin",
-                    user=html.escape(user.username),
-                    hidden=_hidden(code=code, mfa_ticket=ticket),
-                    app=_app_line(client.name if client else None),
-                )
-            )
-        return _page(
-            f"{_app_line(client.name if client else None)}"
-            f"<h2>You have signed in as {html.escape(user.username)}</h2>"
-            "<p>You can close this window and return to the application.</p>"
-        )
-
-    # -- the authorization endpoint and its sign-in page ----------------------------------
-
-    async def authorize_page(self, request: web.Request) -> web.StreamResponse:
-        """The authorization endpoint (MSAL's `auth_uri`): checks the request, then shows the
-        sign-in page; errors the app can be told go to its redirect URI."""
-        await self._apply_faults(request, RequestInfo(endpoint="authorize"))
-        params = _single_valued(request.query)
-        try:
-            pending = self.grants.begin_authorization(request.match_info["tenant"], params)
-        except RedirectError as exc:
-            return _deliver(exc.delivery)
-        except OAuthError as exc:
-            return _page(
-                f"<p class=error>AADSTS{exc.code}: {html.escape(exc.description)}</p>",
-                status=exc.status,
-            )
-        client = self.world.find_app(pending.client_id)
-        return self._authorize_form(pending, client.name if client else None)
-
-    def _authorize_form(
-        self, pending: PendingSignIn, app: str | None, *, error: str = "", status: int = 200
-    ) -> web.Response:
-        form = _AUTHORIZE_FORM.format(
-            app=_app_line(app),
-            action=html.escape(f"/{pending.tenant_segment}/oauth2/v2.0/authorize"),
-            hidden=_hidden(request=pending.id),
-            login_hint=html.escape((pending.login_hint or "")[:256]),
-        )
-        return _page(error + form, status=status, redirect_to=pending.redirect_uri)
-
-    async def authorize(self, request: web.Request) -> web.StreamResponse:
-        """The page's forms: the credentials, then the MFA step when one is needed; finally
-        the browser is sent to the app's redirect URI with the code."""
-        form = await _read_form(request)
-        username = form.get("username", "")
-        found = self.world.find_user(username)
-        await self._apply_faults(
-            request,
-            RequestInfo(
-                endpoint="authorize",
-                user_oid=found.oid if found else None,
-                username=found.username if found else None,
-            ),
-        )
-        request_id = form.get("request", "")[:64]
-        try:
-            if "mfa_ticket" in form:
-                pending, user = self.grants.authorization_mfa(request_id, form["mfa_ticket"])
-                return _deliver(self.grants.finish_authorization(pending, user, ("pwd", "mfa")))
-            pending, user, ticket = self.grants.authorization_sign_in(
-                request_id, username, form.get("password", "")
-            )
-            client = self.world.find_app(pending.client_id)
-            if ticket is None:
-                return _deliver(self.grants.finish_authorization(pending, user, ("pwd",)))
-        except OAuthError as exc:
-            error = f"<p class=error>AADSTS{exc.code}: {html.escape(exc.description)}</p>"
-            try:
-                pending = self.grants.authorizations.pending(request_id)
-            except OAuthError:
-                return _page(error, status=400)
-            client = self.world.find_app(pending.client_id)
-            return self._authorize_form(
-                pending, client.name if client else None, error=error, status=400
-            )
-        return _page(
-            _MFA_FORM.format(
-                action=html.escape(f"/{pending.tenant_segment}/oauth2/v2.0/authorize"),
-                user=html.escape(user.username),
-                hidden=_hidden(request=pending.id, mfa_ticket=ticket),
-                app=_app_line(client.name if client else None),
-            ),
-            redirect_to=pending.redirect_uri,
-        )
-
-
-def _single_valued(query: Any) -> dict[str, str]:
-    """Query parameters, each at most once (a repeated one is refused as at /token)."""
-    params: dict[str, str] = {}
-    for name, value in query.items():
-        if name in params:
-            raise OAuthError(
-                "invalid_request",
-                9000411,
-                f"The request is not properly formatted. The parameter '{name[:40]}' is "
-                "duplicated.",
-            )
-        params[name] = value
-    return params
-
-
-def _deliver(delivery: Delivery) -> web.Response:
-    """Send the browser to the app: a 302 with the query, or (form_post) a page whose form
-    posts the fields there; its one script, allowed by hash, submits it as Entra's does."""
-    if not delivery.form_post:
-        return web.Response(status=302, headers={"Location": delivery.location, **_NO_STORE})
-    fields = {k: v for k, v in delivery.params.items() if v is not None}
-    body = _FORM_POST.format(action=html.escape(delivery.redirect_uri), hidden=_hidden(**fields))
-    return _page(body, redirect_to=delivery.redirect_uri, script=_SUBMIT_SCRIPT)
-
-
-def _page(
-    body: str, *, status: int = 200, redirect_to: str | None = None, script: str | None = None
-) -> web.Response:
-    """A sign-in page: no scripts, no framing, forms posted only here (and, for the
-    authorization page, redirected on to the app's registered redirect URI's origin, which
-    browsers check against form-action too)."""
-    targets = "'self'"
-    if redirect_to is not None:
-        parts = urllib.parse.urlsplit(redirect_to)
-        targets += f" {parts.scheme}://{parts.netloc}"
-    scripts = "'none'"
-    if script is not None:
-        body += f"<script>{script}</script>"
-        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-        scripts = f"'sha256-{digest}'"
-    return web.Response(
-        text=_PAGE.format(body=body),
-        status=status,
-        content_type="text/html",
-        charset="utf-8",
-        headers={
-            **_NO_STORE,
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-            f"script-src {scripts}; form-action {targets}; frame-ancestors 'none'",
-            "X-Frame-Options": "DENY",
-            "Referrer-Policy": "no-referrer",
-        },
-    )
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Sign in: grpc_obo dev authority</title>
-<style>body{{font-family:sans-serif;max-width:28em;margin:3em auto}}
-label{{display:block;margin:.8em 0 .2em}}input{{width:100%;padding:.4em}}
-button{{margin-top:1em;padding:.5em 2em}}.error{{color:#a00}}</style></head>
-<body><h1>grpc_obo dev authority</h1>
-<p><small>A local stand-in for Entra ID's device code sign-in. Not Microsoft.</small></p>
-{body}</body></html>
-"""
-
-_FORM_POST = """<p>Returning to the application...</p>
-<form method="post" action="{action}">{hidden}
-<button type="submit" id="continue">Continue</button></form>
-"""
-_SUBMIT_SCRIPT = "document.forms[0].submit();"
-
-_AUTHORIZE_FORM = """{app}<form method="post" action="{action}">{hidden}
-<label for="username">Username</label>
-<input id="username" name="username" value="{login_hint}" autocomplete="username">
-<label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password">
-<button type="submit" id="sign-in">Sign in</button></form>
-"""
-
-_SIGN_IN_FORM = """{app}<form method="post" action="/devicelogin">
-<label for="code">Code</label><input id="code" name="code" value="{code}" autocomplete="off">
-<label for="username">Username</label><input id="username" name="username" autocomplete="username">
-<label for="password">Password</label>
-<input id="password" name="password" type="password" autocomplete="current-password">
-<button type="submit">Sign in</button></form>
-"""
-
-_MFA_FORM = """{app}<h2>Approve sign-in request</h2>
-<p>Your organization requires multi-factor authentication for {user}. Approve the request
-(this page stands for your authenticator app).</p>
-<form method="post" action="{action}">{hidden}
-<button type="submit" id="approve">Approve</button></form>
-"""
-
-
-def _app_line(name: str | None) -> str:
-    """Which app asks for the sign-in, as Entra's page says it (escaped)."""
-    return f"<p class=app>Signing in to <b>{html.escape(name)}</b></p>" if name else ""
-
-
-def _hidden(**fields: str) -> str:
-    return "".join(
-        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-        for k, v in fields.items()
-    )
+        return web.json_response(body, headers=NO_STORE)
 
 
 _CLAIMS_SUPPORTED = [
@@ -628,7 +384,6 @@ _CLAIMS_SUPPORTED = [
     *("name", "tid", "ver", "at_hash", "c_hash", "email"),
 ]
 _CACHE_HEADERS = {"Cache-Control": "max-age=86400, private"}
-_NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
 
 
 def _endpoint_of(path: str) -> Endpoint:
@@ -655,59 +410,3 @@ def _correlation_id(request: web.Request) -> str:
         return str(uuid.UUID(given))
     except ValueError:
         return str(uuid.uuid4())
-
-
-async def _read_form(request: web.Request) -> dict[str, str]:
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise OAuthError(
-            "invalid_request",
-            900144,
-            "The request body must be application/x-www-form-urlencoded.",
-        )
-    raw = await request.read()
-    try:
-        pairs = urllib.parse.parse_qsl(
-            raw.decode("utf-8"),
-            keep_blank_values=True,
-            strict_parsing=bool(raw),
-            max_num_fields=MAX_FORM_FIELDS,
-        )
-    except (UnicodeDecodeError, ValueError):
-        raise OAuthError(
-            "invalid_request", 90014, "The request body is not a well-formed form."
-        ) from None
-    form: dict[str, str] = {}
-    for name, value in pairs:
-        if name in form:
-            raise OAuthError(
-                "invalid_request",
-                9000411,
-                f"The request is not properly formatted. The parameter '{name[:40]}' is "
-                "duplicated.",
-            )
-        form[name] = value
-    return form
-
-
-def _basic_auth(request: web.Request) -> tuple[str, str] | None:
-    header = request.headers.get("Authorization")
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic":
-        raise OAuthError(
-            "invalid_client", 7000218, "Only Basic client authentication is accepted.", status=401
-        )
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise OAuthError(
-            "invalid_client", 7000218, "The Basic authorization header is malformed.", status=401
-        ) from None
-    client_id, sep, secret = decoded.partition(":")
-    if not sep:
-        raise OAuthError(
-            "invalid_client", 7000218, "The Basic authorization header is malformed.", status=401
-        )
-    # RFC 6749 §2.3.1: both parts are form-urlencoded before joining.
-    return urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(secret)

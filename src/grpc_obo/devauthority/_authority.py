@@ -36,6 +36,7 @@ import requests
 from aiohttp import web
 
 from grpc_obo.devauthority._app import AuthorityApp
+from grpc_obo.devauthority._default_world import default_world
 from grpc_obo.devauthority._faults import Faults, RequestLog
 from grpc_obo.devauthority._federation import Federation
 from grpc_obo.devauthority._grants import Grants
@@ -43,6 +44,7 @@ from grpc_obo.devauthority._graph import GRAPH_PATH
 from grpc_obo.devauthority._keys import KeyRing
 from grpc_obo.devauthority._managed_identity import ManagedIdentities
 from grpc_obo.devauthority._private import write_private
+from grpc_obo.devauthority._registrations import App
 from grpc_obo.devauthority._tls import (
     ServerCertificate,
     StateCa,
@@ -55,7 +57,7 @@ from grpc_obo.devauthority._tls import (
 )
 from grpc_obo.devauthority._tokens import TokenMinter
 from grpc_obo.devauthority._workload import WorkloadIssuers
-from grpc_obo.devauthority._world import App, World, default_world
+from grpc_obo.devauthority._world import World
 from grpc_obo.devauthority._worldfile import load_world
 
 

@@ -16,11 +16,12 @@ from cryptography import x509
 
 from grpc_obo.devauthority._federation import Federation, FederationRefusal
 from grpc_obo.devauthority._oauth import OAuthError, missing
+from grpc_obo.devauthority._registrations import App
 from grpc_obo.devauthority._tokens import TokenMinter
-from grpc_obo.devauthority._world import App, World
+from grpc_obo.devauthority._world import World
 
 if TYPE_CHECKING:
-    from grpc_obo.devauthority._grants import TokenRequest
+    from grpc_obo.devauthority._grants._request import TokenRequest
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

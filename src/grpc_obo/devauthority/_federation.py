@@ -8,7 +8,7 @@ and its signature is checked with keys from the issuer's discovery document and 
 over HTTPS (trusting the dev CA), never from an issuer no credential names.
 
 The fetch is async (`prefetch`, awaited by the HTTP layer before the grant runs: the issuer may
-be served by this very event loop); the decision (`check`) is sync, like the rest of `_grants`.
+be served by this very event loop); the decision (`check`) is sync, like the grants (`_grants/`).
 Refusals use Entra's AADSTS codes and wording and name the presented issuer, subject and
 audience, never the assertion.
 """
@@ -27,7 +27,8 @@ from typing import Any, TypeGuard
 import aiohttp
 import jwt
 
-from grpc_obo.devauthority._world import App, FederatedCredential, World
+from grpc_obo.devauthority._registrations import App, FederatedCredential
+from grpc_obo.devauthority._world import World
 
 __all__ = ["Federation", "FederationRefusal"]
 

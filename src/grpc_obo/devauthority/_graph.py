@@ -32,8 +32,9 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from grpc_obo.devauthority._registrations import GRAPH_APP_ID, GRAPH_APP_ID_URI
 from grpc_obo.devauthority._tokens import TokenMinter
-from grpc_obo.devauthority._world import GRAPH_APP_ID, GRAPH_APP_ID_URI, World
+from grpc_obo.devauthority._world import World
 
 GRAPH_PATH = "/graph/v1.0"
 """Where the authority serves the Graph-like API (Graph's own base is `.../v1.0`)."""

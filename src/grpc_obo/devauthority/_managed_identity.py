@@ -25,8 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
+from grpc_obo.devauthority._registrations import TOKEN_EXCHANGE_AUDIENCE, FederatedCredential
 from grpc_obo.devauthority._tokens import TokenMinter
-from grpc_obo.devauthority._world import TOKEN_EXCHANGE_AUDIENCE, FederatedCredential, World
+from grpc_obo.devauthority._world import World
 
 __all__ = ["ManagedIdentities", "ManagedIdentity"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from grpc_obo.devauthority._oauth import OAuthError
-from grpc_obo.devauthority._world import User
+from grpc_obo.devauthority._registrations import User
 
 REFRESH_TOKEN_LIFETIME = 90 * 24 * 3600
 """Seconds a refresh token lives unused (Entra: 90 days); each redemption gives a new one."""

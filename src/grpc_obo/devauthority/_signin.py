@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from grpc_obo.devauthority._oauth import OAuthError
-from grpc_obo.devauthority._world import User, World
+from grpc_obo.devauthority._registrations import User
+from grpc_obo.devauthority._world import World
 
 LOCKOUT_THRESHOLD = 10
 """Wrong passwords in a row that lock an account (Entra's smart lockout default)."""

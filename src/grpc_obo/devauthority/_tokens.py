@@ -20,7 +20,7 @@ from typing import Any
 import jwt
 
 from grpc_obo.devauthority._keys import KeyRing
-from grpc_obo.devauthority._world import GRAPH_APP_ID, App, User, pairwise_sub
+from grpc_obo.devauthority._registrations import GRAPH_APP_ID, App, User, pairwise_sub
 
 
 @dataclass(frozen=True)

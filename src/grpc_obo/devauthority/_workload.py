@@ -35,7 +35,7 @@ import jwt
 from aiohttp import web
 
 from grpc_obo.devauthority._keys import SigningKey
-from grpc_obo.devauthority._world import TOKEN_EXCHANGE_AUDIENCE, App, FederatedCredential
+from grpc_obo.devauthority._registrations import TOKEN_EXCHANGE_AUDIENCE, App, FederatedCredential
 
 __all__ = ["ProjectedToken", "WorkloadIssuer", "WorkloadIssuers", "pod_env", "service_account"]
 

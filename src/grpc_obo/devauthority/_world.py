@@ -1,235 +1,35 @@
-"""Registrations the dev authority knows: tenants, app registrations and users.
-
-An `App` mirrors what an Entra app registration holds that matters for tokens: client id,
-credentials (secrets, certificates), its App ID URI, the delegated scopes and app roles it exposes,
-which client apps it pre-authorizes, and which permissions it has on other APIs (consented).
-`default_world()` is the demo world the examples use; `load_world()` (`_worldfile.py`) reads
-one from a TOML or JSON file. A `World` changes at run time through `add_app`, `remove_app`,
-`add_user`, `grant_consent`, `revoke_consent`, `without_consent`, `revoke_sessions` and
-`set_password`; a running authority sees each change on its next request.
+"""What the dev authority knows, and how it changes at run time: a `World` holds the tenants,
+app registrations and users (their records are in `_registrations.py`), answers look-ups by
+client id, App ID URI, username or oid, and changes through `add_app`, `remove_app`,
+`add_user`, `grant_consent`, `revoke_consent`, `without_consent`, `add_federated_credential`,
+`revoke_sessions` and `set_password`; a running authority sees each change on its next request.
+`default_world()` (`_default_world.py`) is the demo world the examples use; `load_world()`
+(`_worldfile.py`) reads one from a TOML or JSON file.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime
-import hashlib
 import re
-import secrets
 import time
-import urllib.parse
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-
-GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
-"""Microsoft Graph's well-known application id: the audience of tokens asked without a resource."""
-GRAPH_APP_ID_URI = "https://graph.microsoft.com"
-"""Microsoft Graph's App ID URI: `https://graph.microsoft.com/User.Read` names the same scope
-as the unprefixed `User.Read`."""
-MICROSOFT_SERVICES_TENANT = "f8cdef31-a31e-4b4a-93e4-5f571e91255a"
-"""The tenant Microsoft's first-party apps (Graph among them) are registered in."""
-
+from grpc_obo.devauthority._registrations import (
+    TOKEN_EXCHANGE_AUDIENCE,
+    App,
+    ClientCertificate,
+    FederatedCredential,
+    Tenant,
+    User,
+    check_redirect_uri,
+    microsoft_graph,
+    new_guid,
+    new_secret,
+)
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-def new_guid() -> str:
-    return str(uuid.uuid4())
-
-
-def new_secret() -> str:
-    # Shaped like Entra client secrets: 40 characters with a recognisable 3-character prefix.
-    return "dev" + secrets.token_urlsafe(30)[:37]
-
-
-@dataclass(frozen=True)
-class ClientCertificate:
-    """A client credential certificate. `private_key_pem` is None for one registered by a user."""
-
-    certificate_pem: bytes
-    private_key_pem: bytes | None = field(default=None, repr=False)
-
-    @property
-    def certificate(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.certificate_pem)
-
-    @property
-    def thumbprint_sha1(self) -> bytes:
-        return self.certificate.fingerprint(hashes.SHA1())  # noqa: S303 (x5t is SHA-1 by spec)
-
-    @property
-    def thumbprint_sha256(self) -> bytes:
-        return self.certificate.fingerprint(hashes.SHA256())
-
-    @property
-    def thumbprint_hex(self) -> str:
-        """The SHA-1 thumbprint in hex, the form MSAL's `client_credential` takes."""
-        return self.thumbprint_sha1.hex().upper()
-
-    @staticmethod
-    def generate(subject: str, *, days: int = 30) -> ClientCertificate:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .sign(key, hashes.SHA256())
-        )
-        return ClientCertificate(
-            certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
-            private_key_pem=key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
-
-
-TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
-"""The audience Entra expects in a federated credential's assertion unless told otherwise."""
-
-
-@dataclass(frozen=True)
-class FederatedCredential:
-    """A federated identity credential (FIC) on an app registration: Entra accepts, as the app's
-    client assertion, a token from `issuer` about `subject` for one of `audiences`.
-
-    `issuer` may contain `{authority_host}`, replaced by the running authority's base URL (its
-    port is known only at start): `{authority_host}/workload/<cluster>` is a dev workload
-    issuer, `{authority_host}/<tenant id>/v2.0` the authority itself (managed identities).
-    """
-
-    name: str
-    issuer: str
-    subject: str
-    audiences: tuple[str, ...] = (TOKEN_EXCHANGE_AUDIENCE,)
-
-
-@dataclass(frozen=True)
-class Tenant:
-    id: str
-    name: str
-
-
-@dataclass
-class App:
-    """An app registration. Mutable on purpose: tests change permissions at run time."""
-
-    name: str
-    client_id: str = field(default_factory=new_guid)
-    tenant_id: str = ""
-    public_client: bool = False
-    secrets: list[str] = field(default_factory=list, repr=False)
-    certificates: list[ClientCertificate] = field(default_factory=list, repr=False)
-    app_id_uri: str | None = None
-    scopes: frozenset[str] = frozenset()
-    """Delegated scopes this app exposes as an API (e.g. `access_as_user`)."""
-    app_roles: frozenset[str] = frozenset()
-    """App roles this API defines (granted to client apps as application permissions)."""
-    pre_authorized: dict[str, frozenset[str]] = field(default_factory=dict)
-    """Client app id -> delegated scopes those clients may use without consent."""
-    api_permissions: dict[str, frozenset[str]] = field(default_factory=dict)
-    """Resource app id -> delegated scopes this app has (admin-consented) on that API."""
-    app_role_assignments: dict[str, frozenset[str]] = field(default_factory=dict)
-    """Resource app id -> app roles granted to this app (application permissions)."""
-    access_token_version: int = 2
-    """`accessTokenAcceptedVersion`: the shape of access tokens issued for this API."""
-    multi_tenant: bool = True
-    federated_credentials: list[FederatedCredential] = field(default_factory=list)
-    """Issuer + subject pairs whose tokens this app accepts as its client assertion."""
-    redirect_uris: tuple[str, ...] = ()
-    """Where the authorization endpoint may send this client's codes (`http://localhost`
-    matches any port, as Entra does for loopback redirect URIs)."""
-    consent_free_scopes: frozenset[str] = frozenset()
-    """Delegated scopes every client gets without a consent grant (Graph's `User.Read`: in
-    Entra a user consents to it for themselves at first sign-in; the dev authority has no
-    consent prompt)."""
-
-    def __post_init__(self) -> None:
-        if self.app_id_uri is None and (self.scopes or self.app_roles):
-            self.app_id_uri = f"api://{self.client_id}"
-
-    @property
-    def is_confidential(self) -> bool:
-        return not self.public_client
-
-    def identifiers(self) -> set[str]:
-        """Every string that names this app as a resource (client id, App ID URI)."""
-        names = {self.client_id, f"api://{self.client_id}"}
-        if self.app_id_uri:
-            names.add(self.app_id_uri)
-        return names
-
-
-@dataclass
-class User:
-    username: str
-    password: str = field(default_factory=new_secret, repr=False)
-    oid: str = field(default_factory=new_guid)
-    tenant_id: str = ""
-    display_name: str = ""
-    app_roles: dict[str, frozenset[str]] = field(default_factory=dict)
-    """Resource app id -> app roles assigned to this user (appear in `roles` of user tokens)."""
-    tokens_valid_from: float = 0.0
-    """Entra's `TokensValidFrom` (Unix time): refresh tokens and sessions from before it are
-    void. Moved by `World.revoke_sessions` and `World.set_password`."""
-    revocations: int = field(default=0, repr=False)
-
-    @property
-    def credential_version(self) -> str:
-        """Changes whenever the password changes (however it is set) or sessions are revoked:
-        refresh tokens carry the version they were issued under. A digest, never the password."""
-        digest = hashlib.sha256(f"{self.revocations}:{self.password}".encode())
-        return digest.hexdigest()[:16]
-
-
-# A representative part of Graph's permissions: delegated scopes and the app roles of the same
-# names that daemons get (`https://graph.microsoft.com/.default`).
-GRAPH_SCOPES = frozenset(
-    {
-        *("User.Read", "User.ReadBasic.All", "User.Read.All", "User.ReadWrite.All"),
-        *("Mail.Read", "Mail.ReadWrite", "Mail.Send", "Calendars.Read", "Calendars.ReadWrite"),
-        *("Files.Read", "Files.Read.All", "Files.ReadWrite", "Files.ReadWrite.All"),
-        *("Sites.Read.All", "Group.Read.All", "Group.ReadWrite.All", "People.Read"),
-        *("Directory.Read.All", "Directory.ReadWrite.All", "Contacts.Read", "Tasks.ReadWrite"),
-    }
-)
-GRAPH_APP_ROLES = frozenset(
-    {
-        *("User.Read.All", "User.ReadWrite.All", "Mail.Read", "Mail.Send", "Files.Read.All"),
-        *("Sites.Read.All", "Group.Read.All", "Directory.Read.All", "Directory.ReadWrite.All"),
-    }
-)
-
-
-def microsoft_graph() -> App:
-    """Microsoft Graph as a resource like any other: App ID URI `https://graph.microsoft.com`,
-    v1 access tokens, and only `User.Read` (besides openid, profile, email, offline_access) given
-    without consent; any other scope needs `grant_consent(client, "graph", [...])`."""
-    return App(
-        name="graph",
-        client_id=GRAPH_APP_ID,
-        tenant_id=MICROSOFT_SERVICES_TENANT,
-        app_id_uri=GRAPH_APP_ID_URI,
-        scopes=GRAPH_SCOPES,
-        app_roles=GRAPH_APP_ROLES,
-        access_token_version=1,
-        consent_free_scopes=frozenset({"User.Read"}),
-    )
 
 
 @dataclass
@@ -619,28 +419,6 @@ class World:
         }
 
 
-def check_redirect_uri(uri: str) -> str:
-    """`uri` if it can be a registered redirect URI: https, or http on a loopback host
-    (Entra's rule), absolute, without a fragment; `ValueError` otherwise."""
-    try:
-        parts = urllib.parse.urlsplit(uri)
-    except ValueError:
-        raise ValueError(f"redirect URI {uri[:100]!r} is not a URL") from None
-    loopback = parts.hostname in ("localhost", "127.0.0.1")
-    if (
-        not isinstance(uri, str)
-        or len(uri) > 256
-        or parts.fragment
-        or not parts.hostname
-        or not (parts.scheme == "https" or (parts.scheme == "http" and loopback))
-    ):
-        raise ValueError(
-            f"redirect URI {uri[:100]!r} must be https (http only on localhost or 127.0.0.1), "
-            "absolute, at most 256 characters, without a fragment"
-        )
-    return uri
-
-
 def _exposed(api: App, names: Iterable[str], kind: str) -> frozenset[str]:
     """`names` as a set, each a delegated scope (kind "scope") or app role ("role") of `api`."""
     wanted = frozenset([names] if isinstance(names, str) else names)
@@ -654,102 +432,3 @@ def _exposed(api: App, names: Iterable[str], kind: str) -> frozenset[str]:
             f"(it has: {', '.join(sorted(offered)) or 'none'})"
         )
     return wanted
-
-
-def pairwise_sub(oid: str, app_client_id: str, tenant_id: str) -> str:
-    """Entra's `sub`: stable per user *and* app, so two apps cannot correlate users by it."""
-    digest = hashlib.sha256(f"{tenant_id}:{app_client_id}:{oid}".encode()).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-# Fixed ids for the demo world make logs and traces readable across runs; secrets, passwords
-# and keys are new every time an authority starts.
-CONTOSO = "7f3a1c2e-5b44-4e1a-9d1c-0c0ffee00001"
-FABRIKAM = "9b2d4e6f-8a11-4c3b-b2a0-0c0ffee00002"
-
-
-def default_world(*, with_certificates: bool = True) -> World:
-    """The demo world: a public client, three APIs in a chain, a daemon, and users.
-
-    - `client` (public): signs users in (redirect URI `http://localhost`, any port); may call
-      `original` (`access_as_user`).
-    - `original` (confidential, secret + certificate): exposes `access_as_user`; holds the
-      consented delegated permission `Data.Read` on `downstream` for On-Behalf-Of.
-    - `downstream` (confidential): exposes `Data.Read` and `Data.Write`, defines app role
-      `Data.Read.All`; holds the consented delegated permission `Prices.Read` on `pricing`, so
-      it can call on as the user (client -> original -> downstream -> pricing).
-    - `pricing` (confidential): exposes `Prices.Read`, the third hop.
-    - `daemon` (confidential): app-only caller with the `Data.Read.All` role on `downstream`.
-    - `alice` and `bob` in Contoso, `carol` in the second tenant Fabrikam.
-    """
-    contoso = Tenant(CONTOSO, "contoso")
-    fabrikam = Tenant(FABRIKAM, "fabrikam")
-
-    pricing = App(
-        name="pricing",
-        client_id="c4f7e2a9-0b3d-4e6f-8a21-0c0ffee0fee5",
-        tenant_id=CONTOSO,
-        secrets=[new_secret()],
-        scopes=frozenset({"Prices.Read"}),
-    )
-    downstream = App(
-        name="downstream",
-        client_id="5d0e9c57-4c1f-4a36-8f6e-0c0ffee0d0d0",
-        tenant_id=CONTOSO,
-        secrets=[new_secret()],
-        scopes=frozenset({"Data.Read", "Data.Write"}),
-        app_roles=frozenset({"Data.Read.All"}),
-        api_permissions={pricing.client_id: frozenset({"Prices.Read"})},
-    )
-    original = App(
-        name="original",
-        client_id="3c9a4e21-7d0b-4f5e-a1c2-0c0ffee0a1a1",
-        tenant_id=CONTOSO,
-        secrets=[new_secret()],
-        certificates=[ClientCertificate.generate("original")] if with_certificates else [],
-        scopes=frozenset({"access_as_user"}),
-        api_permissions={downstream.client_id: frozenset({"Data.Read"})},
-    )
-    client = App(
-        name="client",
-        client_id="b1e0f1c8-2a3d-4e5f-9a8b-0c0ffee0c1c1",
-        tenant_id=CONTOSO,
-        public_client=True,
-        api_permissions={original.client_id: frozenset({"access_as_user"})},
-        redirect_uris=("http://localhost",),  # a native app: any loopback port
-    )
-    daemon = App(
-        name="daemon",
-        client_id="e4a7b2d9-6c5f-4d3e-8b1a-0c0ffee0dae0",
-        tenant_id=CONTOSO,
-        secrets=[new_secret()],
-        certificates=[ClientCertificate.generate("daemon")] if with_certificates else [],
-        app_role_assignments={downstream.client_id: frozenset({"Data.Read.All"})},
-    )
-    original.pre_authorized[client.client_id] = frozenset({"access_as_user"})
-
-    users = [
-        User(
-            username="alice@contoso.example",
-            oid="a11ce000-0000-4000-8000-00000000a11c",
-            tenant_id=CONTOSO,
-            display_name="Alice Example",
-        ),
-        User(
-            username="bob@contoso.example",
-            oid="b0b00000-0000-4000-8000-000000000b0b",
-            tenant_id=CONTOSO,
-            display_name="Bob Example",
-        ),
-        User(
-            username="carol@fabrikam.example",
-            oid="ca501000-0000-4000-8000-0000000ca501",
-            tenant_id=FABRIKAM,
-            display_name="Carol Example",
-        ),
-    ]
-    return World(
-        tenants=[contoso, fabrikam],
-        apps=[client, original, downstream, daemon, pricing],
-        users=users,
-    )

@@ -44,17 +44,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from grpc_obo.devauthority._world import (
+from grpc_obo.devauthority._registrations import (
     TOKEN_EXCHANGE_AUDIENCE,
     App,
     ClientCertificate,
     Tenant,
     User,
-    World,
     check_redirect_uri,
     new_guid,
     new_secret,
 )
+from grpc_obo.devauthority._world import World
 
 __all__ = ["WorldFileError", "load_world", "world_from_dict"]
 

@@ -1,50 +1,13 @@
-"""One exception tree for grpc_obo, and the single table that maps it to gRPC status codes.
-
-    GrpcOboError
-    ├── ConfigurationError                 bad options, found at construction
-    ├── MissingIdentityError               no verified identity where one is needed
-    ├── TokenValidationError (reason)      the bearer token is not acceptable -> UNAUTHENTICATED
-    │   ├── MissingTokenError
-    │   ├── MalformedTokenError
-    │   ├── InvalidSignatureError
-    │   ├── UnknownKeyError
-    │   ├── ExpiredTokenError
-    │   ├── NotYetValidError
-    │   ├── InvalidIssuerError
-    │   ├── InvalidAudienceError
-    │   ├── InvalidClaimError
-    │   ├── NotAnAccessTokenError
-    │   └── AuthContextRequiredError       step-up: sign in again with the claims it names
-    ├── AccessDeniedError (reason)         a valid token that may not call this -> PERMISSION_DENIED
-    │   ├── InsufficientScopeError
-    │   ├── AppTokenNotAllowedError
-    │   ├── UserTokenNotAllowedError
-    │   ├── TenantNotAllowedError
-    │   └── ClientNotAllowedError
-    ├── KeySourceUnavailableError          no usable signing keys -> UNAVAILABLE
-    ├── TokenExchangeError                 the authority refused or failed an exchange
-    │   ├── ClaimsChallengeError           interaction_required / claims -> UNAUTHENTICATED
-    │   ├── InvalidGrantError              the assertion is no longer good -> UNAUTHENTICATED
-    │   │   └── ConsentRequiredError       no consent for the downstream API -> PERMISSION_DENIED
-    │   └── AuthorityUnavailableError      5xx, 429, timeouts after retries -> UNAVAILABLE
-    ├── DownstreamError (code, challenge)  an On-Behalf-Of call failed: relayed by grpc_obo._relay's
-    │                                      table, with a rebuilt challenge
-    └── ValidatorFailedError               a validator raised something unexpected -> INTERNAL
+"""The classes of grpc_obo's one exception tree (drawn in `grpc_obo._errors`), with the decisions
+about each as class attributes: `service_fault`, `log_level`, `message`, `reason`.
 
 Messages are fixed, human-readable sentences. They never contain a token, a secret or key
 material: every class takes only the specific context (`reason`, `claim`, authority error codes)
-as keyword attributes. Every class carries `message` (the fixed sentence a refused caller is
-told) and `reason` (a bounded machine-readable name, or None).
-
-The decisions about an error are class attributes, read here and nowhere inferred from names:
-`service_fault` (the service must act, so a span is marked as an error; a refused token or a
-missing permission is an answer, not a fault) and `log_level` (how loudly the server logs a
-refusal). `status_for` below is the one table of status codes.
+as keyword attributes.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Sequence
@@ -82,8 +45,6 @@ __all__ = [
     "UnknownKeyError",
     "UserTokenNotAllowedError",
     "ValidatorFailedError",
-    "status_for",
-    "www_authenticate_for",
 ]
 
 
@@ -383,69 +344,3 @@ class ValidatorFailedError(GrpcOboError):
 
     def __init__(self, message: str = "token validation failed") -> None:
         super().__init__(message)
-
-
-# The one place that decides status codes. Order matters: first match wins, subclasses first.
-_STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (TokenValidationError, grpc.StatusCode.UNAUTHENTICATED),
-    (AccessDeniedError, grpc.StatusCode.PERMISSION_DENIED),
-    (KeySourceUnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (ClaimsChallengeError, grpc.StatusCode.UNAUTHENTICATED),
-    (ConsentRequiredError, grpc.StatusCode.PERMISSION_DENIED),
-    (InvalidGrantError, grpc.StatusCode.UNAUTHENTICATED),
-    (AuthorityUnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (TokenExchangeError, grpc.StatusCode.INTERNAL),
-    (MissingIdentityError, grpc.StatusCode.INTERNAL),
-    (ConfigurationError, grpc.StatusCode.INTERNAL),
-)
-
-
-def status_for(error: BaseException) -> grpc.StatusCode:
-    """The gRPC status code for an error; anything unknown is INTERNAL."""
-    if isinstance(error, DownstreamError):  # the downstream's own status, relayed
-        return error.code
-    for kind, code in _STATUS_TABLE:
-        if isinstance(error, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-def _quote(value: str) -> str:
-    # RFC 6750 auth-param values are quoted-strings: drop characters that would break the header.
-    return value.replace("\\", "").replace('"', "'").replace("\r", " ").replace("\n", " ")
-
-
-def www_authenticate_for(error: BaseException) -> str | None:
-    """The RFC 6750 `www-authenticate` challenge a client can act on, or None."""
-    if isinstance(error, MissingTokenError):
-        # RFC 6750 §3.1: no error code when the request had no authentication at all.
-        return "Bearer"
-    if isinstance(error, AuthContextRequiredError):
-        return _claims_challenge(error.message, error.claims)
-    if isinstance(error, TokenValidationError):
-        return f'Bearer error="invalid_token", error_description="{_quote(error.message)}"'
-    if isinstance(error, AccessDeniedError):
-        parts = [
-            'Bearer error="insufficient_scope"',
-            f'error_description="{_quote(error.message)}"',
-        ]
-        if error.required_scopes:  # scopes only: a role is not something a client can ask for
-            parts.append(f'scope="{_quote(" ".join(error.required_scopes))}"')
-        return ", ".join(parts)
-    if isinstance(error, DownstreamError):
-        return error.challenge
-    if isinstance(error, ConsentRequiredError):
-        return f'Bearer error="insufficient_scope", error_description="{_quote(error.message)}"'
-    if isinstance(error, ClaimsChallengeError) and error.claims:
-        return _claims_challenge(error.message, error.claims)
-    if isinstance(error, InvalidGrantError):
-        return f'Bearer error="invalid_token", error_description="{_quote(error.message)}"'
-    return None
-
-
-def _claims_challenge(message: str, claims: str) -> str:
-    encoded = base64.b64encode(claims.encode("utf-8")).decode("ascii")
-    return (
-        'Bearer error="insufficient_claims", '
-        f'error_description="{_quote(message)}", claims="{encoded}"'
-    )
