@@ -27,12 +27,12 @@ import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from grpc_obo._errors import ConfigurationError
+from grpc_obo._errors._checks import a_callable, a_number
 from grpc_obo._exchange._keys import log_ref
 from grpc_obo._exchange._memory import MemoryTokenStore
 from grpc_obo._exchange._observe import AcquisitionNote
 from grpc_obo._exchange._singleflight import Patience, SingleFlight
-from grpc_obo._exchange._store import SharedTokenStore, TokenStore, shared_store
+from grpc_obo._exchange._store import SharedTokenStore, TokenStore, a_store, shared_store
 from grpc_obo._exchange._token import CachedToken
 
 __all__ = ["TokenCache"]
@@ -60,11 +60,11 @@ class TokenCache:
         margin: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if margin < 0:
-            raise ConfigurationError("margin must not be negative")
-        self._store: TokenStore = store if store is not None else MemoryTokenStore(clock=clock)
-        self._margin = float(margin)
-        self._clock = clock
+        self._margin = a_number("margin", margin)
+        self._clock = a_callable("clock", clock, "a callable returning the time in seconds")
+        self._store: TokenStore = (
+            a_store(store) if store is not None else MemoryTokenStore(clock=clock)
+        )
         # Looked up once: `peek` is the hot path of every outbound call.
         self._get_nowait: Callable[[str], CachedToken | None] | None = getattr(
             self._store, "get_nowait", None
