@@ -123,8 +123,9 @@ class OnBehalfOf:
         telemetry: Telemetry | None = None,
     ) -> None:
         """`cache=` a `TokenCache`, or `store=` a token store (`RedisTokenStore` for replicas)
-        that a cache is built over; default: in-process. `telemetry` defaults to the global
-        OpenTelemetry providers (see `grpc_obo.Telemetry`)."""
+        that a cache is built over; default: in-process. A cache or store passed in is the
+        caller's to close (`close()` closes what this object built). `telemetry` defaults to
+        the global OpenTelemetry providers (see `grpc_obo.Telemetry`)."""
         # Claims a downstream asked for (claims challenge), per user and scope set, for every
         # channel and HTTP auth of this object: the next exchange for them carries the claims,
         # whichever transport it is for; once one did, they are forgotten.
@@ -245,6 +246,8 @@ class OnBehalfOf:
         await self._exchanger.start(scope=scope)
 
     async def close(self) -> None:
+        """Wait for the exchanges in flight, then close the worker threads, the connection
+        pool and the cache this object built; a `cache=` or `store=` passed in stays open."""
         await self._exchanger.close()
 
     async def __aenter__(self) -> OnBehalfOf:
@@ -344,6 +347,8 @@ class AppOnly:
         await self._exchanger.start(scope=scope)
 
     async def close(self) -> None:
+        """Wait for the exchanges in flight, then close the worker threads, the connection
+        pool and the cache this object built; a `cache=` or `store=` passed in stays open."""
         await self._exchanger.close()
 
     async def __aenter__(self) -> AppOnly:

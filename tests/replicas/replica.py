@@ -32,7 +32,6 @@ from grpc_obo import (
     RedisTokenStore,
     RetryPolicy,
     SecretToken,
-    TokenCache,
     TokenSealer,
 )
 from grpc_obo._exchange._exchanger import Exchanger
@@ -105,7 +104,7 @@ async def main() -> None:
     counted = Counted()
     exchanger = on_behalf_of(
         client,
-        cache=TokenCache(store=store),
+        store=store,
         retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, budget=5.0),
         observer=counted,
     )
@@ -126,6 +125,7 @@ async def main() -> None:
                 await call(exchanger, counted, store, command)
     finally:
         await exchanger.close()
+        await store.close()  # passed in: the exchanger leaves it open
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ class TokenCache:
     `key` must be derived from everything `fetch` depends on (see `obo_cache_key`): callers
     with the same key share one fetch and its result. `fetch` may also run in the background
     for a proactive refresh, after the request that supplied it has finished.
+
+    A `store` passed in stays the caller's: several caches may share it, and `close()` leaves
+    it open (it closes the in-process store it builds when given none).
     """
 
     def __init__(
@@ -62,6 +65,9 @@ class TokenCache:
     ) -> None:
         self._margin = a_number("margin", margin)
         self._clock = a_callable("clock", clock, "a callable returning the time in seconds")
+        # NOTE: a store passed in is the caller's: it may serve other caches (an `OnBehalfOf`
+        # and an `AppOnly` sharing one Redis store), so `close()` closes only a store built here.
+        self._owns_store = store is None
         self._store: TokenStore = (
             a_store(store) if store is not None else MemoryTokenStore(clock=clock)
         )
@@ -169,11 +175,13 @@ class TokenCache:
         await self._store.delete(key)
 
     async def close(self) -> None:
-        """Stop background refreshes and running fetches, then close the store."""
+        """Stop background refreshes and running fetches; close the store if this cache built
+        it (the default in-process one). A store passed in is left open: close it yourself."""
         self._closed = True
         await self._flight.cancel_all()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self._store.close()
+        if self._owns_store:
+            await self._store.close()
 
     async def __aenter__(self) -> TokenCache:
         return self

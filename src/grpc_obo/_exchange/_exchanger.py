@@ -105,6 +105,8 @@ class Exchanger:
         a_whole_number("max_workers", max_workers)
         self.client = client
         self.grant = grant
+        # NOTE: closed by `close()` only when built here: a cache passed in is the caller's.
+        self._owns_cache = cache is None
         self.cache = cache_of(cache, store)
         self.claims = claims if grant.as_user else None
         """Claims remembered per subject and scope set: the user's, never the service's."""
@@ -294,7 +296,10 @@ class Exchanger:
         await self._runner.acquire(tenant, CLIENT_CREDENTIALS.request(None, wanted, None))
 
     async def close(self) -> None:
-        await self.cache.close()
+        """Close the MSAL runner, and the cache if it was built here (over `store=`, or the
+        in-process default); a cache or store passed in is the caller's to close."""
+        if self._owns_cache:
+            await self.cache.close()
         await self._runner.close()
 
     async def __aenter__(self) -> Exchanger:
