@@ -100,6 +100,8 @@ def test_a_bad_setting_is_a_configuration_error(build: Callable[[], object]) -> 
         build()
     assert isinstance(caught.value, ValueError)
     assert caught.value.message  # a sentence that says what is wrong
+    # ... about the setting it names
+    assert caught.value.setting is not None and caught.value.setting in caught.value.message
 
 
 # -- every setting of the outbound side and of the front doors, each error naming its setting --
