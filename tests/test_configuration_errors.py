@@ -177,6 +177,30 @@ def _outbound_cases(kind: type[OnBehalfOf] | type[AppOnly]) -> dict[str, tuple[A
             lambda: made().client_interceptors(scopes=[scope], method_scopes={"a.B": SECRET}),
             "method_scopes",
         ),
+        f"{name}: channel target not a string": (
+            lambda: made().channel(1, scopes=[scope]),  # type: ignore[arg-type]
+            "target",
+        ),
+        f"{name}: channel credentials not credentials": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], credentials=SECRET),  # type: ignore[arg-type]
+            "credentials",
+        ),
+        f"{name}: channel interceptors not a list": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], interceptors=1),  # type: ignore[arg-type]
+            "interceptors",
+        ),
+        f"{name}: channel interceptors hold a non-interceptor": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], interceptors=[SECRET]),  # type: ignore[list-item]
+            "interceptors",
+        ),
+        f"{name}: channel options not pairs": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], options=[SECRET]),  # type: ignore[list-item]
+            "options",
+        ),
+        f"{name}: channel compression a string": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], compression=SECRET),  # type: ignore[arg-type]
+            "compression",
+        ),
         f"{name}: http_auth scopes a string": (
             lambda: made().http_auth(scopes=SECRET),
             "scopes",
