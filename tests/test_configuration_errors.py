@@ -13,11 +13,20 @@ from typing import Any
 import pytest
 
 from grpc_obo import (
+    AppOnly,
     BearerAuthMiddleware,
+    ClientCredential,
+    ConfidentialClient,
     ConfigurationError,
+    Identity,
+    MemoryTokenStore,
     MethodPolicy,
+    OnBehalfOf,
     Policy,
+    RetryPolicy,
     Telemetry,
+    TokenCache,
+    TokenSealer,
     TokenValidator,
     ValidatorOptions,
     http_requires,
@@ -91,3 +100,242 @@ def test_a_bad_setting_is_a_configuration_error(build: Callable[[], object]) -> 
         build()
     assert isinstance(caught.value, ValueError)
     assert caught.value.message  # a sentence that says what is wrong
+    # ... about the setting it names
+    assert caught.value.setting is not None and caught.value.setting in caught.value.message
+
+
+# -- every setting of the outbound side and of the front doors, each error naming its setting --
+
+SECRET = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQifQ.c2lnbmF0dXJlLXNlY3JldA"
+"""A token-like value handed where a number, a callable or an object belongs: no message may
+quote it (a value in the wrong place may be a secret in the wrong place)."""
+SEALING_KEY = b"k" * 32
+NAN, INF = float("nan"), float("inf")
+
+
+def confidential_client() -> ConfidentialClient:
+    return ConfidentialClient(
+        client_id=API, tenant_id=TENANT, credential=ClientCredential.secret(SECRET)
+    )
+
+
+class _SyncValidator:
+    def validate(self, token: str) -> Identity:  # not a coroutine function
+        raise AssertionError("never called")
+
+    def cached(self, token: str) -> Identity | None:
+        return None
+
+
+class _Uncached:
+    async def validate(self, token: str) -> Identity:
+        raise AssertionError("never called")
+
+
+class _Store:
+    """Looks like a store but for `close`."""
+
+    async def get(self, key: str) -> None:
+        return None
+
+    async def set(self, key: str, token: object, ttl: float) -> None:
+        return None
+
+    async def delete(self, key: str) -> None:
+        return None
+
+
+def _outbound_cases(kind: type[OnBehalfOf] | type[AppOnly]) -> dict[str, tuple[Any, str]]:
+    name = kind.__name__
+    scope = "api://downstream/.default"
+
+    def made(**options: Any) -> OnBehalfOf | AppOnly:
+        return kind(confidential_client(), **options)
+
+    return {
+        f"{name}: client not a ConfidentialClient": (lambda: kind(SECRET), "client"),  # type: ignore[arg-type]
+        f"{name}: store not a store": (lambda: made(store=SECRET), "store"),
+        f"{name}: store without close": (lambda: made(store=_Store()), "store"),
+        f"{name}: retry not a RetryPolicy": (lambda: made(retry=SECRET), "retry"),
+        f"{name}: max_workers a string": (lambda: made(max_workers=SECRET), "max_workers"),
+        f"{name}: max_workers a bool": (lambda: made(max_workers=True), "max_workers"),
+        f"{name}: max_workers a float": (lambda: made(max_workers=2.5), "max_workers"),
+        f"{name}: max_workers zero": (lambda: made(max_workers=0), "max_workers"),
+        f"{name}: channel scopes a string": (
+            lambda: made().channel("127.0.0.1:1", scopes=SECRET),
+            "scopes",
+        ),
+        f"{name}: interceptors scopes not a collection": (
+            lambda: made().client_interceptors(scopes=1),  # type: ignore[arg-type]
+            "scopes",
+        ),
+        f"{name}: method_scopes not a mapping": (
+            lambda: made().client_interceptors(scopes=[scope], method_scopes=[SECRET]),  # type: ignore[arg-type]
+            "method_scopes",
+        ),
+        f"{name}: method_scopes value a string": (
+            lambda: made().client_interceptors(scopes=[scope], method_scopes={"a.B": SECRET}),
+            "method_scopes",
+        ),
+        f"{name}: channel target not a string": (
+            lambda: made().channel(1, scopes=[scope]),  # type: ignore[arg-type]
+            "target",
+        ),
+        f"{name}: channel credentials not credentials": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], credentials=SECRET),  # type: ignore[arg-type]
+            "credentials",
+        ),
+        f"{name}: channel interceptors not a list": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], interceptors=1),  # type: ignore[arg-type]
+            "interceptors",
+        ),
+        f"{name}: channel interceptors hold a non-interceptor": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], interceptors=[SECRET]),  # type: ignore[list-item]
+            "interceptors",
+        ),
+        f"{name}: channel options not pairs": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], options=[SECRET]),  # type: ignore[list-item]
+            "options",
+        ),
+        f"{name}: channel compression a string": (
+            lambda: made().channel("127.0.0.1:1", scopes=[scope], compression=SECRET),  # type: ignore[arg-type]
+            "compression",
+        ),
+        f"{name}: http_auth scopes a string": (
+            lambda: made().http_auth(scopes=SECRET),
+            "scopes",
+        ),
+        f"{name}: http_auth timeout a string": (
+            lambda: made().http_auth(scopes=[scope], timeout=SECRET),  # type: ignore[arg-type]
+            "timeout",
+        ),
+        f"{name}: http_auth timeout NaN": (
+            lambda: made().http_auth(scopes=[scope], timeout=NAN),
+            "timeout",
+        ),
+    }
+
+
+NAMED: dict[str, tuple[Callable[[], object], str]] = {
+    "retry: max_attempts a string": (lambda: RetryPolicy(max_attempts=SECRET), "max_attempts"),  # type: ignore[arg-type]
+    "retry: max_attempts a bool": (lambda: RetryPolicy(max_attempts=True), "max_attempts"),
+    "retry: max_attempts a float": (lambda: RetryPolicy(max_attempts=2.5), "max_attempts"),  # type: ignore[arg-type]
+    "retry: max_attempts zero": (lambda: RetryPolicy(max_attempts=0), "max_attempts"),
+    "retry: base_delay a string": (lambda: RetryPolicy(base_delay=SECRET), "base_delay"),  # type: ignore[arg-type]
+    "retry: base_delay a bool": (lambda: RetryPolicy(base_delay=False), "base_delay"),
+    "retry: base_delay NaN": (lambda: RetryPolicy(base_delay=NAN), "base_delay"),
+    "retry: base_delay negative": (lambda: RetryPolicy(base_delay=-0.1), "base_delay"),
+    "retry: max_delay a string": (lambda: RetryPolicy(max_delay=SECRET), "max_delay"),  # type: ignore[arg-type]
+    "retry: max_delay infinite": (lambda: RetryPolicy(max_delay=INF), "max_delay"),
+    "retry: max_delay below base_delay": (
+        lambda: RetryPolicy(base_delay=1.0, max_delay=0.5),
+        "max_delay",
+    ),
+    "retry: budget a string": (lambda: RetryPolicy(budget=SECRET), "budget"),  # type: ignore[arg-type]
+    "retry: budget NaN": (lambda: RetryPolicy(budget=NAN), "budget"),
+    "retry: budget infinite": (lambda: RetryPolicy(budget=INF), "budget"),
+    "retry: budget zero": (lambda: RetryPolicy(budget=0), "budget"),
+    "cache: margin a string": (lambda: TokenCache(margin=SECRET), "margin"),  # type: ignore[arg-type]
+    "cache: margin a bool": (lambda: TokenCache(margin=True), "margin"),
+    "cache: margin NaN": (lambda: TokenCache(margin=NAN), "margin"),
+    "cache: margin infinite": (lambda: TokenCache(margin=INF), "margin"),
+    "cache: margin negative": (lambda: TokenCache(margin=-1), "margin"),
+    "cache: store not a store": (lambda: TokenCache(store=SECRET), "store"),  # type: ignore[arg-type]
+    "cache: store a TokenCache": (lambda: TokenCache(store=TokenCache()), "store"),  # type: ignore[arg-type]
+    "cache: store without close": (lambda: TokenCache(store=_Store()), "store"),  # type: ignore[arg-type]
+    "cache: clock not callable": (lambda: TokenCache(clock=SECRET), "clock"),  # type: ignore[arg-type]
+    "memory store: max_entries a string": (
+        lambda: MemoryTokenStore(max_entries=SECRET),  # type: ignore[arg-type]
+        "max_entries",
+    ),
+    "memory store: max_entries a bool": (
+        lambda: MemoryTokenStore(max_entries=True),
+        "max_entries",
+    ),
+    "memory store: max_entries a float": (
+        lambda: MemoryTokenStore(max_entries=2.5),  # type: ignore[arg-type]
+        "max_entries",
+    ),
+    "memory store: max_entries zero": (lambda: MemoryTokenStore(max_entries=0), "max_entries"),
+    "memory store: clock not callable": (
+        lambda: MemoryTokenStore(clock=SECRET),  # type: ignore[arg-type]
+        "clock",
+    ),
+    "sealer: key a string": (lambda: TokenSealer(SECRET), "key"),  # type: ignore[arg-type]
+    "sealer: key too short": (lambda: TokenSealer(SECRET.encode()[:16]), "key"),
+    "sealer: key_id a string": (lambda: TokenSealer(SEALING_KEY, key_id=SECRET), "key_id"),  # type: ignore[arg-type]
+    "sealer: key_id a bool": (lambda: TokenSealer(SEALING_KEY, key_id=True), "key_id"),
+    "sealer: key_id out of range": (lambda: TokenSealer(SEALING_KEY, key_id=256), "key_id"),
+    "sealer: previous a list of keys": (
+        lambda: TokenSealer(SEALING_KEY, key_id=2, previous=[SECRET.encode()[:32]]),  # type: ignore[arg-type]
+        "previous",
+    ),
+    "sealer: previous not a mapping": (
+        lambda: TokenSealer(SEALING_KEY, key_id=2, previous=1),  # type: ignore[arg-type]
+        "previous",
+    ),
+    "sealer: previous keyed by a string": (
+        lambda: TokenSealer(SEALING_KEY, key_id=2, previous={SECRET: SEALING_KEY}),  # type: ignore[dict-item]
+        "previous",
+    ),
+    "sealer: previous key a string": (
+        lambda: TokenSealer(SEALING_KEY, key_id=2, previous={1: SECRET}),  # type: ignore[dict-item]
+        "previous",
+    ),
+    "sealer: previous repeats key_id": (
+        lambda: TokenSealer(SEALING_KEY, key_id=2, previous={2: SEALING_KEY}),
+        "previous",
+    ),
+    **_outbound_cases(OnBehalfOf),
+    **_outbound_cases(AppOnly),
+    "server: validate not a coroutine function": (
+        lambda: server_interceptor(_SyncValidator()),  # type: ignore[arg-type]
+        "validator",
+    ),
+    "server: validator without cached": (
+        lambda: server_interceptor(_Uncached()),  # type: ignore[arg-type]
+        "validator",
+    ),
+    "server: validator not one": (lambda: server_interceptor(SECRET), "validator"),  # type: ignore[arg-type]
+    "front door: validate not a coroutine function": (
+        lambda: BearerAuthMiddleware(_app, validator=_SyncValidator()),
+        "validator",
+    ),
+    "front door: validator not one": (
+        lambda: BearerAuthMiddleware(_app, validator=SECRET),
+        "validator",
+    ),
+    "front door: cached not callable": (
+        lambda: BearerAuthMiddleware(_app, validator=_with_cached(SECRET)),
+        "validator",
+    ),
+    "front door: default not a MethodPolicy": (
+        lambda: BearerAuthMiddleware(_app, validator=validator(), default=SECRET),  # type: ignore[arg-type]
+        "default",
+    ),
+    "front door: app not callable": (
+        lambda: BearerAuthMiddleware(SECRET, validator=validator()),  # type: ignore[arg-type]
+        "app",
+    ),
+}
+
+
+def _with_cached(cached: object) -> object:
+    class Validator(_Uncached):
+        pass
+
+    Validator.cached = cached  # type: ignore[attr-defined]
+    return Validator()
+
+
+@pytest.mark.parametrize(("build", "setting"), NAMED.values(), ids=NAMED.keys())
+def test_a_bad_setting_is_named_and_never_quoted(build: Callable[[], object], setting: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build()
+    error = caught.value
+    assert isinstance(error, ValueError)
+    assert error.setting == setting
+    told = f"{error} {error!r} {error.message} {error.args}"
+    assert setting in error.message  # the sentence names what to fix
+    assert SECRET not in told and SECRET[:20] not in told
+    assert repr(SEALING_KEY) not in told

@@ -71,19 +71,21 @@ class BearerAuthMiddleware:
         public_paths: Collection[str] = (),
         telemetry: Telemetry | None = None,
     ) -> None:
-        validate = getattr(validator, "validate", None)
-        if not callable(validate):
-            raise ConfigurationError("validator must have an async validate(token) method")
+        if not callable(app):
+            raise ConfigurationError("app must be an ASGI application", setting="app")
+        auth = Authenticator(validator, _log, needs_cached=False)
         if default is not None and not isinstance(default, MethodPolicy):
-            raise ConfigurationError("default must be a grpc_obo.MethodPolicy")
+            raise ConfigurationError("default must be a grpc_obo.MethodPolicy", setting="default")
         if (
             not isinstance(public_paths, Collection)
             or isinstance(public_paths, str)
             or not all(isinstance(p, str) and p.startswith("/") for p in public_paths)
         ):
-            raise ConfigurationError("public_paths is a collection of paths starting with '/'")
+            raise ConfigurationError(
+                "public_paths is a collection of paths starting with '/'", setting="public_paths"
+            )
         self.app = app
-        self._auth = Authenticator(validator, _log)
+        self._auth = auth
         self._default = default if default is not None else MethodPolicy()
         self._exact = frozenset(p for p in public_paths if not p.endswith("/"))
         self._prefixes = tuple(p for p in public_paths if p.endswith("/"))

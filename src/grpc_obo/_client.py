@@ -17,6 +17,7 @@ import grpc.aio
 
 from grpc_obo._client_interceptors import client_interceptors
 from grpc_obo._common import is_loopback
+from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange import TokenCache, TokenStore
 from grpc_obo._exchange._confidential import ConfidentialClient
 from grpc_obo._exchange._exchanger import Exchanger
@@ -74,12 +75,16 @@ def _is_plaintext(credentials: grpc.ChannelCredentials | None) -> bool:
 
 def _channel(
     target: str,
-    attached: list[grpc.aio.ClientInterceptor],
+    given: Sequence[grpc.aio.ClientInterceptor],
+    ours: list[grpc.aio.ClientInterceptor],
     credentials: grpc.ChannelCredentials | None,
     options: Sequence[tuple[str, Any]] | None,
     compression: grpc.Compression | None,
 ) -> grpc.aio.Channel:
-    """The channel `channel()` builds, warning once for plaintext to anything but loopback."""
+    """The channel `channel()` builds (`given` interceptors before `ours`), its settings
+    checked, warning once for plaintext to anything but loopback."""
+    _check_channel(target, given, credentials, options, compression)
+    attached = [*given, *ours]
     if _is_plaintext(credentials):
         remote = [host for host in _target_hosts(target) if not is_loopback(host, by_name=True)]
         if remote:
@@ -96,6 +101,38 @@ def _channel(
     return grpc.aio.secure_channel(
         target, credentials, options=options, compression=compression, interceptors=attached
     )
+
+
+def _check_channel(
+    target: object, given: object, credentials: object, options: object, compression: object
+) -> None:
+    """What grpc would refuse with a `TypeError` (or take, to fail on the first call), refused
+    here as a `ConfigurationError` naming the setting."""
+    if not isinstance(target, str) or not target.strip():
+        raise ConfigurationError(
+            "target must be a grpc target string ('host:port')", setting="target"
+        )
+    if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
+        raise ConfigurationError(
+            "credentials must be grpc.ChannelCredentials (grpc.ssl_channel_credentials(...))",
+            setting="credentials",
+        )
+    if (
+        isinstance(given, str)
+        or not isinstance(given, Sequence)
+        or not all(isinstance(i, grpc.aio.ClientInterceptor) for i in given)
+    ):
+        raise ConfigurationError(
+            "interceptors must be a list of grpc.aio client interceptors", setting="interceptors"
+        )
+    if options is not None and (
+        isinstance(options, str)
+        or not isinstance(options, Sequence)
+        or not all(isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in options)
+    ):
+        raise ConfigurationError("options must be a list of (name, value) pairs", setting="options")
+    if compression is not None and not isinstance(compression, grpc.Compression):
+        raise ConfigurationError("compression must be a grpc.Compression", setting="compression")
 
 
 class OnBehalfOf:
@@ -123,8 +160,9 @@ class OnBehalfOf:
         telemetry: Telemetry | None = None,
     ) -> None:
         """`cache=` a `TokenCache`, or `store=` a token store (`RedisTokenStore` for replicas)
-        that a cache is built over; default: in-process. `telemetry` defaults to the global
-        OpenTelemetry providers (see `grpc_obo.Telemetry`)."""
+        that a cache is built over; default: in-process. A cache or store passed in is the
+        caller's to close (`close()` closes what this object built). `telemetry` defaults to
+        the global OpenTelemetry providers (see `grpc_obo.Telemetry`)."""
         # Claims a downstream asked for (claims challenge), per user and scope set, for every
         # channel and HTTP auth of this object: the next exchange for them carries the claims,
         # whichever transport it is for; once one did, they are forgotten.
@@ -168,11 +206,8 @@ class OnBehalfOf:
         built: its calls would send bearer tokens readable on the network. `interceptors` run
         before ours (an OpenTelemetry client interceptor given here wraps the token exchange).
         """
-        attached = [
-            *interceptors,
-            *self.client_interceptors(scopes=scopes, method_scopes=method_scopes),
-        ]
-        return _channel(target, attached, credentials, options, compression)
+        ours = self.client_interceptors(scopes=scopes, method_scopes=method_scopes)
+        return _channel(target, interceptors, ours, credentials, options, compression)
 
     def client_interceptors(
         self,
@@ -245,6 +280,8 @@ class OnBehalfOf:
         await self._exchanger.start(scope=scope)
 
     async def close(self) -> None:
+        """Wait for the exchanges in flight, then close the worker threads, the connection
+        pool and the cache this object built; a `cache=` or `store=` passed in stays open."""
         await self._exchanger.close()
 
     async def __aenter__(self) -> OnBehalfOf:
@@ -310,11 +347,8 @@ class AppOnly:
         """A `grpc.aio` channel to `target` whose every call carries this service's own token
         (`scopes`: one `<resource>/.default`); TLS and the plaintext warning as
         `OnBehalfOf.channel`."""
-        attached = [
-            *interceptors,
-            *self.client_interceptors(scopes=scopes, method_scopes=method_scopes),
-        ]
-        return _channel(target, attached, credentials, options, compression)
+        ours = self.client_interceptors(scopes=scopes, method_scopes=method_scopes)
+        return _channel(target, interceptors, ours, credentials, options, compression)
 
     def client_interceptors(
         self,
@@ -344,6 +378,8 @@ class AppOnly:
         await self._exchanger.start(scope=scope)
 
     async def close(self) -> None:
+        """Wait for the exchanges in flight, then close the worker threads, the connection
+        pool and the cache this object built; a `cache=` or `store=` passed in stays open."""
         await self._exchanger.close()
 
     async def __aenter__(self) -> AppOnly:

@@ -69,14 +69,21 @@ class _Core:
         self._as_user = exchanger.grant.as_user
         self._default = exchanger.scopes(scopes, "scopes")
         self._by_name: dict[str, tuple[str, ...]] = {}
+        if method_scopes is not None and not isinstance(method_scopes, Mapping):
+            raise ConfigurationError(
+                "method_scopes must be a mapping of method or service names to scope lists",
+                setting="method_scopes",
+            )
         for name, value in (method_scopes or {}).items():
             if (
                 not isinstance(name, str)
                 or not name
                 or not (name.startswith("/") or "/" not in name)
             ):
+                given = repr(name) if isinstance(name, str) else f"a {type(name).__name__}"
                 raise ConfigurationError(
-                    f"method_scopes keys are '/pkg.Service/Method' or 'pkg.Service', not {name!r}"
+                    f"method_scopes keys are '/pkg.Service/Method' or 'pkg.Service', not {given}",
+                    setting="method_scopes",
                 )
             self._by_name[name] = exchanger.scopes(value, f"method_scopes[{name!r}]")
         # Strong references to eviction tasks (the loop keeps only weak ones).

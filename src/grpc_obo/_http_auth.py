@@ -29,6 +29,7 @@ import httpx
 
 from grpc_obo._common import is_loopback
 from grpc_obo._errors import ClaimsChallengeError, ConfigurationError
+from grpc_obo._errors._checks import a_number
 from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo._identity import SecretToken, current_identity
 from grpc_obo._relay import (
@@ -158,4 +159,6 @@ def http_auth(
 ) -> httpx.Auth:
     """An `httpx.Auth` sending `exchanger`'s token for `scopes`: the current user's
     (On-Behalf-Of) or the service's own (client credentials), as its grant says."""
+    if timeout is not None:
+        a_number("timeout", timeout, above=True)
     return _HttpAuth(exchanger, scopes=exchanger.scopes(scopes), timeout=timeout)

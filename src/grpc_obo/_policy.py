@@ -75,14 +75,17 @@ def _names(value: Collection[str], what: str) -> frozenset[str]:
     # NOTE: a bare string is a Collection[str] too; `scopes="read"` would silently become
     # {"r", "e", "a", "d"}. Refuse it instead of guessing.
     if isinstance(value, str | bytes):
-        raise ConfigurationError(f"{what} must be a collection of names, not a single string")
+        raise ConfigurationError(
+            f"{what} must be a collection of names, not a single string", setting=what
+        )
     if not isinstance(value, Iterable):
-        raise ConfigurationError(f"{what} must be a collection of names")
+        raise ConfigurationError(f"{what} must be a collection of names", setting=what)
     names = frozenset(value)
     for name in names:
         if not isinstance(name, str) or not name or not set(name) <= _SCOPE_CHARS:
             raise ConfigurationError(
-                f"{what} entries must be non-empty printable ASCII without spaces or quotes"
+                f"{what} entries must be non-empty printable ASCII without spaces or quotes",
+                setting=what,
             )
     return names
 
@@ -110,21 +113,27 @@ class MethodPolicy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.public, bool):
-            raise ConfigurationError("public must be a bool")
+            raise ConfigurationError("public must be a bool", setting="public")
         # Normalise to frozensets so the rule is hashable and immutable whatever was passed in.
         object.__setattr__(self, "scopes", _names(self.scopes, "scopes"))
         object.__setattr__(self, "user_roles", _names(self.user_roles, "user_roles"))
         object.__setattr__(self, "app_roles", _names(self.app_roles, "app_roles"))
         if not isinstance(self.callers, Callers):
-            raise ConfigurationError("callers must be a grpc_obo.Callers value")
+            raise ConfigurationError("callers must be a grpc_obo.Callers value", setting="callers")
         if self.match not in ("any", "all"):
-            raise ConfigurationError('match must be "any" or "all"')
+            raise ConfigurationError('match must be "any" or "all"', setting="match")
         if self.auth_context is not None and not (
             isinstance(self.auth_context, str) and _AUTH_CONTEXT.fullmatch(self.auth_context)
         ):
-            raise ConfigurationError('auth_context is an authentication context id: "c1" to "c99"')
+            raise ConfigurationError(
+                'auth_context is an authentication context id: "c1" to "c99"',
+                setting="auth_context",
+            )
         if self.auth_context is not None and self.callers is Callers.APPS:
-            raise ConfigurationError("an authentication context is a user's sign-in: not for apps")
+            raise ConfigurationError(
+                "auth_context: an authentication context is a user's sign-in, not for apps",
+                setting="auth_context",
+            )
         if self.public:
             if (
                 self.scopes
@@ -133,20 +142,25 @@ class MethodPolicy:
                 or self.auth_context
                 or self.callers != Callers.USERS
             ):
-                raise ConfigurationError("a public method cannot also require callers or scopes")
+                raise ConfigurationError(
+                    "a public method cannot also require callers or scopes", setting="public"
+                )
             return
         if self.callers is Callers.APPS and (self.scopes or self.user_roles):
             raise ConfigurationError(
-                "scopes and user_roles are never checked on an apps-only method"
+                "scopes and user_roles are never checked on an apps-only method (callers)",
+                setting="callers",
             )
         if self.callers is Callers.USERS and self.app_roles:
             raise ConfigurationError(
-                "app_roles are never checked on a users-only method; allow apps via callers"
+                "app_roles are never checked on a users-only method; allow apps via callers",
+                setting="app_roles",
             )
         if self.callers is not Callers.USERS and not self.app_roles:
             # NOTE: without this, any app granted any permission on this API would pass.
             raise ConfigurationError(
-                "a method open to app-only tokens must name the app_roles they need"
+                "a method open to app-only tokens must name the app_roles they need",
+                setting="app_roles",
             )
 
     def check(self, identity: Identity) -> None:
@@ -219,30 +233,43 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.strict and self.default is not None:
-            raise ConfigurationError("strict=True refuses unnamed methods; drop default")
+            raise ConfigurationError(
+                "strict=True refuses unnamed methods; drop default", setting="default"
+            )
         if self.default is not None and not isinstance(self.default, MethodPolicy):
-            raise ConfigurationError("default must be a MethodPolicy")
+            raise ConfigurationError("default must be a MethodPolicy", setting="default")
         for flag in ("strict", "builtin_public"):
             if not isinstance(getattr(self, flag), bool):
-                raise ConfigurationError(f"{flag} must be a bool")
+                raise ConfigurationError(f"{flag} must be a bool", setting=flag)
         if isinstance(self.public, str | bytes):
-            raise ConfigurationError("public must be a collection of names, not a single string")
+            raise ConfigurationError(
+                "public must be a collection of names, not a single string", setting="public"
+            )
         if not isinstance(self.public, Iterable):
-            raise ConfigurationError("public must be a collection of names")
+            raise ConfigurationError("public must be a collection of names", setting="public")
         if not isinstance(self.methods, Mapping):
-            raise ConfigurationError("methods must be a mapping of names to MethodPolicy")
+            raise ConfigurationError(
+                "methods must be a mapping of names to MethodPolicy", setting="methods"
+            )
         exact: dict[str, MethodPolicy] = {}
         services: dict[str, MethodPolicy] = {}
         named = [(name, _PUBLIC) for name in self.public]
         named += list(self.methods.items())
         seen: set[str] = set()
         for name, rule in named:
+            setting = "public" if rule is _PUBLIC else "methods"
             if not isinstance(name, str):
-                raise ConfigurationError("method and service names are strings")
+                raise ConfigurationError(
+                    f"{setting}: method and service names are strings", setting=setting
+                )
             if not isinstance(rule, MethodPolicy):
-                raise ConfigurationError(f"the rule for {name!r} must be a MethodPolicy")
+                raise ConfigurationError(
+                    f"methods: the rule for {name!r} must be a MethodPolicy", setting="methods"
+                )
             if name in seen:
-                raise ConfigurationError(f"{name!r} is named twice (in public and methods)")
+                raise ConfigurationError(
+                    f"{name!r} is named twice (in public and methods)", setting="methods"
+                )
             seen.add(name)
             if _is_method_name(name):
                 exact[name] = rule
@@ -250,7 +277,8 @@ class Policy:
                 services[name] = rule
             else:
                 raise ConfigurationError(
-                    f"{name!r} is neither '/pkg.Service/Method' nor 'pkg.Service'"
+                    f"{setting}: {name!r} is neither '/pkg.Service/Method' nor 'pkg.Service'",
+                    setting=setting,
                 )
         object.__setattr__(self, "methods", dict(self.methods))
         object.__setattr__(self, "public", frozenset(self.public))

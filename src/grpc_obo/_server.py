@@ -79,17 +79,12 @@ class AuthServerInterceptor(_InterceptorBase):
         policy: Policy | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        if not inspect.iscoroutinefunction(getattr(validator, "validate", None)):
-            raise ConfigurationError("validator must have an async validate(token) method")
-        if not callable(getattr(validator, "cached", None)):
-            raise ConfigurationError(
-                "validator must have a cached(token) method (None when it has no cache)"
-            )
+        auth = Authenticator(validator, _LOGGER, needs_cached=True)
         if policy is None:
             policy = Policy()
         if not isinstance(policy, Policy):
-            raise ConfigurationError("policy must be a grpc_obo.Policy")
-        self._auth = Authenticator(validator, _LOGGER)
+            raise ConfigurationError("policy must be a grpc_obo.Policy", setting="policy")
+        self._auth = auth
         self._policy = policy
         self._recorder = recorder_for(telemetry)
         # What each method needs, built on its first call (rule resolved, async handler

@@ -5,6 +5,7 @@ not a crash at the first call."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -13,9 +14,11 @@ import redis
 
 import grpc_obo
 from examples.settings import Settings
+from grpc_obo._exchange._token import CachedToken
 from grpc_obo.devauthority import DevAuthority
 from tests.exchangers import Metered
 from tests.redis_server import redis_server
+from tests.waiting import eventually
 
 FAST = grpc_obo.RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.05, budget=5.0)
 KINDS = [grpc_obo.OnBehalfOf, grpc_obo.AppOnly]
@@ -134,3 +137,51 @@ async def test_exchanges_are_observable_through_telemetry_not_a_counter(
             await app.acquire([scope])
     assert metered.exchanges == 1 == grpc_obo_authority.requests.count(grant="client_credentials")
     assert not hasattr(app, "exchanges")
+
+
+@pytest.mark.redis
+async def test_one_store_given_to_both_stays_open_until_its_owner_closes_it(
+    grpc_obo_authority: DevAuthority,
+    client: grpc_obo.ConfidentialClient,
+    stores: Callable[[], grpc_obo.RedisTokenStore],
+) -> None:
+    """A store passed in is the caller's: closing the `OnBehalfOf` that shares it with an
+    `AppOnly` leaves it open, and the `AppOnly` still hears another replica's evictions."""
+    scope = f"{grpc_obo_authority.world.app('downstream').app_id_uri}/.default"
+    shared, elsewhere = stores(), stores()
+    obo = grpc_obo.OnBehalfOf(client, retry=FAST, store=shared)
+    async with (
+        grpc_obo.AppOnly(client, retry=FAST, store=shared) as app,
+        grpc_obo.AppOnly(client, retry=FAST, store=elsewhere) as other,
+    ):
+        await app.acquire([scope])
+        key = app._exchanger.cache_key([scope])
+        await eventually(lambda: shared.notifications_live)
+        await obo.close()
+        assert shared.notifications_live  # still listening: not closed by obo
+        assert app.cache.peek(key) is not None
+        await other.cache.invalidate(key)  # another replica evicts: every replica hears it
+        await eventually(lambda: app.cache.peek(key) is None)
+    assert shared.notifications_live  # nor by app: the test built it, the test closes it
+    await shared.close()
+    assert not shared.notifications_live
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_cache_given_is_left_open_on_close(
+    kind: type[grpc_obo.OnBehalfOf | grpc_obo.AppOnly],
+    client: grpc_obo.ConfidentialClient,
+) -> None:
+    cache = grpc_obo.TokenCache()
+    async with kind(client, cache=cache):
+        pass
+    now = time.time()
+    token = CachedToken(
+        access_token=grpc_obo.SecretToken("t"), expires_on=now + 3600, refresh_on=now + 1800
+    )
+
+    async def fetch() -> CachedToken:
+        return token
+
+    assert await cache.get_or_fetch("k", fetch) is token  # still open: the caller's to close
+    await cache.close()

@@ -198,7 +198,7 @@ async def make_exchanger(
 ) -> AsyncIterator[Callable[..., Exchanger]]:
     """`make(client=None, *, retry=FAST_RETRY, cache=None, observer=None)`: an On-Behalf-Of
     exchanger core, closed after the test (`observer=Counted()` counts its exchanges)."""
-    made: list[Exchanger] = []
+    made: list[tuple[Exchanger, TokenCache | None]] = []
 
     def make(
         client: ConfidentialClient | None = None,
@@ -210,12 +210,15 @@ async def make_exchanger(
         exchanger = on_behalf_of(
             client or client_for(authority), retry=retry, cache=cache, observer=observer
         )
-        made.append(exchanger)
+        made.append((exchanger, cache))
         return exchanger
 
     yield make
-    for exchanger in made:
+    for exchanger, cache in made:
         await exchanger.close()
+        if cache is not None:  # passed in: the test's to close, and its store too
+            await cache.close()
+            await cache.store.close()
 
 
 def verified_claims(authority: DevAuthority, token: str, *, audience: str) -> dict[str, Any]:

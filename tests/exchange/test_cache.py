@@ -17,10 +17,15 @@ class RecordingStore(MemoryTokenStore):
     def __init__(self, clock: FakeClock) -> None:
         super().__init__(max_entries=100, clock=clock)
         self.ttls: list[float] = []
+        self.closes = 0
 
     async def set(self, key: str, token: CachedToken, ttl: float) -> None:
         self.ttls.append(ttl)
         await super().set(key, token, ttl)
+
+    async def close(self) -> None:
+        self.closes += 1
+        await super().close()
 
 
 class Issuer:
@@ -161,3 +166,18 @@ async def test_no_token_in_reprs_or_debug_logs(minted: Minted, clock: FakeClock)
     for text in (repr(cache), repr(cache.store), repr(token), str(token)):
         assert all(secret not in text for secret in minted.secrets())
     await cache.close()
+
+
+async def test_a_store_passed_in_is_the_callers_to_close(minted: Minted, clock: FakeClock) -> None:
+    """Whoever builds a store closes it: a cache closes the in-process store it made itself,
+    never one it was given, which may serve other caches (an `OnBehalfOf` and an `AppOnly`)."""
+    store = RecordingStore(clock)
+    first, second = TokenCache(store=store, clock=clock), TokenCache(store=store, clock=clock)
+    token = await first.get_or_fetch("k", Issuer(minted, clock))
+    await first.close()
+    assert store.closes == 0
+    assert await second.get("k") == token  # the other cache still reads the shared store
+    await second.close()
+    assert store.closes == 0
+    await store.close()
+    assert store.closes == 1

@@ -45,6 +45,7 @@ async def replicas(cluster: list[RedisNode]) -> AsyncIterator[Callable[..., Toke
     yield make
     for cache in opened:
         await cache.close()
+        await cache.store.close()  # passed in: the cache leaves it open
 
 
 def slot_owner(cluster: list[RedisNode], key: str) -> int:

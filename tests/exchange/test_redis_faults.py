@@ -57,6 +57,7 @@ async def open_cache(store_clock: FakeClock) -> AsyncIterator[Opened]:
     yield open_
     for cache in opened:
         await cache.close()
+        await cache.store.close()  # passed in: the cache leaves it open
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:

@@ -145,6 +145,7 @@ async def test_unreachable_redis_degrades_to_fetching(minted: Minted) -> None:
         assert await cache.get_or_fetch(cache_key(1), fetch) == token
     finally:
         await cache.close()
+        await store.close()  # passed in: the cache leaves it open
 
 
 async def test_a_burst_on_redis_makes_one_fetch_and_no_pool_errors(

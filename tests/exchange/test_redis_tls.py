@@ -56,6 +56,7 @@ async def test_replicas_share_tokens_and_exchanges_over_tls(
     finally:
         for cache in caches:
             await cache.close()
+            await cache.store.close()  # passed in: the cache leaves it open
 
 
 async def test_a_server_outside_the_given_ca_is_never_used(
@@ -80,6 +81,7 @@ async def test_a_server_outside_the_given_ca_is_never_used(
         assert len(down) == 1 and "unavailable" in down[0].getMessage()
     finally:
         await cache.close()
+        await cache.store.close()  # passed in: the cache leaves it open
 
 
 def test_a_ca_file_needs_tls_and_a_name() -> None:

@@ -82,6 +82,7 @@ async def test_l1_entries_end_at_expiry_minus_margin_even_while_redis_is_down(
         assert cache.peek(key) is None
     finally:
         await cache.close()
+        await store.close()  # passed in: the cache leaves it open
 
 
 async def test_l1_rechecks_redis_after_l1_ttl(

@@ -39,12 +39,13 @@ async def replicas(
         store = grpc_obo.RedisTokenStore.from_url(
             redis_url, sealer=grpc_obo.TokenSealer(key), namespace=namespace, timeout=5.0
         )
-        made.append(grpc_obo.OnBehalfOf(client, retry=FAST, cache=grpc_obo.TokenCache(store=store)))
+        made.append(grpc_obo.OnBehalfOf(client, retry=FAST, store=store))
         return made[-1]
 
     yield make
     for obo in made:
         await obo.close()
+        await obo.cache.store.close()  # passed in: OnBehalfOf leaves it open
     plain = redis.Redis.from_url(redis_url)
     keys = list(plain.scan_iter(match=f"{namespace}:*"))
     if keys:

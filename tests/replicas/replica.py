@@ -31,7 +31,6 @@ from grpc_obo import (
     RedisTokenStore,
     RetryPolicy,
     SecretToken,
-    TokenCache,
     TokenSealer,
 )
 from grpc_obo._exchange._exchanger import Exchanger
@@ -107,7 +106,7 @@ async def main() -> None:
     counted = Counted()
     exchanger = on_behalf_of(
         client,
-        cache=TokenCache(store=store),
+        store=store,
         retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, budget=5.0),
         observer=counted,
     )
@@ -128,6 +127,7 @@ async def main() -> None:
                 await call(exchanger, counted, outcomes, command)
     finally:
         await exchanger.close()
+        await store.close()  # passed in: the exchanger leaves it open
 
 
 if __name__ == "__main__":

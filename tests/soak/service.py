@@ -167,7 +167,7 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
                 authority_host=config["authority_host"],
                 ca_file=config["ca_file"],
             ),
-            cache=grpc_obo.TokenCache(store=store),
+            store=store,
             retry=grpc_obo.RetryPolicy(**config["retry"]),
             telemetry=metered.telemetry(),
         )
@@ -226,7 +226,9 @@ async def serve(config: dict[str, Any], commands: asyncio.StreamReader) -> None:
         if channel is not None:
             await channel.close()
         if obo is not None:
-            await obo.close()  # also closes the store: leases released, writes landed
+            await obo.close()
+        if store is not None:
+            await store.close()  # passed in, so ours to close: leases released, writes landed
         await validator.close()
 
 

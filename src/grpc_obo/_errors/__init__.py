@@ -40,7 +40,8 @@ The decisions about an error are class attributes, read here and nowhere inferre
 `service_fault` (the service must act, so a span is marked as an error; a refused token or a
 missing permission is an answer, not a fault) and `log_level` (how loudly the server logs a
 refusal). `_tree` holds the classes; `_status` the one table of status codes (`status_for`)
-and the challenges (`www_authenticate_for`).
+and the challenges (`www_authenticate_for`); `_checks` the checks constructors run on their
+settings (a wrong type is a `ConfigurationError` naming the setting, never a `TypeError`).
 """
 
 from grpc_obo._errors._status import status_for, www_authenticate_for

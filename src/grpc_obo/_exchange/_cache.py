@@ -27,12 +27,12 @@ import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from grpc_obo._errors import ConfigurationError
+from grpc_obo._errors._checks import a_callable, a_number
 from grpc_obo._exchange._keys import log_ref
 from grpc_obo._exchange._memory import MemoryTokenStore
 from grpc_obo._exchange._observe import AcquisitionNote
 from grpc_obo._exchange._singleflight import Patience, SingleFlight
-from grpc_obo._exchange._store import SharedTokenStore, TokenStore, shared_store
+from grpc_obo._exchange._store import SharedTokenStore, TokenStore, a_store, shared_store
 from grpc_obo._exchange._token import CachedToken
 
 __all__ = ["TokenCache"]
@@ -51,6 +51,9 @@ class TokenCache:
     `key` must be derived from everything `fetch` depends on (see `obo_cache_key`): callers
     with the same key share one fetch and its result. `fetch` may also run in the background
     for a proactive refresh, after the request that supplied it has finished.
+
+    A `store` passed in stays the caller's: several caches may share it, and `close()` leaves
+    it open (it closes the in-process store it builds when given none).
     """
 
     def __init__(
@@ -60,11 +63,14 @@ class TokenCache:
         margin: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if margin < 0:
-            raise ConfigurationError("margin must not be negative")
-        self._store: TokenStore = store if store is not None else MemoryTokenStore(clock=clock)
-        self._margin = float(margin)
-        self._clock = clock
+        self._margin = a_number("margin", margin)
+        self._clock = a_callable("clock", clock, "a callable returning the time in seconds")
+        # NOTE: a store passed in is the caller's: it may serve other caches (an `OnBehalfOf`
+        # and an `AppOnly` sharing one Redis store), so `close()` closes only a store built here.
+        self._owns_store = store is None
+        self._store: TokenStore = (
+            a_store(store) if store is not None else MemoryTokenStore(clock=clock)
+        )
         # Looked up once: `peek` is the hot path of every outbound call.
         self._get_nowait: Callable[[str], CachedToken | None] | None = getattr(
             self._store, "get_nowait", None
@@ -169,11 +175,13 @@ class TokenCache:
         await self._store.delete(key)
 
     async def close(self) -> None:
-        """Stop background refreshes and running fetches, then close the store."""
+        """Stop background refreshes and running fetches; close the store if this cache built
+        it (the default in-process one). A store passed in is left open: close it yourself."""
         self._closed = True
         await self._flight.cancel_all()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self._store.close()
+        if self._owns_store:
+            await self._store.close()
 
     async def __aenter__(self) -> TokenCache:
         return self

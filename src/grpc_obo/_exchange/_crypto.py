@@ -37,15 +37,20 @@ class TokenSealer:
     def __init__(
         self, key: bytes, *, key_id: int = 1, previous: Mapping[int, bytes] | None = None
     ) -> None:
-        keys = dict(previous or {})
-        if key_id in keys:
-            raise ConfigurationError("key_id of the current key is also listed in previous")
-        keys[key_id] = key
-        for kid, material in keys.items():
-            if not 0 <= kid <= 255:
-                raise ConfigurationError("cache encryption key ids must be between 0 and 255")
-            if not isinstance(material, bytes) or len(material) != 32:
-                raise ConfigurationError("cache encryption keys must be 32 bytes (AES-256)")
+        keys = {_key_id("key_id", key_id): _key("key", key)}
+        if previous is not None and not isinstance(previous, Mapping):
+            raise ConfigurationError(
+                "previous must be a mapping of key ids (0-255) to 32-byte keys",
+                setting="previous",
+            )
+        for kid, material in (previous or {}).items():
+            kid = _key_id("previous", kid)
+            if kid in keys:
+                raise ConfigurationError(
+                    "previous lists key_id, the current key's id: each key id names one key",
+                    setting="previous",
+                )
+            keys[kid] = _key("previous", material)
         self._keys = {kid: AESGCM(material) for kid, material in keys.items()}
         self._key_id = key_id
         self._current = self._keys[key_id]
@@ -79,6 +84,23 @@ class TokenSealer:
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("TokenSealer holds key material and is not picklable")
+
+
+def _key_id(setting: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise ConfigurationError(
+            f"{setting}: cache encryption key ids are whole numbers from 0 to 255", setting=setting
+        )
+    return value
+
+
+def _key(setting: str, value: object) -> bytes:
+    # NOTE: the message never shows the value: it is key material, or meant to be.
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ConfigurationError(
+            f"{setting}: cache encryption keys are 32 bytes (AES-256)", setting=setting
+        )
+    return value
 
 
 def _associated_data(header: bytes, cache_key: str) -> bytes:

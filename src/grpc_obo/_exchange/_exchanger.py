@@ -26,6 +26,7 @@ from grpc_obo._errors import (
     ConfigurationError,
     ConsentRequiredError,
 )
+from grpc_obo._errors._checks import a_whole_number
 from grpc_obo._exchange._cache import TokenCache
 from grpc_obo._exchange._confidential import ConfidentialClient
 from grpc_obo._exchange._grants import CLIENT_CREDENTIALS, Grant, scope_tuple
@@ -33,7 +34,7 @@ from grpc_obo._exchange._keys import log_ref
 from grpc_obo._exchange._observe import ExchangeObserver, Observer
 from grpc_obo._exchange._retry import RetryPolicy
 from grpc_obo._exchange._runner import MsalRunner
-from grpc_obo._exchange._store import TokenStore
+from grpc_obo._exchange._store import TokenStore, a_store
 from grpc_obo._exchange._token import CachedToken
 from grpc_obo._identity import Identity, SecretToken, current_identity
 
@@ -76,7 +77,7 @@ def cache_of(cache: TokenCache | None, store: TokenStore | None) -> TokenCache:
         )
     if cache is not None:
         return cache
-    return TokenCache(store=store) if store is not None else TokenCache()
+    return TokenCache(store=a_store(store)) if store is not None else TokenCache()
 
 
 class Exchanger:
@@ -94,10 +95,18 @@ class Exchanger:
         observer: Observer | None = None,
         claims: ClaimsLike | None = None,
     ) -> None:
+        # Every setting checked before anything is built: a bad one leaves nothing to close.
         if not isinstance(client, ConfidentialClient):
-            raise ConfigurationError("client must be a ConfidentialClient")
+            raise ConfigurationError(
+                "client must be a grpc_obo.ConfidentialClient", setting="client"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError("retry must be a grpc_obo.RetryPolicy", setting="retry")
+        a_whole_number("max_workers", max_workers)
         self.client = client
         self.grant = grant
+        # NOTE: closed by `close()` only when built here: a cache passed in is the caller's.
+        self._owns_cache = cache is None
         self.cache = cache_of(cache, store)
         self.claims = claims if grant.as_user else None
         """Claims remembered per subject and scope set: the user's, never the service's."""
@@ -125,7 +134,7 @@ class Exchanger:
         if wanted is not None:
             return wanted
         wanted = scope_tuple(scopes, what)
-        self.grant.check(wanted)
+        self.grant.check(wanted, what)
         # One tuple per scope set, shared by every memo entry that names it.
         known = self._checked.get(wanted)
         if known is not None:
@@ -287,7 +296,10 @@ class Exchanger:
         await self._runner.acquire(tenant, CLIENT_CREDENTIALS.request(None, wanted, None))
 
     async def close(self) -> None:
-        await self.cache.close()
+        """Close the MSAL runner, and the cache if it was built here (over `store=`, or the
+        in-process default); a cache or store passed in is the caller's to close."""
+        if self._owns_cache:
+            await self.cache.close()
         await self._runner.close()
 
     async def __aenter__(self) -> Exchanger:

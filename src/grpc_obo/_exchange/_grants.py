@@ -26,16 +26,30 @@ APP_KEY_PREFIX = "grpc_obo:app:v1:"
 
 def scope_tuple(scopes: Iterable[str], what: str = "scopes") -> tuple[str, ...]:
     """`scopes` as a tuple, or a `ConfigurationError` naming `what`: a non-empty collection (not
-    a string, which would iterate as characters) of non-empty scope strings without spaces."""
+    a string, which would iterate as characters) of non-empty scope strings without spaces.
+
+    `what` is the setting (`scopes`), or one entry of it (`method_scopes['pkg.Service']`)."""
+    setting = _setting(what)
     if isinstance(scopes, str):
-        raise ConfigurationError(f"{what} must be a list of scope strings, not a string")
+        raise ConfigurationError(
+            f"{what} must be a list of scope strings, not a string", setting=setting
+        )
     try:
         result = tuple(scopes)
     except TypeError:
-        raise ConfigurationError(f"{what} must be a list of scope strings") from None
+        raise ConfigurationError(
+            f"{what} must be a list of scope strings", setting=setting
+        ) from None
     if not result or not all(isinstance(s, str) and s and not _spaced(s) for s in result):
-        raise ConfigurationError(f"{what} must be a non-empty list of scope strings without spaces")
+        raise ConfigurationError(
+            f"{what} must be a non-empty list of scope strings without spaces", setting=setting
+        )
     return result
+
+
+def _setting(what: str) -> str:
+    """The setting `what` is, or is an entry of: `method_scopes['a.B']` -> `method_scopes`."""
+    return what.partition("[")[0]
 
 
 def _spaced(scope: str) -> bool:
@@ -56,8 +70,9 @@ class Grant(Protocol):
         """Whom the token is for (default: the identity in context), or an error."""
         ...
 
-    def check(self, scopes: tuple[str, ...]) -> None:
-        """Raise `ConfigurationError` for scopes this grant cannot ask for."""
+    def check(self, scopes: tuple[str, ...], what: str) -> None:
+        """Raise `ConfigurationError` (naming `what`, as `scope_tuple`) for scopes this grant
+        cannot ask for."""
         ...
 
     def key(
@@ -101,7 +116,7 @@ class _OnBehalfOf:
             )
         return identity
 
-    def check(self, scopes: tuple[str, ...]) -> None:
+    def check(self, scopes: tuple[str, ...], what: str) -> None:
         return None
 
     def key(
@@ -144,9 +159,12 @@ class _ClientCredentials:
     def subject(self, identity: Identity | None) -> None:
         return None  # the service itself: whoever is in context plays no part
 
-    def check(self, scopes: tuple[str, ...]) -> None:
+    def check(self, scopes: tuple[str, ...], what: str) -> None:
         if len(scopes) != 1 or not scopes[0].endswith("/.default"):
-            raise ConfigurationError("app-only tokens take exactly one '<resource>/.default' scope")
+            raise ConfigurationError(
+                f"{what}: app-only tokens take exactly one '<resource>/.default' scope",
+                setting=_setting(what),
+            )
 
     def key(
         self,

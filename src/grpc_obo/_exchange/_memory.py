@@ -23,7 +23,7 @@ from typing import Any
 from aiocache.base import BaseCache
 from aiocache.serializers import NullSerializer
 
-from grpc_obo._errors import ConfigurationError
+from grpc_obo._errors._checks import a_callable, a_whole_number
 from grpc_obo._exchange._token import CachedToken
 
 __all__ = ["MemoryTokenStore"]
@@ -141,9 +141,10 @@ class MemoryTokenStore:
     """
 
     def __init__(self, *, max_entries: int = 100_000, clock: Callable[[], float] = time.time):
-        if max_entries < 1:
-            raise ConfigurationError("max_entries must be at least 1")
-        self._cache = _BoundedMemoryCache(max_entries=max_entries, clock=clock)
+        self._cache = _BoundedMemoryCache(
+            max_entries=a_whole_number("max_entries", max_entries),
+            clock=a_callable("clock", clock, "a callable returning the time in seconds"),
+        )
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -22,6 +22,7 @@ from grpc_obo._errors import (
     InvalidGrantError,
     TokenExchangeError,
 )
+from grpc_obo._errors._checks import a_number, a_whole_number
 
 __all__ = ["Outcome", "RetryPolicy", "classify"]
 
@@ -40,10 +41,14 @@ class RetryPolicy:
     earlier: they stop waiting while the shared exchange may go on to fill the cache)."""
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigurationError("max_attempts must be at least 1")
-        if self.base_delay < 0 or self.max_delay < self.base_delay or self.budget <= 0:
-            raise ConfigurationError("delays must satisfy 0 <= base_delay <= max_delay, budget > 0")
+        a_whole_number("max_attempts", self.max_attempts)
+        base_delay = a_number("base_delay", self.base_delay)
+        if a_number("max_delay", self.max_delay) < base_delay:
+            raise ConfigurationError(
+                "max_delay must be at least base_delay (0 <= base_delay <= max_delay)",
+                setting="max_delay",
+            )
+        a_number("budget", self.budget, above=True)
 
     def delay(
         self,

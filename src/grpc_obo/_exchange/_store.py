@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange._singleflight import Patience
 from grpc_obo._exchange._token import CachedToken
 
-__all__ = ["Produce", "SharedTokenStore", "TokenStore", "shared_store"]
+__all__ = ["Produce", "SharedTokenStore", "TokenStore", "a_store", "shared_store"]
 
 Produce = Callable[[], Awaitable[tuple[CachedToken, float]]]
 """Runs the exchange: the token and how many seconds it may be cached (<= 0: not at all)."""
@@ -63,6 +64,23 @@ class SharedTokenStore(TokenStore, Protocol):
         `produce` propagate; the shared level's own failures never do.
         """
         ...
+
+
+_STORE_METHODS = ("get", "set", "delete", "close")
+
+
+def a_store(value: object, setting: str = "store") -> TokenStore:
+    """`value` if it has what `TokenCache` calls on a store, else a `ConfigurationError` naming
+    `setting` (a `TokenCache` is not a store: it is given as `cache=`)."""
+    if isinstance(value, type) or not all(
+        callable(getattr(value, name, None)) for name in _STORE_METHODS
+    ):
+        raise ConfigurationError(
+            f"{setting} must be a token store (MemoryTokenStore, RedisTokenStore, or an object "
+            "with async get, set, delete and close)",
+            setting=setting,
+        )
+    return value  # type: ignore[return-value]  # checked structurally just above
 
 
 def shared_store(store: TokenStore) -> SharedTokenStore | None:

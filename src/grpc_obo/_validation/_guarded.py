@@ -1,7 +1,8 @@
 """The validator, asked safely: the one guarded `validate` of every front door (the gRPC
 server's gate, the ASGI middleware).
 
-A validator is the application's choice (`TokenValidator` or its own): a bug in it becomes
+A validator is the application's choice (`TokenValidator` or its own), checked once when a
+front door is built (a `ConfigurationError` naming `validator`); a bug in it becomes
 `ValidatorFailedError` (INTERNAL, HTTP 500) and one ERROR line with the traceback for whoever
 debugs it, every piece of the token cut out (a validator's message may quote the token); an
 answer that is not an `Identity` likewise. A `cached()` that fails is a miss, never a refusal.
@@ -9,11 +10,12 @@ answer that is not an `Identity` likewise. A `cached()` that fails is a miss, ne
 
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
 from typing import Protocol
 
-from grpc_obo._errors import GrpcOboError, ValidatorFailedError
+from grpc_obo._errors import ConfigurationError, GrpcOboError, ValidatorFailedError
 from grpc_obo._identity import Identity
 
 __all__ = ["Authenticator"]
@@ -28,8 +30,23 @@ class Authenticator:
 
     __slots__ = ("_log", "_validator")
 
-    def __init__(self, validator: _Validates, log: logging.Logger) -> None:
-        self._validator = validator
+    def __init__(self, validator: object, log: logging.Logger, *, needs_cached: bool) -> None:
+        """`validator` checked once, in the same words for every front door: an async
+        `validate(token)`, and a `cached(token)` (required where `needs_cached`: the gRPC
+        server asks it first; optional for the HTTP front door, which never does)."""
+        if not inspect.iscoroutinefunction(getattr(validator, "validate", None)):
+            raise ConfigurationError(
+                "validator must have an async validate(token) method (grpc_obo.TokenValidator "
+                "has one)",
+                setting="validator",
+            )
+        cached = getattr(validator, "cached", None)
+        if not callable(cached) and (needs_cached or cached is not None):
+            raise ConfigurationError(
+                "validator must have a cached(token) method (returning None when it has no cache)",
+                setting="validator",
+            )
+        self._validator: _Validates = validator  # type: ignore[assignment]  # checked above
         self._log = log
 
     def cached(self, token: str) -> Identity | None:

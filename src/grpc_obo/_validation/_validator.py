@@ -42,7 +42,9 @@ class TokenValidator:
     def __init__(self, options: ValidatorOptions, *, telemetry: Telemetry | None = None) -> None:
         """`telemetry` (a `grpc_obo.Telemetry`) traces discovery and JWKS fetches; none without."""
         if not isinstance(options, ValidatorOptions):
-            raise ConfigurationError("TokenValidator takes a ValidatorOptions")
+            raise ConfigurationError(
+                "options: TokenValidator takes a grpc_obo.ValidatorOptions", setting="options"
+            )
         # Checked with or without a key source to observe: a wrong value fails here.
         observer = recorder_for(telemetry) if telemetry is not None else None
         self._options = options
