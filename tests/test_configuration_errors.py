@@ -115,7 +115,7 @@ NAN, INF = float("nan"), float("inf")
 
 def confidential_client() -> ConfidentialClient:
     return ConfidentialClient(
-        client_id=API, tenant_id=TENANT, credential=ClientCredential.secret(SECRET)
+        client_id=API, tenant=TENANT, credential=ClientCredential.secret(SECRET)
     )
 
 
