@@ -216,6 +216,102 @@ def _outbound_cases(kind: type[OnBehalfOf] | type[AppOnly]) -> dict[str, tuple[A
     }
 
 
+def client_with(**settings: Any) -> ConfidentialClient:
+    given: dict[str, Any] = {
+        "client_id": API,
+        "tenant": TENANT,
+        "credential": ClientCredential.secret("a-secret"),
+    }
+    return ConfidentialClient(**{**given, **settings})
+
+
+_CLIENT: dict[str, tuple[Callable[[], object], str]] = {
+    "client_capabilities a string": (
+        lambda: client_with(client_capabilities="cp1"),
+        "client_capabilities",
+    ),
+    "client_capabilities a number": (
+        lambda: client_with(client_capabilities=1),
+        "client_capabilities",
+    ),
+    "client_capabilities holds a secret": (
+        lambda: client_with(client_capabilities=[SECRET]),
+        "client_capabilities",
+    ),
+    "ca_file a number": (lambda: client_with(ca_file=1), "ca_file"),
+    "ca_file empty": (lambda: client_with(ca_file=""), "ca_file"),
+    "http_timeout a string": (lambda: client_with(http_timeout=SECRET), "http_timeout"),
+    "http_timeout NaN": (lambda: client_with(http_timeout=NAN), "http_timeout"),
+    "http_timeout a bool": (lambda: client_with(http_timeout=True), "http_timeout"),
+    "http_timeout zero": (lambda: client_with(http_timeout=0), "http_timeout"),
+    "http_timeout infinite": (lambda: client_with(http_timeout=INF), "http_timeout"),
+    "credential a string": (lambda: client_with(credential=SECRET), "credential"),
+    "credential a list of strings": (lambda: client_with(credential=[SECRET]), "credential"),
+    "credential an empty list": (lambda: client_with(credential=[]), "credential"),
+    "authority_host a number": (lambda: client_with(authority_host=1), "authority_host"),
+}
+
+_CREDENTIAL: dict[str, tuple[Callable[[], object], str]] = {
+    "secret a number": (lambda: ClientCredential.secret(1), "secret"),  # type: ignore[arg-type]
+    "secret empty": (lambda: ClientCredential.secret(""), "secret"),
+    "secret bytes": (lambda: ClientCredential.secret(SECRET.encode()), "secret"),  # type: ignore[arg-type]
+    "certificate key a string": (
+        lambda: ClientCredential.certificate(private_key_pem=SECRET, certificate_pem=b"x"),  # type: ignore[arg-type]
+        "certificate",
+    ),
+    "certificate not PEM": (
+        lambda: ClientCredential.certificate(
+            private_key_pem=SECRET.encode(), certificate_pem=SECRET.encode()
+        ),
+        "certificate",
+    ),
+    "certificate passphrase a string": (
+        lambda: ClientCredential.certificate(
+            private_key_pem=b"x",
+            certificate_pem=b"x",
+            passphrase=SECRET,  # type: ignore[arg-type]
+        ),
+        "passphrase",
+    ),
+    "certificate send_certificate_chain a string": (
+        lambda: ClientCredential.certificate(
+            private_key_pem=b"x",
+            certificate_pem=b"x",
+            send_certificate_chain="yes",  # type: ignore[arg-type]
+        ),
+        "send_certificate_chain",
+    ),
+    "certificate file a number": (
+        lambda: ClientCredential.certificate_file(1),  # type: ignore[arg-type]
+        "certificate_file",
+    ),
+    "certificate file missing": (
+        lambda: ClientCredential.certificate_file("/nonexistent/grpc-obo/cert.pem"),
+        "certificate_file",
+    ),
+    "certificate file passphrase a string": (
+        lambda: ClientCredential.certificate_file("/nonexistent/c.pem", passphrase=SECRET),  # type: ignore[arg-type]
+        "passphrase",
+    ),
+    "federated token file a number": (
+        lambda: ClientCredential.federated_token_file(1),  # type: ignore[arg-type]
+        "federated_token_file",
+    ),
+    "federated token file empty": (
+        lambda: ClientCredential.federated_token_file(""),
+        "federated_token_file",
+    ),
+    "managed identity client_id not a GUID": (
+        lambda: ClientCredential.managed_identity(SECRET),
+        "managed_identity",
+    ),
+    "assertion not callable": (
+        lambda: ClientCredential.assertion(SECRET),  # type: ignore[arg-type]
+        "assertion",
+    ),
+}
+
+
 NAMED: dict[str, tuple[Callable[[], object], str]] = {
     "retry: max_attempts a string": (lambda: RetryPolicy(max_attempts=SECRET), "max_attempts"),  # type: ignore[arg-type]
     "retry: max_attempts a bool": (lambda: RetryPolicy(max_attempts=True), "max_attempts"),
@@ -286,6 +382,8 @@ NAMED: dict[str, tuple[Callable[[], object], str]] = {
         lambda: TokenSealer(SEALING_KEY, key_id=2, previous={2: SEALING_KEY}),
         "previous",
     ),
+    **{f"confidential client: {name}": case for name, case in _CLIENT.items()},
+    **{f"credential: {name}": case for name, case in _CREDENTIAL.items()},
     **_outbound_cases(OnBehalfOf),
     **_outbound_cases(AppOnly),
     "server: validate not a coroutine function": (

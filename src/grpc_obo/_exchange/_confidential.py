@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from grpc_obo._common import is_guid, with_scheme
 from grpc_obo._errors import ConfigurationError
+from grpc_obo._errors._checks import a_number, a_path, strings
 from grpc_obo._exchange._credentials import ClientCredential
 
 __all__ = ["ConfidentialClient"]
@@ -82,9 +83,8 @@ class ConfidentialClient:
         if not host.startswith("https://"):
             raise ConfigurationError(_HOST_RULE, setting="authority_host")
         object.__setattr__(self, "authority_host", host)
-        ca_file: object = self.ca_file
-        if isinstance(ca_file, os.PathLike):  # a Path works too
-            object.__setattr__(self, "ca_file", os.fspath(ca_file))
+        if self.ca_file is not None:
+            object.__setattr__(self, "ca_file", a_path("ca_file", self.ca_file))  # a Path too
         given = self.credential
         listed: object = (given,) if isinstance(given, ClientCredential) else given
         if (
@@ -93,15 +93,24 @@ class ConfidentialClient:
             or not listed
             or not all(isinstance(c, ClientCredential) for c in listed)
         ):
+            # NOTE: never the value: a secret given where a ClientCredential belongs.
             raise ConfigurationError(
-                "credential must be a ClientCredential or a non-empty list of them"
+                "credential must be a ClientCredential or a non-empty list of them",
+                setting="credential",
             )
         if not isinstance(given, ClientCredential):
             object.__setattr__(self, "credential", tuple(listed))
-        if not all(isinstance(c, str) and c.isalnum() for c in self.client_capabilities):
-            raise ConfigurationError("client_capabilities is a tuple such as ('cp1',)")
-        if self.http_timeout <= 0:
-            raise ConfigurationError("http_timeout must be positive")
+        capabilities = strings(
+            "client_capabilities", self.client_capabilities, "capabilities such as ('cp1',)"
+        )
+        if not all(c.isalnum() for c in capabilities):
+            raise ConfigurationError(
+                "client_capabilities must be a list of capabilities such as ('cp1',)",
+                setting="client_capabilities",
+            )
+        object.__setattr__(self, "client_capabilities", capabilities)
+        timeout = a_number("http_timeout", self.http_timeout, above=True)
+        object.__setattr__(self, "http_timeout", timeout)
 
     @property
     def credentials(self) -> tuple[ClientCredential, ...]:
