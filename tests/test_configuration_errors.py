@@ -23,6 +23,7 @@ from grpc_obo import (
     MethodPolicy,
     OnBehalfOf,
     Policy,
+    RedisTokenStore,
     RetryPolicy,
     Telemetry,
     TokenCache,
@@ -312,6 +313,54 @@ _CREDENTIAL: dict[str, tuple[Callable[[], object], str]] = {
 }
 
 
+def redis_store(**settings: Any) -> RedisTokenStore:
+    return RedisTokenStore(**{"sealer": TokenSealer(SEALING_KEY), **settings})
+
+
+def redis_url(url: Any) -> RedisTokenStore:
+    return RedisTokenStore.from_url(url, sealer=TokenSealer(SEALING_KEY))
+
+
+_REDIS: dict[str, tuple[Callable[[], object], str]] = {
+    "sealer a key": (lambda: RedisTokenStore(sealer=SECRET), "sealer"),  # type: ignore[arg-type]
+    "host a number": (lambda: redis_store(host=1), "host"),
+    "host empty": (lambda: redis_store(host=""), "host"),
+    "port a string": (lambda: redis_store(port=SECRET), "port"),
+    "port a bool": (lambda: redis_store(port=True), "port"),
+    "port out of range": (lambda: redis_store(port=70_000), "port"),
+    "db a string": (lambda: redis_store(db="0"), "db"),
+    "db negative": (lambda: redis_store(db=-1), "db"),
+    "username a number": (lambda: redis_store(username=1), "username"),
+    "password a number": (lambda: redis_store(password=1), "password"),
+    "ssl a string": (lambda: redis_store(ssl="yes"), "ssl"),
+    "ssl_ca_file a number": (lambda: redis_store(ssl=True, ssl_ca_file=1), "ssl_ca_file"),
+    "ssl_ca_file without TLS": (lambda: redis_store(ssl_ca_file="/ca.pem"), "ssl_ca_file"),
+    "cluster a string": (lambda: redis_store(cluster="yes"), "cluster"),
+    "namespace a number": (lambda: redis_store(namespace=1), "namespace"),
+    "namespace with a hash tag": (lambda: redis_store(namespace="a{b}"), "namespace"),
+    "timeout a string": (lambda: redis_store(timeout=SECRET), "timeout"),
+    "timeout NaN": (lambda: redis_store(timeout=NAN), "timeout"),
+    "timeout a bool": (lambda: redis_store(timeout=True), "timeout"),
+    "timeout zero": (lambda: redis_store(timeout=0), "timeout"),
+    "pool_max_size a string": (lambda: redis_store(pool_max_size=SECRET), "pool_max_size"),
+    "pool_max_size zero": (lambda: redis_store(pool_max_size=0), "pool_max_size"),
+    "l1_max_entries a string": (lambda: redis_store(l1_max_entries=SECRET), "l1_max_entries"),
+    "l1_max_entries a bool": (lambda: redis_store(l1_max_entries=True), "l1_max_entries"),
+    "l1_ttl a string": (lambda: redis_store(l1_ttl=SECRET), "l1_ttl"),
+    "l1_ttl NaN": (lambda: redis_store(l1_ttl=NAN), "l1_ttl"),
+    "l1_ttl zero": (lambda: redis_store(l1_ttl=0), "l1_ttl"),
+    "lease_ttl a string": (lambda: redis_store(lease_ttl=SECRET), "lease_ttl"),
+    "lease_ttl infinite": (lambda: redis_store(lease_ttl=INF), "lease_ttl"),
+    "lease_ttl too short": (lambda: redis_store(lease_ttl=0.01), "lease_ttl"),
+    "clock not callable": (lambda: redis_store(clock=1), "clock"),
+    "observer without store_outcome": (lambda: redis_store(observer=SECRET), "observer"),
+    "url a number": (lambda: redis_url(1), "url"),
+    "url not redis": (lambda: redis_url(f"https://user:{SECRET}@host/"), "url"),
+    "url without a host": (lambda: redis_url(f"redis://:{SECRET}@/0"), "url"),
+    "url with a bad port": (lambda: redis_url(f"redis://:{SECRET}@host:port/0"), "url"),
+    "url with a bad database": (lambda: redis_url(f"redis://:{SECRET}@host:6379/db"), "url"),
+}
+
 NAMED: dict[str, tuple[Callable[[], object], str]] = {
     "retry: max_attempts a string": (lambda: RetryPolicy(max_attempts=SECRET), "max_attempts"),  # type: ignore[arg-type]
     "retry: max_attempts a bool": (lambda: RetryPolicy(max_attempts=True), "max_attempts"),
@@ -384,6 +433,7 @@ NAMED: dict[str, tuple[Callable[[], object], str]] = {
     ),
     **{f"confidential client: {name}": case for name, case in _CLIENT.items()},
     **{f"credential: {name}": case for name, case in _CREDENTIAL.items()},
+    **{f"redis store: {name}": case for name, case in _REDIS.items()},
     **_outbound_cases(OnBehalfOf),
     **_outbound_cases(AppOnly),
     "server: validate not a coroutine function": (
