@@ -55,6 +55,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from grpc_obo._exchange._crypto import TokenSealer
@@ -308,6 +309,17 @@ class RedisTokenStore:
         if not self._closed:
             self._events.start()
             self._replay_deletes_soon()
+
+    async def __aenter__(self) -> RedisTokenStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     async def close(self) -> None:
         self._closed = True
