@@ -250,6 +250,22 @@ _CLIENT: dict[str, tuple[Callable[[], object], str]] = {
     "credential a list of strings": (lambda: client_with(credential=[SECRET]), "credential"),
     "credential an empty list": (lambda: client_with(credential=[]), "credential"),
     "authority_host a number": (lambda: client_with(authority_host=1), "authority_host"),
+    "from_env environ not a mapping": (
+        lambda: ConfidentialClient.from_env([SECRET]),  # type: ignore[arg-type]
+        "environ",
+    ),
+    "from_env without AZURE_TENANT_ID": (
+        lambda: ConfidentialClient.from_env({"AZURE_CLIENT_ID": API}),
+        "tenant",
+    ),
+    "from_env without AZURE_CLIENT_ID": (
+        lambda: ConfidentialClient.from_env({"AZURE_TENANT_ID": TENANT}),
+        "client_id",
+    ),
+    "from_env without a credential": (
+        lambda: ConfidentialClient.from_env({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": API}),
+        "credential",
+    ),
 }
 
 _CREDENTIAL: dict[str, tuple[Callable[[], object], str]] = {
@@ -359,6 +375,8 @@ _REDIS: dict[str, tuple[Callable[[], object], str]] = {
     "url without a host": (lambda: redis_url(f"redis://:{SECRET}@/0"), "url"),
     "url with a bad port": (lambda: redis_url(f"redis://:{SECRET}@host:port/0"), "url"),
     "url with a bad database": (lambda: redis_url(f"redis://:{SECRET}@host:6379/db"), "url"),
+    "url with port 0": (lambda: redis_url(f"redis://:{SECRET}@host:0/0"), "port"),
+    "cluster with a database": (lambda: redis_store(cluster=True, db=1), "db"),
 }
 
 NAMED: dict[str, tuple[Callable[[], object], str]] = {
@@ -487,3 +505,6 @@ def test_a_bad_setting_is_named_and_never_quoted(build: Callable[[], object], se
     assert setting in error.message  # the sentence names what to fix
     assert SECRET not in told and SECRET[:20] not in told
     assert repr(SEALING_KEY) not in told
+    # ... nor does an exception it is chained to (a traceback prints that too)
+    shown = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    assert shown is None or SECRET[:20] not in f"{shown} {shown!r}"

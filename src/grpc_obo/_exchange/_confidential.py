@@ -150,6 +150,11 @@ class ConfidentialClient:
         `ValidatorOptions.from_env()` does. Errors name the variable, never its value.
         """
         env = os.environ if environ is None else environ
+        if not isinstance(env, Mapping):
+            raise ConfigurationError(
+                "environ must be a mapping of variable names to values (None: os.environ)",
+                setting="environ",
+            )
 
         def get(name: str) -> str | None:
             value = env.get(name, "").strip()
@@ -158,7 +163,11 @@ class ConfidentialClient:
         def need(name: str) -> str:
             value = get(name)
             if value is None:
-                raise ConfigurationError(f"{name} is not set")
+                setting = _SETTING_OF.get(name)
+                raise ConfigurationError(
+                    f"{name} is not set (the {setting})" if setting else f"{name} is not set",
+                    setting=setting,
+                )
             return value
 
         def named(variable: str, exc: ConfigurationError) -> ConfigurationError:
@@ -198,7 +207,8 @@ class ConfidentialClient:
         if not sources:
             raise ConfigurationError(
                 "set AZURE_FEDERATED_TOKEN_FILE, GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID, "
-                "AZURE_CLIENT_CERTIFICATE_PATH or AZURE_CLIENT_SECRET"
+                "AZURE_CLIENT_CERTIFICATE_PATH or AZURE_CLIENT_SECRET (the credential)",
+                setting="credential",
             )
         credential = sources[0] if len(sources) == 1 else tuple(sources)
         if ca_file is None:
@@ -228,3 +238,4 @@ _FROM_ENV = {
     "tenant": "AZURE_TENANT_ID",
     "authority_host": "AZURE_AUTHORITY_HOST",
 }
+_SETTING_OF = {variable: setting for setting, variable in _FROM_ENV.items()}

@@ -140,8 +140,6 @@ def build_client(
         ) from exc
     # The settings were checked by the store (`_redis_settings.py`).
     if cluster:
-        if db:
-            raise ConfigurationError("Redis Cluster has only database 0")
         from redis.asyncio.cluster import RedisCluster
 
         if not hasattr(RedisCluster, "pubsub"):

@@ -34,7 +34,8 @@ def check_settings(given: Mapping[str, Any]) -> None:
         )
     a_string("host", given["host"], "a host name or address")
     a_whole_number("port", given["port"], minimum=1, maximum=65535)
-    a_whole_number("db", given["db"], minimum=0)
+    if a_whole_number("db", given["db"], minimum=0) and given["cluster"] is True:
+        raise ConfigurationError("db must be 0 on Redis Cluster (it has no other)", setting="db")
     for setting in ("username", "password"):
         if given[setting] is not None and not isinstance(given[setting], str):
             raise ConfigurationError(f"{setting} must be a string or None", setting=setting)
@@ -74,7 +75,7 @@ def parse_url(url: object) -> dict[str, Any]:
         raise ConfigurationError(_URL_RULE, setting="url")
     try:
         parts = urlsplit(url)
-        port = parts.port or 6379
+        port = 6379 if parts.port is None else parts.port  # port 0 is refused, not 6379
         path = parts.path.strip("/")
         db = int(path) if path else 0
     except ValueError:
