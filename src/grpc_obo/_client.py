@@ -137,7 +137,7 @@ def _check_channel(
 
 class OnBehalfOf:
     """On-Behalf-Of for the current user, cached; build outbound channels and interceptors
-    (gRPC) and `httpx.Auth`s (HTTP) from it.
+    (gRPC) and HTTP auths (`httpx.Auth`) from it.
 
     ```
     obo = OnBehalfOf(ConfidentialClient.from_env())
