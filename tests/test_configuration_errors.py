@@ -290,6 +290,12 @@ _CREDENTIAL: dict[str, tuple[Callable[[], object], str]] = {
         ),
         "passphrase",
     ),
+    "certificate passphrase not UTF-8": (
+        lambda: ClientCredential.certificate(
+            private_key_pem=b"x", certificate_pem=b"x", passphrase=b"\xff" + SECRET.encode()
+        ),
+        "passphrase",
+    ),
     "certificate send_certificate_chain a string": (
         lambda: ClientCredential.certificate(
             private_key_pem=b"x",

@@ -79,6 +79,9 @@ class ClientCredential:
     ) -> ClientCredential:
         """A certificate credential. The key is checked to load and to match the certificate."""
         _passphrase_checked(passphrase)
+        if passphrase is not None and not _is_utf8(passphrase):
+            # NOTE: MSAL takes the passphrase as text; never the value in the message.
+            raise ConfigurationError("passphrase must be UTF-8 text", setting="passphrase")
         a_bool("send_certificate_chain", send_certificate_chain)
         if not isinstance(private_key_pem, bytes) or not isinstance(certificate_pem, bytes):
             raise ConfigurationError(
@@ -297,6 +300,14 @@ def _passphrase_checked(passphrase: object) -> None:
         raise ConfigurationError(
             "passphrase must be bytes (or None), e.g. password.encode()", setting="passphrase"
         )
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _file_error(path: str, what: str) -> ConfigurationError:
