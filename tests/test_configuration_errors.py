@@ -23,6 +23,7 @@ from grpc_obo import (
     MethodPolicy,
     OnBehalfOf,
     Policy,
+    RedisTokenStore,
     RetryPolicy,
     Telemetry,
     TokenCache,
@@ -216,6 +217,174 @@ def _outbound_cases(kind: type[OnBehalfOf] | type[AppOnly]) -> dict[str, tuple[A
     }
 
 
+def client_with(**settings: Any) -> ConfidentialClient:
+    given: dict[str, Any] = {
+        "client_id": API,
+        "tenant": TENANT,
+        "credential": ClientCredential.secret("a-secret"),
+    }
+    return ConfidentialClient(**{**given, **settings})
+
+
+_CLIENT: dict[str, tuple[Callable[[], object], str]] = {
+    "client_capabilities a string": (
+        lambda: client_with(client_capabilities="cp1"),
+        "client_capabilities",
+    ),
+    "client_capabilities a number": (
+        lambda: client_with(client_capabilities=1),
+        "client_capabilities",
+    ),
+    "client_capabilities holds a secret": (
+        lambda: client_with(client_capabilities=[SECRET]),
+        "client_capabilities",
+    ),
+    "ca_file a number": (lambda: client_with(ca_file=1), "ca_file"),
+    "ca_file empty": (lambda: client_with(ca_file=""), "ca_file"),
+    "http_timeout a string": (lambda: client_with(http_timeout=SECRET), "http_timeout"),
+    "http_timeout NaN": (lambda: client_with(http_timeout=NAN), "http_timeout"),
+    "http_timeout a bool": (lambda: client_with(http_timeout=True), "http_timeout"),
+    "http_timeout zero": (lambda: client_with(http_timeout=0), "http_timeout"),
+    "http_timeout infinite": (lambda: client_with(http_timeout=INF), "http_timeout"),
+    "credential a string": (lambda: client_with(credential=SECRET), "credential"),
+    "credential a list of strings": (lambda: client_with(credential=[SECRET]), "credential"),
+    "credential an empty list": (lambda: client_with(credential=[]), "credential"),
+    "authority_host a number": (lambda: client_with(authority_host=1), "authority_host"),
+    "from_env environ not a mapping": (
+        lambda: ConfidentialClient.from_env([SECRET]),  # type: ignore[arg-type]
+        "environ",
+    ),
+    "from_env without AZURE_TENANT_ID": (
+        lambda: ConfidentialClient.from_env({"AZURE_CLIENT_ID": API}),
+        "tenant",
+    ),
+    "from_env without AZURE_CLIENT_ID": (
+        lambda: ConfidentialClient.from_env({"AZURE_TENANT_ID": TENANT}),
+        "client_id",
+    ),
+    "from_env without a credential": (
+        lambda: ConfidentialClient.from_env({"AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": API}),
+        "credential",
+    ),
+}
+
+_CREDENTIAL: dict[str, tuple[Callable[[], object], str]] = {
+    "secret a number": (lambda: ClientCredential.secret(1), "secret"),  # type: ignore[arg-type]
+    "secret empty": (lambda: ClientCredential.secret(""), "secret"),
+    "secret bytes": (lambda: ClientCredential.secret(SECRET.encode()), "secret"),  # type: ignore[arg-type]
+    "certificate key a string": (
+        lambda: ClientCredential.certificate(private_key_pem=SECRET, certificate_pem=b"x"),  # type: ignore[arg-type]
+        "certificate",
+    ),
+    "certificate not PEM": (
+        lambda: ClientCredential.certificate(
+            private_key_pem=SECRET.encode(), certificate_pem=SECRET.encode()
+        ),
+        "certificate",
+    ),
+    "certificate passphrase a string": (
+        lambda: ClientCredential.certificate(
+            private_key_pem=b"x",
+            certificate_pem=b"x",
+            passphrase=SECRET,  # type: ignore[arg-type]
+        ),
+        "passphrase",
+    ),
+    "certificate passphrase not UTF-8": (
+        lambda: ClientCredential.certificate(
+            private_key_pem=b"x", certificate_pem=b"x", passphrase=b"\xff" + SECRET.encode()
+        ),
+        "passphrase",
+    ),
+    "certificate send_certificate_chain a string": (
+        lambda: ClientCredential.certificate(
+            private_key_pem=b"x",
+            certificate_pem=b"x",
+            send_certificate_chain="yes",  # type: ignore[arg-type]
+        ),
+        "send_certificate_chain",
+    ),
+    "certificate file a number": (
+        lambda: ClientCredential.certificate_file(1),  # type: ignore[arg-type]
+        "certificate_file",
+    ),
+    "certificate file missing": (
+        lambda: ClientCredential.certificate_file("/nonexistent/grpc-obo/cert.pem"),
+        "certificate_file",
+    ),
+    "certificate file passphrase a string": (
+        lambda: ClientCredential.certificate_file("/nonexistent/c.pem", passphrase=SECRET),  # type: ignore[arg-type]
+        "passphrase",
+    ),
+    "federated token file a number": (
+        lambda: ClientCredential.federated_token_file(1),  # type: ignore[arg-type]
+        "federated_token_file",
+    ),
+    "federated token file empty": (
+        lambda: ClientCredential.federated_token_file(""),
+        "federated_token_file",
+    ),
+    "managed identity client_id not a GUID": (
+        lambda: ClientCredential.managed_identity(SECRET),
+        "managed_identity",
+    ),
+    "assertion not callable": (
+        lambda: ClientCredential.assertion(SECRET),  # type: ignore[arg-type]
+        "assertion",
+    ),
+}
+
+
+def redis_store(**settings: Any) -> RedisTokenStore:
+    return RedisTokenStore(**{"sealer": TokenSealer(SEALING_KEY), **settings})
+
+
+def redis_url(url: Any) -> RedisTokenStore:
+    return RedisTokenStore.from_url(url, sealer=TokenSealer(SEALING_KEY))
+
+
+_REDIS: dict[str, tuple[Callable[[], object], str]] = {
+    "sealer a key": (lambda: RedisTokenStore(sealer=SECRET), "sealer"),  # type: ignore[arg-type]
+    "host a number": (lambda: redis_store(host=1), "host"),
+    "host empty": (lambda: redis_store(host=""), "host"),
+    "port a string": (lambda: redis_store(port=SECRET), "port"),
+    "port a bool": (lambda: redis_store(port=True), "port"),
+    "port out of range": (lambda: redis_store(port=70_000), "port"),
+    "db a string": (lambda: redis_store(db="0"), "db"),
+    "db negative": (lambda: redis_store(db=-1), "db"),
+    "username a number": (lambda: redis_store(username=1), "username"),
+    "password a number": (lambda: redis_store(password=1), "password"),
+    "ssl a string": (lambda: redis_store(ssl="yes"), "ssl"),
+    "ssl_ca_file a number": (lambda: redis_store(ssl=True, ssl_ca_file=1), "ssl_ca_file"),
+    "ssl_ca_file without TLS": (lambda: redis_store(ssl_ca_file="/ca.pem"), "ssl_ca_file"),
+    "cluster a string": (lambda: redis_store(cluster="yes"), "cluster"),
+    "namespace a number": (lambda: redis_store(namespace=1), "namespace"),
+    "namespace with a hash tag": (lambda: redis_store(namespace="a{b}"), "namespace"),
+    "timeout a string": (lambda: redis_store(timeout=SECRET), "timeout"),
+    "timeout NaN": (lambda: redis_store(timeout=NAN), "timeout"),
+    "timeout a bool": (lambda: redis_store(timeout=True), "timeout"),
+    "timeout zero": (lambda: redis_store(timeout=0), "timeout"),
+    "pool_max_size a string": (lambda: redis_store(pool_max_size=SECRET), "pool_max_size"),
+    "pool_max_size zero": (lambda: redis_store(pool_max_size=0), "pool_max_size"),
+    "l1_max_entries a string": (lambda: redis_store(l1_max_entries=SECRET), "l1_max_entries"),
+    "l1_max_entries a bool": (lambda: redis_store(l1_max_entries=True), "l1_max_entries"),
+    "l1_ttl a string": (lambda: redis_store(l1_ttl=SECRET), "l1_ttl"),
+    "l1_ttl NaN": (lambda: redis_store(l1_ttl=NAN), "l1_ttl"),
+    "l1_ttl zero": (lambda: redis_store(l1_ttl=0), "l1_ttl"),
+    "lease_ttl a string": (lambda: redis_store(lease_ttl=SECRET), "lease_ttl"),
+    "lease_ttl infinite": (lambda: redis_store(lease_ttl=INF), "lease_ttl"),
+    "lease_ttl too short": (lambda: redis_store(lease_ttl=0.01), "lease_ttl"),
+    "clock not callable": (lambda: redis_store(clock=1), "clock"),
+    "observer without store_outcome": (lambda: redis_store(observer=SECRET), "observer"),
+    "url a number": (lambda: redis_url(1), "url"),
+    "url not redis": (lambda: redis_url(f"https://user:{SECRET}@host/"), "url"),
+    "url without a host": (lambda: redis_url(f"redis://:{SECRET}@/0"), "url"),
+    "url with a bad port": (lambda: redis_url(f"redis://:{SECRET}@host:port/0"), "url"),
+    "url with a bad database": (lambda: redis_url(f"redis://:{SECRET}@host:6379/db"), "url"),
+    "url with port 0": (lambda: redis_url(f"redis://:{SECRET}@host:0/0"), "port"),
+    "cluster with a database": (lambda: redis_store(cluster=True, db=1), "db"),
+}
+
 NAMED: dict[str, tuple[Callable[[], object], str]] = {
     "retry: max_attempts a string": (lambda: RetryPolicy(max_attempts=SECRET), "max_attempts"),  # type: ignore[arg-type]
     "retry: max_attempts a bool": (lambda: RetryPolicy(max_attempts=True), "max_attempts"),
@@ -286,6 +455,9 @@ NAMED: dict[str, tuple[Callable[[], object], str]] = {
         lambda: TokenSealer(SEALING_KEY, key_id=2, previous={2: SEALING_KEY}),
         "previous",
     ),
+    **{f"confidential client: {name}": case for name, case in _CLIENT.items()},
+    **{f"credential: {name}": case for name, case in _CREDENTIAL.items()},
+    **{f"redis store: {name}": case for name, case in _REDIS.items()},
     **_outbound_cases(OnBehalfOf),
     **_outbound_cases(AppOnly),
     "server: validate not a coroutine function": (
@@ -339,3 +511,6 @@ def test_a_bad_setting_is_named_and_never_quoted(build: Callable[[], object], se
     assert setting in error.message  # the sentence names what to fix
     assert SECRET not in told and SECRET[:20] not in told
     assert repr(SEALING_KEY) not in told
+    # ... nor does an exception it is chained to (a traceback prints that too)
+    shown = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    assert shown is None or SECRET[:20] not in f"{shown} {shown!r}"

@@ -95,7 +95,7 @@ def test_an_empty_or_missing_ca_file_is_refused_at_start_up(
     authority: DevAuthority, ca_file: str
 ) -> None:
     """requests treats `verify=""` as "skip verification": an unset variable read into
-    `ca_file` must not switch TLS checking off."""
-    client = replace(client_for(authority), ca_file=ca_file)
+    `ca_file` must not switch TLS checking off (an empty one is refused by the
+    `ConfidentialClient` already, a missing file when the exchanger is built)."""
     with pytest.raises(ConfigurationError, match="ca_file"):
-        OnBehalfOf(client)
+        OnBehalfOf(replace(client_for(authority), ca_file=ca_file))

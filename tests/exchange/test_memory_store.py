@@ -67,3 +67,27 @@ async def test_zero_ttl_is_not_stored_and_delete_works(clock: FakeClock) -> None
 def test_bound_must_be_positive() -> None:
     with pytest.raises(ConfigurationError):
         MemoryTokenStore(max_entries=0)
+
+
+async def test_async_with_closes_the_store_even_when_the_block_fails(clock: FakeClock) -> None:
+    """A store passed to a cache is the caller's to close: `async with` does it."""
+    store = MemoryTokenStore(max_entries=10, clock=clock)
+    closed: list[bool] = []
+    close = store.close
+
+    async def counted_close() -> None:
+        closed.append(True)
+        await close()
+
+    store.close = counted_close  # type: ignore[method-assign]
+
+    async def use() -> None:
+        async with store as entered:
+            assert entered is store
+            await store.set("k", token(1, clock.now), ttl=10)
+            assert not closed
+            raise RuntimeError("in the block")
+
+    with pytest.raises(RuntimeError, match="in the block"):
+        await use()
+    assert closed == [True]

@@ -66,6 +66,22 @@ async def test_round_trip_with_ttl_from_the_caller(
     assert 119_000 < ttl_ms <= 120_500
 
 
+async def test_async_with_closes_the_store(
+    redis_url: str, redis_namespace: str, redis_client: redis.Redis, minted: Minted
+) -> None:
+    """A store passed to a cache is the caller's to close: `async with` closes it (its
+    subscription and its connections to Redis) when the block ends."""
+    before = len(redis_client.client_list())
+    store = RedisTokenStore.from_url(redis_url, sealer=TokenSealer(KEY), namespace=redis_namespace)
+    async with store as entered:
+        assert entered is store
+        await store.set(cache_key(1), fresh(minted), ttl=60)
+        assert store.notifications_live
+        assert len(redis_client.client_list()) > before
+    assert not store.notifications_live
+    assert len(redis_client.client_list()) == before
+
+
 async def test_a_redis_dump_contains_no_token(
     make_store: StoreFactory, redis_client: redis.Redis, minted: Minted
 ) -> None:

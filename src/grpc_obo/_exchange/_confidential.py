@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from grpc_obo._common import is_guid, with_scheme
 from grpc_obo._errors import ConfigurationError
+from grpc_obo._errors._checks import a_number, a_path, strings
 from grpc_obo._exchange._credentials import ClientCredential
 
 __all__ = ["ConfidentialClient"]
@@ -82,9 +83,8 @@ class ConfidentialClient:
         if not host.startswith("https://"):
             raise ConfigurationError(_HOST_RULE, setting="authority_host")
         object.__setattr__(self, "authority_host", host)
-        ca_file: object = self.ca_file
-        if isinstance(ca_file, os.PathLike):  # a Path works too
-            object.__setattr__(self, "ca_file", os.fspath(ca_file))
+        if self.ca_file is not None:
+            object.__setattr__(self, "ca_file", a_path("ca_file", self.ca_file))  # a Path too
         given = self.credential
         listed: object = (given,) if isinstance(given, ClientCredential) else given
         if (
@@ -93,15 +93,24 @@ class ConfidentialClient:
             or not listed
             or not all(isinstance(c, ClientCredential) for c in listed)
         ):
+            # NOTE: never the value: a secret given where a ClientCredential belongs.
             raise ConfigurationError(
-                "credential must be a ClientCredential or a non-empty list of them"
+                "credential must be a ClientCredential or a non-empty list of them",
+                setting="credential",
             )
         if not isinstance(given, ClientCredential):
             object.__setattr__(self, "credential", tuple(listed))
-        if not all(isinstance(c, str) and c.isalnum() for c in self.client_capabilities):
-            raise ConfigurationError("client_capabilities is a tuple such as ('cp1',)")
-        if self.http_timeout <= 0:
-            raise ConfigurationError("http_timeout must be positive")
+        capabilities = strings(
+            "client_capabilities", self.client_capabilities, "capabilities such as ('cp1',)"
+        )
+        if not all(c.isalnum() for c in capabilities):
+            raise ConfigurationError(
+                "client_capabilities must be a list of capabilities such as ('cp1',)",
+                setting="client_capabilities",
+            )
+        object.__setattr__(self, "client_capabilities", capabilities)
+        timeout = a_number("http_timeout", self.http_timeout, above=True)
+        object.__setattr__(self, "http_timeout", timeout)
 
     @property
     def credentials(self) -> tuple[ClientCredential, ...]:
@@ -141,6 +150,11 @@ class ConfidentialClient:
         `ValidatorOptions.from_env()` does. Errors name the variable, never its value.
         """
         env = os.environ if environ is None else environ
+        if not isinstance(env, Mapping):
+            raise ConfigurationError(
+                "environ must be a mapping of variable names to values (None: os.environ)",
+                setting="environ",
+            )
 
         def get(name: str) -> str | None:
             value = env.get(name, "").strip()
@@ -149,7 +163,11 @@ class ConfidentialClient:
         def need(name: str) -> str:
             value = get(name)
             if value is None:
-                raise ConfigurationError(f"{name} is not set")
+                setting = _SETTING_OF.get(name)
+                raise ConfigurationError(
+                    f"{name} is not set (the {setting})" if setting else f"{name} is not set",
+                    setting=setting,
+                )
             return value
 
         def named(variable: str, exc: ConfigurationError) -> ConfigurationError:
@@ -189,7 +207,8 @@ class ConfidentialClient:
         if not sources:
             raise ConfigurationError(
                 "set AZURE_FEDERATED_TOKEN_FILE, GRPC_OBO_MANAGED_IDENTITY_CLIENT_ID, "
-                "AZURE_CLIENT_CERTIFICATE_PATH or AZURE_CLIENT_SECRET"
+                "AZURE_CLIENT_CERTIFICATE_PATH or AZURE_CLIENT_SECRET (the credential)",
+                setting="credential",
             )
         credential = sources[0] if len(sources) == 1 else tuple(sources)
         if ca_file is None:
@@ -219,3 +238,4 @@ _FROM_ENV = {
     "tenant": "AZURE_TENANT_ID",
     "authority_host": "AZURE_AUTHORITY_HOST",
 }
+_SETTING_OF = {variable: setting for setting, variable in _FROM_ENV.items()}

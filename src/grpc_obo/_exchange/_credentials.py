@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from grpc_obo._common import is_guid
 from grpc_obo._errors import ConfigurationError
+from grpc_obo._errors._checks import a_bool, a_callable, a_path
 from grpc_obo._exchange._source_kinds import (
     AssertionCallback,
     CertificateFile,
@@ -61,7 +62,10 @@ class ClientCredential:
     def secret(cls, value: str | SecretToken) -> ClientCredential:
         raw = value.reveal() if isinstance(value, SecretToken) else value
         if not isinstance(raw, str) or not raw:
-            raise ConfigurationError("a client secret must be a non-empty string")
+            # NOTE: never the value (bytes or a number may still be the secret).
+            raise ConfigurationError(
+                "secret must be the client secret, a non-empty string", setting="secret"
+            )
         return cls("secret", _secret=SecretToken(raw))
 
     @classmethod
@@ -74,12 +78,23 @@ class ClientCredential:
         send_certificate_chain: bool = False,
     ) -> ClientCredential:
         """A certificate credential. The key is checked to load and to match the certificate."""
+        _passphrase_checked(passphrase)
+        if passphrase is not None and not _is_utf8(passphrase):
+            # NOTE: MSAL takes the passphrase as text; never the value in the message.
+            raise ConfigurationError("passphrase must be UTF-8 text", setting="passphrase")
+        a_bool("send_certificate_chain", send_certificate_chain)
+        if not isinstance(private_key_pem, bytes) or not isinstance(certificate_pem, bytes):
+            raise ConfigurationError(
+                "certificate: private_key_pem and certificate_pem must be PEM bytes",
+                setting="certificate",
+            )
         try:
             key = serialization.load_pem_private_key(private_key_pem, password=passphrase)
             cert = x509.load_pem_x509_certificate(certificate_pem)
         except (ValueError, TypeError):
             raise ConfigurationError(
-                "the client certificate or its private key could not be loaded"
+                "certificate: the client certificate or its private key could not be loaded",
+                setting="certificate",
             ) from None
         public = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -88,10 +103,16 @@ class ClientCredential:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         if public != cert_public:
-            raise ConfigurationError("the private key does not belong to the certificate")
+            raise ConfigurationError(
+                "certificate: the private key does not belong to the certificate",
+                setting="certificate",
+            )
         if not isinstance(key, rsa.RSAPrivateKey):
             # MSAL signs client assertions with RS256 / PS256, as Entra requires.
-            raise ConfigurationError("the client certificate's private key must be RSA")
+            raise ConfigurationError(
+                "certificate: the client certificate's private key must be RSA",
+                setting="certificate",
+            )
         return cls(
             "certificate",
             _key_pem=SecretToken(private_key_pem.decode("ascii")),
@@ -114,12 +135,13 @@ class ClientCredential:
         azure-identity reads it, PKCS12 (`.pfx` / `.p12`, protected by `passphrase` if at all):
         a file without a PEM block is read as PKCS12, whatever its name. Errors name the file.
         """
+        path = a_path("certificate_file", path)
+        _passphrase_checked(passphrase)
+        a_bool("send_certificate_chain", send_certificate_chain)
         try:
             data = Path(path).read_bytes()
         except OSError:
-            raise ConfigurationError(
-                f"the client certificate file {str(path)!r} cannot be read"
-            ) from None
+            raise _file_error(path, "cannot be read") from None
         loaded = cls._load_file(data, str(path), passphrase, send_certificate_chain)
         return dataclasses.replace(
             loaded,
@@ -136,10 +158,7 @@ class ClientCredential:
         key_pem = _pem_blocks(data, "PRIVATE KEY")
         cert_pem = _pem_blocks(data, "CERTIFICATE")
         if not key_pem or not cert_pem:
-            raise ConfigurationError(
-                f"the client certificate file {str(path)!r} must hold a PEM private key and a "
-                "certificate"
-            )
+            raise _file_error(path, "must hold a PEM private key and a certificate")
         try:
             return cls.certificate(
                 private_key_pem=key_pem[0],
@@ -148,7 +167,7 @@ class ClientCredential:
                 send_certificate_chain=send_certificate_chain,
             )
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{str(path)!r}: {exc}") from None
+            raise _file_error(path, f"does not load ({exc})") from None
 
     @classmethod
     def _pkcs12(
@@ -157,14 +176,13 @@ class ClientCredential:
         try:
             key, cert, chain = pkcs12.load_key_and_certificates(data, passphrase)
         except (ValueError, TypeError):
-            raise ConfigurationError(
-                f"the client certificate file {path!r} is neither PEM nor PKCS12 that opens with "
-                "the given password (AZURE_CLIENT_CERTIFICATE_PASSWORD)"
+            raise _file_error(
+                path,
+                "is neither PEM nor PKCS12 that opens with the given password "
+                "(AZURE_CLIENT_CERTIFICATE_PASSWORD)",
             ) from None
         if key is None or cert is None:
-            raise ConfigurationError(
-                f"the PKCS12 file {path!r} must hold a private key and its certificate"
-            )
+            raise _file_error(path, "is PKCS12 without a private key and its certificate")
         # NOTE: the key is kept decrypted in memory (as a SecretToken), as azure-identity does:
         # MSAL takes PEM, and the passphrase has done its job once the file is open.
         key_pem = key.private_bytes(
@@ -180,7 +198,7 @@ class ClientCredential:
                 send_certificate_chain=send_certificate_chain,
             )
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{path!r}: {exc}") from None
+            raise _file_error(path, f"does not load ({exc})") from None
 
     @classmethod
     def assertion(cls, callback: Callable[[], str]) -> ClientCredential:
@@ -188,8 +206,7 @@ class ClientCredential:
 
         A JWT it returns is reused until shortly before its `exp`; anything else is asked for
         again on every token request."""
-        if not callable(callback):
-            raise ConfigurationError("the assertion callback must be callable")
+        a_callable("assertion", callback, "a callable returning a signed client assertion")
         return cls("assertion", _callback=callback)
 
     @classmethod
@@ -200,10 +217,7 @@ class ClientCredential:
         minute before that, re-read when it changed (and at once when the authority refuses
         its token), never sent past its `exp`. A missing file is not an error here: it makes
         the source unavailable (the next source in the list is used)."""
-        text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-        if not text or not text.strip():
-            raise ConfigurationError("the federated token file must be a path")
-        return cls("federated_token_file", _path=text)
+        return cls("federated_token_file", _path=a_path("federated_token_file", path))
 
     @classmethod
     def managed_identity(cls, client_id: str | None = None) -> ClientCredential:
@@ -216,7 +230,10 @@ class ClientCredential:
         reads IDENTITY_ENDPOINT / IDENTITY_HEADER from the process environment itself (also when
         `ConfidentialClient.from_env` was given a mapping)."""
         if client_id is not None and not is_guid(client_id):
-            raise ConfigurationError("a managed identity's client_id must be a GUID")
+            raise ConfigurationError(
+                "managed_identity: a user-assigned managed identity's client_id must be a GUID",
+                setting="managed_identity",
+            )
         return cls("managed_identity", _identity=client_id)
 
     def source(self, *, ca_file: str | None, timeout: float, clock: Callable[[], float]) -> Source:
@@ -241,9 +258,7 @@ class ClientCredential:
         try:
             data = Path(path).read_bytes()
         except OSError:
-            raise ConfigurationError(
-                f"the client certificate file {path!r} cannot be read"
-            ) from None
+            raise _file_error(path, "cannot be read") from None
         passphrase = (
             self._file_passphrase.reveal().encode("latin-1") if self._file_passphrase else None
         )
@@ -277,6 +292,30 @@ class ClientCredential:
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("ClientCredential is not picklable")
+
+
+def _passphrase_checked(passphrase: object) -> None:
+    if passphrase is not None and not isinstance(passphrase, bytes):
+        # NOTE: never the value: it is a password.
+        raise ConfigurationError(
+            "passphrase must be bytes (or None), e.g. password.encode()", setting="passphrase"
+        )
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _file_error(path: str, what: str) -> ConfigurationError:
+    """A certificate file's problem, naming the file (a path, never its contents)."""
+    return ConfigurationError(
+        f"certificate_file: the client certificate file {path!r} {what}",
+        setting="certificate_file",
+    )
 
 
 def _thumbprint(cert_pem: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from types import TracebackType
 from typing import Any
 
 from aiocache.base import BaseCache
@@ -185,3 +186,14 @@ class MemoryTokenStore:
 
     async def close(self) -> None:
         await self._cache.close()
+
+    async def __aenter__(self) -> MemoryTokenStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

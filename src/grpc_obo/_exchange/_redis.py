@@ -55,10 +55,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from grpc_obo._errors import ConfigurationError
 from grpc_obo._exchange._crypto import TokenSealer
 from grpc_obo._exchange._keys import log_ref
 from grpc_obo._exchange._local import LocalTier
@@ -74,6 +73,7 @@ from grpc_obo._exchange._redis_link import (
     build_client,
     close_client,
 )
+from grpc_obo._exchange._redis_settings import check_settings, parse_url
 from grpc_obo._exchange._singleflight import Patience, SingleFlight
 from grpc_obo._exchange._store import Produce
 from grpc_obo._exchange._token import CachedToken
@@ -128,16 +128,7 @@ class RedisTokenStore:
         clock: Callable[[], float] = time.time,
         observer: StoreObserver = quiet_store,
     ) -> None:
-        if not isinstance(sealer, TokenSealer):
-            raise ConfigurationError("RedisTokenStore needs a TokenSealer (values are encrypted)")
-        if timeout <= 0:
-            raise ConfigurationError("timeout must be positive")
-        if pool_max_size < 1:
-            raise ConfigurationError("pool_max_size must be at least 1")
-        if not 0.05 <= lease_ttl <= 300:
-            raise ConfigurationError("lease_ttl must be between 0.05 and 300 seconds")
-        if namespace is not None and any(c in namespace for c in "{}|"):
-            raise ConfigurationError("namespace must not contain '{', '}' or '|'")
+        check_settings(locals())  # every setting above, by name, before any is used
         self._sealer = sealer
         self._timeout = float(timeout)
         self._client = build_client(
@@ -222,23 +213,9 @@ class RedisTokenStore:
 
         With `cluster=True`, the URL names any node of a Redis Cluster (the rest is discovered).
         """
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ConfigurationError("expected a redis:// or rediss:// URL with a host")
-        path = parts.path.strip("/")
-        try:
-            db = int(path) if path else 0
-            port = parts.port or 6379
-        except ValueError as exc:
-            raise ConfigurationError("the Redis URL has an invalid port or database") from exc
         return cls(
+            **parse_url(url),  # its errors name `url`, never quote it (it may hold a password)
             sealer=sealer,
-            host=parts.hostname,
-            port=port,
-            db=db,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            ssl=parts.scheme == "rediss",
             ssl_ca_file=ssl_ca_file,
             cluster=cluster,
             namespace=namespace,
@@ -332,6 +309,17 @@ class RedisTokenStore:
         if not self._closed:
             self._events.start()
             self._replay_deletes_soon()
+
+    async def __aenter__(self) -> RedisTokenStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     async def close(self) -> None:
         self._closed = True

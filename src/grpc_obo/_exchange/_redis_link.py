@@ -138,11 +138,8 @@ def build_client(
         raise ConfigurationError(
             "the Redis token store needs redis-py: pip install 'grpc-obo[redis]'"
         ) from exc
-    if ca_file is not None and (not ca_file or not tls):
-        raise ConfigurationError("ssl_ca_file needs TLS (rediss://) and must not be empty")
+    # The settings were checked by the store (`_redis_settings.py`).
     if cluster:
-        if db:
-            raise ConfigurationError("Redis Cluster has only database 0")
         from redis.asyncio.cluster import RedisCluster
 
         if not hasattr(RedisCluster, "pubsub"):
