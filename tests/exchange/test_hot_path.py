@@ -9,7 +9,13 @@ from collections.abc import Callable
 
 import pytest
 
-from grpc_obo import AuthorityUnavailableError, RedisTokenStore, TokenCache, use_identity
+from grpc_obo import (
+    AuthorityUnavailableError,
+    ConfigurationError,
+    RedisTokenStore,
+    TokenCache,
+    use_identity,
+)
 from grpc_obo._exchange import _cache
 from grpc_obo._exchange._exchanger import Exchanger
 from grpc_obo.devauthority import DevAuthority
@@ -74,6 +80,35 @@ async def test_the_cache_key_is_computed_once_per_user_and_scope_set(
         await exchanger.acquire((downstream_scope,))
     assert len(computed) == 2
     assert len(set(computed)) == 2
+
+
+async def test_a_scope_list_is_checked_once_per_scope_set(
+    users: Users,
+    make_exchanger: MakeExchanger,
+    downstream_scope: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scopes are usually given as a list: checking them again on every acquire() cost more
+    than the rest of a cache hit. A list is looked up as a tuple; a bad one is still refused."""
+    from grpc_obo._exchange import _exchanger
+
+    exchanger = make_exchanger()
+    checked: list[object] = []
+    real = _exchanger.scope_tuple
+
+    def counting(scopes: object, what: str = "scopes") -> tuple[str, ...]:
+        checked.append(scopes)
+        return real(scopes, what)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_exchanger, "scope_tuple", counting)
+    with use_identity(await users.identity("alice")):
+        for _ in range(5):
+            await exchanger.acquire([downstream_scope])
+        for bad in ([["unhashable"]], (["unhashable"],), ["two words"], ["no\u00a0break"]):
+            with pytest.raises(ConfigurationError) as refused:
+                await exchanger.acquire(bad)  # type: ignore[arg-type]
+            assert refused.value.setting == "scopes"
+    assert len(checked) == 1 + 4
 
 
 async def test_a_token_due_for_refresh_takes_the_full_path(

@@ -130,7 +130,14 @@ class Exchanger:
 
     def scopes(self, scopes: Sequence[str], what: str = "scopes") -> tuple[str, ...]:
         """`scopes` checked (`scope_tuple`, and what the grant can ask for), memoized."""
-        wanted = self._checked.get(scopes) if type(scopes) is tuple else None
+        # NOTE: a list (the usual spelling) is looked up as a tuple: checking it again on every
+        # acquire() cost more than the rest of a cache hit.
+        if type(scopes) is list:
+            scopes = tuple(scopes)
+        try:
+            wanted = self._checked.get(scopes) if type(scopes) is tuple else None
+        except TypeError:  # an unhashable entry: not a scope, scope_tuple says so below
+            wanted = None
         if wanted is not None:
             return wanted
         wanted = scope_tuple(scopes, what)
