@@ -122,14 +122,15 @@ async def test_redis_killed_then_restarted(
     node.start()  # same address, empty
     erin = Exchanges(minted, "erin")
     store_clock.now += BACKOFF  # the first backoff step
-    await cache.get_or_fetch(cache_key_for("erin"), erin, timeout=1.0)
+    erins = await cache.get_or_fetch(cache_key_for("erin"), erin, timeout=1.0)
     await eventually(lambda: store.available)
     assert outage_lines(caplog) == (1, 1)
-    # Shared again: another replica finds erin's token in Redis.
+    # Shared again: another replica finds erin's token in Redis. (Compared with what the
+    # exchange returned, not with `cache.peek`: once the subscription is confirmed again, every
+    # in-process entry is due for a recheck, so whether peek answers depends on when that
+    # confirmation came; seen once under load.)
     other = open_cache(node.url)
-    assert await other.get_or_fetch(cache_key_for("erin"), erin, timeout=1.0) == cache.peek(
-        cache_key_for("erin")
-    )
+    assert await other.get_or_fetch(cache_key_for("erin"), erin, timeout=1.0) == erins
     assert erin.calls == 1
 
 
