@@ -208,3 +208,36 @@ async def test_a_wrong_identity_header_makes_the_source_unavailable_without_leak
     for secret in ("wrong-header-value", authority.managed_identities.header):
         assert secret not in caught.value.message and secret not in caplog.text
     assert repr(ClientCredential.managed_identity(identity.client_id)).endswith("'**********')")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"error": "invalid_request\nINJECTED eyJhbGciOi.eyJzdWIi.c2ln"},
+        {"error": "\x1b[31m" + "x" * 100},
+        {"error": {"nested": "object"}},
+        "not a mapping",
+    ],
+)
+def test_an_endpoint_error_is_quoted_only_as_an_error_code(answer: object) -> None:
+    """The endpoint's refusal reaches a log line (the source is unavailable): only a word that
+    can be an OAuth error code is quoted from it, never other text it sent."""
+    from grpc_obo._exchange._source_kinds import ManagedIdentityAssertion, SourceUnavailable
+
+    source = ManagedIdentityAssertion(
+        "11111111-2222-4333-8444-555555555555", ca_file=None, timeout=1.0, clock=lambda: 0.0
+    )
+    source._client.acquire_token_for_client = lambda **_: answer  # type: ignore[method-assign]
+    with pytest.raises(SourceUnavailable) as caught:
+        source.resolve()
+    assert str(caught.value).endswith("refused (no token)")
+    assert "INJECTED" not in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+def test_an_endpoint_error_code_is_named() -> None:
+    from grpc_obo._exchange._source_kinds import ManagedIdentityAssertion, SourceUnavailable
+
+    source = ManagedIdentityAssertion(None, ca_file=None, timeout=1.0, clock=lambda: 0.0)
+    source._client.acquire_token_for_client = lambda **_: {"error": "invalid_request"}  # type: ignore[method-assign]
+    with pytest.raises(SourceUnavailable, match=r"refused \(invalid_request\)$"):
+        source.resolve()

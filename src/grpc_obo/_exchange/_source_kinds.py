@@ -21,6 +21,7 @@ import base64
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ _SKEW = 30.0  # an assertion closer than this to its exp is not sent at all
 RECHECK_EVERY = 60.0
 """While its assertion is fresh, a token file is looked at (one stat) at most this often."""
 _MAX_ASSERTION = 64 * 1024
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # an OAuth error code, as Entra sends it
 
 
 class SourceUnavailable(Exception):
@@ -250,7 +252,10 @@ class ManagedIdentityAssertion(_AssertionSource):
             token = result.get("access_token") if isinstance(result, dict) else None
             if not isinstance(token, str):
                 error = result.get("error") if isinstance(result, dict) else None
-                raise SourceUnavailable(f"{self.label}: refused ({error or 'no token'})")
+                # Only an OAuth error code is quoted: the endpoint's answer reaches a log line.
+                if not (isinstance(error, str) and _ERROR_CODE.fullmatch(error)):
+                    error = "no token"
+                raise SourceUnavailable(f"{self.label}: refused ({error})")
             expires_in = result.get("expires_in")
             expires = (
                 self._clock() + float(expires_in)
